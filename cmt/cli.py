@@ -1,0 +1,91 @@
+"""``cmt`` command line: thin wrappers over the library, configured by ``params.yaml``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cmt.config import ConfigError, Params, load_params
+
+
+def _parse_sets(items: list[str]) -> dict[str, Any]:
+    """``["pretrain.lr=1e-3", "compare.seeds=[0]"]`` -> dotted overrides with YAML values."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. pretrain.lr=1e-3")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _params(args: argparse.Namespace) -> Params:
+    return load_params(args.params, _parse_sets(args.set))
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from cmt.envs.generate import generate_datasets
+
+    summary = generate_datasets(_params(args).data, Path(args.out))
+    print(json.dumps(summary, indent=2))
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from cmt.compare import run_comparison
+
+    params = _params(args)
+    run_comparison(params, args.out, args.data, progress=not args.quiet)
+    print((Path(args.out) / "results.md").read_text())
+    print(f"results: {Path(args.out) / 'results.md'} (also .json, .png)")
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    """Print the validated configuration, or the JSON schema with every field's description."""
+    if args.schema:
+        print(json.dumps(Params.model_json_schema(), indent=2))
+    else:
+        print(yaml.safe_dump(_params(args).model_dump(mode="json"), sort_keys=False))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cmt", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+        p.add_argument(
+            "--set", action="append", default=[], metavar="KEY=VALUE",
+            help="override a parameter, e.g. --set pretrain.lr=1e-3 (repeatable)",
+        )
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("generate", cmd_generate, "Generate the task family's offline datasets.")
+    p.add_argument("--out", default="data/point_robot", help="output directory")
+    p = add("compare", cmd_compare, "Run the method comparison and write the results table.")
+    p.add_argument("--out", default="outputs/compare", help="output directory")
+    p.add_argument("--data", default=None, help="dataset directory (default: OUT/data)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p = add("config", cmd_config, "Show the validated configuration.")
+    p.add_argument("--schema", action="store_true", help="print the JSON schema instead")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

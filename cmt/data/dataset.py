@@ -1,0 +1,132 @@
+"""Episodes over flat D4RL transitions, normalisation statistics, and task/episode selection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cmt.data.hdf5 import episode_bounds
+from cmt.data.schema import TransitionData
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """Statistics fixed at pretraining time and stored in every checkpoint."""
+
+    state_mean: np.ndarray  # (obs_dim,)
+    state_std: np.ndarray  # (obs_dim,)
+    reward_scale: float  # rewards are divided by this for the reward head and the encoder
+    return_scale: float  # returns-to-go are divided by this
+
+    @classmethod
+    def fit(cls, data: TransitionData, returns: np.ndarray) -> Normalizer:
+        std = data.observations.std(0)
+        return cls(
+            state_mean=data.observations.mean(0).astype(np.float32),
+            # Constant dimensions (std 0) would blow up; 1e-6 keeps them at zero instead.
+            state_std=np.maximum(std, 1e-6).astype(np.float32),
+            reward_scale=float(max(np.abs(data.rewards).std(), 1e-6)),
+            return_scale=float(max(np.abs(returns).max(), 1e-6)),
+        )
+
+    def states(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.state_mean) / self.state_std
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        return {
+            "state_mean": torch.from_numpy(self.state_mean),
+            "state_std": torch.from_numpy(self.state_std),
+            "reward_scale": torch.tensor(self.reward_scale),
+            "return_scale": torch.tensor(self.return_scale),
+        }
+
+    @classmethod
+    def from_tensors(cls, d: dict[str, torch.Tensor]) -> Normalizer:
+        return cls(
+            state_mean=d["state_mean"].numpy(),
+            state_std=d["state_std"].numpy(),
+            reward_scale=float(d["reward_scale"]),
+            return_scale=float(d["return_scale"]),
+        )
+
+
+class OfflineDataset:
+    """Transitions plus a per-episode index and the per-transition quantities a sampler needs.
+
+    Owns a seeded ``np.random.Generator`` so that sampling never touches global RNG state.
+    """
+
+    def __init__(self, data: TransitionData, seed: int = 0) -> None:
+        self.data = data
+        self.rng = np.random.default_rng(seed)
+        starts, lengths = episode_bounds(data.terminals, data.timeouts)
+        self.ep_start = starts  # (E,)
+        self.ep_len = lengths  # (E,)
+        self.ep_task = data.task_ids[starts]  # (E,)
+        # (N,) episode index of every transition, and its step inside the episode.
+        self.episode_of = np.repeat(np.arange(len(starts)), lengths)
+        self.timesteps = np.arange(len(data)) - np.repeat(starts, lengths)
+        # Undiscounted return-to-go: reverse cumulative sum inside each episode.
+        csum = np.concatenate([[0.0], np.cumsum(data.rewards, dtype=np.float64)])
+        ep_end = starts + lengths
+        self.ep_return = (csum[ep_end] - csum[starts]).astype(np.float32)
+        self.rtg = (csum[np.repeat(ep_end, lengths)] - csum[:-1]).astype(np.float32)
+        # Episodes grouped by task: sorted order, the first slot of each task, and counts,
+        # so "another episode of the same task" is an index computation, not a Python loop.
+        self.tasks = np.unique(self.ep_task)
+        order = np.argsort(self.ep_task, kind="stable")
+        self.eps_by_task = order
+        self.task_first = np.searchsorted(self.ep_task[order], self.ep_task)  # (E,)
+        self.task_count = np.bincount(self.ep_task, minlength=int(self.ep_task.max()) + 1)[
+            self.ep_task
+        ]  # (E,)
+        self.rank_in_task = np.empty(len(starts), dtype=np.int64)
+        self.rank_in_task[order] = np.arange(len(starts)) - self.task_first[order]
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.ep_start)
+
+    def select_episodes(self, episodes: np.ndarray, seed: int = 0) -> OfflineDataset:
+        """A new dataset holding only the given episodes (in the given order)."""
+        idx = np.concatenate(
+            [np.arange(self.ep_start[e], self.ep_start[e] + self.ep_len[e]) for e in episodes]
+        )
+        d = self.data
+        sub = TransitionData(
+            observations=d.observations[idx],
+            actions=d.actions[idx],
+            rewards=d.rewards[idx],
+            terminals=d.terminals[idx],
+            timeouts=d.timeouts[idx],
+            next_observations=d.next_observations[idx],
+            task_ids=d.task_ids[idx],
+            infos={k: v[idx] for k, v in d.infos.items()},
+            metadata=dict(d.metadata),
+        )
+        return OfflineDataset(sub, seed=seed)
+
+    def select_tasks(self, task_ids: list[int] | np.ndarray, seed: int = 0) -> OfflineDataset:
+        """A new dataset holding only the episodes of ``task_ids``."""
+        keep = np.flatnonzero(np.isin(self.ep_task, np.asarray(task_ids)))
+        if len(keep) == 0:
+            raise ValueError(f"no episodes for tasks {list(task_ids)}")
+        return self.select_episodes(keep, seed=seed)
+
+    def split_episodes(
+        self, val_fraction: float, seed: int
+    ) -> tuple[OfflineDataset, OfflineDataset]:
+        """Split episodes into (train, validation), each with at least one episode."""
+        if self.num_episodes < 2:
+            raise ValueError("need at least 2 episodes to hold some out for validation")
+        perm = np.random.default_rng(seed).permutation(self.num_episodes)
+        n_val = min(max(1, round(val_fraction * self.num_episodes)), self.num_episodes - 1)
+        return (
+            self.select_episodes(np.sort(perm[n_val:]), seed=seed),
+            self.select_episodes(np.sort(perm[:n_val]), seed=seed + 1),
+        )

@@ -1,0 +1,438 @@
+"""Read and write offline datasets in D4RL's HDF5 layout, extended with ``task_id``.
+
+On disk (one file, N transitions, episodes back to back)::
+
+    observations       (N, obs_dim) float32
+    actions            (N, act_dim) float32
+    rewards            (N,)         float32
+    terminals          (N,)         bool     termination (no bootstrap)
+    timeouts           (N,)         bool     truncation (time limit, end of data)
+    next_observations  (N, obs_dim) float32  optional on read, always written
+    task_id            (N,)         int64    optional on read with ``default_task_id``
+    infos/<name>       (N, ...)              free-form per-step extras
+    metadata/<name>    scalars, strings, 1-D arrays; ``metadata/schema_version`` on write
+
+Everything is checked on load and before writing; bad input raises :class:`DatasetError`
+naming the file, the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from cmt.atomic import atomic_path
+from cmt.data.schema import SCHEMA_VERSION, TransitionData
+
+__all__ = ["DatasetError", "episode_bounds", "read_hdf5", "validate", "write_hdf5"]
+
+REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
+FLOAT_KEYS = ("observations", "actions", "rewards", "next_observations")
+FLAG_KEYS = ("terminals", "timeouts")
+
+# TransitionData field -> on-disk key (only task ids differ). Messages always use the disk key.
+_FIELD_TO_KEY = {
+    "observations": "observations",
+    "actions": "actions",
+    "rewards": "rewards",
+    "terminals": "terminals",
+    "timeouts": "timeouts",
+    "next_observations": "next_observations",
+    "task_ids": "task_id",
+}
+_DTYPES = {
+    "observations": np.dtype(np.float32),
+    "actions": np.dtype(np.float32),
+    "rewards": np.dtype(np.float32),
+    "terminals": np.dtype(np.bool_),
+    "timeouts": np.dtype(np.bool_),
+    "next_observations": np.dtype(np.float32),
+    "task_id": np.dtype(np.int64),
+}
+_NDIMS = {
+    "observations": 2,
+    "actions": 2,
+    "rewards": 1,
+    "terminals": 1,
+    "timeouts": 1,
+    "next_observations": 2,
+    "task_id": 1,
+}
+
+
+class DatasetError(ValueError):
+    """A dataset file or in-memory dataset is malformed; the message names file and key."""
+
+
+def _err(source: str, key: str | None, what: str) -> DatasetError:
+    if key is None:
+        return DatasetError(f"{source}: {what}")
+    return DatasetError(f"{source}: key '{key}': {what}")
+
+
+def episode_bounds(terminals: np.ndarray, timeouts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(starts, lengths)`` (int64) of the episodes in a flat transition array.
+
+    An episode ends at every index where ``terminals`` or ``timeouts`` is true. Transitions
+    after the last end (an unfinished tail) form a final episode too, so the lengths always
+    sum to N; :func:`validate` guarantees there is no such tail in validated data.
+    """
+    ends = np.asarray(terminals, dtype=bool) | np.asarray(timeouts, dtype=bool)
+    n = ends.shape[0]
+    stops = np.flatnonzero(ends) + 1  # exclusive end of each episode
+    if n and (stops.size == 0 or stops[-1] != n):
+        stops = np.append(stops, n)
+    starts = np.concatenate(([0], stops[:-1])).astype(np.int64)[: stops.size]
+    return starts, (stops - starts).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _first_bad(mask: np.ndarray) -> tuple[int, int]:
+    """Count of true entries and the first flat (row, for 2-D) index where one is true."""
+    mask = np.atleast_1d(mask)
+    count = int(np.count_nonzero(mask))
+    first = int(np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))[0]) if count else -1
+    return count, first
+
+
+def _check_finite(source: str, key: str, arr: np.ndarray) -> None:
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        count, first = _first_bad(bad)
+        raise _err(source, key, f"{count} non-finite values (first at index {first})")
+
+
+def validate(data: TransitionData, source: str) -> None:
+    """Check dtypes, shapes, finite values, episode boundaries and task ids of ``data``.
+
+    ``source`` (a file name, or a description for in-memory data) prefixes every message.
+    Dtypes must already be the canonical ones (float32 / bool / int64). The last transition
+    must end an episode. Raises :class:`DatasetError` on the first problem found.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    for field, key in _FIELD_TO_KEY.items():
+        arr = getattr(data, field)
+        if not isinstance(arr, np.ndarray):
+            raise _err(source, key, f"expected a numpy array, got {type(arr).__name__}")
+        if arr.dtype != _DTYPES[key]:
+            raise _err(source, key, f"dtype {arr.dtype}, expected {_DTYPES[key]}")
+        arrays[key] = arr
+
+    for key, arr in arrays.items():
+        if arr.ndim != _NDIMS[key]:
+            raise _err(source, key, f"expected {_NDIMS[key]}-D array, got shape {arr.shape}")
+    n = arrays["observations"].shape[0]
+    for key, arr in arrays.items():
+        if arr.shape[0] != n:
+            raise _err(source, key, f"length {arr.shape[0]} does not match observations length {n}")
+    if n < 1:
+        raise _err(source, "observations", "dataset is empty (N = 0)")
+    obs_dim = arrays["observations"].shape[1]
+    if arrays["next_observations"].shape[1] != obs_dim:
+        raise _err(
+            source,
+            "next_observations",
+            f"width {arrays['next_observations'].shape[1]} does not match observations "
+            f"width {obs_dim}",
+        )
+    for name, arr in data.infos.items():
+        key = f"infos/{name}"
+        if not isinstance(arr, np.ndarray):
+            raise _err(source, key, f"expected a numpy array, got {type(arr).__name__}")
+        if arr.ndim < 1 or arr.shape[0] != n:
+            raise _err(source, key, f"shape {arr.shape}, expected first dimension {n}")
+
+    for key in FLOAT_KEYS:
+        _check_finite(source, key, arrays[key])
+
+    ends = arrays["terminals"] | arrays["timeouts"]
+    if not ends[-1]:
+        raise _err(
+            source,
+            "timeouts",
+            f"last transition (index {n - 1}) ends no episode: neither terminal nor timeout",
+        )
+
+    task = arrays["task_id"]
+    # A task id may only change right after an episode end.
+    changes = np.flatnonzero((task[1:] != task[:-1]) & ~ends[:-1]) + 1
+    if changes.size:
+        i = int(changes[0])
+        raise _err(
+            source,
+            "task_id",
+            f"task id changes within an episode at index {i} ({task[i - 1]} -> {task[i]})",
+        )
+    negative = task < 0
+    if negative.any():
+        count, first = _first_bad(negative)
+        raise _err(
+            source, "task_id", f"{count} negative task ids (first at index {first}: {task[first]})"
+        )
+    if "num_tasks" in data.metadata:
+        num_tasks = data.metadata["num_tasks"]
+        if isinstance(num_tasks, bool) or not isinstance(num_tasks, int | np.integer):
+            raise _err(source, "metadata/num_tasks", f"expected an integer, got {num_tasks!r}")
+        too_big = task >= num_tasks
+        if too_big.any():
+            count, first = _first_bad(too_big)
+            raise _err(
+                source,
+                "task_id",
+                f"{count} task ids >= metadata num_tasks={int(num_tasks)} "
+                f"(first at index {first}: {task[first]})",
+            )
+    version = data.metadata.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise _err(
+            source,
+            "metadata/schema_version",
+            f"schema version {version!r}, expected {SCHEMA_VERSION}",
+        )
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _metadata_value(source: str, name: str, value: Any) -> Any:
+    """Turn a metadata value into something h5py stores as a scalar or 1-D dataset."""
+    key = f"metadata/{name}"
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple | np.ndarray):
+        arr = np.asarray(value)
+        if arr.ndim == 1 and (arr.dtype.kind in "biuf" or arr.size == 0):
+            return arr
+        if arr.ndim == 1 and arr.dtype.kind == "U":
+            return arr.astype(object).astype(h5py.string_dtype())
+        raise _err(
+            source, key, f"lists must be 1-D numbers or strings, got {arr.dtype} {arr.shape}"
+        )
+    raise _err(source, key, f"unsupported metadata type {type(value).__name__}")
+
+
+def write_hdf5(path: str | Path, data: TransitionData) -> None:
+    """Validate ``data`` and write it to ``path`` atomically (temp file + ``os.replace``).
+
+    A failed or killed write never leaves a partial file under ``path``, and an existing
+    file there is only replaced once the new one is complete.
+    """
+    path = Path(path)
+    source = str(path)
+    validate(data, source)
+    meta = {
+        name: _metadata_value(source, name, value)
+        for name, value in data.metadata.items()
+        if name != "schema_version"
+    }
+
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for field, key in _FIELD_TO_KEY.items():
+                f.create_dataset(key, data=getattr(data, field))
+            for name, arr in data.infos.items():
+                f.create_dataset(f"infos/{name}", data=arr)
+            for name, value in meta.items():
+                f.create_dataset(f"metadata/{name}", data=value)
+            f.create_dataset("metadata/schema_version", data=SCHEMA_VERSION)
+        # Make the bytes durable before the rename makes them visible.
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _collect(group: h5py.Group) -> dict[str, h5py.Dataset]:
+    """All datasets below ``group``, keyed by their path relative to it (nested with '/')."""
+    out: dict[str, h5py.Dataset] = {}
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            out[name] = obj
+
+    group.visititems(visit)
+    return out
+
+
+def _read_metadata_value(ds: h5py.Dataset) -> Any:
+    """Plain Python value of a metadata dataset: str, bool, int, float or (nested) list."""
+    if h5py.check_string_dtype(ds.dtype) is not None:
+        value = ds.asstr()[()]
+        return value.tolist() if isinstance(value, np.ndarray) else str(value)
+    value = ds[()]
+    if isinstance(value, bytes):  # fixed-length byte strings written by other tools
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind == "S":
+            return [v.decode("utf-8", errors="replace") for v in value.ravel()]
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _dataset(source: str, f: h5py.File, key: str) -> h5py.Dataset:
+    obj = f[key]
+    if not isinstance(obj, h5py.Dataset):
+        raise _err(source, key, "is a group, expected a dataset")
+    return obj
+
+
+def _as_float(source: str, key: str, arr: np.ndarray) -> np.ndarray:
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise _err(source, key, f"dtype {arr.dtype}, expected a floating dtype")
+    return arr.astype(np.float32, copy=False)
+
+
+def _as_flags(source: str, key: str, arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.bool_:
+        return arr
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise _err(source, key, f"dtype {arr.dtype}, expected bool or integer 0/1")
+    bad = (arr != 0) & (arr != 1)
+    if bad.any():
+        count, first = _first_bad(bad)
+        raise _err(source, key, f"{count} values not 0/1 (first at index {first}: {arr[bad][0]})")
+    return arr.astype(np.bool_)
+
+
+def _check_ndim(source: str, key: str, arr: np.ndarray) -> None:
+    if arr.ndim != _NDIMS[key]:
+        raise _err(source, key, f"expected {_NDIMS[key]}-D array, got shape {arr.shape}")
+
+
+def _derive_next_observations(
+    obs: np.ndarray, terminals: np.ndarray, timeouts: np.ndarray
+) -> np.ndarray:
+    """next_obs[i] = obs[i + 1] within an episode; obs[i] itself at an episode's last step.
+
+    D4RL's own ``qlearning_dataset`` drops those last steps because their true next
+    observation was never recorded. We keep them (their reward and flags are real data) and
+    put obs[i] there as a placeholder: a terminal step is never bootstrapped from, and a
+    timeout step ends the stored episode, so consumers never use that value.
+    """
+    nxt = np.empty_like(obs)
+    nxt[:-1] = obs[1:]
+    last = terminals | timeouts
+    last[-1] = True
+    nxt[last] = obs[last]
+    return nxt
+
+
+def read_hdf5(path: str | Path, *, default_task_id: int | None = None) -> TransitionData:
+    """Read and validate a D4RL-layout HDF5 file.
+
+    Files without ``task_id`` (real single-task D4RL files) need ``default_task_id``. A file
+    whose last transition ends no episode (D4RL files stop mid-episode) gets that transition
+    marked as a timeout, with a warning.
+    """
+    source = str(path)
+    if not Path(path).exists():
+        raise _err(source, None, "no such file")
+    try:
+        with h5py.File(path, "r") as f:
+            return _read_open(f, source, default_task_id)
+    except OSError as exc:  # not HDF5, truncated or corrupt: h5py raises OSError
+        raise _err(source, None, f"cannot read as HDF5 ({exc})") from exc
+
+
+def _read_open(f: h5py.File, source: str, default_task_id: int | None) -> TransitionData:
+    meta_ds = _collect(f["metadata"]) if isinstance(f.get("metadata"), h5py.Group) else {}
+    metadata = {name: _read_metadata_value(ds) for name, ds in meta_ds.items()}
+
+    # A file we wrote always has schema_version; a foreign D4RL file has none and is accepted.
+    if "schema_version" in metadata:
+        version = metadata.pop("schema_version")
+        if version != SCHEMA_VERSION:
+            raise _err(
+                source,
+                "metadata/schema_version",
+                f"schema version {version!r}, expected {SCHEMA_VERSION}",
+            )
+
+    for key in REQUIRED_KEYS:
+        if key not in f:
+            raise _err(source, key, "missing required dataset")
+    if "task_id" not in f and default_task_id is None:
+        raise _err(source, "task_id", "missing; pass default_task_id for single-task D4RL files")
+
+    raw = {key: _dataset(source, f, key)[()] for key in REQUIRED_KEYS}
+    for key in ("next_observations", "task_id"):
+        if key in f:
+            raw[key] = _dataset(source, f, key)[()]
+
+    # dtypes: cast to the canonical ones, refusing anything that is not the right kind.
+    arrays: dict[str, np.ndarray] = {}
+    for key in FLOAT_KEYS:
+        if key in raw:
+            arrays[key] = _as_float(source, key, np.asarray(raw[key]))
+    for key in FLAG_KEYS:
+        arrays[key] = _as_flags(source, key, np.asarray(raw[key]))
+    if "task_id" in raw:
+        task = np.asarray(raw["task_id"])
+        if not np.issubdtype(task.dtype, np.integer):
+            raise _err(source, "task_id", f"dtype {task.dtype}, expected an integer dtype")
+        arrays["task_id"] = task.astype(np.int64, copy=False)
+
+    # shapes: check what the derivations below rely on before deriving anything.
+    for key, arr in arrays.items():
+        _check_ndim(source, key, arr)
+    n = arrays["observations"].shape[0]
+    for key, arr in arrays.items():
+        if arr.shape[0] != n:
+            raise _err(source, key, f"length {arr.shape[0]} does not match observations length {n}")
+    if n < 1:
+        raise _err(source, "observations", "dataset is empty (N = 0)")
+
+    if "task_id" not in arrays:
+        arrays["task_id"] = np.full(n, default_task_id, dtype=np.int64)
+
+    terminals, timeouts = arrays["terminals"], arrays["timeouts"]
+    if not (terminals[-1] or timeouts[-1]):
+        # Real D4RL files stop mid-episode: the cut is a truncation, not a termination.
+        timeouts = timeouts.copy()
+        timeouts[-1] = True
+        arrays["timeouts"] = timeouts
+        warnings.warn(
+            f"{source}: last transition (index {n - 1}) ends no episode; "
+            "marking it as a timeout (truncation)",
+            UserWarning,
+            stacklevel=3,
+        )
+    if "next_observations" not in arrays:
+        arrays["next_observations"] = _derive_next_observations(
+            arrays["observations"], terminals, timeouts
+        )
+
+    infos: dict[str, np.ndarray] = {}
+    if "infos" in f:
+        if not isinstance(f["infos"], h5py.Group):
+            raise _err(source, "infos", "is a dataset, expected a group")
+        infos = {name: np.asarray(ds[()]) for name, ds in _collect(f["infos"]).items()}
+
+    data = TransitionData(
+        observations=arrays["observations"],
+        actions=arrays["actions"],
+        rewards=arrays["rewards"],
+        terminals=terminals,
+        timeouts=arrays["timeouts"],
+        next_observations=arrays["next_observations"],
+        task_ids=arrays["task_id"],
+        infos=infos,
+        metadata=metadata,
+    )
+    validate(data, source)
+    return data

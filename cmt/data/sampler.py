@@ -1,0 +1,208 @@
+"""Vectorised batch builder: K-step segments, their context, and everything the losses need.
+
+All random numbers for a batch are drawn first (:meth:`SegmentSampler.draw`) and the batch is
+then built from them with array operations only (:meth:`SegmentSampler.build`), so a slow
+per-sample reference can be checked against it on the very same draws.
+
+Segments are *right*-padded: a segment that hits the end of its episode keeps its real steps
+first. Together with the prompt placed in front, a plain causal mask then gives exactly the
+visibility we want (DESIGN 1.1) and real tokens never see padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from cmt.data.dataset import Normalizer, OfflineDataset
+
+ContextKind = Literal["none", "set", "segment"]
+ContextSource = Literal["same_trajectory", "same_task"]
+
+
+@dataclass
+class Batch:
+    """One training batch; shapes use B=batch, K=context_len, C=context_size, S=segment_len."""
+
+    states: torch.Tensor  # (B, K, obs) normalised
+    actions: torch.Tensor  # (B, K, act)
+    rewards: torch.Tensor  # (B, K) scaled
+    rtg: torch.Tensor  # (B, K) scaled return-to-go
+    timesteps: torch.Tensor  # (B, K) int64
+    mask: torch.Tensor  # (B, K) bool, True on real steps
+    next_states: torch.Tensor  # (B, K, obs) normalised
+    ep_return: torch.Tensor  # (B,) unscaled return of the segment's episode
+    unit: torch.Tensor  # (B,) int64: episode or task id that defines "same context"
+    context: torch.Tensor | None = None  # (B, C, F) transitions for the encoder
+    context2: torch.Tensor | None = None  # (B, C, F) a second draw (InfoNCE positive)
+    segment: dict[str, torch.Tensor] | None = None  # raw Prompt-DT segment, (B, S, ...) each
+
+    def to(self, device: torch.device | str) -> Batch:
+        def mv(x):
+            if x is None:
+                return None
+            if isinstance(x, dict):
+                return {k: v.to(device, non_blocking=True) for k, v in x.items()}
+            return x.to(device, non_blocking=True)
+
+        return Batch(**{k: mv(v) for k, v in self.__dict__.items()})
+
+
+def transition_features(
+    ds: OfflineDataset, norm: Normalizer, idx: np.ndarray
+) -> np.ndarray:
+    """Encoder input for transitions ``idx`` (any shape): [s, a, r, s'] -> (*idx.shape, F)."""
+    d = ds.data
+    return np.concatenate(
+        [
+            norm.states(d.observations[idx]),
+            d.actions[idx],
+            (d.rewards[idx] / norm.reward_scale)[..., None],
+            norm.states(d.next_observations[idx]),
+        ],
+        axis=-1,
+    ).astype(np.float32)
+
+
+def feature_dim(obs_dim: int, act_dim: int) -> int:
+    return 2 * obs_dim + act_dim + 1
+
+
+def segment_tensors(
+    ds: OfflineDataset, norm: Normalizer, idx: np.ndarray
+) -> dict[str, torch.Tensor]:
+    """Raw trajectory tokens (Prompt-DT prompt) for transition indices ``idx`` (B, S)."""
+    d = ds.data
+    return {
+        "states": torch.from_numpy(norm.states(d.observations[idx]).astype(np.float32)),
+        "actions": torch.from_numpy(d.actions[idx]),
+        "rtg": torch.from_numpy(ds.rtg[idx] / norm.return_scale),
+        "timesteps": torch.from_numpy(ds.timesteps[idx]),
+    }
+
+
+def _floor_index(u: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Map uniform [0, 1) draws to integers in [0, n) (n >= 1, broadcast)."""
+    return np.minimum((u * n).astype(np.int64), n - 1)
+
+
+class SegmentSampler:
+    """Builds whole batches with array operations (no Python loop per sample)."""
+
+    def __init__(
+        self,
+        ds: OfflineDataset,
+        norm: Normalizer,
+        context_len: int,
+        *,
+        context: ContextKind = "none",
+        context_size: int = 32,
+        segment_len: int = 5,
+        source: ContextSource = "same_trajectory",
+        contrastive: bool = False,
+    ) -> None:
+        self.ds, self.norm, self.K = ds, norm, context_len
+        self.context, self.C, self.S = context, context_size, segment_len
+        self.source, self.contrastive = source, contrastive
+
+    def draw(self, batch_size: int, rng: np.random.Generator | None = None) -> dict:
+        """All random numbers one batch needs."""
+        rng = self.ds.rng if rng is None else rng
+        B = batch_size
+        return {
+            "start": rng.integers(0, len(self.ds), size=B),
+            "other": rng.random(B),
+            "ctx": rng.random((B, self.C)),
+            "ctx2": rng.random((B, self.C)),
+            "seg": rng.random(B),
+        }
+
+    def sample(self, batch_size: int, rng: np.random.Generator | None = None) -> Batch:
+        return self.build(self.draw(batch_size, rng))
+
+    def build(self, draws: dict) -> Batch:
+        ds, norm, K = self.ds, self.norm, self.K
+        d = ds.data
+        start = draws["start"]  # (B,)
+        ep = ds.episode_of[start]
+        ep_start, ep_len = ds.ep_start[ep], ds.ep_len[ep]
+        offset = start - ep_start  # step of the segment start inside its episode
+        seg_len = np.minimum(K, ep_len - offset)  # (B,) real steps in the segment
+        steps = np.arange(K)
+        mask = steps[None, :] < seg_len[:, None]  # (B, K)
+        idx = start[:, None] + np.minimum(steps[None, :], seg_len[:, None] - 1)  # (B, K)
+
+        def zero_pad(x: np.ndarray) -> np.ndarray:
+            m = mask.reshape(mask.shape + (1,) * (x.ndim - 2))
+            return np.where(m, x, 0).astype(x.dtype)
+
+        batch = Batch(
+            states=torch.from_numpy(zero_pad(norm.states(d.observations[idx]).astype(np.float32))),
+            actions=torch.from_numpy(zero_pad(d.actions[idx])),
+            rewards=torch.from_numpy(zero_pad(d.rewards[idx] / np.float32(norm.reward_scale))),
+            rtg=torch.from_numpy(zero_pad(ds.rtg[idx] / np.float32(norm.return_scale))),
+            timesteps=torch.from_numpy(zero_pad(ds.timesteps[idx])),
+            mask=torch.from_numpy(mask),
+            next_states=torch.from_numpy(
+                zero_pad(norm.states(d.next_observations[idx]).astype(np.float32))
+            ),
+            ep_return=torch.from_numpy(ds.ep_return[ep]),
+            unit=torch.from_numpy(ep if self.source == "same_trajectory" else ds.ep_task[ep]),
+        )
+        if self.context == "none":
+            return batch
+
+        ctx_ep = ep if self.source == "same_trajectory" else self._other_episode(ep, draws["other"])
+        if self.context == "set":
+            batch.context = torch.from_numpy(
+                transition_features(ds, norm, self._set_index(ep, ctx_ep, offset, seg_len, draws["ctx"]))
+            )
+            if self.contrastive:
+                idx2 = self._set_index(ep, ctx_ep, offset, seg_len, draws["ctx2"])
+                batch.context2 = torch.from_numpy(transition_features(ds, norm, idx2))
+        else:
+            batch.segment = segment_tensors(
+                ds, norm, self._segment_index(ep, ctx_ep, offset, seg_len, draws["seg"])
+            )
+        return batch
+
+    def _other_episode(self, ep: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """A different episode of the same task (the episode itself if it is the only one)."""
+        ds = self.ds
+        n = ds.task_count[ep]
+        r = _floor_index(u, np.maximum(n - 1, 1))
+        r = r + (r >= ds.rank_in_task[ep])  # skip the episode's own slot
+        other = ds.eps_by_task[ds.task_first[ep] + np.minimum(r, n - 1)]
+        return np.where(n > 1, other, ep)
+
+    def _set_index(
+        self, ep: np.ndarray, ctx_ep: np.ndarray, offset: np.ndarray, seg_len: np.ndarray, u
+    ) -> np.ndarray:
+        """C transition indices of ``ctx_ep``; from the own episode, outside the segment window."""
+        ds = self.ds
+        L = ds.ep_len[ctx_ep][:, None]  # (B, 1)
+        same = (ctx_ep == ep)[:, None]
+        avail = L - seg_len[:, None]  # steps of the own episode outside the segment
+        disjoint = same & (avail > 0)
+        k = _floor_index(u, np.where(disjoint, avail, L))  # (B, C)
+        k = np.where(disjoint, k + (k >= offset[:, None]) * seg_len[:, None], k)
+        return ds.ep_start[ctx_ep][:, None] + k
+
+    def _segment_index(
+        self, ep: np.ndarray, ctx_ep: np.ndarray, offset: np.ndarray, seg_len: np.ndarray, u
+    ) -> np.ndarray:
+        """S consecutive indices of ``ctx_ep``; disjoint from the segment when in the same episode."""
+        ds, S = self.ds, self.S
+        L = ds.ep_len[ctx_ep]
+        # Window starts that do not overlap [offset, offset + seg_len): before it or after it.
+        n_before = np.maximum(0, offset - S + 1)
+        n_after = np.maximum(0, L - S - (offset + seg_len) + 1)
+        disjoint = (ctx_ep == ep) & (n_before + n_after > 0)
+        k = _floor_index(u, np.where(disjoint, n_before + n_after, np.maximum(1, L - S + 1)))
+        w = np.where(disjoint & (k >= n_before), offset + seg_len + (k - n_before), k)
+        # Episodes shorter than S repeat their last step rather than padding the prompt.
+        steps = np.minimum(w[:, None] + np.arange(S)[None, :], L[:, None] - 1)
+        return ds.ep_start[ctx_ep][:, None] + steps

@@ -1,0 +1,93 @@
+"""Batched online evaluation: all episodes of all tasks advance together, one model forward
+per environment step, instead of one episode at a time at batch size 1."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from cmt.data.dataset import Normalizer
+from cmt.envs.registry import BatchedEnv, TaskFamily
+from cmt.models.policy import SequencePolicy
+
+
+@torch.no_grad()
+def rollout(
+    model: SequencePolicy,
+    norm: Normalizer,
+    env: BatchedEnv,
+    horizon: int,
+    seed: int,
+    prompts: torch.Tensor | None = None,
+    target_returns: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run one episode per environment of ``env``; returns (returns, lengths), each (B,).
+
+    ``prompts`` (B, P, d) is one prompt per episode; ``target_returns`` (B,) starts the
+    return-to-go of return-conditioned models. Steps after an episode ends are ignored.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    B, K = env.num_envs, model.cfg.context_len
+    obs = env.reset(seed=seed)
+    states = torch.zeros(B, horizon, model.obs_dim, device=device)
+    actions = torch.zeros(B, horizon, model.act_dim, device=device)
+    rtg = torch.zeros(B, horizon, device=device)
+    timesteps = torch.arange(horizon, device=device)
+    mean, std = (torch.as_tensor(x, device=device) for x in (norm.state_mean, norm.state_std))
+    togo = np.zeros(B) if target_returns is None else np.asarray(target_returns, dtype=np.float64)
+    returns, lengths = np.zeros(B), np.zeros(B, dtype=np.int64)
+    alive = np.ones(B, dtype=bool)
+    for t in range(horizon):
+        states[:, t] = (torch.as_tensor(obs, dtype=torch.float32, device=device) - mean) / std
+        rtg[:, t] = torch.as_tensor(togo / norm.return_scale, dtype=torch.float32)
+        lo = max(0, t - K + 1)  # the K-step window ending at t; its last action is unknown
+        out = model(
+            states[:, lo : t + 1],
+            actions[:, lo : t + 1],
+            rtg[:, lo : t + 1] if model.cfg.condition_on_rtg else None,
+            timesteps[lo : t + 1].expand(B, -1),
+            prompts,
+        )
+        act = out.actions[:, -1]  # (B, act)
+        actions[:, t] = act
+        obs, reward, terminated, truncated = env.step(act.float().cpu().numpy())
+        returns += np.where(alive, reward, 0.0)
+        lengths += alive
+        togo -= reward
+        alive &= ~(terminated | truncated)
+        if not alive.any():
+            break
+    return returns, lengths
+
+
+def evaluate_tasks(
+    model: SequencePolicy,
+    norm: Normalizer,
+    family: TaskFamily,
+    task_ids: list[int],
+    episodes: int,
+    seed: int,
+    prompts: Mapping[int, torch.Tensor] | None = None,
+    target_returns: Mapping[int, float] | None = None,
+) -> dict[int, np.ndarray]:
+    """``episodes`` episodes of every task in one batch; returns per-task episode returns.
+
+    ``prompts[t]`` is task t's prompt (P, d); ``target_returns[t]`` its return-to-go target.
+    """
+    row_task = np.repeat(np.asarray(task_ids), episodes)  # (B,)
+    env = family.make_batched_env(row_task)
+    batch_prompts = None
+    if prompts is not None:
+        device = next(model.parameters()).device
+        batch_prompts = torch.stack([prompts[int(t)] for t in row_task]).to(device)
+    targets = None if target_returns is None else np.array([target_returns[int(t)] for t in row_task])
+    returns, _ = rollout(model, norm, env, family.horizon, seed, batch_prompts, targets)
+    return {int(t): returns[row_task == t] for t in task_ids}
+
+
+def normalized_score(returns: np.ndarray, random: float, expert: float) -> np.ndarray:
+    """100 * (R - random) / (expert - random): 0 is the random policy, 100 the expert."""
+    return 100.0 * (np.asarray(returns) - random) / (expert - random)

@@ -1,0 +1,146 @@
+"""The prompted sequence policy: one class, three prompt modes.
+
+- ``prompt="encoder"``: CMT. The prompt is ``E(context)`` (or a tuned tensor of the same shape).
+- ``prompt="segment"``: Prompt-DT. The prompt is a raw trajectory segment, embedded as tokens.
+- ``prompt="none"``: multi-task Decision Transformer (no prompt).
+
+``condition_on_rtg`` adds the return-to-go token of the Decision Transformer. The prompt is
+placed in front of the history tokens, so with a causal mask every history token sees every
+prompt token while history stays causal (see :mod:`cmt.data.sampler` on right padding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cmt.config import ModelConfig
+from cmt.data.sampler import Batch, feature_dim
+from cmt.models.encoder import ContextEncoder
+from cmt.models.gpt import GPT, init_weights
+from cmt.models.ops import Dropout
+
+
+@dataclass
+class Outputs:
+    actions: torch.Tensor  # (B, K, act) in [-1, 1]
+    next_states: torch.Tensor | None  # (B, K, obs) normalised, from action tokens
+    rewards: torch.Tensor | None  # (B, K) scaled, from action tokens
+
+
+class SequencePolicy(nn.Module):
+    def __init__(self, cfg: ModelConfig, obs_dim: int, act_dim: int) -> None:
+        super().__init__()
+        self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
+        d = cfg.d_model
+        self.tokens_per_step = 3 if cfg.condition_on_rtg else 2
+        self.embed_state = nn.Linear(obs_dim, d)
+        self.embed_action = nn.Linear(act_dim, d)
+        self.embed_rtg = nn.Linear(1, d) if cfg.condition_on_rtg else None
+        self.embed_timestep = nn.Embedding(cfg.max_timestep, d)
+        # Token types: 0 prompt, 1 return-to-go, 2 state, 3 action.
+        self.embed_type = nn.Embedding(4, d)
+        self.drop = Dropout(cfg.dropout)
+        self.encoder = (
+            ContextEncoder(
+                feature_dim(obs_dim, act_dim),
+                d,
+                cfg.prompt_len,
+                cfg.encoder_layers,
+                cfg.n_head,
+                cfg.dropout,
+            )
+            if cfg.prompt == "encoder"
+            else None
+        )
+        self.backbone = GPT(cfg.n_layer, d, cfg.n_head, cfg.dropout)
+        self.action_head = nn.Linear(d, act_dim)
+        self.next_state_head = nn.Linear(d, obs_dim) if cfg.dynamics_heads else None
+        self.reward_head = nn.Linear(d, 1) if cfg.dynamics_heads else None
+        init_weights(self, cfg.n_layer)
+
+    # ----------------------------------------------------------------- tokens
+    def embed_steps(
+        self,
+        states: torch.Tensor,
+        actions: torch.Tensor,
+        rtg: torch.Tensor | None,
+        timesteps: torch.Tensor,
+    ) -> torch.Tensor:
+        """Interleave per-step tokens [rtg], s, a: -> (B, T * tokens_per_step, d)."""
+        B, T, _ = states.shape
+        time = self.embed_timestep(timesteps.clamp(max=self.cfg.max_timestep - 1))  # (B, T, d)
+        types = self.embed_type.weight
+        tokens = [self.embed_state(states) + types[2], self.embed_action(actions) + types[3]]
+        if self.embed_rtg is not None:
+            tokens.insert(0, self.embed_rtg(rtg.unsqueeze(-1)) + types[1])
+        x = torch.stack(tokens, dim=2) + time.unsqueeze(2)  # (B, T, n_tok, d)
+        return x.reshape(B, T * self.tokens_per_step, -1)  # (B, T * n_tok, d)
+
+    def prompt_from_context(self, context: torch.Tensor) -> torch.Tensor:
+        """CMT prompt ``E(context)``: (B, C, F) -> (B, m, d)."""
+        if self.encoder is None:
+            raise ValueError(f"model has prompt={self.cfg.prompt!r}, not an encoder")
+        return self.encoder(context)
+
+    def prompt_from_segment(self, segment: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Prompt-DT prompt: raw segment (B, S, ...) -> (B, S * n_tok, d)."""
+        return self.embed_steps(
+            segment["states"], segment["actions"], segment["rtg"], segment["timesteps"]
+        )
+
+    def batch_prompt(self, batch: Batch) -> torch.Tensor | None:
+        """The prompt a training batch implies under this model's prompt mode."""
+        if self.cfg.prompt == "encoder":
+            return self.prompt_from_context(batch.context)
+        if self.cfg.prompt == "segment":
+            return self.prompt_from_segment(batch.segment)
+        return None
+
+    # ---------------------------------------------------------------- forward
+    def forward(
+        self,
+        states: torch.Tensor,
+        actions: torch.Tensor,
+        rtg: torch.Tensor | None,
+        timesteps: torch.Tensor,
+        prompt: torch.Tensor | None,
+    ) -> Outputs:
+        """History (B, K, ...) plus an optional prompt (B, P, d) -> per-step predictions."""
+        B, K, _ = states.shape
+        x = self.embed_steps(states, actions, rtg, timesteps)  # (B, K * n_tok, d)
+        P = 0
+        if prompt is not None:
+            P = prompt.shape[1]
+            x = torch.cat([prompt + self.embed_type.weight[0], x], dim=1)  # (B, P + K*n_tok, d)
+        h = self.backbone(self.drop(x))[:, P:]  # (B, K * n_tok, d)
+        h = h.reshape(B, K, self.tokens_per_step, -1)  # (B, K, n_tok, d)
+        h_state, h_action = h[:, :, -2], h[:, :, -1]  # (B, K, d) each
+        return Outputs(
+            actions=torch.tanh(self.action_head(h_state)),
+            next_states=None if self.next_state_head is None else self.next_state_head(h_action),
+            rewards=None if self.reward_head is None else self.reward_head(h_action).squeeze(-1),
+        )
+
+    def forward_batch(self, batch: Batch, prompt: torch.Tensor | None) -> Outputs:
+        return self(
+            batch.states,
+            batch.actions,
+            batch.rtg if self.cfg.condition_on_rtg else None,
+            batch.timesteps,
+            prompt,
+        )
+
+    # ------------------------------------------------------------- utilities
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict]:
+        """Decay matrices only (nanoGPT): biases and LayerNorm gains are not shrunk."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]

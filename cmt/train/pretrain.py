@@ -1,0 +1,201 @@
+"""Self-supervised pretraining on all training tasks (DESIGN 1.2), resumable."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from cmt.checkpoint import atomic_torch_save, policy_state, safe_load, save_policy
+from cmt.config import ModelConfig, PretrainConfig
+from cmt.data.dataset import Normalizer, OfflineDataset
+from cmt.data.sampler import Batch, SegmentSampler
+from cmt.models.policy import SequencePolicy
+from cmt.seeding import seed_everything
+
+MetricsCallback = Callable[[int, dict[str, float]], None]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("pretrain.device='cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast: 6x the fp32 matmul rate on this class of CPU, and native on GPUs."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def make_sampler(
+    ds: OfflineDataset, norm: Normalizer, mcfg: ModelConfig, pcfg: PretrainConfig
+) -> SegmentSampler:
+    """The sampler a model's prompt mode needs: context set, raw segment, or nothing."""
+    kind = {"encoder": "set", "segment": "segment", "none": "none"}[mcfg.prompt]
+    return SegmentSampler(
+        ds,
+        norm,
+        mcfg.context_len,
+        context=kind,
+        context_size=mcfg.context_size,
+        segment_len=mcfg.segment_len,
+        source=pcfg.context_source,
+        contrastive=mcfg.prompt == "encoder" and pcfg.w_con > 0,
+    )
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of per-step values x (B, K) over real steps only."""
+    m = mask.to(x.dtype)
+    return (x * m).sum() / m.sum().clamp(min=1.0)
+
+
+def info_nce(z1: torch.Tensor, z2: torch.Tensor, unit: torch.Tensor, tau: float) -> torch.Tensor:
+    """Contexts of the same unit are positives; other units in the batch are negatives.
+
+    Off-diagonal pairs that share a unit are removed from the denominator rather than
+    counted as negatives (they are not)."""
+    z1, z2 = F.normalize(z1.float(), dim=-1), F.normalize(z2.float(), dim=-1)
+    logits = z1 @ z2.T / tau  # (B, B)
+    same = unit[:, None] == unit[None, :]
+    eye = torch.eye(len(unit), dtype=torch.bool, device=unit.device)
+    logits = logits.masked_fill(same & ~eye, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(len(unit), device=unit.device))
+
+
+def pretrain_loss(
+    model: SequencePolicy, batch: Batch, cfg: PretrainConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L = L_action + w_dyn (L_next_state + L_reward) + w_con InfoNCE (DESIGN 1.2)."""
+    prompt = model.batch_prompt(batch)
+    out = model.forward_batch(batch, prompt)
+    l_act = masked_mean((out.actions.float() - batch.actions).pow(2).mean(-1), batch.mask)
+    terms = {"action": l_act}
+    loss = l_act
+    if out.next_states is not None and cfg.w_dyn > 0:
+        terms["next_state"] = masked_mean(
+            (out.next_states.float() - batch.next_states).pow(2).mean(-1), batch.mask
+        )
+        terms["reward"] = masked_mean((out.rewards.float() - batch.rewards).pow(2), batch.mask)
+        loss = loss + cfg.w_dyn * (terms["next_state"] + terms["reward"])
+    if batch.context2 is not None and cfg.w_con > 0:
+        # The second view is a fixed key, as in MoCo: no backward through it, which saves
+        # a fifth of the step's FLOPs; the gradient still shapes E through the first view.
+        with torch.no_grad():
+            z2 = model.prompt_from_context(batch.context2)
+        terms["contrastive"] = info_nce(prompt.mean(1), z2.mean(1), batch.unit, cfg.temperature)
+        loss = loss + cfg.w_con * terms["contrastive"]
+    terms["total"] = loss
+    return loss, terms
+
+
+def lr_factor(step: int, cfg: PretrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak rate."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def pretrain(
+    ds: OfflineDataset,
+    mcfg: ModelConfig,
+    pcfg: PretrainConfig,
+    out_dir: str | Path,
+    seed: int,
+    on_metrics: MetricsCallback | None = None,
+    progress: bool = True,
+) -> Path:
+    """Pretrain a policy on ``ds``; writes ``out_dir/model.pt`` and returns its path.
+
+    ``out_dir/last.pt`` holds a resumable state every ``checkpoint_every`` steps; a rerun with
+    the same configuration and seed continues from it instead of starting over.
+    """
+    out_dir = Path(out_dir)
+    device = pick_device(pcfg.device)
+    seed_everything(seed)
+    norm = Normalizer.fit(ds.data, ds.ep_return)
+    model = SequencePolicy(mcfg, ds.data.obs_dim, ds.data.act_dim).to(device)
+    opt = torch.optim.AdamW(
+        model.optimizer_groups(pcfg.weight_decay), lr=pcfg.lr, betas=(0.9, 0.95),
+        fused=device.type == "cuda",
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, pcfg))
+    rng = np.random.default_rng(seed)
+    sampler = make_sampler(ds, norm, mcfg, pcfg)
+    fingerprint = json.dumps(
+        {"model": mcfg.model_dump(), "pretrain": pcfg.model_dump(exclude={"device"}),
+         "seed": seed, "n": len(ds), "return_sum": float(ds.ep_return.sum())},
+        sort_keys=True,
+    )
+    start = _maybe_resume(out_dir / "last.pt", fingerprint, model, opt, sched, rng)
+    step_fn = torch.compile(model) if pcfg.compile else model
+    meta = {"seed": seed, "steps": pcfg.steps, "pretrain": pcfg.model_dump()}
+
+    model.train()
+    bar = tqdm(range(start, pcfg.steps), desc="pretrain", disable=not progress, initial=start,
+               total=pcfg.steps)
+    for step in bar:
+        batch = sampler.sample(pcfg.batch_size, rng).to(device)
+        with autocast(device, pcfg.bf16):
+            loss, terms = pretrain_loss(step_fn, batch, pcfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), pcfg.grad_clip)
+        opt.step()
+        sched.step()
+        if step % pcfg.log_every == 0 or step == pcfg.steps - 1:
+            metrics = {f"train/{k}": float(v.detach()) for k, v in terms.items()}
+            metrics["train/lr"] = sched.get_last_lr()[0]
+            metrics["train/grad_norm"] = float(grad_norm)
+            bar.set_postfix(loss=f"{metrics['train/total']:.4f}")
+            if on_metrics is not None:
+                on_metrics(step, metrics)
+        if (step + 1) % pcfg.checkpoint_every == 0 and step + 1 < pcfg.steps:
+            _save_resume(out_dir / "last.pt", fingerprint, step + 1, model, norm, opt, sched, rng)
+    bar.close()
+    model.eval()
+    final = out_dir / "model.pt"
+    save_policy(final, model, norm, meta)
+    (out_dir / "last.pt").unlink(missing_ok=True)
+    return final
+
+
+def _save_resume(path, fingerprint, step, model, norm, opt, sched, rng) -> None:
+    state = policy_state(model, norm, {"fingerprint": fingerprint})
+    state.update(
+        kind="resume",
+        step=step,
+        optimizer=opt.state_dict(),
+        scheduler=sched.state_dict(),
+        rng=json.dumps(rng.bit_generator.state),
+        torch_rng=torch.get_rng_state(),
+    )
+    atomic_torch_save(state, path)
+
+
+def _maybe_resume(path: Path, fingerprint, model, opt, sched, rng) -> int:
+    if not path.exists():
+        return 0
+    state = safe_load(path)
+    if json.loads(state["meta"]).get("fingerprint") != fingerprint:
+        # A different configuration: its partial state is not ours to continue.
+        path.unlink()
+        return 0
+    model.load_state_dict(state["state_dict"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    rng.bit_generator.state = json.loads(state["rng"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"])
