@@ -64,6 +64,8 @@ def load_policy(
 ) -> tuple[SequencePolicy, Normalizer, dict[str, Any]]:
     """Rebuild a policy from a checkpoint written by :func:`save_policy` (or a training one)."""
     obj = safe_load(path, map_location)
+    if obj.get("kind") not in ("policy", "resume"):
+        raise CheckpointError(f"{path}: not a policy checkpoint (kind={obj.get('kind')!r})")
     try:
         cfg = ModelConfig.model_validate_json(obj["model_config"])
         model = SequencePolicy(cfg, int(obj["obs_dim"]), int(obj["act_dim"]))
@@ -79,8 +81,12 @@ def load_policy(
 def save_prompt(path: str | Path, prompt: torch.Tensor, meta: dict[str, Any]) -> None:
     """A tuned prompt: an (m, d) tensor and its metadata. Kilobytes, one file per task."""
     atomic_torch_save(
-        {"format": FORMAT_VERSION, "kind": "prompt", "prompt": prompt.detach().cpu().float(),
-         "meta": json.dumps(meta)},
+        {
+            "format": FORMAT_VERSION,
+            "kind": "prompt",
+            "prompt": prompt.detach().cpu().float(),
+            "meta": json.dumps(meta),
+        },
         path,
     )
 

@@ -60,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
         p.add_argument(
-            "--set", action="append", default=[], metavar="KEY=VALUE",
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
             help="override a parameter, e.g. --set pretrain.lr=1e-3 (repeatable)",
         )
         p.set_defaults(fn=fn)

@@ -69,8 +69,13 @@ def run_comparison(
                 }
                 write_json(
                     record_path,
-                    {"method": name, "seed": seed, "checkpoint": str(ckpt), **result,
-                     "tuning": tuning},
+                    {
+                        "method": name,
+                        "seed": seed,
+                        "checkpoint": str(ckpt),
+                        **result,
+                        "tuning": tuning,
+                    },
                 )
     return write_report(out_dir, params)
 
@@ -153,8 +158,9 @@ def write_report(out_dir: str | Path, params: Params) -> dict[str, Any]:
     """results.json, results.md and results.png from the run records in ``out_dir/runs``."""
     out_dir = Path(out_dir)
     summary = summarize(load_records(out_dir))
-    write_json(out_dir / "results.json", {"params": params.model_dump(mode="json"),
-                                          "summary": summary})
+    write_json(
+        out_dir / "results.json", {"params": params.model_dump(mode="json"), "summary": summary}
+    )
     write_text(out_dir / "results.md", markdown_table(summary, params))
     plot_summary(summary, out_dir / "results.png")
     return summary

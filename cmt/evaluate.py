@@ -83,7 +83,9 @@ def evaluate_tasks(
     if prompts is not None:
         device = next(model.parameters()).device
         batch_prompts = torch.stack([prompts[int(t)] for t in row_task]).to(device)
-    targets = None if target_returns is None else np.array([target_returns[int(t)] for t in row_task])
+    targets = (
+        None if target_returns is None else np.array([target_returns[int(t)] for t in row_task])
+    )
     returns, _ = rollout(model, norm, env, family.horizon, seed, batch_prompts, targets)
     return {int(t): returns[row_task == t] for t in task_ids}
 

@@ -51,9 +51,7 @@ class Batch:
         return Batch(**{k: mv(v) for k, v in self.__dict__.items()})
 
 
-def transition_features(
-    ds: OfflineDataset, norm: Normalizer, idx: np.ndarray
-) -> np.ndarray:
+def transition_features(ds: OfflineDataset, norm: Normalizer, idx: np.ndarray) -> np.ndarray:
     """Encoder input for transitions ``idx`` (any shape): [s, a, r, s'] -> (*idx.shape, F)."""
     d = ds.data
     return np.concatenate(
@@ -86,7 +84,7 @@ def segment_tensors(
 
 def _floor_index(u: np.ndarray, n: np.ndarray) -> np.ndarray:
     """Map uniform [0, 1) draws to integers in [0, n) (n >= 1, broadcast)."""
-    return np.minimum((u * n).astype(np.int64), n - 1)
+    return np.minimum((u.astype(np.float64) * n).astype(np.int64), n - 1)
 
 
 class SegmentSampler:
@@ -107,18 +105,28 @@ class SegmentSampler:
         self.ds, self.norm, self.K = ds, norm, context_len
         self.context, self.C, self.S = context, context_size, segment_len
         self.source, self.contrastive = source, contrastive
+        # Normalise once per dataset, so that building a batch is nothing but gathers.
+        d = ds.data
+        self._states = norm.states(d.observations).astype(np.float32)
+        self._next_states = norm.states(d.next_observations).astype(np.float32)
+        self._rewards = (d.rewards / norm.reward_scale).astype(np.float32)
+        self._rtg = (ds.rtg / norm.return_scale).astype(np.float32)
+        self._features = (
+            transition_features(ds, norm, np.arange(len(ds))) if context == "set" else None
+        )
 
     def draw(self, batch_size: int, rng: np.random.Generator | None = None) -> dict:
         """All random numbers one batch needs."""
         rng = self.ds.rng if rng is None else rng
         B = batch_size
-        return {
-            "start": rng.integers(0, len(self.ds), size=B),
-            "other": rng.random(B),
-            "ctx": rng.random((B, self.C)),
-            "ctx2": rng.random((B, self.C)),
-            "seg": rng.random(B),
-        }
+        draws = {"start": rng.integers(0, len(self.ds), size=B), "other": rng.random(B)}
+        if self.context == "set":
+            draws["ctx"] = rng.random((B, self.C), dtype=np.float32)
+            if self.contrastive:
+                draws["ctx2"] = rng.random((B, self.C), dtype=np.float32)
+        elif self.context == "segment":
+            draws["seg"] = rng.random(B)
+        return draws
 
     def sample(self, batch_size: int, rng: np.random.Generator | None = None) -> Batch:
         return self.build(self.draw(batch_size, rng))
@@ -136,19 +144,17 @@ class SegmentSampler:
         idx = start[:, None] + np.minimum(steps[None, :], seg_len[:, None] - 1)  # (B, K)
 
         def zero_pad(x: np.ndarray) -> np.ndarray:
-            m = mask.reshape(mask.shape + (1,) * (x.ndim - 2))
-            return np.where(m, x, 0).astype(x.dtype)
+            x[~mask] = 0  # x is a fresh gather, safe to modify in place
+            return x
 
         batch = Batch(
-            states=torch.from_numpy(zero_pad(norm.states(d.observations[idx]).astype(np.float32))),
+            states=torch.from_numpy(zero_pad(self._states[idx])),
             actions=torch.from_numpy(zero_pad(d.actions[idx])),
-            rewards=torch.from_numpy(zero_pad(d.rewards[idx] / np.float32(norm.reward_scale))),
-            rtg=torch.from_numpy(zero_pad(ds.rtg[idx] / np.float32(norm.return_scale))),
+            rewards=torch.from_numpy(zero_pad(self._rewards[idx])),
+            rtg=torch.from_numpy(zero_pad(self._rtg[idx])),
             timesteps=torch.from_numpy(zero_pad(ds.timesteps[idx])),
             mask=torch.from_numpy(mask),
-            next_states=torch.from_numpy(
-                zero_pad(norm.states(d.next_observations[idx]).astype(np.float32))
-            ),
+            next_states=torch.from_numpy(zero_pad(self._next_states[idx])),
             ep_return=torch.from_numpy(ds.ep_return[ep]),
             unit=torch.from_numpy(ep if self.source == "same_trajectory" else ds.ep_task[ep]),
         )
@@ -157,16 +163,14 @@ class SegmentSampler:
 
         ctx_ep = ep if self.source == "same_trajectory" else self._other_episode(ep, draws["other"])
         if self.context == "set":
-            batch.context = torch.from_numpy(
-                transition_features(ds, norm, self._set_index(ep, ctx_ep, offset, seg_len, draws["ctx"]))
-            )
+            idx1 = self._set_index(ep, ctx_ep, offset, seg_len, draws["ctx"])
+            batch.context = torch.from_numpy(self._features[idx1])
             if self.contrastive:
                 idx2 = self._set_index(ep, ctx_ep, offset, seg_len, draws["ctx2"])
-                batch.context2 = torch.from_numpy(transition_features(ds, norm, idx2))
+                batch.context2 = torch.from_numpy(self._features[idx2])
         else:
-            batch.segment = segment_tensors(
-                ds, norm, self._segment_index(ep, ctx_ep, offset, seg_len, draws["seg"])
-            )
+            idx_seg = self._segment_index(ep, ctx_ep, offset, seg_len, draws["seg"])
+            batch.segment = segment_tensors(ds, norm, idx_seg)
         return batch
 
     def _other_episode(self, ep: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -194,7 +198,7 @@ class SegmentSampler:
     def _segment_index(
         self, ep: np.ndarray, ctx_ep: np.ndarray, offset: np.ndarray, seg_len: np.ndarray, u
     ) -> np.ndarray:
-        """S consecutive indices of ``ctx_ep``; disjoint from the segment when in the same episode."""
+        """S consecutive indices of ``ctx_ep``, disjoint from the segment in the same episode."""
         ds, S = self.ds, self.S
         L = ds.ep_len[ctx_ep]
         # Window starts that do not overlap [offset, offset + seg_len): before it or after it.

@@ -20,10 +20,10 @@ class BatchedEnv(Protocol):
         """Start every episode; returns observations (B, obs_dim)."""
         ...
 
-    def step(
-        self, actions: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Apply actions (B, act_dim); returns obs (B, obs_dim), rewards, terminated, truncated (B,)."""
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Apply actions (B, act_dim): obs (B, obs_dim), rewards, terminated, truncated (B,).
+
+        Stepping an episode that already ended is allowed; callers ignore its outputs."""
         ...
 
 

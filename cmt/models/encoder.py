@@ -14,7 +14,13 @@ class ContextEncoder(nn.Module):
     cross-attend to the set. No positional information anywhere, so E is a set function."""
 
     def __init__(
-        self, feat_dim: int, d_model: int, prompt_len: int, n_layer: int, n_head: int, dropout: float
+        self,
+        feat_dim: int,
+        d_model: int,
+        prompt_len: int,
+        n_layer: int,
+        n_head: int,
+        dropout: float,
     ) -> None:
         super().__init__()
         self.embed = nn.Sequential(

@@ -128,15 +128,22 @@ def pretrain(
     norm = Normalizer.fit(ds.data, ds.ep_return)
     model = SequencePolicy(mcfg, ds.data.obs_dim, ds.data.act_dim).to(device)
     opt = torch.optim.AdamW(
-        model.optimizer_groups(pcfg.weight_decay), lr=pcfg.lr, betas=(0.9, 0.95),
+        model.optimizer_groups(pcfg.weight_decay),
+        lr=pcfg.lr,
+        betas=(0.9, 0.95),
         fused=device.type == "cuda",
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, pcfg))
     rng = np.random.default_rng(seed)
     sampler = make_sampler(ds, norm, mcfg, pcfg)
     fingerprint = json.dumps(
-        {"model": mcfg.model_dump(), "pretrain": pcfg.model_dump(exclude={"device"}),
-         "seed": seed, "n": len(ds), "return_sum": float(ds.ep_return.sum())},
+        {
+            "model": mcfg.model_dump(),
+            "pretrain": pcfg.model_dump(exclude={"device"}),
+            "seed": seed,
+            "n": len(ds),
+            "return_sum": float(ds.ep_return.sum()),
+        },
         sort_keys=True,
     )
     start = _maybe_resume(out_dir / "last.pt", fingerprint, model, opt, sched, rng)
@@ -144,8 +151,13 @@ def pretrain(
     meta = {"seed": seed, "steps": pcfg.steps, "pretrain": pcfg.model_dump()}
 
     model.train()
-    bar = tqdm(range(start, pcfg.steps), desc="pretrain", disable=not progress, initial=start,
-               total=pcfg.steps)
+    bar = tqdm(
+        range(start, pcfg.steps),
+        desc="pretrain",
+        disable=not progress,
+        initial=start,
+        total=pcfg.steps,
+    )
     for step in bar:
         batch = sampler.sample(pcfg.batch_size, rng).to(device)
         with autocast(device, pcfg.bf16):

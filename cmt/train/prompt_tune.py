@@ -84,16 +84,21 @@ def tune_prompt(
     bar = tqdm(range(1, cfg.steps + 1), desc="prompt-tune", disable=not progress, leave=False)
     for step in bar:
         batch = train_sampler.sample(cfg.batch_size, rng).to(device)
-        w = return_weights(batch, train_ds, cfg.beta) if cfg.objective == "return_weighted" else None
+        w = (
+            return_weights(batch, train_ds, cfg.beta)
+            if cfg.objective == "return_weighted"
+            else None
+        )
         loss = action_loss(model, batch, prompt, w)
+        loss_value = float(loss.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % cfg.eval_every == 0 or step == cfg.steps:
             v = val_loss()
-            history.append((step, float(loss), v))
+            history.append((step, loss_value, v))
             if on_metrics is not None:
-                on_metrics(step, {"tune/train_loss": float(loss), "tune/val_loss": v})
+                on_metrics(step, {"tune/train_loss": loss_value, "tune/val_loss": v})
             bar.set_postfix(val=f"{v:.4f}")
             if v < best:
                 best, best_prompt, best_step, stale = v, prompt.detach().clone(), step, 0

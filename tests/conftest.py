@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny configurations and datasets generated into temp dirs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cmt.config import Params, parse_params
+
+TINY = {
+    "data": {
+        "num_tasks": 8,
+        "test_tasks": [1, 5],
+        "horizon": 20,
+        "episodes_per_level": 3,
+        "demo_episodes": 4,
+        "reference_episodes": 3,
+    },
+    "model": {"n_layer": 2, "d_model": 32, "n_head": 2, "context_len": 5, "context_size": 8},
+    "pretrain": {"steps": 30, "batch_size": 16, "warmup_steps": 5, "checkpoint_every": 10},
+    "prompt_tune": {"steps": 20, "batch_size": 8, "eval_every": 5},
+    "evaluate": {"episodes": 2},
+    "compare": {"seeds": [0]},
+}
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    # Two cores here; more threads than cores only adds contention.
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def tiny_params() -> Params:
+    return parse_params(TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> Path:
+    from cmt.envs.generate import generate_datasets
+
+    out = tmp_path_factory.mktemp("tiny_data")
+    generate_datasets(parse_params(TINY).data, out)
+    return out

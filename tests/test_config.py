@@ -1,0 +1,92 @@
+"""Config validation: every bad key fails before any work, naming its dotted path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cmt.cli import main
+from cmt.config import ConfigError, Params, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_params_yaml_is_the_documented_default():
+    assert load_params(ROOT / "params.yaml") == Params()
+
+
+def test_every_field_has_a_description():
+    def walk(model):
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no description"
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, Params.__mro__[1]):
+                walk(ann)
+
+    walk(Params)
+
+
+@pytest.mark.parametrize(
+    "raw, path, fragment",
+    [
+        ({"pretrain": {"lrr": 1}}, "pretrain.lrr", "Extra inputs"),
+        ({"typo_section": {}}, "typo_section", "Extra inputs"),
+        ({"pretrain": {"lr": "fast"}}, "pretrain.lr", "valid number"),
+        ({"pretrain": {"lr": -1}}, "pretrain.lr", "greater than 0"),
+        ({"model": {"dropout": 1.5}}, "model.dropout", "less than 1"),
+        ({"model": {"prompt": "magic"}}, "model.prompt", "'encoder'"),
+        ({"model": {"n_head": 3}}, "model", "not divisible"),
+        ({"data": {"test_tasks": [50]}}, "data", "outside"),
+        ({"data": {"test_tasks": [1, 1]}}, "data", "duplicates"),
+        ({"compare": {"methods": ["cmt_magic"]}}, "compare.methods.0", "Input should be"),
+        ({"prompt_tune": {"objective": "bc"}}, "prompt_tune.objective", "filtered_bc"),
+    ],
+)
+def test_bad_values_name_their_key(raw, path, fragment):
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw, "p.yaml")
+    msg = str(err.value)
+    assert msg.startswith("p.yaml: invalid configuration")
+    assert f"  {path}: " in msg and fragment in msg, msg
+
+
+def test_yaml_problems_and_overrides(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pretrain: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "missing.yaml")
+    good = tmp_path / "good.yaml"
+    good.write_text("pretrain:\n  lr: 0.001\n")
+    p = load_params(good, {"pretrain.steps": 7, "model.d_model": 64})
+    assert (p.pretrain.lr, p.pretrain.steps, p.model.d_model) == (0.001, 7, 64)
+
+
+def test_cli_reports_config_errors_with_exit_code_2(capsys):
+    code = main(["config", "--params", str(ROOT / "params.yaml"), "--set", "pretrain.lrr=1"])
+    assert code == 2
+    assert "pretrain.lrr" in capsys.readouterr().err
+
+
+def test_cli_compare_smoke(tmp_path):
+    """The main command end to end, CleanRL-style: a tiny budget, every method, a table."""
+    import yaml
+    from conftest import TINY
+
+    params = tmp_path / "params.yaml"
+    tiny = {**TINY, "pretrain": {**TINY["pretrain"], "steps": 5}}
+    tiny["prompt_tune"] = {**TINY["prompt_tune"], "steps": 5}
+    params.write_text(yaml.safe_dump(tiny))
+    out = tmp_path / "out"
+    assert main(["compare", "--params", str(params), "--out", str(out), "--quiet"]) == 0
+    table = (out / "results.md").read_text()
+    for label in ("Multi-task DT", "Prompt-DT", "CMT zero-shot", "CMT + prompt tuning"):
+        assert label in table
+    assert (out / "results.png").stat().st_size > 1000
+    assert len(list((out / "runs").glob("*.json"))) == 4
+    # A rerun finds every run record and only rebuilds the report.
+    mtime = (out / "runs" / "cmt_tuned_seed0.json").stat().st_mtime
+    assert main(["compare", "--params", str(params), "--out", str(out), "--quiet"]) == 0
+    assert (out / "runs" / "cmt_tuned_seed0.json").stat().st_mtime == mtime
