@@ -24,13 +24,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cmt.config import Params, parse_params
 from cmt.data.dataset import Normalizer
+from cmt.device import autocast
 from cmt.envs.generate import generate_datasets
 from cmt.envs.registry import make_family
 from cmt.evaluate import rollout
 from cmt.experiment import initial_prompt, load_data
 from cmt.methods import backbone_config
 from cmt.models.policy import SequencePolicy
-from cmt.train.pretrain import autocast, make_sampler, pretrain_loss
+from cmt.train.pretrain import make_sampler, pretrain_loss
 
 OUT = Path(__file__).parent / "results" / "throughput.json"
 
@@ -182,6 +183,8 @@ def eval_speed(params: Params, data, episodes_per_task: int, repeats: int) -> di
         "batched_steps_per_s": round(steps / batched, 1),
         "one_episode_steps_per_s": round(steps / single, 1),
         "speedup": round(single / batched, 1),
+        "batched_bf16": params.evaluate.bf16,
+        "one_episode_bf16": False,
     }
 
 

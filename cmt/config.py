@@ -151,6 +151,11 @@ class EvaluateConfig(Section):
 
     episodes: int = Field(10, ge=1, description="Episodes per task, rolled out together.")
     seed: int = Field(10_000, ge=0, description="Evaluation seed (separate from training seeds).")
+    bf16: bool = Field(
+        True,
+        description="bfloat16 autocast in rollouts: 1.7x the steps/s on a 2-core CPU "
+        "(benchmarks/throughput.py); off gives bit-exact fp32 actions.",
+    )
     target_return: Literal["demo", "max_train"] = Field(
         "demo",
         description="Return-to-go target of return-conditioned models: mean demo return of "
@@ -169,6 +174,62 @@ class CompareConfig(Section):
     )
 
 
+class TrackingConfig(Section):
+    """MLflow tracking and model registry (used by the pipeline entry points only)."""
+
+    tracking_uri: str = Field(
+        "sqlite:///mlflow.db",
+        description="MLflow tracking URI: a SQLite store (relative paths are relative to the "
+        "working directory, the repository root under DVC) or any tracking server "
+        "(http://host:5000). The MLFLOW_TRACKING_URI environment variable overrides it.",
+    )
+    artifact_location: str = Field(
+        "mlruns",
+        description="Artifact root of a newly created experiment: a local directory (made "
+        "absolute) or any artifact URI (s3://..., mlflow-artifacts:/...).",
+    )
+    experiment: str = Field("cmt", min_length=1, description="MLflow experiment name.")
+    registered_model: str = Field(
+        "cmt-{family}",
+        min_length=1,
+        description="Registered model name; '{family}' is replaced by data.family.",
+    )
+    registered_method: Literal["mtdt", "prompt_dt", "cmt_zero_shot", "cmt_tuned"] = Field(
+        "cmt_tuned",
+        description="Method whose policy (backbone plus its prompts) is registered; it must be "
+        "one of compare.methods.",
+    )
+    primary_metric: Literal["score_mean", "return_mean"] = Field(
+        "score_mean",
+        description="Metric (higher is better) that decides whether a new model version "
+        "takes the 'champion' alias; otherwise it becomes 'challenger'.",
+    )
+
+    def model_name(self, family: str) -> str:
+        """The registered model name for a task family."""
+        return self.registered_model.format(family=family)
+
+
+class OrchestrationConfig(Section):
+    """Prefect task runner of the stage flows' mapped tasks (prompt tuning, evaluation)."""
+
+    task_runner: Literal["threads", "dask"] = Field(
+        "threads",
+        description="'threads': a thread pool in the stage process; 'dask': a Dask cluster "
+        "through prefect-dask (a local one unless dask_address is set).",
+    )
+    max_workers: int = Field(2, ge=1, description="Threads of the thread-pool runner.")
+    dask_workers: int = Field(2, ge=1, description="Worker processes of a local Dask cluster.")
+    dask_threads_per_worker: int = Field(
+        1, ge=1, description="Threads per local Dask worker (torch uses its own threads)."
+    )
+    dask_address: str | None = Field(
+        None,
+        description="Address of an existing Dask scheduler (tcp://host:8786); "
+        "null starts a local cluster.",
+    )
+
+
 class Params(Section):
     """All of ``params.yaml``."""
 
@@ -180,6 +241,12 @@ class Params(Section):
     )
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation.")
     compare: CompareConfig = Field(default_factory=CompareConfig, description="Comparison.")
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig, description="MLflow tracking and registry."
+    )
+    orchestration: OrchestrationConfig = Field(
+        default_factory=OrchestrationConfig, description="Prefect task runner."
+    )
 
 
 class ConfigError(ValueError):

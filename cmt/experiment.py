@@ -183,6 +183,7 @@ def evaluate_method(
         params.evaluate.seed + seed,
         use_prompts,
         targets,
+        params.evaluate.bf16,
     )
     per_task = {}
     for t in tasks:

@@ -60,7 +60,7 @@ def register_family(name: str) -> Callable[[Callable[[DataConfig], TaskFamily]],
 
 def _load_builtin() -> None:
     # Imported lazily so that importing cmt.envs registers nothing by itself.
-    from cmt.envs import point_robot  # noqa: F401
+    from cmt.envs import mujoco_tasks, point_robot  # noqa: F401
 
 
 def registered_families() -> list[str]:

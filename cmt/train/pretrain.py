@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from collections.abc import Callable
@@ -17,25 +16,11 @@ from cmt.checkpoint import atomic_torch_save, policy_state, safe_load, save_poli
 from cmt.config import ModelConfig, PretrainConfig
 from cmt.data.dataset import Normalizer, OfflineDataset
 from cmt.data.sampler import Batch, SegmentSampler
+from cmt.device import autocast, pick_device
 from cmt.models.policy import SequencePolicy
 from cmt.seeding import seed_everything
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("pretrain.device='cuda' but no CUDA device is available")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast: 6x the fp32 matmul rate on this class of CPU, and native on GPUs."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def make_sampler(

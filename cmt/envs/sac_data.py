@@ -1,0 +1,735 @@
+"""Offline datasets of the MuJoCo task families from one task-conditioned SAC policy per family.
+
+Procedure (D4RL's recipe, adapted to task families; details and budgets in ``docs/mujoco.md``):
+
+1. The random reference: uniform actions on every task.
+2. Stable-Baselines3 SAC trains one policy for all training tasks: each training episode
+   samples a training task, and the policy observes ``[obs, task_params[task]]``. Every
+   ``eval_every`` steps the current actor is stored as a snapshot and evaluated on every
+   training task.
+3. *Expert* is the final snapshot. *Medium* is the first snapshot whose mean return reaches
+   ``medium_fraction`` of the way from random to expert (D4RL's medium policies score about a
+   third of the expert); *medium-replay* is the replay buffer up to that snapshot.
+4. Per training task, ``episodes_per_level`` episodes of medium and expert plus that task's
+   medium-replay episodes go to ``train.hdf5``; ``demo_episodes`` expert episodes per test task
+   to ``demos.hdf5``; each task's random and expert mean return to ``references.json``.
+
+The datasets keep the plain observation: the task parameter is only ever shown to SAC. With a
+``checkpoint_dir``, training is checkpointed at every snapshot and continues from there when
+rerun with the same family, budgets and seed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from tqdm.auto import tqdm
+
+from cmt.atomic import atomic_path, write_json
+from cmt.data.schema import TransitionData
+from cmt.envs.generate import LEVELS, Policy, concat_transitions, rollout
+from cmt.envs.mujoco_tasks import MujocoTaskFamily, mujoco_family
+
+log = logging.getLogger(__name__)
+
+MetricsCallback = Callable[[int, dict[str, float]], None]
+"""Called at every snapshot with the step and metrics such as ``sac/eval_return``."""
+
+MUJOCO_LEVELS: tuple[str, ...] = LEVELS if "medium_replay" in LEVELS else (*LEVELS, "medium_replay")
+"""Levels of the MuJoCo data; ``infos/level`` indexes it. The point robot's levels come first
+so indices agree across families; MuJoCo training data holds medium, expert, medium_replay."""
+
+_STREAMS: tuple[str, ...] = (
+    "sac",
+    "eval",
+    "train/medium",
+    "train/expert",
+    "demos/expert",
+    "reference/random",
+    "reference/expert",
+)
+# Spawned from the seed in this order; append new streams to keep old datasets identical.
+
+CHECKPOINT_FORMAT = 1
+
+
+class SacBudgets(BaseModel):
+    """Budgets and settings of SAC data generation for one MuJoCo family.
+
+    The defaults are the reduced budget of the half-cheetah families: about 20 minutes on two
+    CPU cores with one torch thread (``docs/mujoco.md`` has the ant and full budgets).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sac_steps: int = Field(
+        150_000, ge=1, description="Environment steps of SAC training (one gradient step each)."
+    )
+    learning_starts: int = Field(
+        5_000, ge=1, description="Uniform-random steps that fill the replay buffer before updates."
+    )
+    batch_size: int = Field(256, ge=1, description="SAC minibatch size.")
+    net_arch: tuple[int, ...] = Field(
+        (128, 128), min_length=1, description="Hidden widths of the SAC actor and critics."
+    )
+    learning_rate: float = Field(3e-4, gt=0.0, description="Adam learning rate of SAC.")
+    gamma: float = Field(0.99, gt=0.0, le=1.0, description="SAC discount factor.")
+    eval_every: int = Field(
+        7_500,
+        ge=1,
+        description="Steps between policy snapshots (each evaluated on all training tasks); "
+        "also the checkpoint interval and the granularity of the medium snapshot.",
+    )
+    eval_episodes: int = Field(
+        1, ge=1, description="Evaluation episodes per training task at every snapshot."
+    )
+    medium_fraction: float = Field(
+        1.0 / 3.0,
+        gt=0.0,
+        lt=1.0,
+        description="Medium = first snapshot whose mean return reaches this fraction of the way "
+        "from the random to the final (expert) return (D4RL's medium is about 1/3 of expert).",
+    )
+    episodes_per_level: int = Field(
+        10, ge=1, description="Medium and expert episodes per training task in train.hdf5."
+    )
+    demo_episodes: int = Field(
+        5, ge=1, description="Expert demonstration episodes per test task in demos.hdf5."
+    )
+    reference_episodes: int = Field(
+        10, ge=1, description="Episodes per task measuring its random and expert return."
+    )
+    stochastic: bool = Field(
+        True,
+        description="Behaviour policies sample from SAC's squashed Gaussian (as D4RL) instead "
+        "of taking its mean action; evaluation and references use the same mode.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Torch device of SAC ('auto' picks CUDA when present)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SacBudgets:
+        if self.learning_starts >= self.sac_steps:
+            raise ValueError(
+                f"learning_starts={self.learning_starts} must be < sac_steps={self.sac_steps}"
+            )
+        if 2 * self.eval_every > self.sac_steps:
+            # The medium snapshot must come before the final (expert) one.
+            raise ValueError(
+                f"sac_steps={self.sac_steps} must be at least 2 * eval_every={self.eval_every}"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- SAC training env
+
+
+class TaskConditionedEnv(gym.Env[np.ndarray, np.ndarray]):
+    """SAC's training env: every episode runs a random training task, and the observation is
+    ``[obs, task_params[task]]`` (float32); ``info["task_id"]`` names the task."""
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(self, family: MujocoTaskFamily, tasks: tuple[int, ...]) -> None:
+        if not tasks:
+            raise ValueError("TaskConditionedEnv needs at least one task")
+        self.family = family
+        self.tasks = np.asarray(tasks, dtype=np.int64)
+        self._envs: dict[int, gym.Env] = {}
+        self.task_id = int(self.tasks[0])
+        action_space = self._env(self.task_id).action_space
+        assert isinstance(action_space, gym.spaces.Box)
+        if not (np.all(action_space.low == -1.0) and np.all(action_space.high == 1.0)):
+            # Behaviour policies emit tanh-squashed actions and store them unscaled.
+            raise ValueError(f"{family.name}: expected actions in [-1, 1], got {action_space}")
+        self.action_space = action_space
+        dim = family.obs_dim + family.task_params.shape[1]
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(dim,), dtype=np.float32)
+
+    def _env(self, task: int) -> gym.Env:
+        if task not in self._envs:
+            self._envs[task] = self.family.make_env(task)
+        return self._envs[task]
+
+    def _augment(self, obs: np.ndarray) -> np.ndarray:
+        return np.concatenate(
+            [np.asarray(obs, dtype=np.float32), self.family.task_params[self.task_id]]
+        )
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self.task_id = int(self.np_random.choice(self.tasks))
+        obs, info = self._env(self.task_id).reset(seed=int(self.np_random.integers(2**31 - 1)))
+        return self._augment(obs), {**info, "task_id": self.task_id}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self._env(self.task_id).step(action)
+        info["task_id"] = self.task_id
+        return self._augment(obs), float(reward), terminated, truncated, info
+
+    def close(self) -> None:
+        for env in self._envs.values():
+            env.close()
+        self._envs.clear()
+
+
+# --------------------------------------------------------------------------- behaviour policies
+
+
+def actor_policy(
+    actor: torch.nn.Module, task_params: np.ndarray, rng: np.random.Generator | None
+) -> Policy:
+    """Batched policy of an SB3 SAC actor fed ``[obs, task_params[task]]``.
+
+    With ``rng`` actions are sampled from the squashed Gaussian (noise from ``rng``, so runs
+    are reproducible whatever torch's global RNG did); without it, the mean action.
+    """
+    device = next(actor.parameters()).device
+
+    def act(obs: np.ndarray, task_ids: np.ndarray) -> np.ndarray:
+        x = np.concatenate([np.asarray(obs, dtype=np.float32), task_params[task_ids]], axis=1)
+        with torch.no_grad():
+            mean, log_std, _ = actor.get_action_dist_params(torch.as_tensor(x, device=device))
+        pre = mean.cpu().double().numpy()  # (B, act_dim), before the tanh squashing
+        if rng is not None:
+            pre = pre + np.exp(log_std.cpu().double().numpy()) * rng.standard_normal(pre.shape)
+        return np.tanh(pre).astype(np.float32)
+
+    return act
+
+
+def random_policy(act_dim: int, rng: np.random.Generator) -> Policy:
+    """Uniform actions in [-1, 1]: the random reference."""
+    return lambda obs, ids: rng.uniform(-1.0, 1.0, size=(obs.shape[0], act_dim)).astype(np.float32)
+
+
+def _mean_returns(
+    family: MujocoTaskFamily, tasks: np.ndarray, episodes: int, policy: Policy, seed: int
+) -> np.ndarray:
+    """Mean return of each task over ``episodes`` episodes run together; (len(tasks),)."""
+    _, returns = rollout(family, np.repeat(tasks, episodes), policy, seed)
+    return returns.reshape(len(tasks), episodes).mean(axis=1)
+
+
+# --------------------------------------------------------------------------- snapshots
+
+
+def select_medium(
+    mean_returns: np.ndarray, random_return: float, fraction: float
+) -> tuple[int, str]:
+    """Index of the medium snapshot among all but the last (expert) one, and the rule used.
+
+    ``"reached"``: the first whose return is at least ``fraction`` of the way from random to
+    expert. ``"best_below"``: none reached it, take the best. ``"no_progress"``: the expert
+    is no better than random (tiny budgets), take the first snapshot.
+    """
+    returns = np.asarray(mean_returns, dtype=np.float64)
+    if returns.size < 2:
+        raise ValueError("need at least two snapshots to choose a medium one")
+    span = returns[-1] - random_return
+    if span <= 0:
+        return 0, "no_progress"
+    progress = (returns[:-1] - random_return) / span
+    reached = np.flatnonzero(progress >= fraction)
+    if reached.size:
+        return int(reached[0]), "reached"
+    return int(np.argmax(progress)), "best_below"
+
+
+def replay_transitions(buffer: Any, rows: int, family: MujocoTaskFamily) -> TransitionData:
+    """The first ``rows`` transitions of an SB3 replay buffer as plain-observation episodes,
+    grouped by task (episodes of a task keep their order).
+
+    The task of each transition is read back from the task parameters appended to its
+    observation. An episode cut by ``rows`` is marked as a timeout (end of data).
+    """
+    from cmt.data.hdf5 import episode_bounds  # lazy: keeps env imports free of h5py
+
+    d = family.obs_dim
+    full_obs = buffer.observations[:rows, 0]  # (N, obs_dim + p)
+    match = np.all(full_obs[:, None, d:] == family.task_params[None], axis=2)  # (N, tasks)
+    if not np.all(match.sum(axis=1) == 1):
+        raise ValueError("replay buffer rows whose task parameters match no single task")
+    task = match.argmax(axis=1).astype(np.int64)
+    dones = buffer.dones[:rows, 0] > 0.5
+    timeouts = buffer.timeouts[:rows, 0] > 0.5
+    terminals = dones & ~timeouts
+    timeouts = timeouts.copy()
+    timeouts[-1] |= not dones[-1]
+    starts, lengths = episode_bounds(terminals, timeouts)
+    order = np.argsort(task[starts], kind="stable")
+    idx = np.concatenate(
+        [np.arange(s, s + n) for s, n in zip(starts[order], lengths[order], strict=True)]
+    )
+    return TransitionData(
+        observations=full_obs[idx, :d].astype(np.float32),
+        actions=buffer.actions[:rows, 0][idx].astype(np.float32),
+        rewards=buffer.rewards[:rows, 0][idx].astype(np.float32),
+        terminals=terminals[idx],
+        timeouts=timeouts[idx],
+        next_observations=buffer.next_observations[:rows, 0, :d][idx].astype(np.float32),
+        task_ids=task[idx],
+    )
+
+
+def _with_level(data: TransitionData, level: str) -> TransitionData:
+    infos = {"level": np.full(len(data), MUJOCO_LEVELS.index(level), dtype=np.int8)}
+    return TransitionData(
+        observations=data.observations,
+        actions=data.actions,
+        rewards=data.rewards,
+        terminals=data.terminals,
+        timeouts=data.timeouts,
+        next_observations=data.next_observations,
+        task_ids=data.task_ids,
+        infos=infos,
+    )
+
+
+def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+_BUFFER_KEYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+
+
+class _Checkpoint:
+    """Resumable SAC state in ``directory``: ``state.pt`` (weights, optimizers, counters,
+    snapshots; ``torch.load(weights_only=True)``) and the replay buffer as ``.npz`` chunks,
+    one per checkpoint interval, so each save writes only the new rows."""
+
+    def __init__(self, directory: Path, fingerprint: str) -> None:
+        self.dir = Path(directory)
+        self.fingerprint = fingerprint
+        self.chunks: list[str] = []
+        self.saved_rows = 0
+
+    def save(self, model: Any, snapshots: list[dict[str, Any]]) -> None:
+        rb, rows = model.replay_buffer, int(model.num_timesteps)
+        if rb.full or rb.pos != rows:
+            raise RuntimeError(f"replay buffer at row {rb.pos} (full={rb.full}) at step {rows}")
+        if rows > self.saved_rows:
+            name = f"buffer_{self.saved_rows:09d}_{rows:09d}.npz"
+            with atomic_path(self.dir / name) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, **{k: getattr(rb, k)[self.saved_rows : rows] for k in _BUFFER_KEYS})
+            self.chunks.append(name)
+            self.saved_rows = rows
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "fingerprint": self.fingerprint,
+            "num_timesteps": int(model.num_timesteps),
+            "n_updates": int(model._n_updates),
+            "params": model.get_parameters(),
+            "log_ent_coef": model.log_ent_coef.detach().cpu().clone(),
+            "chunks": list(self.chunks),
+            "snapshots": [
+                {"step": s["step"], "returns": torch.as_tensor(s["returns"]), "actor": s["actor"]}
+                for s in snapshots
+            ],
+        }
+        with atomic_path(self.dir / "state.pt") as tmp:
+            torch.save(state, tmp)
+
+    def load(self, model: Any, max_steps: int) -> list[dict[str, Any]] | None:
+        """Restore ``model`` and return the snapshots, or None (nothing usable: start over)."""
+        path = self.dir / "state.pt"
+        if not path.exists():
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        steps = int(state.get("num_timesteps", -1))
+        if (
+            state.get("format") != CHECKPOINT_FORMAT
+            or state.get("fingerprint") != self.fingerprint
+            or not 0 < steps <= max_steps
+        ):
+            log.warning("%s: checkpoint of other settings, starting over", self.dir)
+            return None
+        model.set_parameters(state["params"], exact_match=True, device=model.device)
+        with torch.no_grad():
+            model.log_ent_coef.copy_(state["log_ent_coef"].to(model.device))
+        model.num_timesteps = steps
+        model._n_updates = int(state["n_updates"])
+        rb, start = model.replay_buffer, 0
+        for name in state["chunks"]:
+            with np.load(self.dir / name, allow_pickle=False) as chunk:
+                n = chunk["rewards"].shape[0]
+                for key in _BUFFER_KEYS:
+                    getattr(rb, key)[start : start + n] = chunk[key]
+            start += n
+        if start != steps:
+            raise ValueError(f"{self.dir}: buffer chunks hold {start} rows, expected {steps}")
+        rb.pos = steps
+        if steps < max_steps and rb.dones[steps - 1, 0] < 0.5:
+            # The interrupted episode ends here: a truncation, so SAC still bootstraps from it.
+            rb.dones[steps - 1, 0] = 1.0
+            rb.timeouts[steps - 1, 0] = 1.0
+        self.chunks, self.saved_rows = list(state["chunks"]), steps
+        return [
+            {"step": int(s["step"]), "returns": s["returns"].numpy(), "actor": s["actor"]}
+            for s in state["snapshots"]
+        ]
+
+    def clear(self) -> None:
+        for path in [self.dir / "state.pt", *self.dir.glob("buffer_*.npz")]:
+            path.unlink(missing_ok=True)
+        self.chunks, self.saved_rows = [], 0
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def _streams(seed: int) -> dict[str, np.random.Generator]:
+    children = np.random.SeedSequence(seed).spawn(len(_STREAMS))
+    return {n: np.random.default_rng(c) for n, c in zip(_STREAMS, children, strict=True)}
+
+
+def _seed_of(rng: np.random.Generator) -> int:
+    return int(rng.integers(2**31 - 1))
+
+
+def train_sac(
+    family: MujocoTaskFamily,
+    budgets: SacBudgets,
+    seed: int,
+    random_return: float,
+    checkpoint_dir: Path | None = None,
+    on_metrics: MetricsCallback | None = None,
+    progress: bool = True,
+) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
+    """Train the task-conditioned SAC policy on the family's training tasks.
+
+    Returns the SB3 model, the snapshots (``step``, per-training-task mean ``returns``, CPU
+    ``actor`` state dict; the last one is the expert) and timing statistics.
+    ``random_return`` is only used to report normalised progress.
+    """
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    rngs = _streams(seed)
+    sac_seed, eval_seed = _seed_of(rngs["sac"]), _seed_of(rngs["eval"])
+    train_tasks = np.asarray(family.train_tasks, dtype=np.int64)
+    env = TaskConditionedEnv(family, family.train_tasks)
+    model = SAC(
+        "MlpPolicy",
+        env,
+        learning_rate=budgets.learning_rate,
+        buffer_size=budgets.sac_steps + 1,  # never wraps: buffer row i is SAC step i
+        learning_starts=budgets.learning_starts,
+        batch_size=budgets.batch_size,
+        gamma=budgets.gamma,
+        policy_kwargs={"net_arch": list(budgets.net_arch)},
+        seed=sac_seed,
+        device=budgets.device,
+        verbose=0,
+    )
+    fingerprint = json.dumps(
+        {
+            "family": family.name,
+            "num_tasks": family.num_tasks,
+            "seed": seed,
+            # sac_steps is left out: a finished shorter run continues to a larger budget.
+            **budgets.model_dump(
+                include={
+                    "learning_starts",
+                    "batch_size",
+                    "net_arch",
+                    "learning_rate",
+                    "gamma",
+                    "eval_every",
+                    "eval_episodes",
+                    "stochastic",
+                }
+            ),
+        },
+        sort_keys=True,
+        default=list,
+    )
+    ckpt = None if checkpoint_dir is None else _Checkpoint(checkpoint_dir, fingerprint)
+    snapshots: list[dict[str, Any]] = []
+    if ckpt is not None:
+        restored = ckpt.load(model, budgets.sac_steps)
+        if restored is None:
+            ckpt.clear()
+        else:
+            snapshots = restored
+            log.info("%s: resuming SAC at step %d", family.name, model.num_timesteps)
+    start_step = int(model.num_timesteps)
+
+    def snapshot(step: int) -> None:
+        actor = model.actor
+        rng = np.random.default_rng(eval_seed) if budgets.stochastic else None
+        returns = _mean_returns(
+            family,
+            train_tasks,
+            budgets.eval_episodes,
+            actor_policy(actor, family.task_params, rng),
+            eval_seed,
+        )
+        snapshots.append({"step": step, "returns": returns, "actor": _cpu_state(actor)})
+        if ckpt is not None:
+            ckpt.save(model, snapshots)
+        elapsed = time.perf_counter() - t0
+        rate = (step - start_step) / max(elapsed, 1e-9)
+        first = snapshots[0]["returns"].mean()
+        metrics = {
+            "sac/eval_return": float(returns.mean()),
+            "sac/steps_per_s": rate,
+            "sac/return_over_random": float(returns.mean() - random_return),
+        }
+        log.info(
+            "%s SAC step %d/%d (%.0f steps/s, ETA %.0f min): mean train-task return %.1f "
+            "(random %.1f, first snapshot %.1f)",
+            family.name,
+            step,
+            budgets.sac_steps,
+            rate,
+            (budgets.sac_steps - step) / max(rate, 1e-9) / 60,
+            returns.mean(),
+            random_return,
+            first,
+        )
+        if on_metrics is not None:
+            on_metrics(step, metrics)
+
+    class Snapshots(BaseCallback):
+        # Snapshots at the end of a rollout, when this step's transition is in the buffer.
+        def _on_training_start(self) -> None:
+            self.bar = tqdm(
+                total=budgets.sac_steps,
+                initial=start_step,
+                desc=f"SAC {family.name}",
+                disable=not progress,
+                mininterval=1.0,
+            )
+
+        def _on_step(self) -> bool:
+            self.bar.update(1)
+            return True
+
+        def _on_rollout_end(self) -> None:
+            step = int(self.num_timesteps)
+            if step % budgets.eval_every == 0 or step == budgets.sac_steps:
+                snapshot(step)
+                self.bar.set_postfix(eval_return=f"{snapshots[-1]['returns'].mean():.1f}")
+
+        def _on_training_end(self) -> None:
+            self.bar.close()
+
+    t0 = time.perf_counter()
+    if start_step < budgets.sac_steps:
+        model.learn(
+            total_timesteps=budgets.sac_steps - start_step,
+            callback=Snapshots(),
+            reset_num_timesteps=start_step == 0,
+        )
+    elapsed = time.perf_counter() - t0
+    env.close()
+    if not snapshots or snapshots[-1]["step"] != budgets.sac_steps:
+        raise RuntimeError(f"SAC ended at step {model.num_timesteps} without a final snapshot")
+    stats = {
+        "resumed_from": start_step,
+        "seconds": elapsed,
+        "steps_per_s": (budgets.sac_steps - start_step) / elapsed if elapsed > 0 else 0.0,
+    }
+    return model, snapshots, stats
+
+
+def generate_mujoco(
+    family_name: str,
+    budgets: SacBudgets,
+    out_dir: Path,
+    seed: int,
+    num_tasks: int | None = None,
+    checkpoint_dir: Path | None = None,
+    on_metrics: MetricsCallback | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write ``train.hdf5``, ``demos.hdf5`` and ``references.json`` for a MuJoCo family.
+
+    ``train.hdf5`` holds, per training task, ``episodes_per_level`` medium and expert episodes
+    and the task's medium-replay episodes (``infos/level`` indexes :data:`MUJOCO_LEVELS`);
+    ``demos.hdf5`` expert episodes of the test tasks; ``references.json`` the mean random and
+    expert return of every task. Also written: ``policies/{medium,expert}.pt`` (actor weights)
+    and ``sac_log.json`` (snapshot returns, chosen medium). ``num_tasks`` keeps only the
+    family's first tasks (tests). Deterministic given ``seed`` as far as SB3 and torch are
+    (same device and thread count, no resume). Returns a summary.
+    """
+    from cmt.data.hdf5 import write_hdf5  # lazy: keeps env imports free of h5py
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    family = mujoco_family(family_name, num_tasks)
+    rngs = _streams(seed)
+    train_tasks = np.asarray(family.train_tasks, dtype=np.int64)
+    test_tasks = np.asarray(family.test_tasks, dtype=np.int64)
+    all_tasks = np.arange(family.num_tasks)
+
+    # Random reference first: it measures SAC's progress and picks the medium snapshot.
+    rng = rngs["reference/random"]
+    random_ref = _mean_returns(
+        family,
+        all_tasks,
+        budgets.reference_episodes,
+        random_policy(family.act_dim, rng),
+        _seed_of(rng),
+    )
+    model, snapshots, sac_stats = train_sac(
+        family,
+        budgets,
+        seed,
+        float(random_ref[train_tasks].mean()),
+        checkpoint_dir,
+        on_metrics,
+        progress,
+    )
+    curve = np.array([s["returns"].mean() for s in snapshots])
+    medium_i, rule = select_medium(
+        curve, float(random_ref[train_tasks].mean()), budgets.medium_fraction
+    )
+    medium, expert = snapshots[medium_i], snapshots[-1]
+    actors = {}
+    for level, snap in (("medium", medium), ("expert", expert)):
+        actor = model.policy.make_actor()
+        actor.load_state_dict(snap["actor"])
+        actor.eval()
+        actors[level] = actor
+
+    def run(stream: str, task_ids: np.ndarray) -> tuple[TransitionData, np.ndarray]:
+        level = stream.split("/")[1]
+        rng = rngs[stream]
+        policy = actor_policy(
+            actors[level], family.task_params, rng if budgets.stochastic else None
+        )
+        data, returns = rollout(family, task_ids, policy, _seed_of(rng))
+        return _with_level(data, level), returns
+
+    base_meta: dict[str, Any] = {
+        "family": family.name,
+        "num_tasks": family.num_tasks,
+        "horizon": family.horizon,
+        "seed": seed,
+        "levels": list(MUJOCO_LEVELS),
+        "train_tasks": train_tasks.tolist(),
+        "test_tasks": test_tasks.tolist(),
+        "behaviour": "sac",
+        "sac_steps": budgets.sac_steps,
+        "medium_step": int(medium["step"]),
+        "expert_step": int(expert["step"]),
+    }
+    summary: dict[str, Any] = {"family": family.name}
+    with tqdm(total=4, desc=f"datasets {family.name}", disable=not progress) as bar:
+        parts, level_means, level_episodes = [], {}, {}
+        for level in ("medium", "expert"):
+            bar.set_postfix_str(f"train/{level}")
+            data, returns = run(
+                f"train/{level}", np.repeat(train_tasks, budgets.episodes_per_level)
+            )
+            parts.append(data)
+            level_means[level] = float(returns.mean())
+            level_episodes[level] = int(returns.size)
+        replay = _with_level(
+            replay_transitions(model.replay_buffer, int(medium["step"]), family), "medium_replay"
+        )
+        parts.append(replay)
+        ends = replay.terminals | replay.timeouts
+        level_episodes["medium_replay"] = int(ends.sum())
+        level_means["medium_replay"] = float(replay.rewards.sum() / max(1, ends.sum()))
+        train = concat_transitions(parts, {**base_meta, "split": "train"})
+        write_hdf5(out_dir / "train.hdf5", train)
+        summary["train"] = {
+            "episodes": sum(level_episodes.values()),
+            "transitions": len(train),
+            "episodes_per_level": level_episodes,
+            "mean_return": level_means,
+        }
+        bar.update()
+
+        bar.set_postfix_str("demos")
+        demos, demo_returns = run("demos/expert", np.repeat(test_tasks, budgets.demo_episodes))
+        write_hdf5(
+            out_dir / "demos.hdf5", concat_transitions([demos], {**base_meta, "split": "demos"})
+        )
+        summary["demos"] = {
+            "episodes": int(demo_returns.size),
+            "transitions": len(demos),
+            "mean_return": float(demo_returns.mean()),
+        }
+        bar.update()
+
+        bar.set_postfix_str("reference/expert")
+        rng = rngs["reference/expert"]
+        expert_ref = _mean_returns(
+            family,
+            all_tasks,
+            budgets.reference_episodes,
+            actor_policy(actors["expert"], family.task_params, rng if budgets.stochastic else None),
+            _seed_of(rng),
+        )
+        references: dict[str, Any] = {
+            "family": family.name,
+            "train_tasks": train_tasks.tolist(),
+            "test_tasks": test_tasks.tolist(),
+        }
+        for task in all_tasks:
+            references[str(task)] = {
+                "random": float(random_ref[task]),
+                "expert": float(expert_ref[task]),
+            }
+        write_json(out_dir / "references.json", references)
+        summary["references"] = {
+            "random": float(random_ref.mean()),
+            "expert": float(expert_ref.mean()),
+        }
+        bar.update()
+
+        bar.set_postfix_str("policies")
+        for level, snap in (("medium", medium), ("expert", expert)):
+            meta = {
+                "family": family.name,
+                "level": level,
+                "step": int(snap["step"]),
+                "obs_dim": family.obs_dim,
+                "task_param_dim": int(family.task_params.shape[1]),
+                "net_arch": list(budgets.net_arch),
+                "seed": seed,
+            }
+            with atomic_path(out_dir / "policies" / f"{level}.pt") as tmp:
+                torch.save({"actor": snap["actor"], "meta": json.dumps(meta)}, tmp)
+        write_json(
+            out_dir / "sac_log.json",
+            {
+                "family": family.name,
+                "budgets": budgets.model_dump(mode="json"),
+                "random_train_return": float(random_ref[train_tasks].mean()),
+                "snapshots": [
+                    {"step": int(s["step"]), "mean_return": float(r)}
+                    for s, r in zip(snapshots, curve, strict=True)
+                ],
+                "medium": {"step": int(medium["step"]), "rule": rule},
+                "expert": {"step": int(expert["step"])},
+                **sac_stats,
+            },
+        )
+        bar.update()
+    summary["sac"] = {
+        "steps": budgets.sac_steps,
+        "medium_step": int(medium["step"]),
+        "seconds": float(sac_stats["seconds"]),
+        "steps_per_s": float(sac_stats["steps_per_s"]),
+    }
+    return summary

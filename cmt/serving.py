@@ -1,0 +1,217 @@
+"""A pretrained policy and its per-task prompts as one MLflow pyfunc model.
+
+The model's input is a table of observations, one row per step: ``task`` (which task's prompt
+to use), optional ``episode`` (rows with the same id are consecutive steps of one episode,
+from its first step; without it every row is the first step of its own episode),
+``obs_0 .. obs_{n-1}``, and optional ``reward`` (the reward received after that step; only
+return-conditioned models use it). The output has one row per input row: ``act_0 ..
+act_{m-1}``, the action the policy takes given the episode so far, where earlier actions are
+the policy's own (as when it acts in the environment).
+
+Only the pipeline's tracking code imports this module; the library never does.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from cmt.checkpoint import FORMAT_VERSION, CheckpointError, atomic_torch_save, safe_load
+
+PROMPT_SET_KIND = "prompt_set"
+ENTRY_FILE = Path(__file__).with_name("pyfunc_entry.py")
+
+
+def save_prompt_set(
+    path: str | Path,
+    prompts: dict[int, torch.Tensor | None],
+    target_returns: dict[int, float] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> None:
+    """Every task's prompt (P, d) (``None`` for prompt-free models) in one small file."""
+    tasks = sorted(int(t) for t in prompts)
+    has_prompt = all(prompts[t] is not None for t in tasks)
+    atomic_torch_save(
+        {
+            "format": FORMAT_VERSION,
+            "kind": PROMPT_SET_KIND,
+            "tasks": torch.tensor(tasks, dtype=torch.long),
+            "prompts": torch.stack([prompts[t].detach().cpu().float() for t in tasks])
+            if has_prompt
+            else None,
+            "target_returns": None
+            if target_returns is None
+            else torch.tensor([float(target_returns[t]) for t in tasks], dtype=torch.float64),
+            "meta": json.dumps(meta or {}),
+        },
+        path,
+    )
+
+
+def load_prompt_set(
+    path: str | Path,
+) -> tuple[list[int], torch.Tensor | None, torch.Tensor | None, dict[str, Any]]:
+    """(tasks, prompts (T, P, d) or None, target returns (T,) or None, meta)."""
+    obj = safe_load(path)
+    if obj.get("kind") != PROMPT_SET_KIND:
+        raise CheckpointError(f"{path}: not a prompt set (kind={obj.get('kind')!r})")
+    return obj["tasks"].tolist(), obj["prompts"], obj["target_returns"], json.loads(obj["meta"])
+
+
+class ReplayEnv:
+    """A :class:`~cmt.envs.registry.BatchedEnv` that replays given observations and records
+    the actions it is sent, so that :func:`cmt.evaluate.rollout` (the same windowing,
+    normalisation and return-to-go bookkeeping as in evaluation) computes the actions."""
+
+    def __init__(self, obs: np.ndarray, lengths: np.ndarray, rewards: np.ndarray) -> None:
+        self.obs, self.lengths, self.rewards = obs, lengths, rewards  # (E, T, o), (E,), (E, T)
+        self.num_envs = obs.shape[0]
+        self.actions = np.zeros((obs.shape[0], obs.shape[1], 0), dtype=np.float32)
+        self.t = 0
+
+    def reset(self, seed: int) -> np.ndarray:
+        self.t = 0
+        return self.obs[:, 0]
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, ...]:
+        if self.actions.shape[-1] == 0:
+            self.actions = np.zeros((*self.obs.shape[:2], actions.shape[-1]), dtype=np.float32)
+        self.actions[:, self.t] = actions
+        reward = self.rewards[:, self.t]
+        self.t += 1
+        done = self.t >= self.lengths
+        nxt = self.obs[:, min(self.t, self.obs.shape[1] - 1)]
+        return nxt, reward, np.zeros_like(done), done
+
+
+class PolicyModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper: artifacts ``checkpoint`` (a policy) and ``prompts`` (a prompt set)."""
+
+    def load_context(self, context: Any) -> None:
+        from cmt.checkpoint import load_policy
+
+        self.model, self.norm, self.meta = load_policy(context.artifacts["checkpoint"])
+        tasks, prompts, targets, self.prompt_meta = load_prompt_set(context.artifacts["prompts"])
+        self.row_of = {t: i for i, t in enumerate(tasks)}
+        self.prompts, self.targets = prompts, targets
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        df = pd.DataFrame(model_input).reset_index(drop=True)
+        obs_cols = [f"obs_{i}" for i in range(self.model.obs_dim)]
+        missing = [c for c in ["task", *obs_cols] if c not in df.columns]
+        if missing:
+            raise ValueError(f"input is missing columns {missing}")
+        unknown = sorted(set(df["task"].astype(int)) - set(self.row_of))
+        if unknown:
+            raise ValueError(f"no prompt for tasks {unknown}; known tasks: {sorted(self.row_of)}")
+        actions = self.act(df, obs_cols)
+        return pd.DataFrame(actions, columns=[f"act_{j}" for j in range(self.model.act_dim)])
+
+    def act(self, df: pd.DataFrame, obs_cols: list[str]) -> np.ndarray:
+        """Actions (N, act_dim) for the rows of ``df``, all episodes in one batch."""
+        from cmt.evaluate import rollout
+
+        episode = (
+            df["episode"].astype(np.int64).to_numpy()
+            if "episode" in df.columns
+            else np.arange(len(df))
+        )
+        keys, ep_of_row = np.unique(episode, return_inverse=True)  # (E,), (N,)
+        step_of_row = np.zeros(len(df), dtype=np.int64)
+        counts = np.zeros(len(keys), dtype=np.int64)
+        for i, e in enumerate(ep_of_row):  # position of each row inside its episode
+            step_of_row[i] = counts[e]
+            counts[e] += 1
+        tasks = df["task"].astype(np.int64).to_numpy()
+        ep_task = np.zeros(len(keys), dtype=np.int64)
+        ep_task[ep_of_row] = tasks
+        if np.any(ep_task[ep_of_row] != tasks):
+            raise ValueError("all rows of an episode must have the same task")
+        E, T = len(keys), int(counts.max())
+        obs = np.zeros((E, T, self.model.obs_dim), dtype=np.float32)
+        obs[ep_of_row, step_of_row] = df[obs_cols].to_numpy(dtype=np.float32)
+        rewards = np.zeros((E, T))
+        if "reward" in df.columns:
+            rewards[ep_of_row, step_of_row] = df["reward"].fillna(0.0).to_numpy(dtype=np.float64)
+        rows = [self.row_of[int(t)] for t in ep_task]
+        prompts = None if self.prompts is None else self.prompts[rows]
+        targets = None
+        if self.model.cfg.condition_on_rtg:
+            if self.targets is None:
+                raise ValueError("return-conditioned model without target returns")
+            targets = self.targets[rows].numpy()
+        env = ReplayEnv(obs, counts, rewards)
+        rollout(self.model, self.norm, env, T, seed=0, prompts=prompts, target_returns=targets)
+        return env.actions[ep_of_row, step_of_row].astype(np.float64)
+
+
+def signature(obs_dim: int, act_dim: int) -> Any:
+    """Input and output schema of :class:`PolicyModel`."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    inputs = Schema(
+        [
+            ColSpec("long", "task"),
+            ColSpec("long", "episode", required=False),
+            *[ColSpec("double", f"obs_{i}") for i in range(obs_dim)],
+            ColSpec("double", "reward", required=False),
+        ]
+    )
+    outputs = Schema([ColSpec("double", f"act_{j}") for j in range(act_dim)])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def _requirements() -> list[str]:
+    reqs = []
+    for dist in ("mlflow", "torch", "numpy", "pandas", "pydantic", "pyyaml", "gymnasium"):
+        try:
+            # Local version labels such as "+cpu" are not on the package index.
+            reqs.append(f"{dist}=={metadata.version(dist).split('+')[0]}")
+        except metadata.PackageNotFoundError:
+            reqs.append(dist)
+    return reqs
+
+
+def log_policy_model(
+    checkpoint: str | Path,
+    prompt_set: str | Path,
+    obs_dim: int,
+    act_dim: int,
+    input_example: pd.DataFrame,
+    registered_model_name: str | None = None,
+    name: str = "policy",
+) -> Any:
+    """Log (and optionally register) the policy as a pyfunc model in the active run.
+
+    The model carries its own copy of the ``cmt`` package (``code_paths``), so it loads in a
+    fresh process without this repository; the entry file is loaded as code, not unpickled.
+    """
+    import cmt
+
+    with tempfile.TemporaryDirectory() as tmp:
+        code = Path(tmp) / "cmt"
+        shutil.copytree(
+            Path(cmt.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(ENTRY_FILE),
+            artifacts={"checkpoint": str(checkpoint), "prompts": str(prompt_set)},
+            code_paths=[str(code)],
+            signature=signature(obs_dim, act_dim),
+            input_example=input_example,
+            pip_requirements=_requirements(),
+            registered_model_name=registered_model_name,
+        )

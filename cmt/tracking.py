@@ -1,0 +1,351 @@
+"""MLflow tracking for the pipeline entry points: one run per stage execution, grouped under
+one pipeline run, and the model registry with its ``champion`` / ``challenger`` aliases.
+
+Nothing happens on import, and the library (:mod:`cmt.experiment` and below) never imports
+this module: entry points call :func:`configure` or :func:`stage_run` explicitly.
+
+**Grouping.** Every stage execution is a child run (tag ``mlflow.parentRunId``) of a pipeline
+run. The parent is the run named by the environment variable ``CMT_MLFLOW_PARENT_RUN_ID``
+when it is set (the Prefect pipeline flow sets it for the ``dvc exp run`` it starts);
+otherwise it is the pipeline run whose tag ``cmt.pipeline_key`` matches this configuration
+(a hash of the validated config without the orchestration section, plus the git commit),
+created by the first stage that needs it. So all stages of one ``dvc repro`` of one config
+share a parent, and a rerun after a failure joins the same parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cmt.config import Params, TrackingConfig
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+PARENT_ENV = "CMT_MLFLOW_PARENT_RUN_ID"
+TAG_KIND = "cmt.kind"  # "pipeline" or "stage"
+TAG_STAGE = "cmt.stage"
+TAG_KEY = "cmt.pipeline_key"
+TAG_ERROR = "cmt.error"
+PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
+CHAMPION, CHALLENGER = "champion", "challenger"
+MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
+
+
+def _root() -> Path:
+    # DVC sets DVC_ROOT to the repository of the pipeline, also for `dvc exp run --temp`,
+    # whose commands run in a temporary copy: a relative store must not land in that copy.
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd())
+
+
+def resolve_tracking_uri(cfg: TrackingConfig) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else ``cfg.tracking_uri`` with relative SQLite paths
+    made absolute against the repository root."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str((_root() / uri[len(prefix) :]).resolve())
+    return uri
+
+
+def _is_remote(uri: str) -> bool:
+    return uri.split(":", 1)[0] in {"http", "https", "databricks"}
+
+
+def _artifact_location(cfg: TrackingConfig, uri: str) -> str | None:
+    loc = cfg.artifact_location
+    if "://" in loc or loc.startswith("mlflow-artifacts:"):
+        return loc
+    # A tracking server chooses its own artifact store; a local directory is only meaningful
+    # next to a local store.
+    return None if _is_remote(uri) else (_root() / loc).resolve().as_uri()
+
+
+def configure(cfg: TrackingConfig) -> str:
+    """Point MLflow at the configured store and experiment; returns the experiment id."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = resolve_tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(cfg.experiment)
+    if exp is None:
+        try:
+            exp_id = client.create_experiment(
+                cfg.experiment, artifact_location=_artifact_location(cfg, uri)
+            )
+        except MlflowException:  # created by a concurrent process in the meantime
+            exp_id = client.get_experiment_by_name(cfg.experiment).experiment_id
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name, sep))
+        else:
+            out[name] = value
+    return out
+
+
+def config_params(params: Params) -> dict[str, str]:
+    """The validated config as MLflow params (dotted keys, JSON values)."""
+    flat = flatten(params.model_dump(mode="json"))
+    return {
+        k: (v if isinstance(v, str) else json.dumps(v))[:MAX_PARAM_LEN] for k, v in flat.items()
+    }
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=_root(), timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def pipeline_key(params: Params, commit: str | None = None) -> str:
+    """What identifies one pipeline execution: the config (not how it is orchestrated) and
+    the code version."""
+    config = params.model_dump(mode="json", exclude={"orchestration"})
+    commit = _git_commit() if commit is None else commit
+    blob = json.dumps({"config": config, "commit": commit}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def start_pipeline_run(
+    client: MlflowClient, experiment_id: str, params: Params, tags: Mapping[str, str] | None = None
+) -> str:
+    """Create a pipeline (parent) run, with the config as params; returns its id."""
+    key = pipeline_key(params)
+    run = client.create_run(
+        experiment_id,
+        run_name=f"pipeline-{key[:8]}",
+        tags={TAG_KIND: "pipeline", TAG_KEY: key, "git.commit": _git_commit(), **(tags or {})},
+    )
+    run_id = run.info.run_id
+    _log_config(client, run_id, params)
+    return run_id
+
+
+def find_pipeline_run(
+    client: MlflowClient, experiment_id: str, params: Params, key: str | None = None
+) -> str:
+    """The parent run for a stage: the env var's run, or the one of this config, or a new one."""
+    if run_id := os.environ.get(PARENT_ENV):
+        return run_id
+    key = key or pipeline_key(params)
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_KIND}` = 'pipeline' and tags.`{TAG_KEY}` = '{key}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if found:
+        return found[0].info.run_id
+    return start_pipeline_run(client, experiment_id, params)
+
+
+def _log_config(client: MlflowClient, run_id: str, params: Params) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, v) for k, v in config_params(params).items()]
+    for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+        client.log_batch(run_id, params=items[i : i + 100])
+    client.log_dict(run_id, params.model_dump(mode="json"), "config/params.yaml")
+
+
+@dataclass
+class StageRun:
+    """Handle of one stage execution's MLflow run. Every method names the run explicitly,
+    so it may be used from task threads too (MLflow's fluent API is per thread)."""
+
+    client: MlflowClient
+    run_id: str
+    parent_id: str
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+
+    def metrics_callback(self, prefix: str = "") -> Callable[[int, dict[str, float]], None]:
+        """An ``on_metrics(step, metrics)`` callback for the library's training loops."""
+        return lambda step, m: self.log_metrics({prefix + k: v for k, v in m.items()}, step)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, payload: Any, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, payload, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+
+@contextlib.contextmanager
+def stage_run(
+    stage: str,
+    params: Params,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> Iterator[StageRun]:
+    """Run a stage inside its own MLflow run, nested under the pipeline run.
+
+    The config is logged as params and as ``config/params.yaml``. If the body raises, the run
+    (and the pipeline run) end FAILED with the error as tag ``cmt.error`` and the traceback
+    as ``error.txt``, and the exception propagates. The run is also the active fluent run of
+    the calling thread, for APIs such as ``mlflow.pyfunc.log_model``.
+    """
+    import mlflow
+
+    exp_id = configure(params.tracking)
+    client = mlflow.MlflowClient(mlflow.get_tracking_uri())
+    key = pipeline_key(params)
+    parent = find_pipeline_run(client, exp_id, params, key)
+    client.update_run(parent, status="RUNNING")
+    env_tags = {
+        tag: os.environ[var]
+        for tag, var in (
+            ("dvc.stage", "DVC_STAGE"),
+            ("dvc.exp_name", "DVC_EXP_NAME"),
+            ("dvc.baseline_rev", "DVC_EXP_BASELINE_REV"),
+        )
+        if os.environ.get(var)
+    }
+    run = client.create_run(
+        exp_id,
+        run_name=run_name or stage,
+        tags={
+            PARENT_TAG: parent,
+            TAG_KIND: "stage",
+            TAG_STAGE: stage,
+            TAG_KEY: key,
+            **env_tags,
+            **(tags or {}),
+        },
+    )
+    handle = StageRun(client, run.info.run_id, parent)
+    _log_config(client, handle.run_id, params)
+    mlflow.start_run(run_id=handle.run_id)
+    try:
+        yield handle
+    except BaseException as err:
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        client.set_tag(handle.run_id, TAG_ERROR, f"{type(err).__name__}: {err}"[:5000])
+        client.log_text(handle.run_id, traceback.format_exc(), "error.txt")
+        mlflow.end_run(status)
+        client.set_tag(parent, TAG_ERROR, f"stage {run_name or stage} failed")
+        client.set_terminated(parent, status)
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+        # The parent's status is that of its latest stage: FINISHED until a stage fails.
+        client.set_terminated(parent, "FINISHED")
+
+
+# ---------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What the evaluate stage did with a new model version."""
+
+    name: str
+    version: str
+    alias: str  # "champion" or "challenger"
+    value: float
+    previous_champion: str | None
+    previous_value: float | None
+
+
+def _version_value(client: MlflowClient, name: str, version: str, metric: str) -> float | None:
+    mv = client.get_model_version(name, version)
+    raw = mv.tags.get(f"cmt.{metric}")
+    return None if raw is None else float(raw)
+
+
+def promote(client: MlflowClient, name: str, version: str, metric: str, value: float) -> Promotion:
+    """Record ``value`` of ``metric`` (higher is better) on the version; move ``champion`` to it
+    if it beats the current champion (or there is none), otherwise set ``challenger``."""
+    from mlflow.exceptions import MlflowException
+
+    client.set_model_version_tag(name, version, "cmt.primary_metric", metric)
+    client.set_model_version_tag(name, version, f"cmt.{metric}", repr(float(value)))
+    try:
+        champion = str(client.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:  # no champion yet
+        champion = None
+    prev = None if champion is None else _version_value(client, name, champion, metric)
+    wins = champion is None or prev is None or value > prev
+    alias = CHAMPION if wins else CHALLENGER
+    client.set_registered_model_alias(name, alias, version)
+    if wins and champion is not None:
+        # The old champion stays registered; only the challenger alias is cleared if it pointed
+        # at the version that now wins.
+        with contextlib.suppress(MlflowException):
+            if str(client.get_model_version_by_alias(name, CHALLENGER).version) == str(version):
+                client.delete_registered_model_alias(name, CHALLENGER)
+    return Promotion(name, str(version), alias, float(value), champion, prev)
+
+
+def registry_rows(client: MlflowClient, name: str) -> list[dict[str, Any]]:
+    """One row per registered version: aliases, primary metric, method, seed, source run."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        return []
+    aliases: dict[str, list[str]] = {}
+    for alias, version in (model.aliases or {}).items():
+        aliases.setdefault(str(version), []).append(alias)
+    rows = []
+    for mv in client.search_model_versions(f"name = '{name}'"):
+        metric = mv.tags.get("cmt.primary_metric", "")
+        raw = mv.tags.get(f"cmt.{metric}") if metric else None
+        rows.append(
+            {
+                "version": int(mv.version),
+                "aliases": sorted(aliases.get(str(mv.version), [])),
+                "metric": metric,
+                "value": None if raw is None else float(raw),
+                "method": mv.tags.get("cmt.method", ""),
+                "seed": mv.tags.get("cmt.seed", ""),
+                "run_id": mv.run_id,
+                "dvc_exp": mv.tags.get("dvc.exp_name", ""),
+                "created": int(mv.creation_timestamp or 0),
+            }
+        )
+    return sorted(rows, key=lambda r: r["version"])

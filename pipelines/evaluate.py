@@ -1,0 +1,277 @@
+"""Stage ``evaluate``: roll out every method, seed and unseen task (one mapped Prefect task
+each), write the run records the comparison reads, log the policy as a pyfunc model, register
+it and move the ``champion`` / ``challenger`` alias."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import flow, get_run_logger, unmapped
+
+from cmt import tracking
+from cmt.atomic import write_json, write_text
+from cmt.config import Params
+from cmt.methods import get_method
+from pipelines.common import restrict_tasks, run_entry, run_tags, stage_parser, stage_task
+from pipelines.runner import make_task_runner
+
+
+def checkpoint_path(checkpoints: str | Path, method: str, seed: int) -> Path:
+    """The checkpoint of the method's backbone for ``seed`` (the layout of dvc.yaml)."""
+    return Path(checkpoints) / f"{get_method(method).backbone}_seed{seed}" / "model.pt"
+
+
+def method_prompts(
+    params: Params, method: str, checkpoint: Path, data: Any, seed: int, prompts_dir: str | Path
+) -> dict[int, Any]:
+    """The method's prompt of every test task: tuned ones from the prompt_tune stage's files,
+    the others computed from the demonstrations."""
+    from cmt.experiment import load_tuned_prompts, make_prompts
+
+    tasks = params.data.test_tasks
+    if get_method(method).tuned:
+        return load_tuned_prompts(Path(prompts_dir) / f"seed{seed}", tasks)
+    made = make_prompts(params, method, checkpoint, data, seed, progress=False)
+    return {t: made[t]["prompt"] for t in tasks}
+
+
+@stage_task(name="evaluate", task_run_name="eval/{method}/seed{seed}/task_{task}")
+def evaluate_task(
+    params: Params,
+    method: str,
+    seed: int,
+    task: int,
+    data_dir: str,
+    checkpoints: str,
+    prompts_dir: str,
+) -> dict[str, Any]:
+    """Episodes of one (method, seed, task); returns that task's return and score stats."""
+    from cmt.experiment import evaluate_method, load_data
+
+    sub = restrict_tasks(params, (task,))
+    data = load_data(data_dir)
+    ckpt = checkpoint_path(checkpoints, method, seed)
+    prompts = method_prompts(sub, method, ckpt, data, seed, prompts_dir)
+    result = evaluate_method(sub, ckpt, prompts, data, seed)
+    return {"method": method, "seed": seed, "task": task, **result["per_task"][task]}
+
+
+def build_records(
+    params: Params, results: list[dict[str, Any]], checkpoints: str, prompts_dir: str
+) -> list[dict[str, Any]]:
+    """One record per (method, seed) in the format of :mod:`cmt.compare` (``runs/*.json``)."""
+    from cmt.checkpoint import load_prompt
+
+    records = []
+    for method, seed in itertools.product(params.compare.methods, params.compare.seeds):
+        rows = [r for r in results if r["method"] == method and r["seed"] == seed]
+        per_task = {
+            str(r["task"]): {
+                k: r[k] for k in ("return_mean", "return_std", "score_mean", "score_std")
+            }
+            for r in sorted(rows, key=lambda r: r["task"])
+        }
+        tuning = {}
+        if get_method(method).tuned:
+            for t in params.data.test_tasks:
+                _, meta = load_prompt(Path(prompts_dir) / f"seed{seed}" / f"task_{t}.pt")
+                tuning[str(t)] = {
+                    k: meta[k]
+                    for k in ("val_loss_zero_shot", "val_loss_tuned", "best_step", "steps_run")
+                    if k in meta
+                }
+        records.append(
+            {
+                "method": method,
+                "seed": seed,
+                "checkpoint": str(checkpoint_path(checkpoints, method, seed)),
+                # Means over tasks, as cmt.experiment.evaluate_method computes them.
+                "return_mean": float(np.mean([v["return_mean"] for v in per_task.values()])),
+                "score_mean": float(np.mean([v["score_mean"] for v in per_task.values()])),
+                "per_task": per_task,
+                "tuning": tuning,
+            }
+        )
+    return records
+
+
+def per_task_csv(summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
+    """Per-task returns and scores (mean over seeds) of every method, for ``dvc plots``."""
+    lines = ["label,method,task,return_mean,score_mean"]
+    for method in summary:
+        runs = [r for r in records if r["method"] == method]
+        for t in sorted({int(t) for r in runs for t in r["per_task"]}):
+            ret = float(np.mean([r["per_task"][str(t)]["return_mean"] for r in runs]))
+            score = summary[method]["per_task_score"][t]
+            lines.append(f"task {t} | {method},{method},{t},{ret:.6g},{score:.6g}")
+    return "\n".join(lines) + "\n"
+
+
+@stage_task(name="register policy")
+def register_policy(
+    params: Params,
+    records: list[dict[str, Any]],
+    data_dir: str,
+    checkpoints: str,
+    prompts_dir: str,
+    run: tracking.StageRun,
+) -> tracking.Promotion | None:
+    """Log the registered method's best-seed policy (backbone + prompts of every test task)
+    as a pyfunc model, register it as a new version and move the alias."""
+    from cmt.checkpoint import load_policy
+    from cmt.experiment import load_data
+    from cmt.serving import log_policy_model, save_prompt_set
+
+    cfg = params.tracking
+    logger = get_run_logger()
+    method = cfg.registered_method
+    candidates = [r for r in records if r["method"] == method]
+    if not candidates:
+        logger.warning("registered method %r is not in compare.methods; nothing registered", method)
+        return None
+    best = max(candidates, key=lambda r: r[cfg.primary_metric])
+    seed, value = best["seed"], float(best[cfg.primary_metric])
+    ckpt = checkpoint_path(checkpoints, method, seed)
+    data = load_data(data_dir)
+    model, _, _ = load_policy(ckpt)
+    prompts = method_prompts(params, method, ckpt, data, seed, prompts_dir)
+    tasks = params.data.test_tasks
+    targets = None
+    if model.cfg.condition_on_rtg:  # the same targets as cmt.experiment.evaluate_method
+        if params.evaluate.target_return == "demo":
+            targets = {t: float(data.demos.select_tasks([t]).ep_return.mean()) for t in tasks}
+        else:
+            targets = dict.fromkeys(tasks, float(data.train.ep_return.max()))
+    # Input example: the first observation of each task's first demonstration.
+    demos = data.demos
+    first = {
+        int(demos.ep_task[e]): demos.data.observations[demos.ep_start[e]]
+        for e in reversed(range(demos.num_episodes))
+    }
+    example = pd.DataFrame(
+        [{"task": t, **{f"obs_{i}": float(x) for i, x in enumerate(first[t])}} for t in tasks]
+    )
+    name = cfg.model_name(params.data.family)
+    with tempfile.TemporaryDirectory() as tmp:
+        prompt_set = Path(tmp) / "prompts.pt"
+        save_prompt_set(prompt_set, prompts, targets, {"method": method, "seed": seed})
+        info = log_policy_model(
+            ckpt, prompt_set, model.obs_dim, model.act_dim, example, registered_model_name=name
+        )
+    version = str(info.registered_model_version)
+    tags = {
+        "cmt.method": method,
+        "cmt.seed": str(seed),
+        "cmt.checkpoint": str(ckpt),
+        "cmt.pipeline_run_id": run.parent_id,
+        "cmt.test_tasks": str(list(tasks)),
+    }
+    for key, var in (("dvc.exp_name", "DVC_EXP_NAME"), ("dvc.stage", "DVC_STAGE")):
+        if os.environ.get(var):
+            tags[key] = os.environ[var]
+    for k, v in tags.items():
+        run.client.set_model_version_tag(name, version, k, v)
+    promotion = tracking.promote(run.client, name, version, cfg.primary_metric, value)
+    run.set_tags({"cmt.model_version": version, "cmt.model_alias": promotion.alias})
+    run.log_metrics({f"registry/{cfg.primary_metric}": value})
+    logger.info(
+        "registered %s version %s (%s = %.3f, previous champion %s = %s): alias %s",
+        name,
+        version,
+        cfg.primary_metric,
+        value,
+        promotion.previous_champion,
+        promotion.previous_value,
+        promotion.alias,
+    )
+    return promotion
+
+
+@flow(name="evaluate", flow_run_name="evaluate/{params.data.family}")
+def evaluate_flow(
+    params: Params, data_dir: str, checkpoints: str, prompts_dir: str, out_dir: str
+) -> dict[str, Any]:
+    """``out_dir``: ``runs/<method>_seed<k>.json``, ``metrics.json``, ``per_task.csv``."""
+    from cmt.compare import summarize
+
+    out = Path(out_dir)
+    grid = list(
+        itertools.product(params.compare.methods, params.compare.seeds, params.data.test_tasks)
+    )
+    with tracking.stage_run("evaluate", params, tags=run_tags()) as run:
+        futures = evaluate_task.map(
+            unmapped(params),
+            [g[0] for g in grid],
+            [g[1] for g in grid],
+            [g[2] for g in grid],
+            unmapped(data_dir),
+            unmapped(checkpoints),
+            unmapped(prompts_dir),
+        )
+        results = futures.result()
+        records = build_records(params, results, checkpoints, prompts_dir)
+        for rec in records:
+            write_json(out / "runs" / f"{rec['method']}_seed{rec['seed']}.json", rec)
+        summary = summarize(records)
+        metrics = {
+            m: {k: s[k] for k in ("score_mean", "score_std", "return_mean", "return_std")}
+            for m, s in summary.items()
+        }
+        write_json(out / "metrics.json", metrics)
+        write_text(out / "per_task.csv", per_task_csv(summary, records))
+        run.log_metrics({f"eval/{m}/{k}": v for m, s in metrics.items() for k, v in s.items()})
+        for m in summary:  # per task, mean over seeds
+            rows = [r for r in results if r["method"] == m]
+            for t in params.data.test_tasks:
+                mine = [r for r in rows if r["task"] == t]
+                run.log_metrics(
+                    {
+                        f"eval/{m}/task_{t}/return": float(
+                            np.mean([r["return_mean"] for r in mine])
+                        ),
+                        f"eval/{m}/task_{t}/score": float(np.mean([r["score_mean"] for r in mine])),
+                    }
+                )
+        for rec in records:  # per seed, stepped by the seed
+            run.log_metrics({f"eval/{rec['method']}/seed_score": rec["score_mean"]}, rec["seed"])
+        run.log_artifact(out / "runs", "evaluate/runs")
+        run.log_artifact(out / "metrics.json", "evaluate")
+        run.log_artifact(out / "per_task.csv", "evaluate")
+        register_policy(params, records, data_dir, checkpoints, prompts_dir, run)
+        get_run_logger().info(
+            "scores: %s", {m: round(s["score_mean"], 2) for m, s in metrics.items()}
+        )
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--data", default="data/point_robot", help="dataset directory")
+    parser.add_argument(
+        "--checkpoints",
+        default="outputs/checkpoints",
+        help="directory of BACKBONE_seedSEED/model.pt checkpoints",
+    )
+    parser.add_argument(
+        "--prompts", default="outputs/prompts", help="directory of seedSEED/task_T.pt tuned prompts"
+    )
+    parser.add_argument("--out", default="outputs/evaluate", help="output directory")
+
+    def body(args: argparse.Namespace, params: Params) -> None:
+        flow_ = evaluate_flow.with_options(task_runner=make_task_runner(params.orchestration))
+        flow_(params, args.data, args.checkpoints, args.prompts, args.out)
+
+    return run_entry(parser, body, argv)
+
+
+if __name__ == "__main__":
+    from pipelines.evaluate import main as _main
+
+    raise SystemExit(_main())

@@ -1,0 +1,123 @@
+"""Stage ``preprocess``: validate the datasets and summarise them (metrics and a plot of the
+return distribution of each behaviour level), so bad data stops the pipeline here."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import flow, get_run_logger
+
+from cmt import tracking
+from cmt.atomic import write_json, write_text
+from cmt.config import Params
+from pipelines.common import run_entry, run_tags, stage_parser, stage_task
+
+BINS = np.linspace(-25.0, 125.0, 31)  # normalised score bins: random = 0, expert = 100
+
+
+def _episode_scores(ds: Any, refs: dict[int, tuple[float, float]]) -> np.ndarray:
+    from cmt.evaluate import normalized_score
+
+    lo = np.array([refs[int(t)][0] for t in ds.ep_task])
+    hi = np.array([refs[int(t)][1] for t in ds.ep_task])
+    return normalized_score(ds.ep_return, lo, hi)
+
+
+@stage_task(name="validate and summarise")
+def summarise(data_dir: str) -> dict[str, Any]:
+    """Load (which validates schema, dtypes, shapes and episode boundaries) and summarise."""
+    from cmt.envs.generate import LEVELS
+    from cmt.experiment import load_data
+
+    data = load_data(data_dir)
+    train, demos = data.train, data.demos
+    ep_level = train.data.infos["level"][train.ep_start]  # (E,)
+    train_scores = _episode_scores(train, data.references)
+    demo_scores = _episode_scores(demos, data.references)
+    summary: dict[str, Any] = {
+        "train": {
+            "transitions": len(train),
+            "episodes": train.num_episodes,
+            "tasks": len(train.tasks),
+        },
+        "demos": {
+            "transitions": len(demos),
+            "episodes": demos.num_episodes,
+            "tasks": len(demos.tasks),
+            "score_mean": float(demo_scores.mean()),
+        },
+    }
+    histogram: dict[str, np.ndarray] = {}
+    for i, level in enumerate(LEVELS):
+        scores = train_scores[ep_level == i]
+        summary["train"][f"{level}_episodes"] = int(len(scores))
+        summary["train"][f"{level}_score_mean"] = float(scores.mean()) if len(scores) else 0.0
+        histogram[level] = np.histogram(np.clip(scores, BINS[0], BINS[-1]), BINS)[0]
+    histogram["demos"] = np.histogram(np.clip(demo_scores, BINS[0], BINS[-1]), BINS)[0]
+    centers = (BINS[:-1] + BINS[1:]) / 2
+    rows = [
+        {"score": float(c), **{k: int(v[j]) for k, v in histogram.items()}}
+        for j, c in enumerate(centers)
+    ]
+    return {"summary": summary, "histogram": rows}
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    x = [r["score"] for r in rows]
+    for key in [k for k in rows[0] if k != "score"]:
+        ax.step(x, [r[key] for r in rows], where="mid", label=key)
+    ax.set_xlabel("normalised episode score (0 = random, 100 = expert)")
+    ax.set_ylabel("episodes")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@flow(name="preprocess", flow_run_name="preprocess/{params.data.family}")
+def preprocess_flow(params: Params, data_dir: str, out_dir: str) -> dict[str, Any]:
+    """``out_dir``: ``metrics.json`` (summary), ``returns.csv`` (histogram), ``returns.png``."""
+    out = Path(out_dir)
+    with tracking.stage_run("preprocess", params, tags=run_tags()) as run:
+        result = summarise(data_dir)
+        rows = result["histogram"]
+        write_json(out / "metrics.json", result["summary"])
+        header = list(rows[0])
+        write_text(
+            out / "returns.csv",
+            "\n".join([",".join(header)] + [",".join(str(r[k]) for k in header) for r in rows])
+            + "\n",
+        )
+        _plot(rows, out / "returns.png")
+        run.log_metrics(tracking.flatten({"data": result["summary"]}, sep="/"))
+        for name in ("metrics.json", "returns.csv", "returns.png"):
+            run.log_artifact(out / name, "preprocess")
+        get_run_logger().info("data summary: %s", result["summary"])
+    return result["summary"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--data", default="data/point_robot", help="dataset directory")
+    parser.add_argument("--out", default="outputs/preprocess", help="output directory")
+
+    def body(args: argparse.Namespace, params: Params) -> None:
+        preprocess_flow(params, args.data, args.out)
+
+    return run_entry(parser, body, argv)
+
+
+if __name__ == "__main__":
+    from pipelines.preprocess import main as _main
+
+    raise SystemExit(_main())

@@ -1,0 +1,135 @@
+"""Stages ``pretrain`` (CMT) and ``baselines`` (Prompt-DT, multi-task DT): pretrain one
+backbone with one seed on the training tasks, and record its learning curve."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any, get_args
+
+from prefect import flow, get_run_logger
+
+from cmt import tracking
+from cmt.atomic import write_json, write_text
+from cmt.config import Params
+from cmt.methods import Backbone
+from cmt.train.pretrain import MetricsCallback
+from pipelines.common import run_entry, run_tags, stage_parser, stage_task
+
+
+@stage_task(name="pretrain backbone")
+def train(
+    params: Params,
+    backbone: Backbone,
+    seed: int,
+    data_dir: str,
+    out_dir: str,
+    on_metrics: MetricsCallback,
+) -> str:
+    """Load the datasets and pretrain; returns the checkpoint path."""
+    from cmt.experiment import load_data, pretrain_backbone
+
+    data = load_data(data_dir)
+    path = pretrain_backbone(
+        params, backbone, seed, data, out_dir, on_metrics=on_metrics, progress=False
+    )
+    return str(path)
+
+
+def curve_csv(history: list[dict[str, float]]) -> str:
+    """Learning curve as CSV: ``step`` and one column per logged ``train/*`` metric."""
+    columns = list(dict.fromkeys(k for row in history for k in row if k != "step"))
+    lines = ["step," + ",".join(c.removeprefix("train/") for c in columns)]
+    for row in history:
+        cells = [f"{row[c]:.6g}" if c in row else "" for c in columns]
+        lines.append(",".join([str(int(row["step"])), *cells]))
+    return "\n".join(lines) + "\n"
+
+
+@flow(name="pretrain", flow_run_name="pretrain/{backbone}_seed{seed}")
+def pretrain_flow(
+    params: Params,
+    backbone: Backbone,
+    seed: int,
+    data_dir: str,
+    out_dir: str,
+    metrics_file: str,
+    curve_file: str,
+) -> dict[str, Any]:
+    """Checkpoint to ``out_dir/model.pt``, final metrics to ``metrics_file`` (JSON) and the
+    learning curve to ``curve_file`` (CSV)."""
+    logger = get_run_logger()
+    stage = "pretrain" if backbone == "cmt" else "baselines"
+    name = f"{backbone}_seed{seed}"
+    history: list[dict[str, float]] = []
+    with tracking.stage_run(
+        stage,
+        params,
+        run_name=f"{stage}/{name}",
+        tags={**run_tags(), "cmt.backbone": backbone, "cmt.seed": str(seed)},
+    ) as run:
+
+        def on_metrics(step: int, metrics: dict[str, float]) -> None:
+            history.append({"step": step, **metrics})
+            run.log_metrics(metrics, step)
+            logger.info("%s step %d: loss %.4f", name, step, metrics.get("train/total", 0.0))
+
+        start = time.perf_counter()
+        ckpt = train(params, backbone, seed, data_dir, out_dir, on_metrics)
+        seconds = time.perf_counter() - start
+        final = history[-1] if history else {}
+        metrics = {
+            "loss": final.get("train/total"),
+            "action_loss": final.get("train/action"),
+            "steps": params.pretrain.steps,
+            "samples_per_s": params.pretrain.steps * params.pretrain.batch_size / seconds,
+        }
+        write_json(metrics_file, metrics)
+        write_text(curve_file, curve_csv(history))
+        run.log_metrics({"train/samples_per_s": metrics["samples_per_s"]})
+        run.log_artifact(curve_file, "pretrain")
+        run.set_tags({"cmt.checkpoint": ckpt})
+        logger.info("checkpoint %s (%.0f samples/s)", ckpt, metrics["samples_per_s"])
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--backbone", default="cmt", choices=get_args(Backbone))
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--data", default="data/point_robot", help="dataset directory")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="checkpoint directory (default: outputs/checkpoints/BACKBONE_seedSEED)",
+    )
+    parser.add_argument(
+        "--metrics",
+        default=None,
+        help="final metrics JSON (default: outputs/pretrain/BACKBONE_seedSEED/metrics.json)",
+    )
+    parser.add_argument(
+        "--curve",
+        default=None,
+        help="learning curve CSV (default: outputs/curves/BACKBONE_seedSEED.csv)",
+    )
+
+    def body(args: argparse.Namespace, params: Params) -> None:
+        name = f"{args.backbone}_seed{args.seed}"
+        pretrain_flow(
+            params,
+            args.backbone,
+            args.seed,
+            args.data,
+            args.out or f"outputs/checkpoints/{name}",
+            args.metrics or f"outputs/pretrain/{name}/metrics.json",
+            args.curve or f"outputs/curves/{name}.csv",
+        )
+
+    return run_entry(parser, body, argv)
+
+
+if __name__ == "__main__":
+    from pipelines.pretrain import main as _main
+
+    raise SystemExit(_main())

@@ -1,0 +1,126 @@
+"""Stage ``prompt_tune``: tune the CMT prompt of every unseen task, one mapped Prefect task
+per (seed, task), with the backbone and encoder frozen."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import flow, get_run_logger, unmapped
+
+from cmt import tracking
+from cmt.atomic import write_json
+from cmt.config import Params
+from pipelines.common import restrict_tasks, run_entry, run_tags, stage_parser, stage_task
+from pipelines.runner import make_task_runner
+
+
+@stage_task(name="tune prompt", task_run_name="tune/seed{seed}/task_{task}")
+def tune_task(
+    params: Params, seed: int, task: int, data_dir: str, checkpoint: str, out_dir: str
+) -> dict[str, Any]:
+    """Tune one task's prompt into ``out_dir/task_<task>.pt``; returns its stats and the
+    metric history (small), which the flow logs."""
+    from cmt.experiment import load_data, make_prompts
+
+    history: list[tuple[int, dict[str, float]]] = []
+    result = make_prompts(
+        restrict_tasks(params, (task,)),
+        "cmt_tuned",
+        checkpoint,
+        load_data(data_dir),
+        seed,
+        out_dir,
+        on_metrics=lambda step, m: history.append((step, m)),
+        progress=False,
+    )
+    stats = {k: v for k, v in result[task].items() if k != "prompt"}
+    return {"task": task, **stats, "history": history}
+
+
+@flow(name="prompt_tune", flow_run_name="prompt_tune/seed{seed}")
+def prompt_tune_flow(
+    params: Params, seed: int, data_dir: str, checkpoint: str, out_dir: str, metrics_dir: str
+) -> dict[str, Any]:
+    """Prompts to ``out_dir/task_<t>.pt``; ``metrics_dir/metrics.json`` with validation losses."""
+    logger = get_run_logger()
+    tasks = list(params.data.test_tasks)
+    with tracking.stage_run(
+        "prompt_tune",
+        params,
+        run_name=f"prompt_tune/seed{seed}",
+        tags={**run_tags(), "cmt.seed": str(seed)},
+    ) as run:
+        futures = tune_task.map(
+            unmapped(params),
+            seed,
+            tasks,
+            unmapped(data_dir),
+            unmapped(checkpoint),
+            unmapped(out_dir),
+        )
+        results = futures.result()
+        per_task: dict[str, Any] = {}
+        for res in results:
+            for step, metrics in res.pop("history"):
+                run.log_metrics(metrics, step)
+            t = res.pop("task")
+            per_task[f"task_{t}"] = res
+            run.log_metrics({f"tune/task_{t}/{k}": v for k, v in res.items()})
+            logger.info(
+                "task %d: validation loss %.4f -> %.4f (best step %d)",
+                t,
+                res["val_loss_zero_shot"],
+                res["val_loss_tuned"],
+                res["best_step"],
+            )
+        metrics = {
+            "val_loss_zero_shot": float(
+                np.mean([r["val_loss_zero_shot"] for r in per_task.values()])
+            ),
+            "val_loss_tuned": float(np.mean([r["val_loss_tuned"] for r in per_task.values()])),
+        }
+        # Means only: per-task values are in MLflow and would add a column per task to
+        # `dvc exp show`.
+        write_json(Path(metrics_dir) / "metrics.json", metrics)
+        run.log_metrics({f"tune/{k}_mean": v for k, v in metrics.items()})
+        run.log_artifact(out_dir, f"prompts/seed{seed}")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--data", default="data/point_robot", help="dataset directory")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="CMT checkpoint (default: outputs/checkpoints/cmt_seedSEED/model.pt)",
+    )
+    parser.add_argument(
+        "--out", default=None, help="prompt directory (default: outputs/prompts/seedSEED)"
+    )
+    parser.add_argument(
+        "--metrics", default=None, help="metrics directory (default: outputs/prompt_tune/seedSEED)"
+    )
+
+    def body(args: argparse.Namespace, params: Params) -> None:
+        flow_ = prompt_tune_flow.with_options(task_runner=make_task_runner(params.orchestration))
+        flow_(
+            params,
+            args.seed,
+            args.data,
+            args.checkpoint or f"outputs/checkpoints/cmt_seed{args.seed}/model.pt",
+            args.out or f"outputs/prompts/seed{args.seed}",
+            args.metrics or f"outputs/prompt_tune/seed{args.seed}",
+        )
+
+    return run_entry(parser, body, argv)
+
+
+if __name__ == "__main__":
+    from pipelines.prompt_tune import main as _main
+
+    raise SystemExit(_main())

@@ -1,0 +1,181 @@
+"""Stage ``report``: the method comparison table and plot of this pipeline's evaluation, and
+a comparison of the registered model versions and recent evaluation runs in MLflow.
+
+Also usable on its own (``python -m pipelines.report``) to refresh the registry comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from cmt import tracking
+from cmt.atomic import write_json, write_text
+from cmt.config import Params
+from pipelines.common import run_entry, run_tags, stage_parser, stage_task
+
+# Config keys shown next to each evaluation run: the ones experiments usually vary.
+RUN_PARAMS = (
+    "pretrain.lr",
+    "pretrain.steps",
+    "model.d_model",
+    "model.n_layer",
+    "prompt_tune.steps",
+    "compare.seeds",
+)
+
+
+@stage_task(name="results table")
+def results(params: Params, evaluate_dir: str, out_dir: str) -> dict[str, Any]:
+    """``results.{json,md,png}`` from the evaluate stage's run records (cmt.compare)."""
+    from cmt.compare import load_records, markdown_table, plot_summary, summarize
+
+    out = Path(out_dir)
+    summary = summarize(load_records(evaluate_dir))
+    write_json(out / "results.json", {"params": params.model_dump(mode="json"), "summary": summary})
+    write_text(out / "results.md", markdown_table(summary, params))
+    plot_summary(summary, out / "results.png")
+    return summary
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    return (
+        "" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+    )
+
+
+@stage_task(name="registry comparison")
+def registry(params: Params, out_dir: str, max_runs: int = 20) -> dict[str, Any]:
+    """``registry.{json,md,png}``: every registered version with its aliases and primary
+    metric, and the latest evaluation runs with their key params and metrics."""
+    import mlflow
+
+    cfg = params.tracking
+    exp_id = tracking.configure(cfg)
+    client = mlflow.MlflowClient()
+    name = cfg.model_name(params.data.family)
+    versions = tracking.registry_rows(client, name)
+    metric = f"eval/{cfg.registered_method}/{cfg.primary_metric}"
+    runs = []
+    for r in client.search_runs(
+        [exp_id],
+        filter_string=f"tags.`{tracking.TAG_STAGE}` = 'evaluate'",
+        order_by=["attributes.start_time DESC"],
+        max_results=max_runs,
+    ):
+        runs.append(
+            {
+                "run_id": r.info.run_id,
+                "status": r.info.status,
+                "start_time": r.info.start_time,
+                "dvc_exp": r.data.tags.get("dvc.exp_name", ""),
+                "model_version": r.data.tags.get("cmt.model_version", ""),
+                "alias": r.data.tags.get("cmt.model_alias", ""),
+                metric: r.data.metrics.get(metric),
+                **{k: r.data.params.get(k) for k in RUN_PARAMS},
+            }
+        )
+    lines = [
+        f"## Registered versions of `{name}`",
+        "",
+        f"Primary metric: {cfg.primary_metric} of the registered policy on the unseen tasks "
+        "(higher is better).",
+        "",
+        "| version | aliases | metric | value | method | seed | dvc exp | run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for v in versions:
+        lines.append(
+            f"| {v['version']} | {', '.join(v['aliases'])} | {v['metric']} | {_fmt(v['value'])} "
+            f"| {v['method']} | {v['seed']} | {v['dvc_exp']} | {v['run_id'][:8]} |"
+        )
+    lines += [
+        "",
+        f"## Latest evaluation runs (experiment `{cfg.experiment}`)",
+        "",
+        "| run | status | dvc exp | version | alias | " + " | ".join(RUN_PARAMS) + f" | {metric} |",
+        "|" + "---|" * (6 + len(RUN_PARAMS)),
+    ]
+    for r in runs:
+        cells = " | ".join(_fmt(r[k]) for k in RUN_PARAMS)
+        lines.append(
+            f"| {r['run_id'][:8]} | {r['status']} | {r['dvc_exp']} | {r['model_version']} "
+            f"| {r['alias']} | {cells} | {_fmt(r[metric])} |"
+        )
+    out = Path(out_dir)
+    payload = {"model": name, "versions": versions, "runs": runs}
+    write_json(out / "registry.json", payload)
+    write_text(out / "registry.md", "\n".join(lines) + "\n")
+    _plot_versions(versions, cfg.primary_metric, out / "registry.png")
+    return payload
+
+
+def _plot_versions(versions: list[dict[str, Any]], metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    shown = [v for v in versions if v["value"] is not None]
+    colors = [
+        "tab:orange"
+        if tracking.CHAMPION in v["aliases"]
+        else "tab:green"
+        if tracking.CHALLENGER in v["aliases"]
+        else "tab:gray"
+        for v in shown
+    ]
+    ax.bar([str(v["version"]) for v in shown], [v["value"] for v in shown], color=colors)
+    ax.set_xlabel("model version (orange: champion, green: challenger)")
+    ax.set_ylabel(metric)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@flow(name="report", flow_run_name="report/{params.data.family}")
+def report_flow(params: Params, evaluate_dir: str, out_dir: str) -> dict[str, Any]:
+    """``out_dir``: ``results.{json,md,png}`` and ``registry.{json,md,png}``."""
+    out = Path(out_dir)
+    with tracking.stage_run("report", params, tags=run_tags()) as run:
+        summary = results(params, evaluate_dir, out_dir)
+        reg = registry(params, out_dir)
+        for name in (
+            "results.md",
+            "results.json",
+            "results.png",
+            "registry.md",
+            "registry.json",
+            "registry.png",
+        ):
+            run.log_artifact(out / name, "report")
+        run.log_metrics({f"report/{m}/score_mean": s["score_mean"] for m, s in summary.items()})
+        table = (out / "results.md").read_text() + "\n" + (out / "registry.md").read_text()
+        create_markdown_artifact(table, key="cmt-report", description="CMT results and registry")
+        get_run_logger().info("\n%s", (out / "results.md").read_text())
+    return {"summary": summary, "versions": reg["versions"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser(__doc__)
+    parser.add_argument(
+        "--evaluate", default="outputs/evaluate", help="evaluate stage output (with runs/*.json)"
+    )
+    parser.add_argument("--out", default="outputs/report", help="output directory")
+
+    def body(args: argparse.Namespace, params: Params) -> None:
+        report_flow(params, args.evaluate, args.out)
+
+    return run_entry(parser, body, argv)
+
+
+if __name__ == "__main__":
+    from pipelines.report import main as _main
+
+    raise SystemExit(_main())

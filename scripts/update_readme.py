@@ -1,0 +1,93 @@
+"""Regenerate the README's results and performance sections from committed result files.
+
+    python scripts/update_readme.py          # rewrite README.md in place
+    python scripts/update_readme.py --check  # exit 1 if README.md is out of date (used in tests)
+
+Sources: ``results/<family>/results.md`` (written by ``cmt compare``/the report stage) and
+``benchmarks/results/throughput.json`` (written by ``benchmarks/throughput.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+RESULTS = ROOT / "results"
+THROUGHPUT = ROOT / "benchmarks" / "results" / "throughput.json"
+
+
+def results_section() -> str:
+    parts = []
+    for md in sorted(RESULTS.glob("*/results.md")):
+        cmd = md.parent / "COMMAND"
+        parts.append(f"**{md.parent.name}** (`results/{md.parent.name}/`)\n")
+        parts.append(md.read_text().strip() + "\n")
+        if cmd.exists():
+            parts.append(f"Made by: `{cmd.read_text().strip()}`\n")
+    return "\n".join(parts) if parts else "_No results committed yet._\n"
+
+
+def perf_section() -> str:
+    if not THROUGHPUT.exists():
+        return "_No benchmark results committed yet._\n"
+    r = json.loads(THROUGHPUT.read_text())
+    m, peak = r["machine"], r["matmul_peak_gflops"]
+    lines = [
+        f"Measured by `python benchmarks/throughput.py` on {m['cpu']} ({m['threads']} threads, "
+        f"torch {m['torch']}, {r['date']}); JSON in `benchmarks/results/throughput.json`. "
+        f"This CPU's own matmul peak: {peak['fp32']} GFLOP/s fp32, {peak['bf16']} GFLOP/s bf16.",
+        "",
+        "| backbone | precision | batch | samples/s | MFLOP/sample | GFLOP/s | of peak |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in r["pretrain"]:
+        lines.append(
+            f"| {p['backbone']} | {'bf16' if p['bf16'] else 'fp32'} | {p['batch_size']} | "
+            f"{p['samples_per_s']:.0f} | {p['mflop_per_sample']:.0f} | "
+            f"{p['achieved_gflops']:.0f} | {100 * p['fraction_of_peak']:.0f}% |"
+        )
+    s, e = r["sampler"], r["evaluation"]
+    lines += [
+        "",
+        f"Batch builder: {s['vectorised_us_per_sample']} µs per sample vectorised vs "
+        f"{s['loop_us_per_sample']} µs in a per-sample loop ({s['speedup']}×). "
+        f"Evaluation of {e['episodes']} episodes × {e['horizon']} steps: "
+        f"{e['batched_steps_per_s']:.0f} env steps/s batched vs "
+        f"{e['one_episode_steps_per_s']:.0f} one episode at a time ({e['speedup']}×).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render(text: str) -> str:
+    for name, body in (("results", results_section()), ("performance", perf_section())):
+        pattern = re.compile(
+            rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", flags=re.DOTALL
+        )
+        if not pattern.search(text):
+            raise SystemExit(f"README.md has no <!-- {name}:start/end --> markers")
+        text = pattern.sub(lambda m: m.group(1) + body + m.group(2), text)  # noqa: B023
+    return text
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if README.md is stale")
+    args = parser.parse_args()
+    current = README.read_text()
+    new = render(current)
+    if args.check:
+        if new != current:
+            print("README.md is out of date: run python scripts/update_readme.py", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

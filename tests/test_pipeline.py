@@ -1,0 +1,309 @@
+"""Pipeline contracts that need no DVC run: config sections, import hygiene, the library
+without Prefect and MLflow, MLflow stage runs and the registry, the pyfunc model, the
+pipeline flow's parameters and the stage graph."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cmt.config import ConfigError, Params, TrackingConfig, load_params
+
+# Prefect creates its home directory when imported: keep these tests out of ~/.prefect.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="cmt-test-prefect-"))
+ROOT = Path(__file__).resolve().parents[1]
+STAGE_MODULES = ("collect", "preprocess", "pretrain", "prompt_tune", "evaluate", "report")
+
+
+def _python(code: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "CMT_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch):
+    """A fresh SQLite store in a temp dir; MLflow's process-wide state is restored after."""
+    import mlflow
+
+    for var in (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_EXPERIMENT_ID",
+        "CMT_MLFLOW_PARENT_RUN_ID",
+        "DVC_ROOT",
+        "DVC_STAGE",
+        "DVC_EXP_NAME",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    previous = mlflow.get_tracking_uri()
+    params = Params.model_validate(
+        {"tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "t"}}
+    )
+    yield params
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    mlflow.set_tracking_uri(previous)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def test_pipeline_sections_in_params_yaml():
+    params = load_params(ROOT / "params.yaml")
+    assert params.tracking == TrackingConfig()
+    assert params.tracking.model_name(params.data.family) == "cmt-point_robot"
+    assert params.orchestration.task_runner == "threads"
+    with pytest.raises(ConfigError, match="orchestration.task_runner"):
+        load_params(ROOT / "params.yaml", {"orchestration.task_runner": "ray"})
+    with pytest.raises(ConfigError, match="tracking.primary_metric"):
+        load_params(ROOT / "params.yaml", {"tracking.primary_metric": "loss"})
+
+
+def test_imports_have_no_side_effects(tmp_path):
+    """Importing the library, the tracking module and every flow module creates no files,
+    sets no tracking URI, and the library pulls in neither MLflow nor Prefect."""
+    out = _python(
+        f"""
+        import os, sys, importlib
+        library = ["cmt", "cmt.config", "cmt.experiment", "cmt.compare", "cmt.cli",
+                   "cmt.evaluate", "cmt.checkpoint", "cmt.envs.generate", "cmt.methods"]
+        for m in library:
+            importlib.import_module(m)
+        assert "mlflow" not in sys.modules and "prefect" not in sys.modules, "library"
+        for m in ["cmt.tracking", "cmt.serving", "pipelines.runner", "pipelines.pipeline",
+                  "pipelines.serve"] + ["pipelines." + s for s in {STAGE_MODULES!r}]:
+            importlib.import_module(m)
+        assert "MLFLOW_TRACKING_URI" not in os.environ
+        import mlflow.tracking._tracking_service.utils as u
+        assert not u._tracking_uri, u._tracking_uri
+        print(sorted(os.listdir(".")))
+        """,
+        tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_library_runs_without_prefect_or_mlflow(tmp_path):
+    """The experiment steps run in a process where importing Prefect or MLflow fails."""
+    out = _python(
+        """
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {"mlflow", "prefect", "prefect_dask", "dvc"}:
+                    raise ImportError(f"blocked: {name}")
+        sys.meta_path.insert(0, Block())
+        from cmt.config import parse_params
+        from cmt.envs.generate import generate_datasets
+        from cmt.experiment import evaluate_method, load_data, make_prompts, pretrain_backbone
+        p = parse_params({
+            "data": {"num_tasks": 4, "test_tasks": [1], "horizon": 10, "episodes_per_level": 2,
+                     "demo_episodes": 3, "reference_episodes": 2},
+            "model": {"n_layer": 1, "d_model": 16, "context_len": 4, "context_size": 4},
+            "pretrain": {"steps": 3, "batch_size": 4, "warmup_steps": 1},
+            "prompt_tune": {"steps": 2, "batch_size": 4, "eval_every": 1},
+            "evaluate": {"episodes": 1}})
+        generate_datasets(p.data, "data")
+        data = load_data("data")
+        seen = []
+        ckpt = pretrain_backbone(p, "cmt", 0, data, "ckpt", on_metrics=lambda s, m: seen.append(s),
+                                 progress=False)
+        prompts = make_prompts(p, "cmt_tuned", ckpt, data, 0, "prompts", progress=False)
+        r = evaluate_method(p, ckpt, {t: v["prompt"] for t, v in prompts.items()}, data, 0)
+        assert seen and "score_mean" in r
+        print("ok")
+        """,
+        tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
+
+
+def test_stage_runs_grouped_and_failures_recorded(mlflow_store, monkeypatch):
+    import mlflow
+
+    from cmt import tracking
+
+    params = mlflow_store
+    with tracking.stage_run("collect", params) as a:
+        a.log_metrics({"data/x": 1.0})
+        a.metrics_callback("x/")(3, {"y": 2.0})
+    with tracking.stage_run("preprocess", params) as b:
+        pass
+    assert a.parent_id == b.parent_id  # same config: one pipeline run
+    with pytest.raises(RuntimeError, match="boom"):
+        with tracking.stage_run("pretrain", params) as c:
+            raise RuntimeError("boom")
+    client = mlflow.MlflowClient()
+    run_a, run_c = client.get_run(a.run_id), client.get_run(c.run_id)
+    assert run_a.info.status == "FINISHED"
+    assert run_a.data.tags[tracking.PARENT_TAG] == a.parent_id
+    assert run_a.data.params["pretrain.lr"] == str(params.pretrain.lr)
+    assert [m.step for m in client.get_metric_history(a.run_id, "x/y")] == [3]
+    assert run_c.info.status == "FAILED"
+    assert run_c.data.tags[tracking.TAG_ERROR] == "RuntimeError: boom"
+    assert client.get_run(c.parent_id).info.status == "FAILED"
+    assert "config" in [f.path for f in client.list_artifacts(a.run_id)]
+
+    # A different config is a different pipeline run; the env var names one explicitly.
+    other = params.model_copy(update={"pretrain": params.pretrain.model_copy(update={"lr": 1.0})})
+    with tracking.stage_run("collect", other) as d:
+        pass
+    assert d.parent_id != a.parent_id
+    monkeypatch.setenv(tracking.PARENT_ENV, a.parent_id)
+    with tracking.stage_run("collect", other) as e:
+        pass
+    assert e.parent_id == a.parent_id
+    assert client.get_run(a.parent_id).info.status == "FINISHED"  # status of its latest stage
+
+
+def _tiny_policy(tmp: Path) -> tuple[Path, Path]:
+    from cmt.checkpoint import save_policy
+    from cmt.config import ModelConfig
+    from cmt.data.dataset import Normalizer
+    from cmt.models.policy import SequencePolicy
+    from cmt.serving import save_prompt_set
+
+    torch.manual_seed(0)
+    model = SequencePolicy(ModelConfig(n_layer=1, d_model=16, context_len=4), 2, 2)
+    norm = Normalizer(np.zeros(2, np.float32), np.ones(2, np.float32), 1.0, 1.0)
+    save_policy(tmp / "model.pt", model, norm, {})
+    save_prompt_set(tmp / "prompts.pt", {1: torch.randn(5, 16), 5: torch.randn(5, 16)})
+    return tmp / "model.pt", tmp / "prompts.pt"
+
+
+def test_registry_aliases_and_pyfunc_model(mlflow_store, tmp_path):
+    import mlflow
+
+    from cmt import tracking
+    from cmt.serving import log_policy_model
+
+    ckpt, prompts = _tiny_policy(tmp_path)
+    example = pd.DataFrame({"task": [1, 5], "obs_0": [0.1, 0.2], "obs_1": [0.0, 0.3]})
+    client = mlflow.MlflowClient(tracking.resolve_tracking_uri(mlflow_store.tracking))
+    aliases = []
+    with tracking.stage_run("evaluate", mlflow_store):
+        for value in (1.0, 0.5, 2.0):
+            info = log_policy_model(ckpt, prompts, 2, 2, example, registered_model_name="cmt-t")
+            version = str(info.registered_model_version)
+            aliases.append(tracking.promote(client, "cmt-t", version, "score_mean", value).alias)
+    assert aliases == ["champion", "challenger", "champion"]
+    assert str(client.get_model_version_by_alias("cmt-t", "champion").version) == "3"
+    rows = tracking.registry_rows(client, "cmt-t")
+    assert [(r["version"], r["aliases"], r["value"]) for r in rows] == [
+        (1, [], 1.0),
+        (2, ["challenger"], 0.5),
+        (3, ["champion"], 2.0),
+    ]
+
+    model = mlflow.pyfunc.load_model("models:/cmt-t@champion")
+    assert [c.name for c in model.metadata.signature.outputs.inputs] == ["act_0", "act_1"]
+    episode = pd.DataFrame(
+        {
+            "task": [5, 5, 5],
+            "episode": [7, 7, 7],
+            "obs_0": [0.1, 0.3, 0.5],
+            "obs_1": [0.0, 0.1, 0.2],
+        }
+    )
+    acts = model.predict(episode)
+    assert acts.shape == (3, 2) and np.all(np.abs(acts.to_numpy()) <= 1.0)
+    # Causal: an episode's first action depends only on its first observation.
+    first = model.predict(episode.iloc[:1].drop(columns="episode"))
+    np.testing.assert_allclose(first.to_numpy(), acts.to_numpy()[:1], atol=1e-5)
+    with pytest.raises(Exception, match="no prompt for tasks"):
+        model.predict(pd.DataFrame({"task": [3], "obs_0": [0.0], "obs_1": [0.0]}))
+
+
+def test_pipeline_flow_parameters_are_validated():
+    from prefect.utilities.callables import parameter_schema
+
+    from pipelines.pipeline import apply_overrides, cmt_pipeline, override_value, param_overrides
+
+    ok = cmt_pipeline.validate_parameters({"params": {"pretrain": {"lr": 0.001}}})
+    assert isinstance(ok["params"], Params) and ok["params"].pretrain.lr == 0.001
+    with pytest.raises(Exception, match="lr"):
+        cmt_pipeline.validate_parameters({"params": {"pretrain": {"lr": -1}}})
+    with pytest.raises(Exception, match="params.pretrain.lrr: Extra inputs"):
+        cmt_pipeline.validate_parameters({"params": {"pretrain": {"lrr": 1}}})
+    # The UI form carries the config's field descriptions.
+    schema = json.dumps(parameter_schema(cmt_pipeline).model_dump())
+    assert "Peak learning rate of AdamW." in schema
+
+    base = Params()
+    changed = apply_overrides(base, {"pretrain.lr": 0.001, "compare.seeds": [0]})
+    assert param_overrides(changed, base) == ["pretrain.lr=0.001", "compare.seeds=[0]"]
+    with pytest.raises(ConfigError, match="pretrain.nope"):
+        apply_overrides(base, {"pretrain.nope": 1})
+    assert override_value("cmt-{family}") == "'cmt-{family}'"
+    assert override_value([True, None, 1.5]) == "[true,null,1.5]"
+
+
+def test_task_runner_from_config():
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect_dask import DaskTaskRunner
+
+    from cmt.config import OrchestrationConfig
+    from pipelines.runner import make_task_runner
+
+    threads = make_task_runner(OrchestrationConfig(max_workers=3))
+    assert isinstance(threads, ThreadPoolTaskRunner) and threads._max_workers == 3
+    dask = make_task_runner(OrchestrationConfig(task_runner="dask", dask_workers=2))
+    assert isinstance(dask, DaskTaskRunner)
+    assert dask.cluster_kwargs["n_workers"] == 2 and dask.cluster_kwargs["host"] == "127.0.0.1"
+    remote = make_task_runner(OrchestrationConfig(task_runner="dask", dask_address="tcp://h:1"))
+    assert remote.address == "tcp://h:1"
+
+
+@pytest.mark.parametrize("stage", STAGE_MODULES)
+def test_stage_commands_reject_bad_config_before_work(stage, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    module = importlib.import_module(f"pipelines.{stage}")
+    code = module.main(["--params", str(ROOT / "params.yaml"), "--set", "pretrain.lr=-1"])
+    assert code == 2
+    assert "pretrain.lr" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dvc_stage_graph(tmp_path):
+    """dvc.yaml resolves with the default params: every stage, per seed where it should be."""
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["dvc", "init", "-q"], cwd=tmp_path, check=True)
+    out = subprocess.run(
+        ["dvc", "stage", "list", "--name-only"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    seeds = Params().compare.seeds
+    assert out.stdout.split() == [
+        "collect",
+        "preprocess",
+        *[f"pretrain@{s}" for s in seeds],
+        *[f"baselines@{b}-{s}" for b in ("prompt_dt", "mtdt") for s in seeds],
+        *[f"prompt_tune@{s}" for s in seeds],
+        "evaluate",
+        "report",
+    ]
+    for stage in STAGE_MODULES:
+        assert f"python -m pipelines.{stage} " in (ROOT / "dvc.yaml").read_text()

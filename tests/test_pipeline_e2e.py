@@ -1,0 +1,451 @@
+"""End to end: the DVC pipeline on a tiny config in a temporary git repository, its MLflow
+runs and registry, a pyfunc load in a fresh process, the Dask task runner, and the pipeline
+deployment served to a real local Prefect server and triggered through its client.
+
+Every server started here binds 127.0.0.1 and is stopped at the end; Prefect and MLflow state
+lives in temp dirs (PREFECT_HOME, the repository's own SQLite store).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+pytestmark = pytest.mark.slow
+
+# Prefect creates its home directory when imported: keep these tests out of ~/.prefect.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="cmt-test-prefect-"))
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "data": {
+        "num_tasks": 8,
+        "test_tasks": [1, 5],
+        "horizon": 20,
+        "episodes_per_level": 2,
+        "demo_episodes": 3,
+        "reference_episodes": 3,
+    },
+    "model": {"n_layer": 1, "d_model": 32, "context_len": 5, "context_size": 8},
+    "pretrain": {"steps": 20, "batch_size": 16, "warmup_steps": 5, "log_every": 5},
+    "prompt_tune": {"steps": 10, "batch_size": 8, "eval_every": 5},
+    "evaluate": {"episodes": 2},
+    "compare": {"seeds": [0]},
+}
+MODEL = "cmt-point_robot"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a process started in its own session, and everything it started."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """A local Prefect server on 127.0.0.1 with its own PREFECT_HOME; yields the env to use."""
+    home = tmp_path_factory.mktemp("prefect_home")
+    port = _free_port()
+    env = {
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("PREFECT_", "MLFLOW_", "CMT_", "DVC_"))
+        },
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "PYTHONUNBUFFERED": "1",
+    }
+    log = open(home / "server.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(
+                        "Prefect server did not start:\n"
+                        + (home / "server.log").read_text()[-3000:]
+                    ) from None
+                time.sleep(1)
+        yield env
+    finally:
+        _stop(proc)
+        log.close()
+
+
+@dataclass
+class Repo:
+    path: Path
+    env: dict[str, str]
+    failed: subprocess.CompletedProcess | None  # the `dvc repro` that failed in pretrain
+    lock_after_failure: dict
+    repro: subprocess.CompletedProcess  # the `dvc repro` that completed
+
+    def run(self, *cmd: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            cmd,
+            cwd=self.path,
+            env=self.env if env is None else env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    def mlflow(self):
+        import mlflow
+
+        return mlflow.MlflowClient(f"sqlite:///{self.path / 'mlflow.db'}")
+
+
+def _write_params(path: Path, extra: dict | None = None) -> None:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in {**TINY, **(extra or {})}.items():
+        raw[section].update(values)
+    (path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, prefect_server) -> Repo:
+    """A fresh clone-like repository: code, dvc.yaml and a tiny params.yaml, committed.
+
+    The first ``dvc repro`` asks for CUDA where there is none, so ``pretrain@0`` fails after
+    collect and preprocess succeeded; the second, with the device fixed, completes.
+    """
+    path = tmp_path_factory.mktemp("repo")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("cmt", "pipelines"):
+        shutil.copytree(ROOT / name, path / name, ignore=ignore)
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(ROOT / name, path / name)
+    env = dict(prefect_server)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    cuda = torch.cuda.is_available()
+    _write_params(path, None if cuda else {"pretrain": {**TINY["pretrain"], "device": "cuda"}})
+    for cmd in (
+        ["git", "init", "-q"],
+        ["dvc", "init", "-q"],
+        ["dvc", "config", "core.analytics", "false"],
+        ["git", "add", "-A"],
+        [*git, "commit", "-qm", "tiny pipeline"],
+    ):
+        subprocess.run(cmd, cwd=path, env=env, check=True, capture_output=True)
+    subprocess.run(["git", "config", "user.name", "test"], cwd=path, check=True)
+    subprocess.run(["git", "config", "user.email", "test@example.com"], cwd=path, check=True)
+
+    def repro() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["dvc", "repro"], cwd=path, env=env, capture_output=True, text=True, timeout=900
+        )
+
+    failed, lock = None, {}
+    if not cuda:
+        failed = repro()
+        lock = yaml.safe_load((path / "dvc.lock").read_text())
+        _write_params(path)
+    done = repro()
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
+    return Repo(path, env, failed, lock, done)
+
+
+def test_failed_stage_is_recorded_and_rerun_continues(repo: Repo):
+    if repo.failed is None:
+        pytest.skip("CUDA is available here: the induced failure does not fail")
+    assert repo.failed.returncode != 0
+    # DVC recorded the stages that succeeded, and none of the failed one's outputs.
+    assert {"collect", "preprocess"} <= set(repo.lock_after_failure["stages"])
+    assert "pretrain@0" not in repo.lock_after_failure["stages"]
+    # The rerun continued from there.
+    out = repo.repro.stdout
+    assert "Stage 'collect' didn't change, skipping" in out
+    assert "Stage 'preprocess' didn't change, skipping" in out
+    assert "Running stage 'pretrain@0'" in out
+
+    client = repo.mlflow()
+    exp = client.get_experiment_by_name("cmt")
+    failed = client.search_runs(
+        [exp.experiment_id], "tags.`cmt.stage` = 'pretrain' and attributes.status = 'FAILED'"
+    )
+    assert len(failed) == 1 and "CUDA" in failed[0].data.tags["cmt.error"]
+    parent = client.get_run(failed[0].data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FAILED"
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    async def flow_run_states() -> list[str]:
+        async with get_client() as c:
+            runs = await c.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["pretrain/cmt_seed0"]))
+            )
+            return sorted(r.state.type.value for r in runs)
+
+    import asyncio
+
+    with temporary_settings({PREFECT_API_URL: repo.env["PREFECT_API_URL"]}):
+        assert asyncio.run(flow_run_states()) == ["COMPLETED", "FAILED"]
+
+
+def test_pipeline_outputs_metrics_and_plots(repo: Repo):
+    p = repo.path
+    metrics = json.loads((p / "outputs/evaluate/metrics.json").read_text())
+    assert set(metrics) == {"mtdt", "prompt_dt", "cmt_zero_shot", "cmt_tuned"}
+    assert all(
+        set(m) == {"score_mean", "score_std", "return_mean", "return_std"} for m in metrics.values()
+    )
+    assert sorted(x.name for x in (p / "outputs/evaluate/runs").iterdir()) == [
+        f"{m}_seed0.json" for m in ("cmt_tuned", "cmt_zero_shot", "mtdt", "prompt_dt")
+    ]
+    assert sorted(x.name for x in (p / "outputs/prompts/seed0").iterdir()) == [
+        "task_1.pt",
+        "task_5.pt",
+    ]
+    for name in ("results.md", "results.png", "registry.md", "registry.png"):
+        assert (p / "outputs/report" / name).stat().st_size > 0
+    curve = (p / "outputs/curves/cmt_seed0.csv").read_text().splitlines()
+    assert curve[0].startswith("step,") and len(curve) > 3
+
+    shown = repo.run("dvc", "metrics", "show", "--json")
+    assert shown.returncode == 0 and "cmt_tuned" in shown.stdout
+    plots = repo.run("dvc", "plots", "show", "--json")
+    assert plots.returncode == 0, plots.stderr
+    assert set(json.loads(plots.stdout)["data"]) == {
+        "outputs/curves/cmt_seed0.csv",
+        "outputs/curves/prompt_dt_seed0.csv",
+        "outputs/curves/mtdt_seed0.csv",
+        "per-task returns",
+        "return distribution",
+        "outputs/preprocess/returns.png",
+        "outputs/report/results.png",
+        "outputs/report/registry.png",
+    }
+    # Metrics and plot data are for git; cached outputs are ignored by it.
+    status = repo.run("git", "status", "--porcelain", "--untracked-files=all").stdout
+    assert "outputs/evaluate/metrics.json" in status and "outputs/checkpoints" not in status
+
+
+def test_mlflow_runs_grouped_under_pipeline_run(repo: Repo):
+    client = repo.mlflow()
+    exp = client.get_experiment_by_name("cmt")
+    [pretrain] = client.search_runs(
+        [exp.experiment_id], "tags.`cmt.stage` = 'pretrain' and attributes.status = 'FINISHED'"
+    )
+    parent = pretrain.data.tags["mlflow.parentRunId"]
+    assert client.get_run(parent).data.tags["cmt.kind"] == "pipeline"
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
+    stages = {r.data.tags["cmt.stage"]: r for r in children}
+    # One pipeline run for the completed config (collect and preprocess ran under the failed
+    # config's pipeline run when there is no CUDA).
+    assert {"pretrain", "baselines", "prompt_tune", "evaluate", "report"} <= set(stages)
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert pretrain.data.params["pretrain.steps"] == "20"
+    assert len(client.get_metric_history(pretrain.info.run_id, "train/total")) > 2
+    assert pretrain.data.tags["prefect.flow_run_name"] == "pretrain/cmt_seed0"
+    assert "eval/cmt_tuned/task_1/return" in stages["evaluate"].data.metrics
+    artifacts = {a.path for a in client.list_artifacts(stages["report"].info.run_id, "report")}
+    assert "report/results.md" in artifacts
+
+
+def test_registry_champion_loads_in_fresh_process(repo: Repo):
+    client = repo.mlflow()
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    assert champion.tags["cmt.method"] == "cmt_tuned"
+    scores = [
+        float(v.tags["cmt.score_mean"]) for v in client.search_model_versions(f"name = '{MODEL}'")
+    ]
+    assert float(champion.tags["cmt.score_mean"]) == max(scores)
+    code = textwrap.dedent(
+        f"""
+        import json, mlflow, pandas as pd
+        model = mlflow.pyfunc.load_model("models:/{MODEL}@champion")
+        obs = pd.DataFrame({{"task": [1, 5], "obs_0": [0.0, 0.2], "obs_1": [0.0, -0.1]}})
+        print(json.dumps(model.predict(obs).to_numpy().tolist()))
+        """
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "CMT_"))},
+        "MLFLOW_TRACKING_URI": f"sqlite:///{repo.path / 'mlflow.db'}",
+    }
+    # A directory outside the repository, and no PYTHONPATH: the model brings its own code.
+    env.pop("PYTHONPATH", None)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=repo.path.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    actions = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(actions) == 2 and all(len(a) == 2 and all(-1 <= x <= 1 for x in a) for a in actions)
+
+
+def test_noop_repro_is_fast(repo: Repo):
+    start = time.perf_counter()
+    out = repo.run("dvc", "repro")
+    elapsed = time.perf_counter() - start
+    assert out.returncode == 0
+    assert "Data and pipelines are up to date." in out.stdout
+    assert elapsed < 10, f"no-op dvc repro took {elapsed:.1f} s"
+
+
+def test_dask_task_runner(repo: Repo, tmp_path):
+    """prompt_tune on a local two-worker Dask cluster gives the prompts of the thread runner."""
+    from cmt.checkpoint import load_prompt
+
+    out = repo.run(
+        sys.executable,
+        "-m",
+        "pipelines.prompt_tune",
+        "--seed",
+        "0",
+        "--data",
+        "data/point_robot",
+        "--checkpoint",
+        "outputs/checkpoints/cmt_seed0/model.pt",
+        "--out",
+        str(tmp_path / "prompts"),
+        "--metrics",
+        str(tmp_path / "metrics"),
+        "--set",
+        "orchestration.task_runner=dask",
+        "--set",
+        "orchestration.dask_workers=2",
+    )
+    assert out.returncode == 0, out.stderr[-5000:]
+    assert "distributed.scheduler" in out.stderr  # it really ran on Dask
+    for t in (1, 5):
+        dask, _ = load_prompt(tmp_path / "prompts" / f"task_{t}.pt")
+        threads, _ = load_prompt(repo.path / "outputs/prompts/seed0" / f"task_{t}.pt")
+        torch.testing.assert_close(dask, threads, atol=1e-4, rtol=1e-4)
+
+
+def test_deployment_triggered_on_prefect_server(repo: Repo):
+    """Serve the pipeline deployment, trigger it through the client with a changed parameter,
+    and see it complete as a DVC experiment that reran only the stages depending on it."""
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    client = repo.mlflow()
+    versions_before = len(client.search_model_versions(f"name = '{MODEL}'"))
+    log = open(repo.path.parent / "serve.log", "w")  # noqa: SIM115 - closed below
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.serve"],
+        cwd=repo.path,
+        env=repo.env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        with temporary_settings({PREFECT_API_URL: repo.env["PREFECT_API_URL"]}):
+            deadline = time.time() + 120
+            while "is being served" not in (repo.path.parent / "serve.log").read_text():
+                assert serve.poll() is None and time.time() < deadline, (
+                    repo.path.parent / "serve.log"
+                ).read_text()[-3000:]
+                time.sleep(1)
+            # Rejected by the server's parameter schema before anything runs.
+            with pytest.raises(Exception, match="lr"):
+                run_deployment(
+                    "cmt-pipeline/cmt-pipeline",
+                    parameters={"params": {"pretrain": {"lr": -1}}},
+                    timeout=0,
+                )
+            run = run_deployment(
+                "cmt-pipeline/cmt-pipeline",
+                parameters={"overrides": {"prompt_tune.lr": 0.02}, "experiment_name": "lr02"},
+                timeout=600,
+            )
+    finally:
+        _stop(serve)
+        log.close()
+    assert run.state.is_completed(), (repo.path.parent / "serve.log").read_text()[-5000:]
+
+    shown = json.loads(repo.run("dvc", "exp", "show", "--json").stdout)
+    exps = {}
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            for rev in exp["revs"]:
+                exps[rev["name"]] = rev["data"]
+    assert "lr02" in exps, shown
+    data = exps["lr02"]
+    assert data["params"]["params.yaml"]["data"]["prompt_tune"]["lr"] == 0.02
+    metrics = data["metrics"]["outputs/evaluate/metrics.json"]["data"]
+    assert set(metrics) == {"mtdt", "prompt_dt", "cmt_zero_shot", "cmt_tuned"}
+
+    exp = client.get_experiment_by_name("cmt")
+    parent = client.search_runs([exp.experiment_id], f"tags.`prefect.flow_run_id` = '{run.id}'")[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["dvc.exp_name"] == "lr02"
+    children = client.search_runs(
+        [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    assert sorted(r.data.tags["cmt.stage"] for r in children) == [
+        "evaluate",
+        "prompt_tune",
+        "report",
+    ]
+    versions = client.search_model_versions(f"name = '{MODEL}'")
+    assert len(versions) == versions_before + 1
+    newest = str(max(int(v.version) for v in versions))
+    aliases = {a for a, v in client.get_registered_model(MODEL).aliases.items() if str(v) == newest}
+    assert aliases in ({"champion"}, {"challenger"})
+
+
+def test_stage_runs_without_a_prefect_server(repo: Repo, tmp_path):
+    """Without PREFECT_API_URL a stage starts Prefect's temporary server by itself."""
+    env = {k: v for k, v in repo.env.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "home")
+    out = repo.run(
+        sys.executable,
+        "-m",
+        "pipelines.preprocess",
+        "--data",
+        "data/point_robot",
+        "--out",
+        str(tmp_path / "pre"),
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr[-5000:]
+    assert "Starting temporary server" in out.stderr + out.stdout
+    assert (tmp_path / "pre" / "metrics.json").exists()
