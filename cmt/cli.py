@@ -13,7 +13,7 @@ import yaml
 from cmt.config import ConfigError, Params, load_params
 
 
-def _parse_sets(items: list[str]) -> dict[str, Any]:
+def parse_sets(items: list[str]) -> dict[str, Any]:
     """``["pretrain.lr=1e-3", "compare.seeds=[0]"]`` -> dotted overrides with YAML values."""
     out = {}
     for item in items:
@@ -25,7 +25,7 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
 
 
 def _params(args: argparse.Namespace) -> Params:
-    return load_params(args.params, _parse_sets(args.set))
+    return load_params(args.params, parse_sets(args.set))
 
 
 def cmd_generate(args: argparse.Namespace) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from prefect import tags, task
 from prefect.cache_policies import NO_CACHE
 
-from cmt.cli import _parse_sets
+from cmt.cli import parse_sets
 from cmt.config import ConfigError, Params, load_params
 
 PIPELINE_FLOW_RUN_ENV = "CMT_PREFECT_PIPELINE_RUN"  # set by the pipeline flow for its stages
@@ -43,7 +43,7 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
 
 def load(args: argparse.Namespace) -> Params:
     """The validated config of ``--params`` with the ``--set`` overrides."""
-    return load_params(args.params, _parse_sets(args.set))
+    return load_params(args.params, parse_sets(args.set))
 
 
 def restrict_tasks(params: Params, tasks: tuple[int, ...]) -> Params:

@@ -65,9 +65,7 @@ def perf_section() -> str:
 
 def render(text: str) -> str:
     for name, body in (("results", results_section()), ("performance", perf_section())):
-        pattern = re.compile(
-            rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", flags=re.DOTALL
-        )
+        pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", flags=re.DOTALL)
         if not pattern.search(text):
             raise SystemExit(f"README.md has no <!-- {name}:start/end --> markers")
         text = pattern.sub(lambda m: m.group(1) + body + m.group(2), text)  # noqa: B023

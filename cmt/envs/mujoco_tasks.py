@@ -29,7 +29,7 @@ import gymnasium as gym
 import numpy as np
 
 from cmt.config import DataConfig
-from cmt.envs.registry import register_family
+from cmt.envs.registry import check_task_ids, register_family
 
 HORIZON = 200
 """Episode length of all three benchmarks (MACAW / Prompt-DT ``_max_episode_steps``)."""
@@ -239,15 +239,7 @@ class MujocoTaskFamily:
         self.act_dim = int(np.prod(act_space.shape))
 
     def _check_ids(self, task_ids: np.ndarray) -> np.ndarray:
-        ids = np.asarray(task_ids)
-        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"task_ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
-        bad = ids[(ids < 0) | (ids >= self.num_tasks)]
-        if bad.size:
-            raise ValueError(
-                f"task id {int(bad[0])} is outside [0, {self.num_tasks}) of family {self.name!r}"
-            )
-        return ids.astype(np.int64)
+        return check_task_ids(task_ids, self.num_tasks, self.name)
 
     def make_env(self, task_id: int) -> gym.Env:
         """A Gymnasium env for ``task_id``: ``env_id`` with a ``horizon``-step time limit."""

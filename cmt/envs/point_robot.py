@@ -14,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 
 from cmt.config import DataConfig
-from cmt.envs.registry import register_family
+from cmt.envs.registry import check_task_ids, register_family
 
 STEP_SIZE = np.float32(0.1)
 """Largest displacement per axis and step (actions in [-1, 1] are scaled by it)."""
@@ -145,15 +145,7 @@ class PointRobotFamily:
         return cls(num_tasks=cfg.num_tasks, horizon=cfg.horizon)
 
     def _check_ids(self, task_ids: np.ndarray) -> np.ndarray:
-        ids = np.asarray(task_ids)
-        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"task_ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
-        bad = ids[(ids < 0) | (ids >= self.num_tasks)]
-        if bad.size:
-            raise ValueError(
-                f"task id {int(bad[0])} is outside [0, {self.num_tasks}) of family {self.name!r}"
-            )
-        return ids.astype(np.int64)
+        return check_task_ids(task_ids, self.num_tasks, self.name)
 
     def make_env(self, task_id: int) -> PointRobotEnv:
         """A Gymnasium env for ``task_id``."""

@@ -45,6 +45,17 @@ class TaskFamily(Protocol):
         ...
 
 
+def check_task_ids(task_ids: np.ndarray, num_tasks: int, family: str) -> np.ndarray:
+    """``task_ids`` as int64, or a ValueError naming the first id outside [0, num_tasks)."""
+    ids = np.asarray(task_ids)
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"task_ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
+    bad = ids[(ids < 0) | (ids >= num_tasks)]
+    if bad.size:
+        raise ValueError(f"task id {int(bad[0])} is outside [0, {num_tasks}) of family {family!r}")
+    return ids.astype(np.int64)
+
+
 _FAMILIES: dict[str, Callable[[DataConfig], TaskFamily]] = {}
 
 
