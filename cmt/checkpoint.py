@@ -42,14 +42,13 @@ def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> dic
 
 def policy_state(model: SequencePolicy, norm: Normalizer, meta: dict[str, Any]) -> dict:
     """Everything evaluation needs: weights, model config, dims, normalisation, metadata."""
-    raw = getattr(model, "_orig_mod", model)  # unwrap torch.compile
     return {
         "format": FORMAT_VERSION,
         "kind": "policy",
-        "model_config": raw.cfg.model_dump_json(),
-        "obs_dim": raw.obs_dim,
-        "act_dim": raw.act_dim,
-        "state_dict": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
+        "model_config": model.cfg.model_dump_json(),
+        "obs_dim": model.obs_dim,
+        "act_dim": model.act_dim,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "normalizer": norm.to_tensors(),
         "meta": json.dumps(meta),
     }

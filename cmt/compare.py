@@ -135,7 +135,7 @@ def plot_summary(summary: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")  # files only; no display on servers and CI
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = plt.subplots(figsize=(8, 3.5))
     labels = [s["label"] for s in summary.values()]
     ax.barh(
         labels,
@@ -146,6 +146,8 @@ def plot_summary(summary: dict[str, Any], path: Path) -> None:
     )
     ax.axvline(0, color="k", lw=0.8)
     ax.axvline(100, color="k", lw=0.8, ls="--")
+    lowest = min(s["score_mean"] - s["score_std"] for s in summary.values())
+    ax.set_xlim(min(0.0, lowest - 5.0), 105.0)
     ax.set_xlabel("normalised score on unseen tasks (0 = random, 100 = expert)")
     ax.invert_yaxis()
     fig.tight_layout()

@@ -175,3 +175,14 @@ def test_tuned_prompt_beats_zero_shot_on_held_out_demos(tiny_params, tiny_data_d
     for task, p in prompts.items():
         assert p["val_loss_tuned"] < p["val_loss_zero_shot"], (task, p)
         assert (tmp_path / "prompts" / f"task_{task}.pt").exists()
+
+
+@pytest.mark.slow
+def test_compiled_pretraining_runs_and_saves_plain_weights(tiny_params, tiny_data_dir, tmp_path):
+    """pretrain.compile goes through torch.compile (inductor needs a C++ compiler here)."""
+    params = tiny_params.model_copy(
+        update={"pretrain": tiny_params.pretrain.model_copy(update={"steps": 3, "compile": True})}
+    )
+    ckpt = pretrain_backbone(params, "cmt", 0, load_data(tiny_data_dir), tmp_path, progress=False)
+    model, _, _ = load_policy(ckpt)  # keys of the plain module: loads without unwrapping
+    assert not any("_orig_mod" in k for k in model.state_dict())

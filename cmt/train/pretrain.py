@@ -132,7 +132,10 @@ def pretrain(
         sort_keys=True,
     )
     start = _maybe_resume(out_dir / "last.pt", fingerprint, model, opt, sched, rng)
-    step_fn = torch.compile(model) if pcfg.compile else model
+    if pcfg.compile:
+        # In place, so that the losses' calls through batch_prompt/forward_batch reach the
+        # compiled forward, and state_dict keys stay those of the plain module.
+        model.compile()
     meta = {"seed": seed, "steps": pcfg.steps, "pretrain": pcfg.model_dump()}
 
     model.train()
@@ -146,7 +149,7 @@ def pretrain(
     for step in bar:
         batch = sampler.sample(pcfg.batch_size, rng).to(device)
         with autocast(device, pcfg.bf16):
-            loss, terms = pretrain_loss(step_fn, batch, pcfg)
+            loss, terms = pretrain_loss(model, batch, pcfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), pcfg.grad_clip)
