@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from cmt.config import ConfigError, Params, load_params
+from cmt.config import ConfigError, Params, load_params, preset_names
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
@@ -24,21 +24,42 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _params(args: argparse.Namespace) -> Params:
-    return load_params(args.params, parse_sets(args.set))
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """``--params``, ``--preset`` and repeatable ``--set``: how every command gets its config."""
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--preset",
+        choices=preset_names(),
+        help="apply presets/<PRESET>.yaml on top of the params file (switches the benchmark)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a parameter, e.g. --set pretrain.lr=1e-3 (repeatable)",
+    )
+
+
+def params_from_args(args: argparse.Namespace) -> Params:
+    """The validated config of ``--params`` with the ``--preset`` and ``--set`` overrides."""
+    return load_params(args.params, parse_sets(args.set), args.preset)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from cmt.envs.generate import generate_datasets
 
-    summary = generate_datasets(_params(args).data, Path(args.out))
+    data = params_from_args(args).data
+    summary = generate_datasets(data, Path(args.out or f"data/{data.family}"))
     print(json.dumps(summary, indent=2))
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
     from cmt.compare import run_comparison
 
-    params = _params(args)
+    params = params_from_args(args)
     run_comparison(params, args.out, args.data, progress=not args.quiet)
     print((Path(args.out) / "results.md").read_text())
     print(f"results: {Path(args.out) / 'results.md'} (also .json, .png)")
@@ -49,7 +70,7 @@ def cmd_config(args: argparse.Namespace) -> None:
     if args.schema:
         print(json.dumps(Params.model_json_schema(), indent=2))
     else:
-        print(yaml.safe_dump(_params(args).model_dump(mode="json"), sort_keys=False))
+        print(yaml.safe_dump(params_from_args(args).model_dump(mode="json"), sort_keys=False))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,19 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, fn, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
-        p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-        p.add_argument(
-            "--set",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override a parameter, e.g. --set pretrain.lr=1e-3 (repeatable)",
-        )
+        add_config_options(p)
         p.set_defaults(fn=fn)
         return p
 
     p = add("generate", cmd_generate, "Generate the task family's offline datasets.")
-    p.add_argument("--out", default="data/point_robot", help="output directory")
+    p.add_argument("--out", default=None, help="output directory (default: data/<family>)")
     p = add("compare", cmd_compare, "Run the method comparison and write the results table.")
     p.add_argument("--out", default="outputs/compare", help="output directory")
     p.add_argument("--data", default=None, help="dataset directory (default: OUT/data)")

@@ -109,11 +109,55 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+PROMPT_DT_PUBLISHED: dict[str, float] = {
+    "cheetah_dir": 927.2,
+    "cheetah_vel": -37.9,
+    "ant_dir": 367.1,
+}
+"""Prompt-DT's published return on the test tasks with expert data and K* = 5 (Xu et al.,
+ICML 2022). Other environments, data and budgets (docs/mujoco.md): context only."""
+
+
+def benchmark_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one row per task family with each method's return (mean ± std over seeds),
+    its normalised score, and Prompt-DT's published return. ``rows`` hold ``family``,
+    ``run_id``, ``seeds`` and ``metrics`` (``{method: {return_mean, ...}}``)."""
+    methods = [m for m in METHODS if any(m in r["metrics"] for r in rows)]
+    head = ["family", "seeds", *(METHODS[m].label for m in methods), "Prompt-DT (published)"]
+    lines = [
+        "Return on the test tasks, mean ± std over seeds (normalised score in brackets: "
+        "0 = random, 100 = our SAC expert). Prompt-DT's published returns come from per-task "
+        "experts, expert-only data and mujoco-py environments (docs/mujoco.md): context, not a "
+        "same-data comparison.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for r in rows:
+        cells = []
+        for m in methods:
+            s = r["metrics"].get(m)
+            cells.append(
+                "–"
+                if s is None
+                else f"{s['return_mean']:.1f} ± {s['return_std']:.1f} "
+                f"({s['score_mean']:.0f} ± {s['score_std']:.0f})"
+            )
+        published = PROMPT_DT_PUBLISHED.get(r["family"])
+        lines.append(
+            f"| {r['family']} | {r['seeds']} | "
+            + " | ".join(cells)
+            + f" | {'–' if published is None else f'{published:.1f}'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def markdown_table(summary: dict[str, Any], params: Params) -> str:
     tasks = sorted({t for s in summary.values() for t in s["per_task_score"]})
     head = "| method | normalised score | return | " + " | ".join(f"task {t}" for t in tasks)
+    seen = " (also training tasks)" if params.data.test_tasks_in_training else ""
     lines = [
-        f"Unseen {params.data.family} tasks {list(params.data.test_tasks)}; mean ± std over "
+        f"Test tasks {list(params.data.test_tasks)} of {params.data.family}{seen}; mean ± std over "
         f"seeds of the mean over tasks ({params.evaluate.episodes} episodes per task). "
         "Score: 100 × (R − random) / (expert − random) per task.",
         "",
@@ -148,7 +192,7 @@ def plot_summary(summary: dict[str, Any], path: Path) -> None:
     ax.axvline(100, color="k", lw=0.8, ls="--")
     lowest = min(s["score_mean"] - s["score_std"] for s in summary.values())
     ax.set_xlim(min(0.0, lowest - 5.0), 105.0)
-    ax.set_xlabel("normalised score on unseen tasks (0 = random, 100 = expert)")
+    ax.set_xlabel("normalised score on the test tasks (0 = random, 100 = expert)")
     ax.invert_yaxis()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ Prefect parameter form, ``--help`` and the docs all come from this one place.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,11 +21,81 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+FamilyName = Literal["point_robot", "cheetah_vel", "cheetah_dir", "ant_dir"]
+
+
+class SacConfig(Section):
+    """SAC data generation of the MuJoCo families (``cmt/envs/sac_data.py``, docs/mujoco.md).
+
+    The defaults are the reduced budget of the half-cheetah families: about 20 minutes on two
+    CPU cores (the ant preset and the full GPU budgets are in ``docs/mujoco.md``). Ignored by
+    the point robot, whose behaviour policies are scripted.
+    """
+
+    sac_steps: int = Field(
+        150_000, ge=1, description="Environment steps of SAC training (one gradient step each)."
+    )
+    learning_starts: int = Field(
+        5_000, ge=1, description="Uniform-random steps that fill the replay buffer before updates."
+    )
+    batch_size: int = Field(256, ge=1, description="SAC minibatch size.")
+    net_arch: tuple[int, ...] = Field(
+        (128, 128), min_length=1, description="Hidden widths of the SAC actor and critics."
+    )
+    learning_rate: float = Field(3e-4, gt=0.0, description="Adam learning rate of SAC.")
+    gamma: float = Field(0.99, gt=0.0, le=1.0, description="SAC discount factor.")
+    eval_every: int = Field(
+        7_500,
+        ge=1,
+        description="Steps between policy snapshots (each evaluated on all training tasks); "
+        "also the checkpoint interval and the granularity of the medium snapshot.",
+    )
+    eval_episodes: int = Field(
+        1, ge=1, description="Evaluation episodes per training task at every snapshot."
+    )
+    medium_fraction: float = Field(
+        1.0 / 3.0,
+        gt=0.0,
+        lt=1.0,
+        description="Medium = first snapshot whose mean return reaches this fraction of the way "
+        "from the random to the final (expert) return (D4RL's medium is about 1/3 of expert).",
+    )
+    stochastic: bool = Field(
+        True,
+        description="Behaviour policies sample from SAC's squashed Gaussian (as D4RL) instead "
+        "of taking its mean action; evaluation and references use the same mode.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Torch device of SAC ('auto' picks CUDA when present)."
+    )
+    torch_threads: int = Field(
+        1,
+        ge=0,
+        description="Torch CPU threads while SAC trains (0 = leave torch's setting): its small "
+        "networks run fastest on one thread, leaving the other cores to MuJoCo.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SacConfig:
+        if self.learning_starts >= self.sac_steps:
+            raise ValueError(
+                f"learning_starts={self.learning_starts} must be < sac_steps={self.sac_steps}"
+            )
+        if 2 * self.eval_every > self.sac_steps:
+            # The medium snapshot must come before the final (expert) one.
+            raise ValueError(
+                f"sac_steps={self.sac_steps} must be at least 2 * eval_every={self.eval_every}"
+            )
+        return self
+
+
 class DataConfig(Section):
     """Which task family, which tasks are held out, and how the offline data is generated."""
 
-    family: Literal["point_robot"] = Field(
-        "point_robot", description="Task family id from the environment registry."
+    family: FamilyName = Field(
+        "point_robot",
+        description="Task family id from the environment registry (presets/<family>.yaml "
+        "holds the matching settings of each).",
     )
     num_tasks: int = Field(40, ge=2, description="Number of tasks (goals) in the family.")
     test_tasks: tuple[int, ...] = Field(
@@ -32,9 +103,18 @@ class DataConfig(Section):
         min_length=1,
         description="Task ids held out from pretraining and used only for evaluation.",
     )
+    test_tasks_in_training: bool = Field(
+        False,
+        description="Pretrain on the test tasks too. Only for benchmarks defined that way: "
+        "cheetah-dir has two tasks and tests on both (its prompts still come from "
+        "held-out demonstrations).",
+    )
     horizon: int = Field(50, ge=2, description="Episode length (steps) before truncation.")
     episodes_per_level: int = Field(
-        10, ge=1, description="Episodes per behaviour level (random, medium, expert) per task."
+        10,
+        ge=1,
+        description="Episodes per behaviour level and training task (point robot: random, "
+        "medium, expert; MuJoCo: medium and expert, plus the medium-replay episodes).",
     )
     demo_episodes: int = Field(
         5, ge=2, description="Expert demonstration episodes per test task (few-shot target data)."
@@ -42,16 +122,21 @@ class DataConfig(Section):
     medium_noise: float = Field(
         3.0,
         ge=0.0,
-        description="Gaussian action noise std of the medium behaviour policy "
-        "(3.0 scores about 50 normalised on the point robot).",
+        description="Point robot: Gaussian action noise std of the medium behaviour policy "
+        "(3.0 scores about 50 normalised).",
     )
     expert_noise: float = Field(
-        0.05, ge=0.0, description="Gaussian action noise std of the expert behaviour policy."
+        0.05,
+        ge=0.0,
+        description="Point robot: Gaussian action noise std of the expert behaviour policy.",
     )
     reference_episodes: int = Field(
         20, ge=1, description="Episodes used to measure each task's random and expert return."
     )
     seed: int = Field(0, ge=0, description="Seed of data generation (independent of train seeds).")
+    sac: SacConfig = Field(
+        default_factory=SacConfig, description="SAC behaviour policies of the MuJoCo families."
+    )
 
     @model_validator(mode="after")
     def _test_tasks_in_range(self) -> DataConfig:
@@ -60,13 +145,16 @@ class DataConfig(Section):
             raise ValueError(f"test_tasks {bad} are outside [0, num_tasks={self.num_tasks})")
         if len(set(self.test_tasks)) != len(self.test_tasks):
             raise ValueError("test_tasks contains duplicates")
-        if len(self.test_tasks) >= self.num_tasks:
-            raise ValueError("at least one task must remain for pretraining")
+        if len(self.test_tasks) >= self.num_tasks and not self.test_tasks_in_training:
+            raise ValueError(
+                "at least one task must remain for pretraining "
+                "(or set test_tasks_in_training for a benchmark that trains on its test tasks)"
+            )
         return self
 
     @property
     def train_tasks(self) -> tuple[int, ...]:
-        held_out = set(self.test_tasks)
+        held_out = set() if self.test_tasks_in_training else set(self.test_tasks)
         return tuple(t for t in range(self.num_tasks) if t not in held_out)
 
 
@@ -272,9 +360,7 @@ def parse_params(raw: dict[str, Any], source: str = "<params>") -> Params:
         raise ConfigError(_format_errors(source, err)) from None
 
 
-def load_params(path: str | Path, overrides: dict[str, Any] | None = None) -> Params:
-    """Load ``params.yaml`` (plus dotted-key overrides such as ``{"pretrain.lr": 1e-3}``)."""
-    path = Path(path)
+def _read_mapping(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"{path}: file not found")
     try:
@@ -283,9 +369,49 @@ def load_params(path: str | Path, overrides: dict[str, Any] | None = None) -> Pa
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
-    for dotted, value in (overrides or {}).items():
+    return raw
+
+
+def load_params(
+    path: str | Path, overrides: dict[str, Any] | None = None, preset: str | None = None
+) -> Params:
+    """Load ``params.yaml``, then apply a preset (``presets/<preset>.yaml``), then dotted-key
+    overrides such as ``{"pretrain.lr": 1e-3}``."""
+    path = Path(path)
+    raw = _read_mapping(path)
+    for dotted, value in {**(load_preset(preset) if preset else {}), **(overrides or {})}.items():
         set_dotted(raw, dotted, value)
     return parse_params(raw, str(path))
+
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+"""``presets/<name>.yaml``: the settings that switch the benchmark (one per task family)."""
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The preset ``name`` as dotted-key overrides (``{"data.family": "cheetah_vel", ...}``).
+
+    Every preset sets the same keys, so applying one fully replaces another."""
+    path = PRESETS_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(f"unknown preset {name!r}; known: {preset_names()} (in {PRESETS_DIR})")
+    return flatten(_read_mapping(path))
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name, sep))
+        else:
+            out[name] = value
+    return out
 
 
 def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:

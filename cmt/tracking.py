@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cmt.config import Params, TrackingConfig
+from cmt.config import Params, TrackingConfig, flatten  # noqa: F401  (tracking.flatten)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -90,18 +90,6 @@ def configure(cfg: TrackingConfig) -> str:
         exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{sep}{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            out.update(flatten(value, name, sep))
-        else:
-            out[name] = value
-    return out
 
 
 def config_params(params: Params) -> dict[str, str]:

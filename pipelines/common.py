@@ -15,8 +15,8 @@ from typing import Any
 from prefect import tags, task
 from prefect.cache_policies import NO_CACHE
 
-from cmt.cli import parse_sets
-from cmt.config import ConfigError, Params, load_params
+from cmt.cli import add_config_options, params_from_args
+from cmt.config import ConfigError, Params
 
 PIPELINE_FLOW_RUN_ENV = "CMT_PREFECT_PIPELINE_RUN"  # set by the pipeline flow for its stages
 EPHEMERAL_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
@@ -26,24 +26,10 @@ stage_task = partial(task, cache_policy=NO_CACHE)
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:
-    """The options every stage command has: ``--params`` and repeatable ``--set``."""
+    """The options every stage command has: ``--params``, ``--preset`` and ``--set``."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument(
-        "--params", default="params.yaml", help="params file (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a parameter, e.g. --set orchestration.task_runner=dask (repeatable)",
-    )
+    add_config_options(parser)
     return parser
-
-
-def load(args: argparse.Namespace) -> Params:
-    """The validated config of ``--params`` with the ``--set`` overrides."""
-    return load_params(args.params, parse_sets(args.set))
 
 
 def restrict_tasks(params: Params, tasks: tuple[int, ...]) -> Params:
@@ -104,7 +90,7 @@ def run_entry(
     """
     args = parser.parse_args(argv)
     try:
-        params = load(args)
+        params = params_from_args(args)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

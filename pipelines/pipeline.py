@@ -13,6 +13,7 @@ as ``CMT_MLFLOW_PARENT_RUN_ID``).
 # No `from __future__ import annotations` here: Prefect builds the parameter model from the
 # flow's signature, and string annotations would leave `Params` unresolved in it.
 
+import argparse
 import json
 import os
 import re
@@ -28,7 +29,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from cmt import tracking
-from cmt.config import Params, load_params, parse_params, set_dotted
+from cmt.config import Params, load_params, load_preset, parse_params, set_dotted
 from pipelines.common import PIPELINE_FLOW_RUN_ENV
 
 DEFAULT_PARAMS = Params()
@@ -126,15 +127,20 @@ def apply_overrides(params: Params, overrides: dict[str, Any] | None) -> Params:
 @flow(name="cmt-pipeline")
 def cmt_pipeline(
     params: Params = DEFAULT_PARAMS,
+    preset: str | None = None,
     overrides: dict[str, Any] | None = None,
     experiment_name: str | None = None,
 ) -> dict[str, Any]:
     """Run collect -> preprocess -> pretrain/baselines -> prompt_tune -> evaluate -> report with
-    ``params`` (plus ``overrides``) as a DVC experiment; returns its name and metrics."""
+    ``params``, then the benchmark ``preset`` (point_robot, cheetah_vel, cheetah_dir, ant_dir:
+    ``presets/<preset>.yaml``), then ``overrides``, as a DVC experiment; returns its name and
+    metrics."""
     import mlflow
     from mlflow.entities import Metric
 
-    params = apply_overrides(params, overrides)
+    params = apply_overrides(
+        params, {**(load_preset(preset) if preset else {}), **(overrides or {})}
+    )
     repo = repo_root()
     os.chdir(repo)  # relative paths of the config (the SQLite store) are the repository's
     changes = plan(params, repo)
@@ -168,3 +174,25 @@ def cmt_pipeline(
     )
     client.set_terminated(parent, "FINISHED")
     return {"experiment": exp, "mlflow_run_id": parent, "metrics": metrics}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.pipeline --preset cheetah_vel``: the pipeline as a DVC experiment
+    in the workspace, orchestrated by Prefect and tracked in MLflow."""
+    from pipelines.common import run_entry, stage_parser
+
+    parser = stage_parser(main.__doc__ or "")
+    parser.add_argument("--name", default=None, help="DVC experiment name (default: DVC's)")
+
+    def body(args: argparse.Namespace, params: Params) -> None:
+        os.environ.setdefault(REPO_ENV, str(Path.cwd().resolve()))
+        result = cmt_pipeline(params=params, experiment_name=args.name)
+        print(json.dumps(result, indent=2, default=str))
+
+    return run_entry(parser, body, argv)
+
+
+if __name__ == "__main__":
+    from pipelines.pipeline import main as _main
+
+    raise SystemExit(_main())

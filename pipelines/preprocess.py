@@ -29,7 +29,7 @@ def _episode_scores(ds: Any, refs: dict[int, tuple[float, float]]) -> np.ndarray
 @stage_task(name="validate and summarise")
 def summarise(data_dir: str) -> dict[str, Any]:
     """Load (which validates schema, dtypes, shapes and episode boundaries) and summarise."""
-    from cmt.envs.generate import LEVELS
+    from cmt.envs.generate import ALL_LEVELS
     from cmt.experiment import load_data
 
     data = load_data(data_dir)
@@ -51,7 +51,7 @@ def summarise(data_dir: str) -> dict[str, Any]:
         },
     }
     histogram: dict[str, np.ndarray] = {}
-    for i, level in enumerate(LEVELS):
+    for i, level in enumerate(ALL_LEVELS):
         scores = train_scores[ep_level == i]
         summary["train"][f"{level}_episodes"] = int(len(scores))
         summary["train"][f"{level}_score_mean"] = float(scores.mean()) if len(scores) else 0.0

@@ -1,7 +1,8 @@
-"""Stage ``report``: the method comparison table and plot of this pipeline's evaluation, and
-a comparison of the registered model versions and recent evaluation runs in MLflow.
+"""Stage ``report``: the method comparison table and plot of this pipeline's evaluation, the
+table of every task family's latest evaluation in MLflow (beside Prompt-DT's published
+numbers), and a comparison of the registered model versions and recent evaluation runs.
 
-Also usable on its own (``python -m pipelines.report``) to refresh the registry comparison.
+Also usable on its own (``python -m pipelines.report``) to refresh the MLflow tables.
 """
 
 from __future__ import annotations
@@ -114,6 +115,49 @@ def registry(params: Params, out_dir: str, max_runs: int = 20) -> dict[str, Any]
     return payload
 
 
+@stage_task(name="benchmark table")
+def benchmarks(params: Params, out_dir: str) -> list[dict[str, Any]]:
+    """``benchmarks.{json,md}``: for every task family with a finished evaluation in MLflow,
+    the latest one's per-method results, beside Prompt-DT's published numbers."""
+    import mlflow
+
+    from cmt.compare import benchmark_table
+
+    exp_id = tracking.configure(params.tracking)
+    client = mlflow.MlflowClient()
+    latest: dict[str, Any] = {}
+    for r in client.search_runs(
+        [exp_id],
+        filter_string=(
+            f"tags.`{tracking.TAG_STAGE}` = 'evaluate' and attributes.status = 'FINISHED'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=500,
+    ):
+        latest.setdefault(r.data.params.get("data.family", "?"), r)
+    rows = []
+    for family, r in sorted(latest.items()):
+        metrics: dict[str, dict[str, float]] = {}
+        for key, value in r.data.metrics.items():
+            parts = key.split("/")  # eval/<method>/<statistic>
+            if len(parts) == 3 and parts[0] == "eval" and not parts[2].startswith("seed"):
+                metrics.setdefault(parts[1], {})[parts[2]] = value
+        rows.append(
+            {
+                "family": family,
+                "run_id": r.info.run_id,
+                "dvc_exp": r.data.tags.get("dvc.exp_name", ""),
+                "seeds": r.data.params.get("compare.seeds", ""),
+                "test_tasks": r.data.params.get("data.test_tasks", ""),
+                "metrics": metrics,
+            }
+        )
+    out = Path(out_dir)
+    write_json(out / "benchmarks.json", rows)
+    write_text(out / "benchmarks.md", benchmark_table(rows))
+    return rows
+
+
 def _plot_versions(versions: list[dict[str, Any]], metric: str, path: Path) -> None:
     import matplotlib
 
@@ -141,11 +185,13 @@ def _plot_versions(versions: list[dict[str, Any]], metric: str, path: Path) -> N
 
 @flow(name="report", flow_run_name="report/{params.data.family}")
 def report_flow(params: Params, evaluate_dir: str, out_dir: str) -> dict[str, Any]:
-    """``out_dir``: ``results.{json,md,png}`` and ``registry.{json,md,png}``."""
+    """``out_dir``: ``results.{json,md,png}`` (this evaluation), ``registry.{json,md,png}``
+    (the registered versions) and ``benchmarks.{json,md}`` (every family, from MLflow)."""
     out = Path(out_dir)
     with tracking.stage_run("report", params, tags=run_tags()) as run:
         summary = results(params, evaluate_dir, out_dir)
         reg = registry(params, out_dir)
+        benchmarks(params, out_dir)
         for name in (
             "results.md",
             "results.json",
@@ -153,10 +199,14 @@ def report_flow(params: Params, evaluate_dir: str, out_dir: str) -> dict[str, An
             "registry.md",
             "registry.json",
             "registry.png",
+            "benchmarks.md",
+            "benchmarks.json",
         ):
             run.log_artifact(out / name, "report")
         run.log_metrics({f"report/{m}/score_mean": s["score_mean"] for m, s in summary.items()})
-        table = (out / "results.md").read_text() + "\n" + (out / "registry.md").read_text()
+        table = "\n".join(
+            (out / f).read_text() for f in ("results.md", "benchmarks.md", "registry.md")
+        )
         create_markdown_artifact(table, key="cmt-report", description="CMT results and registry")
         get_run_logger().info("\n%s", (out / "results.md").read_text())
     return {"summary": summary, "versions": reg["versions"]}

@@ -29,9 +29,9 @@ from cmt.envs.mujoco_tasks import (
     cheetah_velocities,
     mujoco_family,
 )
+from cmt.config import DataConfig, SacConfig
 from cmt.envs.sac_data import (
     MUJOCO_LEVELS,
-    SacBudgets,
     TaskConditionedEnv,
     generate_mujoco,
     replay_transitions,
@@ -69,7 +69,7 @@ def families() -> dict[str, MujocoTaskFamily]:
 
 
 def _data_config(family: str, **overrides: object) -> DataConfig:
-    # model_construct: DataConfig.family does not list the MuJoCo ids yet (the lead adds them).
+    # model_construct: skips DataConfig's own checks, so that the family's checks are tested.
     fields = {**DataConfig().model_dump(), "family": family, "horizon": HORIZON, **overrides}
     return DataConfig.model_construct(**fields)
 
@@ -270,15 +270,16 @@ def test_batched_env_freezes_finished_episodes(families: dict[str, MujocoTaskFam
 # --------------------------------------------------------------------------- registry
 
 
-def test_registry_builds_families_by_id() -> None:
-    assert set(FAMILIES) <= set(registered_families())
-    # cheetah-dir tests on both (training) tasks, which DataConfig cannot express yet.
-    splits = {"cheetah_vel": (40, (2, 7, 15, 23, 26)), "cheetah_dir": (2, (1,))}
-    splits["ant_dir"] = (50, (6, 17, 23, 30, 41))
-    for name, (num_tasks, test_tasks) in splits.items():
-        family = make_family(_data_config(name, num_tasks=num_tasks, test_tasks=test_tasks))
-        assert isinstance(family, MujocoTaskFamily) and family.name == name
-        assert family.num_tasks == num_tasks
+@pytest.mark.parametrize("name", FAMILIES)
+def test_presets_build_their_families(name: str) -> None:
+    from cmt.config import load_params
+
+    assert name in registered_families()
+    data = load_params(Path(__file__).parents[1] / "params.yaml", preset=name).data
+    family = make_family(data)
+    assert isinstance(family, MujocoTaskFamily) and family.name == name
+    assert family.num_tasks == data.num_tasks and family.train_tasks == data.train_tasks
+    assert set(data.test_tasks) == set(family.test_tasks)
 
 
 def test_config_must_match_the_benchmark() -> None:
@@ -290,6 +291,14 @@ def test_config_must_match_the_benchmark() -> None:
         make_family(_data_config("cheetah_vel", num_tasks=60))
     small = make_family(_data_config("cheetah_vel", num_tasks=8, test_tasks=(2, 7)))
     assert (small.num_tasks, small.test_tasks) == (8, (2, 7))
+    # cheetah-dir trains on its test tasks; the flag must say so, and only there.
+    with pytest.raises(ValueError, match="at least one task must remain"):
+        DataConfig(family="cheetah_dir", num_tasks=2, test_tasks=(0, 1), horizon=200)
+    cdir = _data_config("cheetah_dir", num_tasks=2, test_tasks=(1,))
+    with pytest.raises(ValueError, match="test_tasks_in_training must be true"):
+        make_family(cdir)
+    with pytest.raises(ValueError, match="test_tasks_in_training must be false"):
+        make_family(_data_config("cheetah_vel", num_tasks=40, test_tasks_in_training=True))
 
 
 # --------------------------------------------------------------------------- SAC data pieces
@@ -353,29 +362,44 @@ def test_replay_transitions_groups_episodes_by_task() -> None:
     assert data.observations.shape[1] == d  # the task parameter is dropped
 
 
-def test_budgets_validate() -> None:
+def test_sac_config_validates() -> None:
     with pytest.raises(ValueError, match="learning_starts"):
-        SacBudgets(sac_steps=100, learning_starts=100, eval_every=50)
+        SacConfig(sac_steps=100, learning_starts=100, eval_every=50)
     with pytest.raises(ValueError, match="eval_every"):
-        SacBudgets(sac_steps=300, learning_starts=100, eval_every=200)
+        SacConfig(sac_steps=300, learning_starts=100, eval_every=200)
     with pytest.raises(ValueError):
-        SacBudgets(sac_step=10)  # typo: unknown key
-    assert all(f.description for f in SacBudgets.model_fields.values())
+        SacConfig(sac_step=10)  # typo: unknown key
 
 
 # --------------------------------------------------------------------------- end to end
 
-TINY = SacBudgets(
+TINY_SAC = SacConfig(
     sac_steps=300,
     learning_starts=100,
     batch_size=32,
     net_arch=(32, 32),
     eval_every=100,
-    episodes_per_level=1,
-    demo_episodes=2,
-    reference_episodes=1,
     device="cpu",
 )
+
+
+def tiny_config(family: str, num_tasks: int | None = None, **sac: int) -> DataConfig:
+    """The data section of a tiny run: the benchmark's split, minimal episodes and SAC."""
+    fam = mujoco_family(family, num_tasks)
+    return DataConfig(
+        family=family,
+        num_tasks=fam.num_tasks,
+        test_tasks=fam.test_tasks,
+        test_tasks_in_training=fam.test_tasks_seen,
+        horizon=HORIZON,
+        episodes_per_level=1,
+        demo_episodes=2,
+        reference_episodes=1,
+        sac=TINY_SAC.model_copy(update=sac),
+    )
+
+
+TINY = tiny_config("cheetah_vel", 3)
 
 
 def _arrays(path: Path) -> dict[str, np.ndarray]:
@@ -387,7 +411,7 @@ def _arrays(path: Path) -> dict[str, np.ndarray]:
 @pytest.mark.slow
 def test_generate_cheetah_vel_end_to_end(tmp_path: Path, one_thread: None) -> None:
     ckpt = tmp_path / "ckpt"
-    summary = generate_mujoco("cheetah_vel", TINY, tmp_path / "a", 0, 3, ckpt, progress=False)
+    summary = generate_mujoco(TINY, tmp_path / "a", ckpt, progress=False)
     out = tmp_path / "a"
 
     train, demos = read_hdf5(out / "train.hdf5"), read_hdf5(out / "demos.hdf5")
@@ -413,12 +437,12 @@ def test_generate_cheetah_vel_end_to_end(tmp_path: Path, one_thread: None) -> No
     assert refs["test_tasks"] == [2] and refs["train_tasks"] == [0, 1]
     assert all(set(refs[str(t)]) == {"random", "expert"} for t in range(3))
     policy = torch.load(out / "policies" / "expert.pt", weights_only=True)
-    assert json.loads(policy["meta"])["step"] == TINY.sac_steps
+    assert json.loads(policy["meta"])["step"] == TINY.sac.sac_steps
 
     # Same seed, fresh run: the same datasets. Rerun with the finished checkpoint: no
     # training, the same datasets.
-    generate_mujoco("cheetah_vel", TINY, tmp_path / "b", 0, 3, progress=False)
-    generate_mujoco("cheetah_vel", TINY, tmp_path / "d", 0, 3, ckpt, progress=False)
+    generate_mujoco(TINY, tmp_path / "b", progress=False)
+    generate_mujoco(TINY, tmp_path / "d", ckpt, progress=False)
     for other in ("b", "d"):
         for name in ("train.hdf5", "demos.hdf5"):
             a, b = _arrays(out / name), _arrays(tmp_path / other / name)
@@ -428,8 +452,8 @@ def test_generate_cheetah_vel_end_to_end(tmp_path: Path, one_thread: None) -> No
     assert json.loads((tmp_path / "d" / "sac_log.json").read_text())["resumed_from"] == 300
 
     # A larger budget continues the checkpointed run instead of starting over.
-    longer = TINY.model_copy(update={"sac_steps": 400})
-    generate_mujoco("cheetah_vel", longer, tmp_path / "c", 0, 3, ckpt, progress=False)
+    longer = tiny_config("cheetah_vel", 3, sac_steps=400)
+    generate_mujoco(longer, tmp_path / "c", ckpt, progress=False)
     log = json.loads((tmp_path / "c" / "sac_log.json").read_text())
     assert log["resumed_from"] == 300
     assert [s["step"] for s in log["snapshots"]] == [100, 200, 300, 400]
@@ -440,7 +464,7 @@ def test_generate_cheetah_vel_end_to_end(tmp_path: Path, one_thread: None) -> No
 def test_generate_other_families(
     tmp_path: Path, one_thread: None, name: str, num_tasks: int | None
 ) -> None:
-    summary = generate_mujoco(name, TINY, tmp_path, 0, num_tasks, progress=False)
+    summary = generate_mujoco(tiny_config(name, num_tasks), tmp_path, progress=False)
     family = mujoco_family(name, num_tasks)
     train, demos = read_hdf5(tmp_path / "train.hdf5"), read_hdf5(tmp_path / "demos.hdf5")
     assert train.obs_dim == demos.obs_dim == family.obs_dim

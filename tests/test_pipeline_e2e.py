@@ -152,7 +152,7 @@ def repo(tmp_path_factory, prefect_server) -> Repo:
     """
     path = tmp_path_factory.mktemp("repo")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("cmt", "pipelines"):
+    for name in ("cmt", "pipelines", "presets"):
         shutil.copytree(ROOT / name, path / name, ignore=ignore)
     for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(ROOT / name, path / name)
@@ -449,3 +449,61 @@ def test_stage_runs_without_a_prefect_server(repo: Repo, tmp_path):
     assert out.returncode == 0, out.stderr[-5000:]
     assert "Starting temporary server" in out.stderr + out.stdout
     assert (tmp_path / "pre" / "metrics.json").exists()
+
+
+# The cheetah-dir preset at a tiny SAC budget (a few seconds of SAC).
+TINY_MUJOCO = {
+    "data.episodes_per_level": 1,
+    "data.demo_episodes": 2,
+    "data.reference_episodes": 2,
+    "data.sac.sac_steps": 300,
+    "data.sac.learning_starts": 100,
+    "data.sac.eval_every": 100,
+    "data.sac.batch_size": 32,
+    "data.sac.net_arch": [32, 32],
+}
+
+
+def test_mujoco_preset_end_to_end(repo: Repo):
+    """One command switches the benchmark: ``python -m pipelines.pipeline --preset cheetah_dir``
+    runs every stage on HalfCheetah-v5 (SAC data included) as a DVC experiment, and the report
+    tabulates both families from MLflow. Last in this module: it leaves the workspace on
+    cheetah-dir."""
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in TINY_MUJOCO.items()]
+    cmd = [sys.executable, "-m", "pipelines.pipeline", "--preset", "cheetah_dir", *sets]
+    out = repo.run(*cmd, "--name", "cheetah")
+    assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-5000:]
+    p = repo.path
+    params = yaml.safe_load((p / "params.yaml").read_text())
+    assert params["data"]["family"] == "cheetah_dir" and params["data"]["sac"]["sac_steps"] == 300
+    sac_log = json.loads((p / "data/cheetah_dir/sac_log.json").read_text())
+    assert [s["step"] for s in sac_log["snapshots"]] == [100, 200, 300]
+    assert (p / "outputs/sac/cheetah_dir/state.pt").is_file()  # kept for a resumed rerun
+    metrics = json.loads((p / "outputs/evaluate/metrics.json").read_text())
+    assert set(metrics) == {"mtdt", "prompt_dt", "cmt_zero_shot", "cmt_tuned"}
+    assert sorted(x.name for x in (p / "outputs/prompts/seed0").iterdir()) == [
+        "task_0.pt",
+        "task_1.pt",
+    ]
+    results = (p / "outputs/report/results.md").read_text()
+    assert "cheetah_dir (also training tasks)" in results
+    rows = json.loads((p / "outputs/report/benchmarks.json").read_text())
+    assert {r["family"] for r in rows} == {"point_robot", "cheetah_dir"}
+    table = (p / "outputs/report/benchmarks.md").read_text()
+    assert "| cheetah_dir |" in table and "927.2" in table
+    client = repo.mlflow()
+    assert client.get_registered_model("cmt-cheetah_dir").aliases["champion"]
+    # SAC's progress reached the collect run's metrics while it trained.
+    exp = client.get_experiment_by_name("cmt")
+    collect = client.search_runs(
+        [exp.experiment_id],
+        "tags.`cmt.stage` = 'collect' and params.`data.family` = 'cheetah_dir'",
+    )[0]
+    history = client.get_metric_history(collect.info.run_id, "sac/eval_return")
+    assert [m.step for m in history] == [100, 200, 300]
+
+    # A rerun with more data episodes reuses the persisted SAC checkpoint: no retraining.
+    more = [*cmd, "--set=data.episodes_per_level=2", "--name", "cheetah2"]
+    out = repo.run(*more)
+    assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-5000:]
+    assert json.loads((p / "data/cheetah_dir/sac_log.json").read_text())["resumed_from"] == 300

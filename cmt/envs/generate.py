@@ -21,13 +21,16 @@ from cmt.atomic import write_json
 from cmt.config import DataConfig
 from cmt.data.schema import TransitionData
 from cmt.envs.point_robot import PointRobotFamily, random_actions, scripted_expert
-from cmt.envs.registry import TaskFamily
+from cmt.envs.registry import TaskFamily, make_family
 
 Policy = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """Batched behaviour policy: (obs (B, obs_dim), task_ids (B,)) -> actions (B, act_dim)."""
 
 LEVELS: tuple[str, ...] = ("random", "medium", "expert")
-"""Behaviour levels; a transition's ``infos/level`` is the index into this tuple."""
+"""Behaviour levels of the point robot's scripted policies."""
+ALL_LEVELS: tuple[str, ...] = (*LEVELS, "medium_replay")
+"""Behaviour levels of every family; a transition's ``infos/level`` indexes this tuple
+(the MuJoCo families add SAC's replay data)."""
 
 # One independent random stream per (purpose, level). Streams are spawned from cfg.seed in
 # this order, so new streams must be appended to keep existing datasets bit-identical.
@@ -229,18 +232,22 @@ def generate_point_robot(cfg: DataConfig, out_dir: Path) -> dict[str, Any]:
     return summary
 
 
-GENERATORS: dict[str, Callable[[DataConfig, Path], dict[str, Any]]] = {
-    "point_robot": generate_point_robot,
-}
-"""Dataset generator of each task family, keyed by ``DataConfig.family``."""
+def generate_datasets(
+    cfg: DataConfig,
+    out_dir: Path,
+    sac_checkpoint_dir: Path | None = None,
+    on_metrics: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Generate the offline datasets of ``cfg.family`` into ``out_dir``; returns a summary.
 
+    The point robot's behaviour is scripted; the MuJoCo families train SAC first
+    (:func:`cmt.envs.sac_data.generate_mujoco`), checkpointed in ``sac_checkpoint_dir`` so a
+    killed or repeated run continues, and report its progress through ``on_metrics``.
+    """
+    make_family(cfg)  # an unknown id or a config that contradicts the benchmark fails here
+    if cfg.family == "point_robot":
+        return generate_point_robot(cfg, Path(out_dir))
+    # Lazy: sac_data imports this module (rollout, concat_transitions) and SB3.
+    from cmt.envs.sac_data import generate_mujoco
 
-def generate_datasets(cfg: DataConfig, out_dir: Path) -> dict[str, Any]:
-    """Generate the offline datasets of ``cfg.family`` into ``out_dir``; returns a summary."""
-    try:
-        generate = GENERATORS[cfg.family]
-    except KeyError:
-        raise KeyError(
-            f"no dataset generator for family {cfg.family!r}; known: {sorted(GENERATORS)}"
-        ) from None
-    return generate(cfg, Path(out_dir))
+    return generate_mujoco(cfg, Path(out_dir), sac_checkpoint_dir, on_metrics)

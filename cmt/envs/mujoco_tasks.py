@@ -356,9 +356,8 @@ def family_from_config(name: str, cfg: DataConfig) -> MujocoTaskFamily:
 
     ``data.horizon`` must be 200. ``data.num_tasks`` may be smaller than the benchmark's count
     (the first tasks are kept, for tests); ``data.test_tasks`` must then equal the benchmark's
-    test ids below it. For cheetah-dir, whose test tasks are also training tasks,
-    ``data.test_tasks`` may be any subset of (0, 1). Other data fields (noise levels, episode
-    counts) configure the point robot's generator and are ignored here.
+    test ids below it. For cheetah-dir, whose test tasks are also training tasks
+    (``data.test_tasks_in_training``), ``data.test_tasks`` may be any subset of (0, 1).
     """
     if cfg.horizon != HORIZON:
         raise ValueError(
@@ -366,6 +365,12 @@ def family_from_config(name: str, cfg: DataConfig) -> MujocoTaskFamily:
             f"length), got {cfg.horizon}"
         )
     family = mujoco_family(name, cfg.num_tasks)
+    if cfg.test_tasks_in_training != family.test_tasks_seen:
+        raise ValueError(
+            f"data.test_tasks_in_training must be {str(family.test_tasks_seen).lower()} for "
+            f"family {name!r}: its benchmark "
+            + ("trains on its test tasks" if family.test_tasks_seen else "holds them out")
+        )
     given = tuple(sorted(cfg.test_tasks))
     ok = (
         set(given) <= set(family.test_tasks)

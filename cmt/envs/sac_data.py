@@ -26,27 +26,27 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
 from cmt.atomic import atomic_path, write_json
+from cmt.config import DataConfig, SacConfig
 from cmt.data.schema import TransitionData
-from cmt.envs.generate import LEVELS, Policy, concat_transitions, rollout
-from cmt.envs.mujoco_tasks import MujocoTaskFamily, mujoco_family
+from cmt.envs.generate import ALL_LEVELS, Policy, concat_transitions, rollout
+from cmt.envs.mujoco_tasks import MujocoTaskFamily, family_from_config
 
 log = logging.getLogger(__name__)
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
 """Called at every snapshot with the step and metrics such as ``sac/eval_return``."""
 
-MUJOCO_LEVELS: tuple[str, ...] = LEVELS if "medium_replay" in LEVELS else (*LEVELS, "medium_replay")
-"""Levels of the MuJoCo data; ``infos/level`` indexes it. The point robot's levels come first
-so indices agree across families; MuJoCo training data holds medium, expert, medium_replay."""
+MUJOCO_LEVELS: tuple[str, ...] = ALL_LEVELS
+"""Levels of the MuJoCo data; ``infos/level`` indexes it. MuJoCo training data holds medium,
+expert and medium_replay (random is only a reference)."""
 
 _STREAMS: tuple[str, ...] = (
     "sac",
@@ -60,75 +60,6 @@ _STREAMS: tuple[str, ...] = (
 # Spawned from the seed in this order; append new streams to keep old datasets identical.
 
 CHECKPOINT_FORMAT = 1
-
-
-class SacBudgets(BaseModel):
-    """Budgets and settings of SAC data generation for one MuJoCo family.
-
-    The defaults are the reduced budget of the half-cheetah families: about 20 minutes on two
-    CPU cores with one torch thread (``docs/mujoco.md`` has the ant and full budgets).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    sac_steps: int = Field(
-        150_000, ge=1, description="Environment steps of SAC training (one gradient step each)."
-    )
-    learning_starts: int = Field(
-        5_000, ge=1, description="Uniform-random steps that fill the replay buffer before updates."
-    )
-    batch_size: int = Field(256, ge=1, description="SAC minibatch size.")
-    net_arch: tuple[int, ...] = Field(
-        (128, 128), min_length=1, description="Hidden widths of the SAC actor and critics."
-    )
-    learning_rate: float = Field(3e-4, gt=0.0, description="Adam learning rate of SAC.")
-    gamma: float = Field(0.99, gt=0.0, le=1.0, description="SAC discount factor.")
-    eval_every: int = Field(
-        7_500,
-        ge=1,
-        description="Steps between policy snapshots (each evaluated on all training tasks); "
-        "also the checkpoint interval and the granularity of the medium snapshot.",
-    )
-    eval_episodes: int = Field(
-        1, ge=1, description="Evaluation episodes per training task at every snapshot."
-    )
-    medium_fraction: float = Field(
-        1.0 / 3.0,
-        gt=0.0,
-        lt=1.0,
-        description="Medium = first snapshot whose mean return reaches this fraction of the way "
-        "from the random to the final (expert) return (D4RL's medium is about 1/3 of expert).",
-    )
-    episodes_per_level: int = Field(
-        10, ge=1, description="Medium and expert episodes per training task in train.hdf5."
-    )
-    demo_episodes: int = Field(
-        5, ge=1, description="Expert demonstration episodes per test task in demos.hdf5."
-    )
-    reference_episodes: int = Field(
-        10, ge=1, description="Episodes per task measuring its random and expert return."
-    )
-    stochastic: bool = Field(
-        True,
-        description="Behaviour policies sample from SAC's squashed Gaussian (as D4RL) instead "
-        "of taking its mean action; evaluation and references use the same mode.",
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="Torch device of SAC ('auto' picks CUDA when present)."
-    )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> SacBudgets:
-        if self.learning_starts >= self.sac_steps:
-            raise ValueError(
-                f"learning_starts={self.learning_starts} must be < sac_steps={self.sac_steps}"
-            )
-        if 2 * self.eval_every > self.sac_steps:
-            # The medium snapshot must come before the final (expert) one.
-            raise ValueError(
-                f"sac_steps={self.sac_steps} must be at least 2 * eval_every={self.eval_every}"
-            )
-        return self
 
 
 # --------------------------------------------------------------------------- SAC training env
@@ -404,7 +335,7 @@ def _seed_of(rng: np.random.Generator) -> int:
 
 def train_sac(
     family: MujocoTaskFamily,
-    budgets: SacBudgets,
+    budgets: SacConfig,
     seed: int,
     random_return: float,
     checkpoint_dir: Path | None = None,
@@ -550,33 +481,34 @@ def train_sac(
 
 
 def generate_mujoco(
-    family_name: str,
-    budgets: SacBudgets,
+    cfg: DataConfig,
     out_dir: Path,
-    seed: int,
-    num_tasks: int | None = None,
     checkpoint_dir: Path | None = None,
     on_metrics: MetricsCallback | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Write ``train.hdf5``, ``demos.hdf5`` and ``references.json`` for a MuJoCo family.
+    """Write ``train.hdf5``, ``demos.hdf5`` and ``references.json`` for the MuJoCo family
+    ``cfg.family``, with SAC settings ``cfg.sac``.
 
-    ``train.hdf5`` holds, per training task, ``episodes_per_level`` medium and expert episodes
-    and the task's medium-replay episodes (``infos/level`` indexes :data:`MUJOCO_LEVELS`);
-    ``demos.hdf5`` expert episodes of the test tasks; ``references.json`` the mean random and
-    expert return of every task. Also written: ``policies/{medium,expert}.pt`` (actor weights)
-    and ``sac_log.json`` (snapshot returns, chosen medium). ``num_tasks`` keeps only the
-    family's first tasks (tests). Deterministic given ``seed`` as far as SB3 and torch are
-    (same device and thread count, no resume). Returns a summary.
+    ``train.hdf5`` holds, per training task, ``cfg.episodes_per_level`` medium and expert
+    episodes and the task's medium-replay episodes (``infos/level`` indexes
+    :data:`MUJOCO_LEVELS`); ``demos.hdf5`` ``cfg.demo_episodes`` expert episodes of each test
+    task; ``references.json`` the mean random and expert return of every task over
+    ``cfg.reference_episodes`` episodes. Also written: ``policies/{medium,expert}.pt`` (actor
+    weights) and ``sac_log.json`` (snapshot returns, chosen medium). A smaller
+    ``cfg.num_tasks`` keeps only the family's first tasks (tests). Deterministic given
+    ``cfg.seed`` as far as SB3 and torch are (same device and thread count, no resume).
+    Returns a summary.
     """
     from cmt.data.hdf5 import write_hdf5  # lazy: keeps env imports free of h5py
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    family = mujoco_family(family_name, num_tasks)
+    family = family_from_config(cfg.family, cfg)
+    budgets, seed = cfg.sac, cfg.seed
     rngs = _streams(seed)
     train_tasks = np.asarray(family.train_tasks, dtype=np.int64)
-    test_tasks = np.asarray(family.test_tasks, dtype=np.int64)
+    test_tasks = np.asarray(cfg.test_tasks, dtype=np.int64)
     all_tasks = np.arange(family.num_tasks)
 
     # Random reference first: it measures SAC's progress and picks the medium snapshot.
@@ -584,19 +516,25 @@ def generate_mujoco(
     random_ref = _mean_returns(
         family,
         all_tasks,
-        budgets.reference_episodes,
+        cfg.reference_episodes,
         random_policy(family.act_dim, rng),
         _seed_of(rng),
     )
-    model, snapshots, sac_stats = train_sac(
-        family,
-        budgets,
-        seed,
-        float(random_ref[train_tasks].mean()),
-        checkpoint_dir,
-        on_metrics,
-        progress,
-    )
+    threads = torch.get_num_threads()
+    if budgets.torch_threads:
+        torch.set_num_threads(budgets.torch_threads)
+    try:
+        model, snapshots, sac_stats = train_sac(
+            family,
+            budgets,
+            seed,
+            float(random_ref[train_tasks].mean()),
+            checkpoint_dir,
+            on_metrics,
+            progress,
+        )
+    finally:
+        torch.set_num_threads(threads)
     curve = np.array([s["returns"].mean() for s in snapshots])
     medium_i, rule = select_medium(
         curve, float(random_ref[train_tasks].mean()), budgets.medium_fraction
@@ -636,9 +574,7 @@ def generate_mujoco(
         parts, level_means, level_episodes = [], {}, {}
         for level in ("medium", "expert"):
             bar.set_postfix_str(f"train/{level}")
-            data, returns = run(
-                f"train/{level}", np.repeat(train_tasks, budgets.episodes_per_level)
-            )
+            data, returns = run(f"train/{level}", np.repeat(train_tasks, cfg.episodes_per_level))
             parts.append(data)
             level_means[level] = float(returns.mean())
             level_episodes[level] = int(returns.size)
@@ -660,7 +596,7 @@ def generate_mujoco(
         bar.update()
 
         bar.set_postfix_str("demos")
-        demos, demo_returns = run("demos/expert", np.repeat(test_tasks, budgets.demo_episodes))
+        demos, demo_returns = run("demos/expert", np.repeat(test_tasks, cfg.demo_episodes))
         write_hdf5(
             out_dir / "demos.hdf5", concat_transitions([demos], {**base_meta, "split": "demos"})
         )
@@ -676,7 +612,7 @@ def generate_mujoco(
         expert_ref = _mean_returns(
             family,
             all_tasks,
-            budgets.reference_episodes,
+            cfg.reference_episodes,
             actor_policy(actors["expert"], family.task_params, rng if budgets.stochastic else None),
             _seed_of(rng),
         )
