@@ -90,3 +90,21 @@ def test_cli_compare_smoke(tmp_path):
     mtime = (out / "runs" / "cmt_tuned_seed0.json").stat().st_mtime
     assert main(["compare", "--params", str(params), "--out", str(out), "--quiet"]) == 0
     assert (out / "runs" / "cmt_tuned_seed0.json").stat().st_mtime == mtime
+
+
+def test_presets_switch_the_whole_benchmark() -> None:
+    """Every preset validates and sets the same keys (so one fully replaces another), and the
+    point-robot preset is params.yaml's default, so switching back restores it."""
+    from cmt.config import load_params, load_preset, preset_names
+
+    names = preset_names()
+    assert {"point_robot", "cheetah_vel", "cheetah_dir", "ant_dir"} <= set(names)
+    keys = {name: set(load_preset(name)) for name in names}
+    assert all(k == keys["point_robot"] for k in keys.values()), keys
+    params_yaml = Path(__file__).parents[1] / "params.yaml"
+    assert load_params(params_yaml, preset="point_robot") == load_params(params_yaml)
+    for name in names:
+        params = load_params(params_yaml, preset=name)
+        assert params.data.family == name
+    with pytest.raises(ConfigError, match="unknown preset 'cheetah'.*cheetah_vel"):
+        load_preset("cheetah")

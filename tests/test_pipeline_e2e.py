@@ -461,6 +461,7 @@ TINY_MUJOCO = {
     "data.sac.eval_every": 100,
     "data.sac.batch_size": 32,
     "data.sac.net_arch": [32, 32],
+    "pretrain.steps": 20,
 }
 
 

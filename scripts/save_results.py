@@ -1,0 +1,53 @@
+"""Copy a finished pipeline's report into ``results/<family>/`` with the command that made it.
+
+    python scripts/save_results.py --command "python -m pipelines.pipeline --preset cheetah_vel"
+
+Reads the workspace's ``params.yaml`` (the family), ``outputs/report/`` (results, registry and
+the cross-family benchmark table from MLflow), ``outputs/evaluate/metrics.json``,
+``outputs/preprocess/metrics.json`` and, for MuJoCo families, ``data/<family>/sac_log.json``.
+``results/benchmarks.md`` gets the latest cross-family table. Then run
+``python scripts/update_readme.py`` to refresh the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cmt.atomic import write_text  # noqa: E402
+from cmt.config import load_params  # noqa: E402
+
+REPORT = ("results.md", "results.json", "results.png", "registry.md", "benchmarks.md")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--command", required=True, help="the exact command that made them")
+    args = parser.parse_args()
+    family = load_params(ROOT / "params.yaml").data.family
+    out = ROOT / "results" / family
+    out.mkdir(parents=True, exist_ok=True)
+    sources = [ROOT / "outputs" / "report" / name for name in REPORT]
+    sources += [ROOT / "outputs/evaluate/metrics.json", ROOT / "outputs/preprocess/metrics.json"]
+    names = [*REPORT, "evaluate_metrics.json", "preprocess_metrics.json"]
+    sac_log = ROOT / "data" / family / "sac_log.json"
+    if sac_log.exists():
+        sources.append(sac_log)
+        names.append("sac_log.json")
+    for src, name in zip(sources, names, strict=True):
+        if not src.exists():
+            raise SystemExit(f"{src} is missing: run the pipeline first")
+        shutil.copyfile(src, out / name)
+    write_text(out / "COMMAND", args.command.strip() + "\n")
+    shutil.copyfile(out / "benchmarks.md", ROOT / "results" / "benchmarks.md")
+    print(f"results of {family} in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
