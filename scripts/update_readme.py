@@ -3,7 +3,8 @@
     python scripts/update_readme.py          # rewrite README.md in place
     python scripts/update_readme.py --check  # exit 1 if README.md is out of date (used in tests)
 
-Sources: ``results/<family>/results.md`` (written by ``cmt compare``/the report stage) and
+Sources: ``results/benchmarks.md`` and ``results/<family>/results.md`` (written by the report
+stage, copied by ``scripts/save_results.py``) and
 ``benchmarks/results/throughput.json`` (written by ``benchmarks/throughput.py``).
 """
 
@@ -23,6 +24,12 @@ THROUGHPUT = ROOT / "benchmarks" / "results" / "throughput.json"
 
 def results_section() -> str:
     parts = []
+    benchmarks = RESULTS / "benchmarks.md"
+    if benchmarks.exists():
+        parts.append(
+            "**All families** (`results/benchmarks.md`, from MLflow by the report stage)\n"
+        )
+        parts.append(benchmarks.read_text().strip() + "\n")
     for md in sorted(RESULTS.glob("*/results.md")):
         cmd = md.parent / "COMMAND"
         parts.append(f"**{md.parent.name}** (`results/{md.parent.name}/`)\n")
