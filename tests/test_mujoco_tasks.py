@@ -445,20 +445,23 @@ def test_generate_cheetah_vel_end_to_end(tmp_path: Path, one_thread: None) -> No
     # Same seed, fresh run: the same datasets. Rerun with the finished checkpoint: no
     # training, the same datasets.
     generate_mujoco(TINY, tmp_path / "b", progress=False)
-    generate_mujoco(TINY, tmp_path / "d", ckpt, progress=False)
+    resumed = generate_mujoco(TINY, tmp_path / "d", ckpt, progress=False)
     for other in ("b", "d"):
         for name in ("train.hdf5", "demos.hdf5"):
             a, b = _arrays(out / name), _arrays(tmp_path / other / name)
             assert all(np.array_equal(a[k], b[k]) for k in a), (other, name)
         refs_b = (tmp_path / other / "references.json").read_text()
         assert (out / "references.json").read_text() == refs_b
-    assert json.loads((tmp_path / "d" / "sac_log.json").read_text())["resumed_from"] == 300
+    assert resumed["sac"]["resumed_from"] == 300
+    # Byte-identical files: DVC sees the same data and retrains nothing downstream.
+    for name in ("train.hdf5", "demos.hdf5", "references.json", "sac_log.json"):
+        assert (out / name).read_bytes() == (tmp_path / "d" / name).read_bytes(), name
 
     # A larger budget continues the checkpointed run instead of starting over.
     longer = tiny_config("cheetah_vel", 3, sac_steps=400)
-    generate_mujoco(longer, tmp_path / "c", ckpt, progress=False)
+    continued = generate_mujoco(longer, tmp_path / "c", ckpt, progress=False)
     log = json.loads((tmp_path / "c" / "sac_log.json").read_text())
-    assert log["resumed_from"] == 300
+    assert continued["sac"]["resumed_from"] == 300
     assert [s["step"] for s in log["snapshots"]] == [100, 200, 300, 400]
 
 

@@ -507,4 +507,9 @@ def test_mujoco_preset_end_to_end(repo: Repo):
     more = [*cmd, "--set=data.episodes_per_level=2", "--name", "cheetah2"]
     out = repo.run(*more)
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-5000:]
-    assert json.loads((p / "data/cheetah_dir/sac_log.json").read_text())["resumed_from"] == 300
+    latest = client.search_runs(
+        [exp.experiment_id],
+        "tags.`cmt.stage` = 'collect' and params.`data.family` = 'cheetah_dir'",
+        order_by=["attributes.start_time DESC"],
+    )[0]
+    assert latest.data.metrics["data/sac/resumed_from"] == 300

@@ -658,13 +658,16 @@ def generate_mujoco(
                 ],
                 "medium": {"step": int(medium["step"]), "rule": rule},
                 "expert": {"step": int(expert["step"])},
-                **sac_stats,
             },
         )
         bar.update()
     summary["sac"] = {
         "steps": budgets.sac_steps,
         "medium_step": int(medium["step"]),
+        # Timing lives here (MLflow metrics of collect), not in sac_log.json: the data
+        # directory stays byte-identical when collect reruns from a finished checkpoint, so
+        # DVC does not retrain everything downstream.
+        "resumed_from": int(sac_stats["resumed_from"]),
         "seconds": float(sac_stats["seconds"]),
         "steps_per_s": float(sac_stats["steps_per_s"]),
     }
