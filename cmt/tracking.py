@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cmt.config import Params, TrackingConfig, flatten  # noqa: F401  (tracking.flatten)
+from cmt.config import Params, TrackingConfig, flatten
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

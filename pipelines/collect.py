@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger
 
 from cmt import tracking
 from cmt.config import DataConfig, Params
-from pipelines.common import run_entry, run_tags, stage_parser, stage_task
+from pipelines.common import dataset_dir, run_entry, run_tags, stage_parser, stage_task
 
 
 @stage_task(name="generate datasets")
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     def body(args: argparse.Namespace, params: Params) -> None:
-        collect_flow(params, args.out or f"data/{params.data.family}", args.sac_checkpoints)
+        collect_flow(params, dataset_dir(params, args.out), args.sac_checkpoints)
 
     return run_entry(parser, body, argv)
 

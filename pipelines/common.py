@@ -32,6 +32,11 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def dataset_dir(params: Params, given: str | None) -> str:
+    """The dataset directory: as given, else ``data/<family>``, where ``collect`` writes it."""
+    return given or f"data/{params.data.family}"
+
+
 def restrict_tasks(params: Params, tasks: tuple[int, ...]) -> Params:
     """``params`` with only ``tasks`` as test tasks: one mapped task's share of a stage."""
     return params.model_copy(update={"data": params.data.model_copy(update={"test_tasks": tasks})})

@@ -19,7 +19,14 @@ from cmt import tracking
 from cmt.atomic import write_json, write_text
 from cmt.config import Params
 from cmt.methods import get_method
-from pipelines.common import restrict_tasks, run_entry, run_tags, stage_parser, stage_task
+from pipelines.common import (
+    dataset_dir,
+    restrict_tasks,
+    run_entry,
+    run_tags,
+    stage_parser,
+    stage_task,
+)
 from pipelines.runner import make_task_runner
 
 
@@ -253,7 +260,7 @@ def evaluate_flow(
 
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
-    parser.add_argument("--data", default="data/point_robot", help="dataset directory")
+    parser.add_argument("--data", default=None, help="dataset directory (default: data/<family>)")
     parser.add_argument(
         "--checkpoints",
         default="outputs/checkpoints",
@@ -266,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body(args: argparse.Namespace, params: Params) -> None:
         flow_ = evaluate_flow.with_options(task_runner=make_task_runner(params.orchestration))
-        flow_(params, args.data, args.checkpoints, args.prompts, args.out)
+        flow_(params, dataset_dir(params, args.data), args.checkpoints, args.prompts, args.out)
 
     return run_entry(parser, body, argv)
 

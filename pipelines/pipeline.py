@@ -185,7 +185,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=None, help="DVC experiment name (default: DVC's)")
 
     def body(args: argparse.Namespace, params: Params) -> None:
-        os.environ.setdefault(REPO_ENV, str(Path.cwd().resolve()))
         result = cmt_pipeline(params=params, experiment_name=args.name)
         print(json.dumps(result, indent=2, default=str))
 

@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger
 from cmt import tracking
 from cmt.atomic import write_json, write_text
 from cmt.config import Params
-from pipelines.common import run_entry, run_tags, stage_parser, stage_task
+from pipelines.common import dataset_dir, run_entry, run_tags, stage_parser, stage_task
 
 BINS = np.linspace(-25.0, 125.0, 31)  # normalised score bins: random = 0, expert = 100
 
@@ -108,11 +108,11 @@ def preprocess_flow(params: Params, data_dir: str, out_dir: str) -> dict[str, An
 
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
-    parser.add_argument("--data", default="data/point_robot", help="dataset directory")
+    parser.add_argument("--data", default=None, help="dataset directory (default: data/<family>)")
     parser.add_argument("--out", default="outputs/preprocess", help="output directory")
 
     def body(args: argparse.Namespace, params: Params) -> None:
-        preprocess_flow(params, args.data, args.out)
+        preprocess_flow(params, dataset_dir(params, args.data), args.out)
 
     return run_entry(parser, body, argv)
 

@@ -14,7 +14,7 @@ from cmt.atomic import write_json, write_text
 from cmt.config import Params
 from cmt.methods import Backbone
 from cmt.train.pretrain import MetricsCallback
-from pipelines.common import run_entry, run_tags, stage_parser, stage_task
+from pipelines.common import dataset_dir, run_entry, run_tags, stage_parser, stage_task
 
 
 @stage_task(name="pretrain backbone")
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
     parser.add_argument("--backbone", default="cmt", choices=get_args(Backbone))
     parser.add_argument("--seed", type=int, default=0, help="training seed")
-    parser.add_argument("--data", default="data/point_robot", help="dataset directory")
+    parser.add_argument("--data", default=None, help="dataset directory (default: data/<family>)")
     parser.add_argument(
         "--out",
         default=None,
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             params,
             args.backbone,
             args.seed,
-            args.data,
+            dataset_dir(params, args.data),
             args.out or f"outputs/checkpoints/{name}",
             args.metrics or f"outputs/pretrain/{name}/metrics.json",
             args.curve or f"outputs/curves/{name}.csv",

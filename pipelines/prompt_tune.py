@@ -13,7 +13,14 @@ from prefect import flow, get_run_logger, unmapped
 from cmt import tracking
 from cmt.atomic import write_json
 from cmt.config import Params
-from pipelines.common import restrict_tasks, run_entry, run_tags, stage_parser, stage_task
+from pipelines.common import (
+    dataset_dir,
+    restrict_tasks,
+    run_entry,
+    run_tags,
+    stage_parser,
+    stage_task,
+)
 from pipelines.runner import make_task_runner
 
 
@@ -93,7 +100,7 @@ def prompt_tune_flow(
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
     parser.add_argument("--seed", type=int, default=0, help="training seed")
-    parser.add_argument("--data", default="data/point_robot", help="dataset directory")
+    parser.add_argument("--data", default=None, help="dataset directory (default: data/<family>)")
     parser.add_argument(
         "--checkpoint",
         default=None,
@@ -111,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         flow_(
             params,
             args.seed,
-            args.data,
+            dataset_dir(params, args.data),
             args.checkpoint or f"outputs/checkpoints/cmt_seed{args.seed}/model.pt",
             args.out or f"outputs/prompts/seed{args.seed}",
             args.metrics or f"outputs/prompt_tune/seed{args.seed}",

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from cmt.atomic import write_text
+from cmt.config import load_params
 
-from cmt.atomic import write_text  # noqa: E402
-from cmt.config import load_params  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 REPORT = ("results.md", "results.json", "results.png", "registry.md", "benchmarks.md")
 

@@ -307,3 +307,12 @@ def test_dvc_stage_graph(tmp_path):
     ]
     for stage in STAGE_MODULES:
         assert f"python -m pipelines.{stage} " in (ROOT / "dvc.yaml").read_text()
+
+
+def test_stage_dataset_dir_follows_the_family():
+    """Run by hand with --preset, a stage reads data/<family>, where collect wrote it."""
+    from pipelines.common import dataset_dir
+
+    params = load_params(ROOT / "params.yaml", preset="ant_dir")
+    assert dataset_dir(params, None) == "data/ant_dir"
+    assert dataset_dir(params, "elsewhere") == "elsewhere"
