@@ -22,11 +22,10 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from cmt.benchmarks import make_benchmark
 from cmt.config import Params, parse_params
 from cmt.data.dataset import Normalizer
 from cmt.device import autocast
-from cmt.envs.generate import generate_datasets
-from cmt.envs.registry import make_family
 from cmt.evaluate import rollout
 from cmt.experiment import initial_prompt, load_data
 from cmt.methods import backbone_config
@@ -157,8 +156,8 @@ def eval_speed(params: Params, data, episodes_per_task: int, repeats: int) -> di
     norm = Normalizer.fit(data.train.data, data.train.ep_return)
     mcfg = backbone_config(params.model, "cmt")
     model = SequencePolicy(mcfg, data.train.data.obs_dim, data.train.data.act_dim).eval()
-    family = make_family(params.data)
-    tasks = np.repeat(np.array(params.data.test_tasks), episodes_per_task)
+    family = make_benchmark(params.data)
+    tasks = np.repeat(np.array(family.eval_tasks), episodes_per_task)
     prompt = initial_prompt(model, norm, data.demos, 0)
     n = len(tasks)
     batched = timeit(
@@ -196,12 +195,12 @@ def main() -> None:
     repeats = 3 if args.quick else 10
     params = parse_params({})  # the default size: 3 layers x 128 wide, K = 20
     with tempfile.TemporaryDirectory() as tmp:
-        generate_datasets(params.data, Path(tmp))
-        data = load_data(tmp)
+        make_benchmark(params.data).build_datasets(Path(tmp), progress=False)
+        data = load_data(params, tmp)
         peak = matmul_peak(repeats)
         print(f"matmul peak GFLOP/s: {peak}", flush=True)
         pretrain = []
-        for backbone in ("cmt", "mtdt"):
+        for backbone in ("cmt", "dt"):
             for bf16 in (False, True):
                 for bs in (64, 256):
                     r = {

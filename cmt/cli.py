@@ -49,10 +49,11 @@ def params_from_args(args: argparse.Namespace) -> Params:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from cmt.envs.generate import generate_datasets
+    from cmt.benchmarks import make_benchmark
 
     data = params_from_args(args).data
-    summary = generate_datasets(data, Path(args.out or f"data/{data.family}"))
+    out = Path(args.out or f"data/{data.name}")
+    summary = make_benchmark(data).build_datasets(out, Path(args.behaviour))
     print(json.dumps(summary, indent=2))
 
 
@@ -83,8 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
         return p
 
-    p = add("generate", cmd_generate, "Generate the task family's offline datasets.")
-    p.add_argument("--out", default=None, help="output directory (default: data/<family>)")
+    p = add("generate", cmd_generate, "Build the benchmark's offline datasets.")
+    p.add_argument("--out", default=None, help="output directory (default: data/<name>)")
+    p.add_argument(
+        "--behaviour",
+        default="outputs/sac",
+        help="root of trained behaviour policies' checkpoints (default: %(default)s)",
+    )
     p = add("compare", cmd_compare, "Run the method comparison and write the results table.")
     p.add_argument("--out", default="outputs/compare", help="output directory")
     p.add_argument("--data", default=None, help="dataset directory (default: OUT/data)")

@@ -13,22 +13,19 @@ from typing import Any
 import numpy as np
 
 from cmt.atomic import write_json, write_text
+from cmt.benchmarks import make_benchmark
+from cmt.benchmarks.base import REFERENCES_FILE
 from cmt.config import Params
-from cmt.envs.generate import generate_datasets
-from cmt.experiment import (
-    REFERENCES_FILE,
-    evaluate_method,
-    load_data,
-    make_prompts,
-    pretrain_backbone,
-)
+from cmt.experiment import evaluate_method, load_data, make_prompts, pretrain_backbone
 from cmt.methods import METHODS, backbones_for, get_method
 
 
-def ensure_data(params: Params, data_dir: Path) -> None:
-    """Generate the family's datasets unless they are already there."""
+def ensure_data(params: Params, data_dir: Path, progress: bool = True) -> None:
+    """Build the benchmark's datasets unless they are already there (trained behaviour
+    policies keep their checkpoints beside them, in ``<data_dir>/../behaviour``)."""
     if not (data_dir / REFERENCES_FILE).exists():
-        generate_datasets(params.data, data_dir)
+        bench = make_benchmark(params.data)
+        bench.build_datasets(data_dir, data_dir.parent / "behaviour", progress=progress)
 
 
 def run_comparison(
@@ -41,8 +38,8 @@ def run_comparison(
     """
     out_dir = Path(out_dir)
     data_dir = Path(data_dir) if data_dir is not None else out_dir / "data"
-    ensure_data(params, data_dir)
-    data = load_data(data_dir)
+    ensure_data(params, data_dir, progress)
+    data = load_data(params, data_dir)
     for seed in params.compare.seeds:
         for backbone in backbones_for(params.compare.methods):
             methods = [m for m in params.compare.methods if get_method(m).backbone == backbone]
@@ -109,30 +106,18 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-PROMPT_DT_PUBLISHED: dict[str, float] = {
-    "cheetah_dir": 927.2,
-    "cheetah_vel": -37.9,
-    "ant_dir": 367.1,
-}
-"""Prompt-DT's published return on the test tasks with expert data and K* = 5 (Xu et al.,
-ICML 2022). Other environments, data and budgets (docs/mujoco.md): context only."""
-
-
 def benchmark_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown: one row per task family with each method's return (mean ± std over seeds),
-    its normalised score, and Prompt-DT's published return. ``rows`` hold ``family``,
-    ``run_id``, ``seeds`` and ``metrics`` (``{method: {return_mean, ...}}``)."""
+    """Markdown: one row per dataset with each method's return (mean ± std over seeds), its
+    normalised score, and a published result for context. ``rows`` hold ``name``,
+    ``seeds``, ``metrics`` (``{method: {return_mean, ...}}``) and ``published`` (``{label,
+    value, metric}`` or None); rows of one benchmark kind share a table."""
     methods = [m for m in METHODS if any(m in r["metrics"] for r in rows)]
-    head = ["family", "seeds", *(METHODS[m].label for m in methods), "Prompt-DT (published)"]
-    lines = [
-        "Return on the test tasks, mean ± std over seeds (normalised score in brackets: "
-        "0 = random, 100 = our SAC expert). Prompt-DT's published returns come from per-task "
-        "experts, expert-only data and mujoco-py environments (docs/mujoco.md): context, not a "
-        "same-data comparison.",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
+    published = next((r["published"]["label"] for r in rows if r.get("published")), None)
+    with_data = any(r.get("dataset") for r in rows)
+    head = ["dataset", "seeds", *(METHODS[m].label for m in methods)]
+    head += [published] if published else []
+    head += ["the data's own score: mean / p90 / max"] if with_data else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = []
         for m in methods:
@@ -140,35 +125,49 @@ def benchmark_table(rows: list[dict[str, Any]]) -> str:
             cells.append(
                 "–"
                 if s is None
-                else f"{s['return_mean']:.1f} ± {s['return_std']:.1f} "
-                f"({s['score_mean']:.0f} ± {s['score_std']:.0f})"
+                else f"{s['score_mean']:.1f} ± {s['score_std']:.1f} "
+                f"(return {s['return_mean']:.1f} ± {s['return_std']:.1f})"
             )
-        published = PROMPT_DT_PUBLISHED.get(r["family"])
-        lines.append(
-            f"| {r['family']} | {r['seeds']} | "
-            + " | ".join(cells)
-            + f" | {'–' if published is None else f'{published:.1f}'} |"
-        )
+        if published:
+            p = r.get("published")
+            cells.append("–" if not p else f"{p['value']:.1f} ({p['metric'].split('_')[0]})")
+        if with_data:
+            d = r.get("dataset") or {}
+            cells.append(
+                " / ".join(f"{d[k]:.1f}" for k in ("score_mean", "score_p90", "score_max"))
+                if all(k in d for k in ("score_mean", "score_p90", "score_max"))
+                else "–"
+            )
+        lines.append(f"| {r['name']} | {r['seeds']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+def benchmark_tables(rows: list[dict[str, Any]]) -> str:
+    """:func:`benchmark_table` per kind of benchmark (``row["kind"]``), each with a caption."""
+    parts = []
+    for kind in sorted({r["kind"] for r in rows}):
+        group = [r for r in rows if r["kind"] == kind]
+        parts += [f"**{kind}**", "", benchmark_table(group)]
+        parts += [f"- {r['name']}: {r['caption']}" for r in group if r.get("caption")] + [""]
+    return "\n".join(parts)
+
+
 def markdown_table(summary: dict[str, Any], params: Params) -> str:
+    """The comparison of one dataset: a row per method, per-task columns if there are several."""
     tasks = sorted({t for s in summary.values() for t in s["per_task_score"]})
+    tasks = tasks if len(tasks) > 1 else []
     head = "| method | normalised score | return | " + " | ".join(f"task {t}" for t in tasks)
-    seen = " (also training tasks)" if params.data.test_tasks_in_training else ""
     lines = [
-        f"Test tasks {list(params.data.test_tasks)} of {params.data.family}{seen}; mean ± std over "
-        f"seeds of the mean over tasks ({params.evaluate.episodes} episodes per task). "
-        "Score: 100 × (R − random) / (expert − random) per task.",
+        make_benchmark(params.data).describe(params.evaluate.episodes),
         "",
-        head + " |",
+        head.rstrip(" |") + " |",
         "|" + "---|" * (3 + len(tasks)),
     ]
     for s in summary.values():
-        cells = " | ".join(f"{s['per_task_score'][t]:.1f}" for t in tasks)
+        cells = "".join(f" {s['per_task_score'][t]:.1f} |" for t in tasks)
         lines.append(
             f"| {s['label']} | {s['score_mean']:.1f} ± {s['score_std']:.1f} | "
-            f"{s['return_mean']:.2f} ± {s['return_std']:.2f} | {cells} |"
+            f"{s['return_mean']:.2f} ± {s['return_std']:.2f} |{cells}"
         )
     return "\n".join(lines) + "\n"
 

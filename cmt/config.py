@@ -7,162 +7,28 @@ Prefect parameter form, ``--help`` and the docs all come from this one place.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from cmt.benchmarks import DATA_SECTIONS, DEFAULT_BENCHMARK, DataConfig
+from cmt.sections import SacConfig, Section
 
-class Section(BaseModel):
-    """Base for all config sections: strict keys, immutable after validation."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-FamilyName = Literal["point_robot", "cheetah_vel", "cheetah_dir", "ant_dir"]
-
-
-class SacConfig(Section):
-    """SAC data generation of the MuJoCo families (``cmt/envs/sac_data.py``, docs/mujoco.md).
-
-    The defaults are the reduced budget of the half-cheetah families: about 20 minutes on two
-    CPU cores (the ant preset and the full GPU budgets are in ``docs/mujoco.md``). Ignored by
-    the point robot, whose behaviour policies are scripted.
-    """
-
-    sac_steps: int = Field(
-        150_000, ge=1, description="Environment steps of SAC training (one gradient step each)."
-    )
-    learning_starts: int = Field(
-        5_000, ge=1, description="Uniform-random steps that fill the replay buffer before updates."
-    )
-    batch_size: int = Field(256, ge=1, description="SAC minibatch size.")
-    net_arch: tuple[int, ...] = Field(
-        (128, 128), min_length=1, description="Hidden widths of the SAC actor and critics."
-    )
-    learning_rate: float = Field(3e-4, gt=0.0, description="Adam learning rate of SAC.")
-    gamma: float = Field(0.99, gt=0.0, le=1.0, description="SAC discount factor.")
-    eval_every: int = Field(
-        7_500,
-        ge=1,
-        description="Steps between policy snapshots (each evaluated on all training tasks); "
-        "also the checkpoint interval and the granularity of the medium snapshot.",
-    )
-    eval_episodes: int = Field(
-        1, ge=1, description="Evaluation episodes per training task at every snapshot."
-    )
-    medium_fraction: float = Field(
-        1.0 / 3.0,
-        gt=0.0,
-        lt=1.0,
-        description="Medium = first snapshot whose mean return reaches this fraction of the way "
-        "from the random to the final (expert) return (D4RL's medium is about 1/3 of expert).",
-    )
-    stochastic: bool = Field(
-        True,
-        description="Behaviour policies sample from SAC's squashed Gaussian (as D4RL) instead "
-        "of taking its mean action; evaluation and references use the same mode.",
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="Torch device of SAC ('auto' picks CUDA when present)."
-    )
-    torch_threads: int = Field(
-        1,
-        ge=0,
-        description="Torch CPU threads while SAC trains (0 = leave torch's setting): its small "
-        "networks run fastest on one thread, leaving the other cores to MuJoCo.",
-    )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> SacConfig:
-        if self.learning_starts >= self.sac_steps:
-            raise ValueError(
-                f"learning_starts={self.learning_starts} must be < sac_steps={self.sac_steps}"
-            )
-        if 2 * self.eval_every > self.sac_steps:
-            # The medium snapshot must come before the final (expert) one.
-            raise ValueError(
-                f"sac_steps={self.sac_steps} must be at least 2 * eval_every={self.eval_every}"
-            )
-        return self
-
-
-class DataConfig(Section):
-    """Which task family, which tasks are held out, and how the offline data is generated."""
-
-    family: FamilyName = Field(
-        "point_robot",
-        description="Task family id from the environment registry (presets/<family>.yaml "
-        "holds the matching settings of each).",
-    )
-    num_tasks: int = Field(40, ge=2, description="Number of tasks (goals) in the family.")
-    test_tasks: tuple[int, ...] = Field(
-        (2, 7, 15, 23, 26),
-        min_length=1,
-        description="Task ids held out from pretraining and used only for evaluation.",
-    )
-    test_tasks_in_training: bool = Field(
-        False,
-        description="Pretrain on the test tasks too. Only for benchmarks defined that way: "
-        "cheetah-dir has two tasks and tests on both (its prompts still come from "
-        "held-out demonstrations).",
-    )
-    horizon: int = Field(50, ge=2, description="Episode length (steps) before truncation.")
-    episodes_per_level: int = Field(
-        10,
-        ge=1,
-        description="Episodes per behaviour level and training task (point robot: random, "
-        "medium, expert; MuJoCo: medium and expert, plus the medium-replay episodes).",
-    )
-    demo_episodes: int = Field(
-        5, ge=2, description="Expert demonstration episodes per test task (few-shot target data)."
-    )
-    medium_noise: float = Field(
-        3.0,
-        ge=0.0,
-        description="Point robot: Gaussian action noise std of the medium behaviour policy "
-        "(3.0 scores about 50 normalised).",
-    )
-    expert_noise: float = Field(
-        0.05,
-        ge=0.0,
-        description="Point robot: Gaussian action noise std of the expert behaviour policy.",
-    )
-    reference_episodes: int = Field(
-        20, ge=1, description="Episodes used to measure each task's random and expert return."
-    )
-    seed: int = Field(0, ge=0, description="Seed of data generation (independent of train seeds).")
-    sac: SacConfig = Field(
-        default_factory=SacConfig, description="SAC behaviour policies of the MuJoCo families."
-    )
-
-    @model_validator(mode="after")
-    def _test_tasks_in_range(self) -> DataConfig:
-        bad = [t for t in self.test_tasks if not 0 <= t < self.num_tasks]
-        if bad:
-            raise ValueError(f"test_tasks {bad} are outside [0, num_tasks={self.num_tasks})")
-        if len(set(self.test_tasks)) != len(self.test_tasks):
-            raise ValueError("test_tasks contains duplicates")
-        if len(self.test_tasks) >= self.num_tasks and not self.test_tasks_in_training:
-            raise ValueError(
-                "at least one task must remain for pretraining "
-                "(or set test_tasks_in_training for a benchmark that trains on its test tasks)"
-            )
-        return self
-
-    @property
-    def train_tasks(self) -> tuple[int, ...]:
-        held_out = set() if self.test_tasks_in_training else set(self.test_tasks)
-        return tuple(t for t in range(self.num_tasks) if t not in held_out)
-
+__all__ = ["ConfigError", "Params", "SacConfig", "Section", "load_params", "parse_params"]
 
 PromptKind = Literal["none", "segment", "encoder"]
+MethodName = Literal["mtdt", "prompt_dt", "cmt_zero_shot", "cmt_tuned", "dt", "bc", "filtered_bc"]
+"""Every compared method (``cmt.methods.METHODS``)."""
+BackboneName = Literal["cmt", "prompt_dt", "dt", "bc", "filtered_bc"]
+"""Every pretrained backbone (``cmt.methods.BACKBONES``)."""
 
 
 class ModelConfig(Section):
-    """Sequence model: GPT backbone, prompt slot, context encoder and heads (DESIGN 1.1)."""
+    """Sequence model: GPT backbone, prompt slot, context encoder and heads (docs/method.md)."""
 
     n_layer: int = Field(3, ge=1, description="Transformer blocks in the backbone.")
     n_head: int = Field(1, ge=1, description="Attention heads per block.")
@@ -194,7 +60,7 @@ class ModelConfig(Section):
 
 
 class PretrainConfig(Section):
-    """Self-supervised pretraining on all training tasks (DESIGN 1.2)."""
+    """Self-supervised pretraining on all training tasks (docs/method.md)."""
 
     steps: int = Field(600, ge=1, description="Optimizer steps.")
     batch_size: int = Field(64, ge=1, description="Segments per batch.")
@@ -218,7 +84,7 @@ class PretrainConfig(Section):
 
 
 class PromptTuneConfig(Section):
-    """Per-task prompt tuning with the backbone and encoder frozen (DESIGN 1.3)."""
+    """Per-task prompt tuning with the backbone and encoder frozen (docs/method.md)."""
 
     steps: int = Field(200, ge=1, description="Max Adam steps on the prompt.")
     batch_size: int = Field(32, ge=1, description="Segments per batch.")
@@ -244,10 +110,11 @@ class EvaluateConfig(Section):
         description="bfloat16 autocast in rollouts: 1.7x the steps/s on a 2-core CPU "
         "(benchmarks/throughput.py); off gives bit-exact fp32 actions.",
     )
-    target_return: Literal["demo", "max_train"] = Field(
+    target_return: Literal["demo", "max_train", "dt_paper"] = Field(
         "demo",
         description="Return-to-go target of return-conditioned models: mean demo return of "
-        "the task, or the best training return.",
+        "the task (meta-RL), the best training return, or the Decision Transformer paper's "
+        "target for the environment (D4RL); each benchmark accepts some of them.",
     )
 
 
@@ -255,10 +122,18 @@ class CompareConfig(Section):
     """The method comparison on the held-out tasks (issue 2, item 8)."""
 
     seeds: tuple[int, ...] = Field((0, 1, 2), min_length=1, description="Training seeds.")
-    methods: tuple[Literal["mtdt", "prompt_dt", "cmt_zero_shot", "cmt_tuned"], ...] = Field(
+    methods: tuple[MethodName, ...] = Field(
         ("mtdt", "prompt_dt", "cmt_zero_shot", "cmt_tuned"),
         min_length=1,
-        description="Methods to compare.",
+        description="Methods to compare (each benchmark accepts its own: meta-RL mtdt, "
+        "prompt_dt, cmt_zero_shot, cmt_tuned; D4RL dt, bc, filtered_bc, cmt_zero_shot, "
+        "cmt_tuned).",
+    )
+    backbones: tuple[BackboneName, ...] = Field(
+        ("dt", "prompt_dt", "cmt"),
+        min_length=1,
+        description="Backbones the pretrain stage trains (one DVC stage per backbone and "
+        "seed): exactly those the methods need.",
     )
 
 
@@ -278,11 +153,11 @@ class TrackingConfig(Section):
     )
     experiment: str = Field("cmt", min_length=1, description="MLflow experiment name.")
     registered_model: str = Field(
-        "cmt-{family}",
+        "cmt-{name}",
         min_length=1,
-        description="Registered model name; '{family}' is replaced by data.family.",
+        description="Registered model name; '{name}' is replaced by data.name (the dataset id).",
     )
-    registered_method: Literal["mtdt", "prompt_dt", "cmt_zero_shot", "cmt_tuned"] = Field(
+    registered_method: MethodName = Field(
         "cmt_tuned",
         description="Method whose policy (backbone plus its prompts) is registered; it must be "
         "one of compare.methods.",
@@ -293,9 +168,9 @@ class TrackingConfig(Section):
         "takes the 'champion' alias; otherwise it becomes 'challenger'.",
     )
 
-    def model_name(self, family: str) -> str:
-        """The registered model name for a task family."""
-        return self.registered_model.format(family=family)
+    def model_name(self, name: str) -> str:
+        """The registered model name of dataset ``name``."""
+        return self.registered_model.format(name=name)
 
 
 class OrchestrationConfig(Section):
@@ -321,7 +196,10 @@ class OrchestrationConfig(Section):
 class Params(Section):
     """All of ``params.yaml``."""
 
-    data: DataConfig = Field(default_factory=DataConfig, description="Data generation.")
+    data: DataConfig = Field(
+        default_factory=DATA_SECTIONS[0],
+        description="The benchmark and its data (data.benchmark picks the section's fields).",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig, description="Sequence model.")
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig, description="Pretraining.")
     prompt_tune: PromptTuneConfig = Field(
@@ -336,6 +214,43 @@ class Params(Section):
         default_factory=OrchestrationConfig, description="Prefect task runner."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_benchmark(cls, raw: Any) -> Any:
+        # The embedded default needs no `benchmark` key; the others name theirs.
+        if isinstance(raw, dict) and isinstance(raw.get("data"), dict):
+            raw = {**raw, "data": {"benchmark": DEFAULT_BENCHMARK, **raw["data"]}}
+        return raw
+
+    @model_validator(mode="after")
+    def _fits_the_benchmark(self) -> Params:
+        from cmt.methods import backbones_for
+
+        data = self.data
+        wrong = [m for m in self.compare.methods if m not in data.methods]
+        if wrong:
+            raise ValueError(
+                f"compare.methods {wrong} are not methods of benchmark {data.benchmark!r} "
+                f"(its methods: {list(data.methods)})"
+            )
+        if self.tracking.registered_method not in self.compare.methods:
+            raise ValueError(
+                f"tracking.registered_method {self.tracking.registered_method!r} is not one of "
+                f"compare.methods {list(self.compare.methods)}"
+            )
+        if self.evaluate.target_return not in data.target_returns:
+            raise ValueError(
+                f"evaluate.target_return {self.evaluate.target_return!r} is not defined for "
+                f"benchmark {data.benchmark!r} (use one of {list(data.target_returns)})"
+            )
+        needed = backbones_for(self.compare.methods)
+        if sorted(self.compare.backbones) != sorted(needed):
+            raise ValueError(
+                f"compare.backbones {list(self.compare.backbones)} must be exactly the "
+                f"backbones of compare.methods: {needed}"
+            )
+        return self
+
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file and each bad key."""
@@ -343,13 +258,23 @@ class ConfigError(ValueError):
 
 def _format_errors(source: str, err: ValidationError) -> str:
     lines = [f"{source}: invalid configuration"]
+    tags = {t for section in DATA_SECTIONS for t in _benchmark_tags(section)}
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        loc = list(e["loc"])
+        if len(loc) > 1 and loc[0] == "data" and loc[1] in tags:
+            del loc[1]  # the union member pydantic tried: the path of the key is data.<key>
+        path = ".".join(str(p) for p in loc)
         got = e.get("input")
         # Section-level checks name their keys in the message; echoing the section is noise.
         suffix = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  {path}: {e['msg']}{suffix}")
+        msg = e["msg"].removeprefix("Value error, ")
+        # Cross-section checks (no path) start their message with the keys they name.
+        lines.append(f"  {path}: {msg}{suffix}" if path else f"  {msg}")
     return "\n".join(lines)
+
+
+def _benchmark_tags(section: type) -> tuple[str, ...]:
+    return get_args(section.model_fields["benchmark"].annotation)
 
 
 def parse_params(raw: dict[str, Any], source: str = "<params>") -> Params:
@@ -378,8 +303,8 @@ def load_params(
     """Load ``params.yaml``, then apply a preset (``presets/<preset>.yaml``), then dotted-key
     overrides such as ``{"pretrain.lr": 1e-3}``."""
     path = Path(path)
-    raw = _read_mapping(path)
-    for dotted, value in {**(load_preset(preset) if preset else {}), **(overrides or {})}.items():
+    raw = apply_preset(_read_mapping(path), preset) if preset else _read_mapping(path)
+    for dotted, value in (overrides or {}).items():
         set_dotted(raw, dotted, value)
     return parse_params(raw, str(path))
 
@@ -393,13 +318,27 @@ def preset_names() -> list[str]:
 
 
 def load_preset(name: str) -> dict[str, Any]:
-    """The preset ``name`` as dotted-key overrides (``{"data.family": "cheetah_vel", ...}``).
-
-    Every preset sets the same keys, so applying one fully replaces another."""
+    """The preset ``presets/<name>.yaml`` as a nested mapping."""
     path = PRESETS_DIR / f"{name}.yaml"
     if not path.exists():
         raise ConfigError(f"unknown preset {name!r}; known: {preset_names()} (in {PRESETS_DIR})")
-    return flatten(_read_mapping(path))
+    return _read_mapping(path)
+
+
+def apply_preset(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    """``raw`` (a params mapping) with the preset ``name`` applied.
+
+    The preset's ``data`` section replaces the whole ``data`` section (it switches the
+    benchmark, and each benchmark has its own fields); its other keys override one by one."""
+    out = copy.deepcopy(raw)
+    preset = load_preset(name)
+    for section, values in preset.items():
+        if section == "data":
+            out["data"] = copy.deepcopy(values)
+        else:
+            for dotted, value in flatten({section: values}).items():
+                set_dotted(out, dotted, value)
+    return out
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:

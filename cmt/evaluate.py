@@ -4,14 +4,18 @@ per environment step, instead of one episode at a time at batch size 1."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from cmt.data.dataset import Normalizer
 from cmt.device import autocast
-from cmt.envs.registry import BatchedEnv, TaskFamily
+from cmt.envs.registry import BatchedEnv
 from cmt.models.policy import SequencePolicy
+
+if TYPE_CHECKING:
+    from cmt.benchmarks import Benchmark
 
 
 @torch.no_grad()
@@ -72,7 +76,7 @@ def rollout(
 def evaluate_tasks(
     model: SequencePolicy,
     norm: Normalizer,
-    family: TaskFamily,
+    bench: Benchmark,
     task_ids: list[int],
     episodes: int,
     seed: int,
@@ -85,7 +89,7 @@ def evaluate_tasks(
     ``prompts[t]`` is task t's prompt (P, d); ``target_returns[t]`` its return-to-go target.
     """
     row_task = np.repeat(np.asarray(task_ids), episodes)  # (B,)
-    env = family.make_batched_env(row_task)
+    env = bench.make_batched_env(row_task)
     batch_prompts = None
     if prompts is not None:
         device = next(model.parameters()).device
@@ -93,10 +97,5 @@ def evaluate_tasks(
     targets = (
         None if target_returns is None else np.array([target_returns[int(t)] for t in row_task])
     )
-    returns, _ = rollout(model, norm, env, family.horizon, seed, batch_prompts, targets, bf16)
+    returns, _ = rollout(model, norm, env, bench.horizon, seed, batch_prompts, targets, bf16)
     return {int(t): returns[row_task == t] for t in task_ids}
-
-
-def normalized_score(returns: np.ndarray, random: float, expert: float) -> np.ndarray:
-    """100 * (R - random) / (expert - random): 0 is the random policy, 100 the expert."""
-    return 100.0 * (np.asarray(returns) - random) / (expert - random)

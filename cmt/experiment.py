@@ -6,46 +6,28 @@ stage. Nothing here touches Prefect or MLflow: callers pass an ``on_metrics`` ca
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from cmt.benchmarks import Benchmark, Data, PromptData, make_benchmark
 from cmt.checkpoint import load_policy, load_prompt, save_prompt
-from cmt.config import Params
+from cmt.config import BackboneName, Params
 from cmt.data.dataset import Normalizer, OfflineDataset
-from cmt.data.hdf5 import read_hdf5
 from cmt.data.sampler import segment_tensors, transition_features
-from cmt.envs.registry import make_family
-from cmt.evaluate import evaluate_tasks, normalized_score
-from cmt.methods import Backbone, backbone_config, get_method
+from cmt.evaluate import evaluate_tasks
+from cmt.methods import BACKBONES, backbone_config, get_method
 from cmt.models.policy import SequencePolicy
 from cmt.train.pretrain import MetricsCallback, pretrain
 from cmt.train.prompt_tune import tune_prompt
 
-TRAIN_FILE, DEMOS_FILE, REFERENCES_FILE = "train.hdf5", "demos.hdf5", "references.json"
 
-
-@dataclass(frozen=True)
-class Data:
-    train: OfflineDataset  # training tasks, mixed quality
-    demos: OfflineDataset  # few-shot expert demonstrations of the unseen test tasks
-    references: dict[int, tuple[float, float]]  # task -> (random, expert) return
-
-
-def load_data(data_dir: str | Path) -> Data:
-    data_dir = Path(data_dir)
-    refs = json.loads((data_dir / REFERENCES_FILE).read_text())
-    return Data(
-        train=OfflineDataset(read_hdf5(data_dir / TRAIN_FILE)),
-        demos=OfflineDataset(read_hdf5(data_dir / DEMOS_FILE)),
-        references={
-            int(k): (float(v["random"]), float(v["expert"])) for k, v in refs.items() if k.isdigit()
-        },
-    )
+def load_data(params: Params, data_dir: str | Path) -> Data:
+    """The benchmark's dataset directory, read and validated."""
+    return make_benchmark(params.data).load(data_dir)
 
 
 def task_seed(seed: int, task: int) -> int:
@@ -55,24 +37,33 @@ def task_seed(seed: int, task: int) -> int:
 
 def pretrain_backbone(
     params: Params,
-    backbone: Backbone,
+    backbone: BackboneName,
     seed: int,
     data: Data,
     out_dir: str | Path,
     on_metrics: MetricsCallback | None = None,
     progress: bool = True,
 ) -> Path:
-    """Pretrain one backbone on the training tasks; returns the checkpoint path."""
+    """Pretrain one backbone on the training data (filtered BC: on its best episodes);
+    returns the checkpoint path."""
     mcfg = backbone_config(params.model, backbone)
-    return pretrain(data.train, mcfg, params.pretrain, out_dir, seed, on_metrics, progress)
+    train = top_episodes(data.train, BACKBONES[backbone].data_fraction)
+    return pretrain(train, mcfg, params.pretrain, out_dir, seed, on_metrics, progress)
 
 
-def demo_split(params: Params, data: Data, task: int, seed: int) -> tuple[OfflineDataset, ...]:
-    """(train, validation) episodes of a test task's demonstrations; the same split is used
-    for the zero-shot context, the Prompt-DT segment and prompt tuning, so validation
+def top_episodes(ds: OfflineDataset, fraction: float) -> OfflineDataset:
+    """The ``fraction`` highest-return episodes of ``ds`` (all of it for 1.0), in order."""
+    if fraction >= 1.0:
+        return ds
+    n = max(1, int(np.ceil(fraction * ds.num_episodes)))
+    return ds.select_episodes(np.sort(np.argsort(-ds.ep_return, kind="stable")[:n]))
+
+
+def prompt_data(params: Params, bench: Benchmark, data: Data, task: int, seed: int) -> PromptData:
+    """A task's prompt data, split into fitting and validation episodes; the same split is
+    used for the zero-shot context, the Prompt-DT segment and prompt tuning, so validation
     episodes are never seen by any prompt."""
-    target = data.demos.select_tasks([task])
-    return target.split_episodes(params.prompt_tune.val_fraction, task_seed(seed, task))
+    return bench.prompt_data(data, task, params.prompt_tune.val_fraction, task_seed(seed, task))
 
 
 def initial_prompt(
@@ -106,27 +97,32 @@ def make_prompts(
     out_dir: str | Path | None = None,
     on_metrics: MetricsCallback | None = None,
     progress: bool = True,
+    tasks: tuple[int, ...] | None = None,
 ) -> dict[int, dict[str, Any]]:
-    """Prompt of every test task for a method; tuned prompts are saved to ``out_dir``.
+    """Prompt of every evaluated task (or of ``tasks``) for a method; tuned prompts are saved
+    to ``out_dir``.
 
-    Returns ``{task: {"prompt": (P, d) tensor or None, **stats}}``.
+    Returns ``{task: {"prompt": (P, d) tensor or None, **stats}}``; tuning stats include its
+    wall time in seconds (kept out of the prompt file, which stays byte-reproducible).
     """
+    bench = make_benchmark(params.data)
     method = get_method(method_name)
     model, norm, _ = load_policy(checkpoint)
     out: dict[int, dict[str, Any]] = {}
-    for task in params.data.test_tasks:
+    for task in bench.eval_tasks if tasks is None else tasks:
         if model.cfg.prompt == "none":
             out[task] = {"prompt": None}
             continue
-        train_demo, _ = demo_split(params, data, task, seed)
-        prompt = initial_prompt(model, norm, train_demo, task_seed(seed, task))
+        pdata = prompt_data(params, bench, data, task, seed)
+        prompt = initial_prompt(model, norm, pdata.fit, task_seed(seed, task))
         if not method.tuned:
             out[task] = {"prompt": prompt}
             continue
+        start = time.perf_counter()
         result = tune_prompt(
             model,
             norm,
-            data.demos.select_tasks([task]),
+            pdata,
             prompt,
             params.prompt_tune,
             task_seed(seed, task),
@@ -145,7 +141,7 @@ def make_prompts(
                 result.prompt,
                 {"task": task, "seed": seed, "method": method_name, **stats},
             )
-        out[task] = {"prompt": result.prompt, **stats}
+        out[task] = {"prompt": result.prompt, **stats, "seconds": time.perf_counter() - start}
     return out
 
 
@@ -163,21 +159,19 @@ def evaluate_method(
     prompts: dict[int, torch.Tensor | None],
     data: Data,
     seed: int,
+    tasks: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
-    """Roll out a backbone with given per-task prompts on the test tasks (all in one batch)."""
+    """Roll out a backbone with given per-task prompts on the evaluated tasks (or ``tasks``),
+    all in one batch; returns per-task and mean returns and scores."""
+    bench = make_benchmark(params.data)
     model, norm, _ = load_policy(checkpoint)
-    tasks = list(params.data.test_tasks)
-    targets = None
-    if model.cfg.condition_on_rtg:
-        if params.evaluate.target_return == "demo":
-            targets = {t: float(data.demos.select_tasks([t]).ep_return.mean()) for t in tasks}
-        else:
-            targets = dict.fromkeys(tasks, float(data.train.ep_return.max()))
+    tasks = list(bench.eval_tasks if tasks is None else tasks)
+    targets = target_returns(params, bench, data, tasks) if model.cfg.condition_on_rtg else None
     use_prompts = None if model.cfg.prompt == "none" else {t: prompts[t] for t in tasks}
     returns = evaluate_tasks(
         model,
         norm,
-        make_family(params.data),
+        bench,
         tasks,
         params.evaluate.episodes,
         params.evaluate.seed + seed,
@@ -187,8 +181,7 @@ def evaluate_method(
     )
     per_task = {}
     for t in tasks:
-        random, expert = data.references[t]
-        score = normalized_score(returns[t], random, expert)
+        score = bench.score(data, t, returns[t])
         per_task[t] = {
             "return_mean": float(returns[t].mean()),
             "return_std": float(returns[t].std()),
@@ -200,3 +193,10 @@ def evaluate_method(
         "score_mean": float(np.mean([v["score_mean"] for v in per_task.values()])),
         "per_task": per_task,
     }
+
+
+def target_returns(
+    params: Params, bench: Benchmark, data: Data, tasks: list[int]
+) -> dict[int, float]:
+    """Return-to-go target of each task for return-conditioned methods."""
+    return {t: bench.target_return(data, t, params.evaluate.target_return) for t in tasks}

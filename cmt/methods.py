@@ -1,41 +1,60 @@
-"""The compared methods (DESIGN 1.4), as one typed registry.
+"""The compared methods (docs/method.md), as one typed registry.
 
-A *backbone* is a pretrained model; a *method* is a backbone plus how its prompt for an
-unseen task is obtained. Decision Transformer and Prompt-DT are prompt modes of the same
-:class:`~cmt.models.SequencePolicy`, not copies of it.
+A *backbone* is a pretrained model; a *method* is a backbone plus how its prompt for a task is
+obtained. The Decision Transformer, Prompt-DT and behaviour cloning are settings of the same
+:class:`~cmt.models.SequencePolicy`, not copies of it. Each benchmark names the methods it
+compares (``DataSection.methods``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
-from cmt.config import ModelConfig
+from cmt.config import BackboneName, ModelConfig
 
-Backbone = Literal["cmt", "prompt_dt", "mtdt"]
 
-# Model fields each backbone fixes on top of params.yaml's `model` section. The baselines
-# train with the action loss only, as published; CMT adds its self-supervised heads.
-BACKBONE_OVERRIDES: dict[str, dict[str, Any]] = {
-    "cmt": {"prompt": "encoder", "condition_on_rtg": False},
-    "prompt_dt": {"prompt": "segment", "condition_on_rtg": True, "dynamics_heads": False},
-    "mtdt": {"prompt": "none", "condition_on_rtg": True, "dynamics_heads": False},
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Model fields a backbone fixes on top of ``params.yaml``'s ``model`` section, and the
+    share of highest-return training episodes it is trained on (1.0 = all)."""
+
+    overrides: dict[str, Any] = field(default_factory=dict)
+    data_fraction: float = 1.0
+
+
+# The baselines train with the action loss only, as published; CMT adds its self-supervised
+# heads. Filtered BC keeps the top 10% of episodes by return, as in the Decision Transformer
+# paper's %BC baseline.
+BACKBONES: dict[str, BackboneSpec] = {
+    "cmt": BackboneSpec({"prompt": "encoder", "condition_on_rtg": False}),
+    "prompt_dt": BackboneSpec(
+        {"prompt": "segment", "condition_on_rtg": True, "dynamics_heads": False}
+    ),
+    "dt": BackboneSpec({"prompt": "none", "condition_on_rtg": True, "dynamics_heads": False}),
+    "bc": BackboneSpec({"prompt": "none", "condition_on_rtg": False, "dynamics_heads": False}),
+    "filtered_bc": BackboneSpec(
+        {"prompt": "none", "condition_on_rtg": False, "dynamics_heads": False}, data_fraction=0.1
+    ),
 }
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
-    backbone: Backbone
-    tuned: bool  # whether the prompt is tuned on the task's demonstrations
+    backbone: BackboneName
+    tuned: bool  # whether the prompt is tuned on the task's prompt data
     label: str  # for tables and plots
 
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("mtdt", "mtdt", False, "Multi-task DT (no prompt)"),
+        Method("mtdt", "dt", False, "Multi-task DT (no prompt)"),
         Method("prompt_dt", "prompt_dt", False, "Prompt-DT (segment prompt)"),
+        Method("dt", "dt", False, "Decision Transformer"),
+        Method("bc", "bc", False, "Behaviour cloning"),
+        Method("filtered_bc", "filtered_bc", False, "Filtered BC (top 10%)"),
         Method("cmt_zero_shot", "cmt", False, "CMT zero-shot (prompt = E(context))"),
         Method("cmt_tuned", "cmt", True, "CMT + prompt tuning"),
     )
@@ -49,11 +68,11 @@ def get_method(name: str) -> Method:
         raise KeyError(f"unknown method {name!r}; known: {sorted(METHODS)}") from None
 
 
-def backbone_config(base: ModelConfig, backbone: Backbone) -> ModelConfig:
+def backbone_config(base: ModelConfig, backbone: BackboneName) -> ModelConfig:
     """``params.yaml``'s model section with the backbone's fixed fields applied."""
-    return ModelConfig.model_validate({**base.model_dump(), **BACKBONE_OVERRIDES[backbone]})
+    return ModelConfig.model_validate({**base.model_dump(), **BACKBONES[backbone].overrides})
 
 
-def backbones_for(methods: tuple[str, ...]) -> list[Backbone]:
+def backbones_for(methods: tuple[str, ...]) -> list[BackboneName]:
     """Backbones that the given methods need, each once, in a stable order."""
     return list(dict.fromkeys(get_method(m).backbone for m in methods))

@@ -1,8 +1,10 @@
-"""Stage ``collect``: generate the task family's offline datasets (train, demos, references).
+"""Stage ``collect``: build the benchmark's dataset directory (``train.hdf5``, ``demos.hdf5``
+where the benchmark has unseen tasks, ``references.json``).
 
-The MuJoCo families first train SAC behaviour policies, checkpointed in ``--sac-checkpoints``
-(a persistent DVC output), so a killed or repeated collect continues where it stopped; SAC's
-progress is logged to the stage's MLflow run as it trains.
+The MuJoCo benchmarks first train SAC behaviour policies, checkpointed under
+``--behaviour`` (a persistent DVC output shared by every dataset of an environment), so a
+killed or repeated collect continues where it stopped and the D4RL levels of one environment
+share one SAC run; its progress is logged to the stage's MLflow run as it trains.
 """
 
 from __future__ import annotations
@@ -14,34 +16,36 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from cmt import tracking
-from cmt.config import DataConfig, Params
+from cmt.config import Params
 from pipelines.common import dataset_dir, run_entry, run_tags, stage_parser, stage_task
 
 
-@stage_task(name="generate datasets")
-def generate(
-    cfg: DataConfig, out_dir: str, sac_dir: str | None, run: tracking.StageRun
+@stage_task(name="build datasets")
+def build(
+    params: Params, out_dir: str, behaviour_dir: str | None, run: tracking.StageRun
 ) -> dict[str, Any]:
-    from cmt.envs.generate import generate_datasets
+    from cmt.benchmarks import make_benchmark
 
     logger = get_run_logger()
 
     def on_metrics(step: int, metrics: dict[str, float]) -> None:
         run.log_metrics(metrics, step)
-        logger.info("SAC step %d/%d: %s", step, cfg.sac.sac_steps, metrics)
+        logger.info("behaviour training step %d: %s", step, metrics)
 
-    return generate_datasets(cfg, Path(out_dir), sac_dir and Path(sac_dir), on_metrics)
+    bench = make_benchmark(params.data)
+    root = Path(behaviour_dir) if behaviour_dir else None
+    return bench.build_datasets(Path(out_dir), root, on_metrics, progress=True)
 
 
-@flow(name="collect", flow_run_name="collect/{params.data.family}")
-def collect_flow(params: Params, out_dir: str, sac_dir: str | None = None) -> dict[str, Any]:
-    """Generate ``train.hdf5``, ``demos.hdf5`` and ``references.json`` into ``out_dir``."""
-    if sac_dir:
-        # Exists for every family, so that DVC finds the declared output (empty when the
+@flow(name="collect", flow_run_name="collect/{params.data.name}")
+def collect_flow(params: Params, out_dir: str, behaviour_dir: str | None = None) -> dict[str, Any]:
+    """Build the benchmark's dataset directory ``out_dir``."""
+    if behaviour_dir:
+        # Exists for every benchmark, so that DVC finds the declared output (empty when the
         # behaviour is scripted).
-        Path(sac_dir).mkdir(parents=True, exist_ok=True)
+        Path(behaviour_dir).mkdir(parents=True, exist_ok=True)
     with tracking.stage_run("collect", params, tags=run_tags()) as run:
-        summary = generate(params.data, out_dir, sac_dir, run)
+        summary = build(params, out_dir, behaviour_dir, run)
         numbers = {
             f"data/{k}": v
             for k, v in tracking.flatten(summary, sep="/").items()
@@ -55,15 +59,15 @@ def collect_flow(params: Params, out_dir: str, sac_dir: str | None = None) -> di
 
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
-    parser.add_argument("--out", default=None, help="dataset directory (default: data/<family>)")
+    parser.add_argument("--out", default=None, help="dataset directory (default: data/<name>)")
     parser.add_argument(
-        "--sac-checkpoints",
+        "--behaviour",
         default=None,
-        help="SAC checkpoint directory of the MuJoCo families (resumes from it)",
+        help="root of the trained behaviour policies' checkpoints (SAC; resumes from them)",
     )
 
     def body(args: argparse.Namespace, params: Params) -> None:
-        collect_flow(params, dataset_dir(params, args.out), args.sac_checkpoints)
+        collect_flow(params, dataset_dir(params, args.out), args.behaviour)
 
     return run_entry(parser, body, argv)
 

@@ -33,13 +33,15 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
 
 
 def dataset_dir(params: Params, given: str | None) -> str:
-    """The dataset directory: as given, else ``data/<family>``, where ``collect`` writes it."""
-    return given or f"data/{params.data.family}"
+    """The dataset directory: as given, else ``data/<name>``, where ``collect`` writes it."""
+    return given or f"data/{params.data.name}"
 
 
-def restrict_tasks(params: Params, tasks: tuple[int, ...]) -> Params:
-    """``params`` with only ``tasks`` as test tasks: one mapped task's share of a stage."""
-    return params.model_copy(update={"data": params.data.model_copy(update={"test_tasks": tasks})})
+def eval_tasks(params: Params) -> tuple[int, ...]:
+    """The tasks a stage maps over (one Prefect task each): the benchmark's evaluated tasks."""
+    from cmt.benchmarks import make_benchmark
+
+    return make_benchmark(params.data).eval_tasks
 
 
 def run_tags() -> dict[str, str]:

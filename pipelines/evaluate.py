@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -21,7 +22,7 @@ from cmt.config import Params
 from cmt.methods import get_method
 from pipelines.common import (
     dataset_dir,
-    restrict_tasks,
+    eval_tasks,
     run_entry,
     run_tags,
     stage_parser,
@@ -36,16 +37,21 @@ def checkpoint_path(checkpoints: str | Path, method: str, seed: int) -> Path:
 
 
 def method_prompts(
-    params: Params, method: str, checkpoint: Path, data: Any, seed: int, prompts_dir: str | Path
+    params: Params,
+    method: str,
+    checkpoint: Path,
+    data: Any,
+    seed: int,
+    prompts_dir: str | Path,
+    tasks: tuple[int, ...],
 ) -> dict[int, Any]:
-    """The method's prompt of every test task: tuned ones from the prompt_tune stage's files,
-    the others computed from the demonstrations."""
+    """The method's prompt of each task: tuned ones from the prompt_tune stage's files, the
+    others computed from the task's prompt data."""
     from cmt.experiment import load_tuned_prompts, make_prompts
 
-    tasks = params.data.test_tasks
     if get_method(method).tuned:
         return load_tuned_prompts(Path(prompts_dir) / f"seed{seed}", tasks)
-    made = make_prompts(params, method, checkpoint, data, seed, progress=False)
+    made = make_prompts(params, method, checkpoint, data, seed, progress=False, tasks=tasks)
     return {t: made[t]["prompt"] for t in tasks}
 
 
@@ -62,11 +68,10 @@ def evaluate_task(
     """Episodes of one (method, seed, task); returns that task's return and score stats."""
     from cmt.experiment import evaluate_method, load_data
 
-    sub = restrict_tasks(params, (task,))
-    data = load_data(data_dir)
+    data = load_data(params, data_dir)
     ckpt = checkpoint_path(checkpoints, method, seed)
-    prompts = method_prompts(sub, method, ckpt, data, seed, prompts_dir)
-    result = evaluate_method(sub, ckpt, prompts, data, seed)
+    prompts = method_prompts(params, method, ckpt, data, seed, prompts_dir, (task,))
+    result = evaluate_method(params, ckpt, prompts, data, seed, (task,))
     return {"method": method, "seed": seed, "task": task, **result["per_task"][task]}
 
 
@@ -87,7 +92,7 @@ def build_records(
         }
         tuning = {}
         if get_method(method).tuned:
-            for t in params.data.test_tasks:
+            for t in eval_tasks(params):
                 _, meta = load_prompt(Path(prompts_dir) / f"seed{seed}" / f"task_{t}.pt")
                 tuning[str(t)] = {
                     k: meta[k]
@@ -132,8 +137,9 @@ def register_policy(
 ) -> tracking.Promotion | None:
     """Log the registered method's best-seed policy (backbone + prompts of every test task)
     as a pyfunc model, register it as a new version and move the alias."""
+    from cmt.benchmarks import make_benchmark
     from cmt.checkpoint import load_policy
-    from cmt.experiment import load_data
+    from cmt.experiment import load_data, target_returns
     from cmt.serving import log_policy_model, save_prompt_set
 
     cfg = params.tracking
@@ -146,26 +152,23 @@ def register_policy(
     best = max(candidates, key=lambda r: r[cfg.primary_metric])
     seed, value = best["seed"], float(best[cfg.primary_metric])
     ckpt = checkpoint_path(checkpoints, method, seed)
-    data = load_data(data_dir)
+    bench = make_benchmark(params.data)
+    data = load_data(params, data_dir)
     model, _, _ = load_policy(ckpt)
-    prompts = method_prompts(params, method, ckpt, data, seed, prompts_dir)
-    tasks = params.data.test_tasks
-    targets = None
-    if model.cfg.condition_on_rtg:  # the same targets as cmt.experiment.evaluate_method
-        if params.evaluate.target_return == "demo":
-            targets = {t: float(data.demos.select_tasks([t]).ep_return.mean()) for t in tasks}
-        else:
-            targets = dict.fromkeys(tasks, float(data.train.ep_return.max()))
-    # Input example: the first observation of each task's first demonstration.
-    demos = data.demos
-    first = {
-        int(demos.ep_task[e]): demos.data.observations[demos.ep_start[e]]
-        for e in reversed(range(demos.num_episodes))
-    }
+    tasks = bench.eval_tasks
+    prompts = method_prompts(params, method, ckpt, data, seed, prompts_dir, tasks)
+    targets = None  # the same targets as cmt.experiment.evaluate_method
+    if model.cfg.condition_on_rtg:
+        targets = target_returns(params, bench, data, list(tasks))
+    # Input example: the first observation of each task's first prompt-data episode.
+    first = {}
+    for t in tasks:
+        target = bench.prompt_target(data, t)
+        first[t] = target.data.observations[target.ep_start[0]]
     example = pd.DataFrame(
         [{"task": t, **{f"obs_{i}": float(x) for i, x in enumerate(first[t])}} for t in tasks]
     )
-    name = cfg.model_name(params.data.family)
+    name = cfg.model_name(params.data.name)
     with tempfile.TemporaryDirectory() as tmp:
         prompt_set = Path(tmp) / "prompts.pt"
         save_prompt_set(prompt_set, prompts, targets, {"method": method, "seed": seed})
@@ -201,7 +204,7 @@ def register_policy(
     return promotion
 
 
-@flow(name="evaluate", flow_run_name="evaluate/{params.data.family}")
+@flow(name="evaluate", flow_run_name="evaluate/{params.data.name}")
 def evaluate_flow(
     params: Params, data_dir: str, checkpoints: str, prompts_dir: str, out_dir: str
 ) -> dict[str, Any]:
@@ -209,10 +212,18 @@ def evaluate_flow(
     from cmt.compare import summarize
 
     out = Path(out_dir)
-    grid = list(
-        itertools.product(params.compare.methods, params.compare.seeds, params.data.test_tasks)
-    )
-    with tracking.stage_run("evaluate", params, tags=run_tags()) as run:
+    tasks = eval_tasks(params)
+    grid = list(itertools.product(params.compare.methods, params.compare.seeds, tasks))
+    from cmt.benchmarks import make_benchmark
+
+    bench = make_benchmark(params.data)
+    # What the report's cross-dataset table needs, without rebuilding the benchmark from MLflow.
+    about = {
+        "cmt.benchmark_kind": bench.kind,
+        "cmt.published": json.dumps(bench.published()),
+        "cmt.caption": bench.describe(params.evaluate.episodes),
+    }
+    with tracking.stage_run("evaluate", params, tags={**run_tags(), **about}) as run:
         futures = evaluate_task.map(
             unmapped(params),
             [g[0] for g in grid],
@@ -223,6 +234,15 @@ def evaluate_flow(
             unmapped(prompts_dir),
         )
         results = futures.result()
+        data = bench.load(data_dir)
+        scores = bench.episode_scores(data, data.train)
+        run.log_metrics(
+            {
+                "dataset/score_mean": float(scores.mean()),
+                "dataset/score_p90": float(np.percentile(scores, 90)),
+                "dataset/score_max": float(scores.max()),
+            }
+        )
         records = build_records(params, results, checkpoints, prompts_dir)
         for rec in records:
             write_json(out / "runs" / f"{rec['method']}_seed{rec['seed']}.json", rec)
@@ -236,7 +256,7 @@ def evaluate_flow(
         run.log_metrics({f"eval/{m}/{k}": v for m, s in metrics.items() for k, v in s.items()})
         for m in summary:  # per task, mean over seeds
             rows = [r for r in results if r["method"] == m]
-            for t in params.data.test_tasks:
+            for t in tasks:
                 mine = [r for r in rows if r["task"] == t]
                 run.log_metrics(
                     {
@@ -260,7 +280,7 @@ def evaluate_flow(
 
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
-    parser.add_argument("--data", default=None, help="dataset directory (default: data/<family>)")
+    parser.add_argument("--data", default=None, help="dataset directory (default: data/<name>)")
     parser.add_argument(
         "--checkpoints",
         default="outputs/checkpoints",

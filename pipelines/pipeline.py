@@ -29,7 +29,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from cmt import tracking
-from cmt.config import Params, load_params, load_preset, parse_params, set_dotted
+from cmt.config import Params, apply_preset, load_params, parse_params, set_dotted
 from pipelines.common import PIPELINE_FLOW_RUN_ENV
 
 DEFAULT_PARAMS = Params()
@@ -52,16 +52,28 @@ def override_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list | tuple):
         return "[" + ",".join(override_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{override_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, str):
         return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
     raise TypeError(f"cannot pass {value!r} to dvc exp run -S")
 
 
 def param_overrides(params: Params, current: Params) -> list[str]:
-    """``key=value`` for every config leaf where ``params`` differs from ``current``."""
-    new = tracking.flatten(params.model_dump(mode="json"))
-    old = tracking.flatten(current.model_dump(mode="json"))
-    return [f"{k}={override_value(v)}" for k, v in new.items() if old.get(k) != v]
+    """``key=value`` for every config leaf where ``params`` differs from ``current``.
+
+    A section whose keys differ (another benchmark's ``data``) is replaced whole:
+    ``~data`` deletes it and ``+data={...}`` adds the new one (Hydra's override grammar)."""
+    new_raw, old_raw = params.model_dump(mode="json"), current.model_dump(mode="json")
+    out: list[str] = []
+    for section, values in new_raw.items():
+        new = tracking.flatten(values, prefix=section)
+        old = tracking.flatten(old_raw.get(section, {}), prefix=section)
+        if set(new) != set(old):
+            out += [f"~{section}", f"+{section}={override_value(values)}"]
+        else:
+            out += [f"{k}={override_value(v)}" for k, v in new.items() if old[k] != v]
+    return out
 
 
 @task(name="plan experiment", cache_policy=NO_CACHE)
@@ -131,16 +143,16 @@ def cmt_pipeline(
     overrides: dict[str, Any] | None = None,
     experiment_name: str | None = None,
 ) -> dict[str, Any]:
-    """Run collect -> preprocess -> pretrain/baselines -> prompt_tune -> evaluate -> report with
-    ``params``, then the benchmark ``preset`` (point_robot, cheetah_vel, cheetah_dir, ant_dir:
-    ``presets/<preset>.yaml``), then ``overrides``, as a DVC experiment; returns its name and
-    metrics."""
+    """Run collect -> preprocess -> pretrain -> prompt_tune -> evaluate -> report with
+    ``params``, then the benchmark ``preset`` (``presets/<preset>.yaml``: point_robot,
+    cheetah_vel, cheetah_dir, ant_dir, <env>_<level> for D4RL), then ``overrides``, as a DVC
+    experiment; returns its name and metrics."""
     import mlflow
     from mlflow.entities import Metric
 
-    params = apply_overrides(
-        params, {**(load_preset(preset) if preset else {}), **(overrides or {})}
-    )
+    if preset:
+        params = parse_params(apply_preset(params.model_dump(mode="json"), preset), preset)
+    params = apply_overrides(params, overrides)
     repo = repo_root()
     os.chdir(repo)  # relative paths of the config (the SQLite store) are the repository's
     changes = plan(params, repo)

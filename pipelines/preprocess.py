@@ -18,45 +18,52 @@ from pipelines.common import dataset_dir, run_entry, run_tags, stage_parser, sta
 BINS = np.linspace(-25.0, 125.0, 31)  # normalised score bins: random = 0, expert = 100
 
 
-def _episode_scores(ds: Any, refs: dict[int, tuple[float, float]]) -> np.ndarray:
-    from cmt.evaluate import normalized_score
-
-    lo = np.array([refs[int(t)][0] for t in ds.ep_task])
-    hi = np.array([refs[int(t)][1] for t in ds.ep_task])
-    return normalized_score(ds.ep_return, lo, hi)
-
-
 @stage_task(name="validate and summarise")
-def summarise(data_dir: str) -> dict[str, Any]:
-    """Load (which validates schema, dtypes, shapes and episode boundaries) and summarise."""
-    from cmt.envs.generate import ALL_LEVELS
-    from cmt.experiment import load_data
+def summarise(params: Params, data_dir: str) -> dict[str, Any]:
+    """Load (which validates schema, dtypes, shapes and episode boundaries) and summarise:
+    the return distribution of the data, per behaviour level where the data records it."""
+    from cmt.benchmarks import make_benchmark
 
-    data = load_data(data_dir)
-    train, demos = data.train, data.demos
-    ep_level = train.data.infos["level"][train.ep_start]  # (E,)
-    train_scores = _episode_scores(train, data.references)
-    demo_scores = _episode_scores(demos, data.references)
+    bench = make_benchmark(params.data)
+    data = bench.load(data_dir)
+    train = data.train
+    train_scores = bench.episode_scores(data, train)
     summary: dict[str, Any] = {
         "train": {
             "transitions": len(train),
             "episodes": train.num_episodes,
             "tasks": len(train.tasks),
-        },
-        "demos": {
-            "transitions": len(demos),
-            "episodes": demos.num_episodes,
-            "tasks": len(demos.tasks),
-            "score_mean": float(demo_scores.mean()),
+            **{
+                f"score_{k}": float(v)
+                for k, v in zip(
+                    ("p10", "p50", "p90", "max"),
+                    np.percentile(train_scores, [10, 50, 90, 100]),
+                    strict=True,
+                )
+            },
+            "score_mean": float(train_scores.mean()),
         },
     }
     histogram: dict[str, np.ndarray] = {}
-    for i, level in enumerate(ALL_LEVELS):
-        scores = train_scores[ep_level == i]
+    if "level" in train.data.infos:
+        ep_level = train.data.infos["level"][train.ep_start]  # (E,)
+        groups = {level: ep_level == i for i, level in enumerate(bench.levels)}
+    else:  # a real dataset file records no behaviour levels
+        groups = {"dataset": np.ones(train.num_episodes, dtype=bool)}
+    for level, mine in groups.items():
+        scores = train_scores[mine]
         summary["train"][f"{level}_episodes"] = int(len(scores))
         summary["train"][f"{level}_score_mean"] = float(scores.mean()) if len(scores) else 0.0
         histogram[level] = np.histogram(np.clip(scores, BINS[0], BINS[-1]), BINS)[0]
-    histogram["demos"] = np.histogram(np.clip(demo_scores, BINS[0], BINS[-1]), BINS)[0]
+    if data.demos is not None:
+        demo_scores = bench.episode_scores(data, data.demos)
+        summary["demos"] = {
+            "transitions": len(data.demos),
+            "episodes": data.demos.num_episodes,
+            "tasks": len(data.demos.tasks),
+            "score_mean": float(demo_scores.mean()),
+        }
+        histogram["demos"] = np.histogram(np.clip(demo_scores, BINS[0], BINS[-1]), BINS)[0]
     centers = (BINS[:-1] + BINS[1:]) / 2
     rows = [
         {"score": float(c), **{k: int(v[j]) for k, v in histogram.items()}}
@@ -84,12 +91,12 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-@flow(name="preprocess", flow_run_name="preprocess/{params.data.family}")
+@flow(name="preprocess", flow_run_name="preprocess/{params.data.name}")
 def preprocess_flow(params: Params, data_dir: str, out_dir: str) -> dict[str, Any]:
     """``out_dir``: ``metrics.json`` (summary), ``returns.csv`` (histogram), ``returns.png``."""
     out = Path(out_dir)
     with tracking.stage_run("preprocess", params, tags=run_tags()) as run:
-        result = summarise(data_dir)
+        result = summarise(params, data_dir)
         rows = result["histogram"]
         write_json(out / "metrics.json", result["summary"])
         header = list(rows[0])
@@ -108,7 +115,7 @@ def preprocess_flow(params: Params, data_dir: str, out_dir: str) -> dict[str, An
 
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
-    parser.add_argument("--data", default=None, help="dataset directory (default: data/<family>)")
+    parser.add_argument("--data", default=None, help="dataset directory (default: data/<name>)")
     parser.add_argument("--out", default="outputs/preprocess", help="output directory")
 
     def body(args: argparse.Namespace, params: Params) -> None:

@@ -1,5 +1,5 @@
-"""Stages ``pretrain`` (CMT) and ``baselines`` (Prompt-DT, multi-task DT): pretrain one
-backbone with one seed on the training tasks, and record its learning curve."""
+"""Stage ``pretrain``: pretrain one backbone (CMT or a baseline: ``compare.backbones``) with one
+seed on the training data, and record its learning curve."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from prefect import flow, get_run_logger
 
 from cmt import tracking
 from cmt.atomic import write_json, write_text
-from cmt.config import Params
-from cmt.methods import Backbone
+from cmt.config import BackboneName, Params
 from cmt.train.pretrain import MetricsCallback
 from pipelines.common import dataset_dir, run_entry, run_tags, stage_parser, stage_task
 
@@ -20,7 +19,7 @@ from pipelines.common import dataset_dir, run_entry, run_tags, stage_parser, sta
 @stage_task(name="pretrain backbone")
 def train(
     params: Params,
-    backbone: Backbone,
+    backbone: BackboneName,
     seed: int,
     data_dir: str,
     out_dir: str,
@@ -29,7 +28,7 @@ def train(
     """Load the datasets and pretrain; returns the checkpoint path."""
     from cmt.experiment import load_data, pretrain_backbone
 
-    data = load_data(data_dir)
+    data = load_data(params, data_dir)
     path = pretrain_backbone(
         params, backbone, seed, data, out_dir, on_metrics=on_metrics, progress=False
     )
@@ -49,7 +48,7 @@ def curve_csv(history: list[dict[str, float]]) -> str:
 @flow(name="pretrain", flow_run_name="pretrain/{backbone}_seed{seed}")
 def pretrain_flow(
     params: Params,
-    backbone: Backbone,
+    backbone: BackboneName,
     seed: int,
     data_dir: str,
     out_dir: str,
@@ -95,9 +94,9 @@ def pretrain_flow(
 
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
-    parser.add_argument("--backbone", default="cmt", choices=get_args(Backbone))
+    parser.add_argument("--backbone", default="cmt", choices=get_args(BackboneName))
     parser.add_argument("--seed", type=int, default=0, help="training seed")
-    parser.add_argument("--data", default=None, help="dataset directory (default: data/<family>)")
+    parser.add_argument("--data", default=None, help="dataset directory (default: data/<name>)")
     parser.add_argument(
         "--out",
         default=None,

@@ -1,5 +1,6 @@
-"""Stage ``prompt_tune``: tune the CMT prompt of every unseen task, one mapped Prefect task
-per (seed, task), with the backbone and encoder frozen."""
+"""Stage ``prompt_tune``: tune the CMT prompt of every evaluated task (the unseen tasks of a
+meta-RL benchmark, the one task of a D4RL dataset), one mapped Prefect task per (seed, task),
+with the backbone and encoder frozen."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from cmt.atomic import write_json
 from cmt.config import Params
 from pipelines.common import (
     dataset_dir,
-    restrict_tasks,
+    eval_tasks,
     run_entry,
     run_tags,
     stage_parser,
@@ -34,14 +35,15 @@ def tune_task(
 
     history: list[tuple[int, dict[str, float]]] = []
     result = make_prompts(
-        restrict_tasks(params, (task,)),
+        params,
         "cmt_tuned",
         checkpoint,
-        load_data(data_dir),
+        load_data(params, data_dir),
         seed,
         out_dir,
         on_metrics=lambda step, m: history.append((step, m)),
         progress=False,
+        tasks=(task,),
     )
     stats = {k: v for k, v in result[task].items() if k != "prompt"}
     return {"task": task, **stats, "history": history}
@@ -53,7 +55,7 @@ def prompt_tune_flow(
 ) -> dict[str, Any]:
     """Prompts to ``out_dir/task_<t>.pt``; ``metrics_dir/metrics.json`` with validation losses."""
     logger = get_run_logger()
-    tasks = list(params.data.test_tasks)
+    tasks = list(eval_tasks(params))
     with tracking.stage_run(
         "prompt_tune",
         params,
@@ -100,7 +102,7 @@ def prompt_tune_flow(
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
     parser.add_argument("--seed", type=int, default=0, help="training seed")
-    parser.add_argument("--data", default=None, help="dataset directory (default: data/<family>)")
+    parser.add_argument("--data", default=None, help="dataset directory (default: data/<name>)")
     parser.add_argument(
         "--checkpoint",
         default=None,

@@ -8,6 +8,7 @@ Also usable on its own (``python -m pipelines.report``) to refresh the MLflow ta
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -117,11 +118,12 @@ def registry(params: Params, out_dir: str, max_runs: int = 20) -> dict[str, Any]
 
 @stage_task(name="benchmark table")
 def benchmarks(params: Params, out_dir: str) -> list[dict[str, Any]]:
-    """``benchmarks.{json,md}``: for every task family with a finished evaluation in MLflow,
-    the latest one's per-method results, beside Prompt-DT's published numbers."""
+    """``benchmarks.{json,md}``: for every dataset with a finished evaluation in MLflow, the
+    latest one's per-method results, beside a published result and the data's own score
+    distribution; one table per kind of benchmark."""
     import mlflow
 
-    from cmt.compare import benchmark_table
+    from cmt.compare import benchmark_tables
 
     exp_id = tracking.configure(params.tracking)
     client = mlflow.MlflowClient()
@@ -134,9 +136,9 @@ def benchmarks(params: Params, out_dir: str) -> list[dict[str, Any]]:
         order_by=["attributes.start_time DESC"],
         max_results=500,
     ):
-        latest.setdefault(r.data.params.get("data.family", "?"), r)
+        latest.setdefault(r.data.params.get("data.name", "?"), r)
     rows = []
-    for family, r in sorted(latest.items()):
+    for name, r in sorted(latest.items()):
         metrics: dict[str, dict[str, float]] = {}
         for key, value in r.data.metrics.items():
             parts = key.split("/")  # eval/<method>/<statistic>
@@ -144,17 +146,24 @@ def benchmarks(params: Params, out_dir: str) -> list[dict[str, Any]]:
                 metrics.setdefault(parts[1], {})[parts[2]] = value
         rows.append(
             {
-                "family": family,
+                "name": name,
+                "kind": r.data.tags.get("cmt.benchmark_kind", "?"),
                 "run_id": r.info.run_id,
                 "dvc_exp": r.data.tags.get("dvc.exp_name", ""),
                 "seeds": r.data.params.get("compare.seeds", ""),
-                "test_tasks": r.data.params.get("data.test_tasks", ""),
+                "caption": r.data.tags.get("cmt.caption", ""),
+                "published": json.loads(r.data.tags.get("cmt.published", "null")),
+                "dataset": {
+                    k.removeprefix("dataset/"): v
+                    for k, v in r.data.metrics.items()
+                    if k.startswith("dataset/")
+                },
                 "metrics": metrics,
             }
         )
     out = Path(out_dir)
     write_json(out / "benchmarks.json", rows)
-    write_text(out / "benchmarks.md", benchmark_table(rows))
+    write_text(out / "benchmarks.md", benchmark_tables(rows))
     return rows
 
 
@@ -183,7 +192,7 @@ def _plot_versions(versions: list[dict[str, Any]], metric: str, path: Path) -> N
     plt.close(fig)
 
 
-@flow(name="report", flow_run_name="report/{params.data.family}")
+@flow(name="report", flow_run_name="report/{params.data.name}")
 def report_flow(params: Params, evaluate_dir: str, out_dir: str) -> dict[str, Any]:
     """``out_dir``: ``results.{json,md,png}`` (this evaluation), ``registry.{json,md,png}``
     (the registered versions) and ``benchmarks.{json,md}`` (every family, from MLflow)."""

@@ -1,10 +1,11 @@
-"""Copy a finished pipeline's report into ``results/<family>/`` with the command that made it.
+"""Copy a finished pipeline's report into ``results/<name>/`` with the command that made it.
 
     python scripts/save_results.py --command "python -m pipelines.pipeline --preset cheetah_vel"
 
-Reads the workspace's ``params.yaml`` (the family), ``outputs/report/`` (results, registry and
-the cross-family benchmark table from MLflow), ``outputs/evaluate/metrics.json``,
-``outputs/preprocess/metrics.json`` and, for MuJoCo families, ``data/<family>/sac_log.json``.
+Reads the workspace's ``params.yaml`` (the dataset id ``data.name``), ``outputs/report/``
+(results, registry and the cross-dataset benchmark tables from MLflow),
+``outputs/evaluate/metrics.json``, ``outputs/preprocess/metrics.json`` and, for SAC-generated
+data, ``data/<name>/sac_log.json``.
 ``results/benchmarks.md`` gets the latest cross-family table. Then run
 ``python scripts/update_readme.py`` to refresh the README.
 """
@@ -27,7 +28,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--command", required=True, help="the exact command that made them")
     args = parser.parse_args()
-    family = load_params(ROOT / "params.yaml").data.family
+    family = load_params(ROOT / "params.yaml").data.name
     out = ROOT / "results" / family
     out.mkdir(parents=True, exist_ok=True)
     sources = [ROOT / "outputs" / "report" / name for name in REPORT]

@@ -39,8 +39,8 @@ def tiny_params() -> Params:
 
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory) -> Path:
-    from cmt.envs.generate import generate_datasets
+    from cmt.benchmarks import make_benchmark
 
     out = tmp_path_factory.mktemp("tiny_data")
-    generate_datasets(parse_params(TINY).data, out)
+    make_benchmark(parse_params(TINY).data).build_datasets(out, progress=False)
     return out

@@ -93,18 +93,33 @@ def test_cli_compare_smoke(tmp_path):
 
 
 def test_presets_switch_the_whole_benchmark() -> None:
-    """Every preset validates and sets the same keys (so one fully replaces another), and the
-    point-robot preset is params.yaml's default, so switching back restores it."""
-    from cmt.config import load_params, load_preset, preset_names
+    """Every preset validates, replaces the whole data section and sets the same keys of the
+    other sections (so one fully replaces another), and the point-robot preset is
+    params.yaml's default, so switching back restores it."""
+    from cmt.config import (
+        apply_preset,
+        flatten,
+        load_params,
+        load_preset,
+        parse_params,
+        preset_names,
+    )
 
     names = preset_names()
+    envs, levels = ("hopper", "halfcheetah", "walker2d"), ("medium_replay", "medium_expert")
     assert {"point_robot", "cheetah_vel", "cheetah_dir", "ant_dir"} <= set(names)
-    keys = {name: set(load_preset(name)) for name in names}
+    assert {f"{e}_{lv}" for e in envs for lv in levels} <= set(names)
+    keys = {
+        name: {k for k in flatten(load_preset(name)) if not k.startswith("data.")} for name in names
+    }
     assert all(k == keys["point_robot"] for k in keys.values()), keys
     params_yaml = Path(__file__).parents[1] / "params.yaml"
     assert load_params(params_yaml, preset="point_robot") == load_params(params_yaml)
     for name in names:
         params = load_params(params_yaml, preset=name)
-        assert params.data.family == name
+        assert params.data.name == name
+        # Applying a preset on top of another one's result gives the preset alone.
+        other = apply_preset(load_params(params_yaml, preset="hopper_medium").model_dump(), name)
+        assert load_params(params_yaml, preset=name) == parse_params(other)
     with pytest.raises(ConfigError, match="unknown preset 'cheetah'.*cheetah_vel"):
         load_preset("cheetah")

@@ -13,9 +13,11 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-from cmt.config import DataConfig, SacConfig
+from cmt.benchmarks import make_benchmark
+from cmt.benchmarks.mujoco_meta import MujocoMeta, MujocoMetaData
+from cmt.config import ConfigError, SacConfig, parse_params
 from cmt.data.hdf5 import episode_bounds, read_hdf5
-from cmt.envs import make_family, registered_families
+from cmt.envs.generate import LEVELS
 from cmt.envs.mujoco_tasks import (
     ANT_DIR_TEST_TASKS,
     CHEETAH_VEL_TEST_TASKS,
@@ -30,9 +32,7 @@ from cmt.envs.mujoco_tasks import (
     mujoco_family,
 )
 from cmt.envs.sac_data import (
-    MUJOCO_LEVELS,
     TaskConditionedEnv,
-    generate_mujoco,
     replay_transitions,
     select_medium,
 )
@@ -67,10 +67,11 @@ def families() -> dict[str, MujocoTaskFamily]:
     return {name: mujoco_family(name) for name in FAMILIES}
 
 
-def _data_config(family: str, **overrides: object) -> DataConfig:
-    # model_construct: skips DataConfig's own checks, so that the family's checks are tested.
-    fields = {**DataConfig().model_dump(), "family": family, "horizon": HORIZON, **overrides}
-    return DataConfig.model_construct(**fields)
+def generate_mujoco(
+    cfg: MujocoMetaData, out: Path, root: Path | None = None, progress: bool = False
+) -> dict:
+    """The collect stage's work: SAC checkpoints under ``root/<family>``."""
+    return make_benchmark(cfg).build_datasets(out, root, progress=progress)
 
 
 # --------------------------------------------------------------------------- definitions
@@ -273,35 +274,36 @@ def test_batched_env_freezes_finished_episodes(families: dict[str, MujocoTaskFam
 def test_presets_build_their_families(name: str) -> None:
     from cmt.config import load_params
 
-    assert name in registered_families()
     data = load_params(Path(__file__).parents[1] / "params.yaml", preset=name).data
-    family = make_family(data)
+    bench = make_benchmark(data)
+    assert isinstance(bench, MujocoMeta) and bench.name == name
+    family = bench.family
     assert isinstance(family, MujocoTaskFamily) and family.name == name
-    assert family.num_tasks == data.num_tasks and family.train_tasks == data.train_tasks
-    assert set(data.test_tasks) == set(family.test_tasks)
+    assert set(data.test_tasks) == set(family.test_tasks) == set(bench.eval_tasks)
+    assert bench.horizon == HORIZON
 
 
 def test_config_must_match_the_benchmark() -> None:
-    with pytest.raises(ValueError, match="data.horizon"):
-        make_family(_data_config("cheetah_vel", horizon=50))
-    with pytest.raises(ValueError, match="data.test_tasks"):
-        make_family(_data_config("ant_dir", num_tasks=50, test_tasks=(1, 2)))
-    with pytest.raises(ValueError, match="num_tasks"):
-        make_family(_data_config("cheetah_vel", num_tasks=60))
-    small = make_family(_data_config("cheetah_vel", num_tasks=8, test_tasks=(2, 7)))
+    def data(**fields: object) -> object:
+        return parse_params({"data": fields}).data
+
+    with pytest.raises(ConfigError, match="data.horizon: Extra inputs"):
+        data(benchmark="cheetah_vel", horizon=50)
+    with pytest.raises(ConfigError, match="test_tasks .1, 2. disagree with the ant_dir split"):
+        data(benchmark="ant_dir", test_tasks=[1, 2])
+    with pytest.raises(ConfigError, match="num_tasks must be in"):
+        data(benchmark="cheetah_vel", num_tasks=60)
+    with pytest.raises(ConfigError, match="name 'cheetah' does not match"):
+        data(benchmark="cheetah_vel", name="cheetah")
+    small = make_benchmark(data(benchmark="cheetah_vel", num_tasks=8, test_tasks=[2, 7])).family
     assert (small.num_tasks, small.test_tasks) == (8, (2, 7))
     # A subset of the test tasks (the evaluate stage maps over them one at a time) keeps the
     # benchmark's split: no test task becomes a training task.
-    one = make_family(_data_config("cheetah_vel", num_tasks=40, test_tasks=(7,)))
+    one = make_benchmark(data(benchmark="cheetah_vel", test_tasks=[7])).family
     assert one.test_tasks == (2, 7, 15, 23, 26) and 2 not in one.train_tasks
-    # cheetah-dir trains on its test tasks; the flag must say so, and only there.
-    with pytest.raises(ValueError, match="at least one task must remain"):
-        DataConfig(family="cheetah_dir", num_tasks=2, test_tasks=(0, 1), horizon=200)
-    cdir = _data_config("cheetah_dir", num_tasks=2, test_tasks=(1,))
-    with pytest.raises(ValueError, match="test_tasks_in_training must be true"):
-        make_family(cdir)
-    with pytest.raises(ValueError, match="test_tasks_in_training must be false"):
-        make_family(_data_config("cheetah_vel", num_tasks=40, test_tasks_in_training=True))
+    # cheetah-dir trains on its test tasks, by definition of the benchmark.
+    cdir = make_benchmark(data(benchmark="cheetah_dir", test_tasks=[1])).family
+    assert cdir.train_tasks == (0, 1) and cdir.test_tasks_seen
 
 
 # --------------------------------------------------------------------------- SAC data pieces
@@ -386,15 +388,13 @@ TINY_SAC = SacConfig(
 )
 
 
-def tiny_config(family: str, num_tasks: int | None = None, **sac: int) -> DataConfig:
+def tiny_config(family: str, num_tasks: int | None = None, **sac: int) -> MujocoMetaData:
     """The data section of a tiny run: the benchmark's split, minimal episodes and SAC."""
     fam = mujoco_family(family, num_tasks)
-    return DataConfig(
-        family=family,
-        num_tasks=fam.num_tasks,
+    return MujocoMetaData(
+        benchmark=family,
+        num_tasks=num_tasks,
         test_tasks=fam.test_tasks,
-        test_tasks_in_training=fam.test_tasks_seen,
-        horizon=HORIZON,
         episodes_per_level=1,
         demo_episodes=2,
         reference_episodes=1,
@@ -414,14 +414,14 @@ def _arrays(path: Path) -> dict[str, np.ndarray]:
 @pytest.mark.slow
 def test_generate_cheetah_vel_end_to_end(tmp_path: Path, one_thread: None) -> None:
     ckpt = tmp_path / "ckpt"
-    summary = generate_mujoco(TINY, tmp_path / "a", ckpt, progress=False)
+    summary = generate_mujoco(TINY, tmp_path / "a", ckpt)
     out = tmp_path / "a"
 
     train, demos = read_hdf5(out / "train.hdf5"), read_hdf5(out / "demos.hdf5")
     assert train.obs_dim == 17 and train.act_dim == 6  # plain observations, no task parameter
     assert set(np.unique(train.task_ids)) == {0, 1}
     assert set(np.unique(demos.task_ids)) == {2}
-    level_of = {name: i for i, name in enumerate(MUJOCO_LEVELS)}
+    level_of = {name: i for i, name in enumerate(LEVELS)}
     for task in (0, 1):
         rows = train.task_ids == task
         levels = train.infos["level"][rows]
@@ -433,7 +433,7 @@ def test_generate_cheetah_vel_end_to_end(tmp_path: Path, one_thread: None) -> No
     starts, lengths = episode_bounds(demos.terminals, demos.timeouts)
     assert lengths.tolist() == [HORIZON] * TINY.demo_episodes
     assert np.all(np.abs(train.actions) <= 1.0)
-    assert train.metadata["levels"] == list(MUJOCO_LEVELS)
+    assert train.metadata["levels"] == list(LEVELS)
     assert (train.metadata["num_tasks"], train.metadata["test_tasks"]) == (3, [2])
 
     refs = json.loads((out / "references.json").read_text())
@@ -444,8 +444,8 @@ def test_generate_cheetah_vel_end_to_end(tmp_path: Path, one_thread: None) -> No
 
     # Same seed, fresh run: the same datasets. Rerun with the finished checkpoint: no
     # training, the same datasets.
-    generate_mujoco(TINY, tmp_path / "b", progress=False)
-    resumed = generate_mujoco(TINY, tmp_path / "d", ckpt, progress=False)
+    generate_mujoco(TINY, tmp_path / "b")
+    resumed = generate_mujoco(TINY, tmp_path / "d", ckpt)
     for other in ("b", "d"):
         for name in ("train.hdf5", "demos.hdf5"):
             a, b = _arrays(out / name), _arrays(tmp_path / other / name)
@@ -459,7 +459,7 @@ def test_generate_cheetah_vel_end_to_end(tmp_path: Path, one_thread: None) -> No
 
     # A larger budget continues the checkpointed run instead of starting over.
     longer = tiny_config("cheetah_vel", 3, sac_steps=400)
-    continued = generate_mujoco(longer, tmp_path / "c", ckpt, progress=False)
+    continued = generate_mujoco(longer, tmp_path / "c", ckpt)
     log = json.loads((tmp_path / "c" / "sac_log.json").read_text())
     assert continued["sac"]["resumed_from"] == 300
     assert [s["step"] for s in log["snapshots"]] == [100, 200, 300, 400]
@@ -470,7 +470,7 @@ def test_generate_cheetah_vel_end_to_end(tmp_path: Path, one_thread: None) -> No
 def test_generate_other_families(
     tmp_path: Path, one_thread: None, name: str, num_tasks: int | None
 ) -> None:
-    summary = generate_mujoco(tiny_config(name, num_tasks), tmp_path, progress=False)
+    summary = generate_mujoco(tiny_config(name, num_tasks), tmp_path)
     family = mujoco_family(name, num_tasks)
     train, demos = read_hdf5(tmp_path / "train.hdf5"), read_hdf5(tmp_path / "demos.hdf5")
     assert train.obs_dim == demos.obs_dim == family.obs_dim

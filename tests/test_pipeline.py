@@ -67,7 +67,7 @@ def mlflow_store(tmp_path, monkeypatch):
 def test_pipeline_sections_in_params_yaml():
     params = load_params(ROOT / "params.yaml")
     assert params.tracking == TrackingConfig()
-    assert params.tracking.model_name(params.data.family) == "cmt-point_robot"
+    assert params.tracking.model_name(params.data.name) == "cmt-point_robot"
     assert params.orchestration.task_runner == "threads"
     with pytest.raises(ConfigError, match="orchestration.task_runner"):
         load_params(ROOT / "params.yaml", {"orchestration.task_runner": "ray"})
@@ -111,8 +111,8 @@ def test_library_runs_without_prefect_or_mlflow(tmp_path):
                 if name.split(".")[0] in {"mlflow", "prefect", "prefect_dask", "dvc"}:
                     raise ImportError(f"blocked: {name}")
         sys.meta_path.insert(0, Block())
+        from cmt.benchmarks import make_benchmark
         from cmt.config import parse_params
-        from cmt.envs.generate import generate_datasets
         from cmt.experiment import evaluate_method, load_data, make_prompts, pretrain_backbone
         p = parse_params({
             "data": {"num_tasks": 4, "test_tasks": [1], "horizon": 10, "episodes_per_level": 2,
@@ -121,8 +121,8 @@ def test_library_runs_without_prefect_or_mlflow(tmp_path):
             "pretrain": {"steps": 3, "batch_size": 4, "warmup_steps": 1},
             "prompt_tune": {"steps": 2, "batch_size": 4, "eval_every": 1},
             "evaluate": {"episodes": 1}})
-        generate_datasets(p.data, "data")
-        data = load_data("data")
+        make_benchmark(p.data).build_datasets("data", progress=False)
+        data = load_data(p, "data")
         seen = []
         ckpt = pretrain_backbone(p, "cmt", 0, data, "ckpt", on_metrics=lambda s, m: seen.append(s),
                                  progress=False)
@@ -253,8 +253,14 @@ def test_pipeline_flow_parameters_are_validated():
     assert param_overrides(changed, base) == ["pretrain.lr=0.001", "compare.seeds=[0]"]
     with pytest.raises(ConfigError, match="pretrain.nope"):
         apply_overrides(base, {"pretrain.nope": 1})
-    assert override_value("cmt-{family}") == "'cmt-{family}'"
+    assert override_value("cmt-{name}") == "'cmt-{name}'"
     assert override_value([True, None, 1.5]) == "[true,null,1.5]"
+    assert override_value({"a": 1, "b": [2]}) == "{a:1,b:[2]}"
+    # Another benchmark's data section has other keys: it replaces the section whole.
+    d4rl = load_params(ROOT / "params.yaml", preset="hopper_medium_replay")
+    changes = param_overrides(d4rl, base)
+    assert changes[:2] == ["~data", "+data=" + override_value(d4rl.data.model_dump(mode="json"))]
+    assert "compare.methods=['dt','bc','filtered_bc','cmt_zero_shot','cmt_tuned']" in changes
 
 
 def test_task_runner_from_config():
@@ -299,8 +305,7 @@ def test_dvc_stage_graph(tmp_path):
     assert out.stdout.split() == [
         "collect",
         "preprocess",
-        *[f"pretrain@{s}" for s in seeds],
-        *[f"baselines@{b}-{s}" for b in ("prompt_dt", "mtdt") for s in seeds],
+        *[f"pretrain@{b}-{s}" for b in Params().compare.backbones for s in seeds],
         *[f"prompt_tune@{s}" for s in seeds],
         "evaluate",
         "report",
@@ -309,10 +314,12 @@ def test_dvc_stage_graph(tmp_path):
         assert f"python -m pipelines.{stage} " in (ROOT / "dvc.yaml").read_text()
 
 
-def test_stage_dataset_dir_follows_the_family():
-    """Run by hand with --preset, a stage reads data/<family>, where collect wrote it."""
+def test_stage_dataset_dir_follows_the_preset():
+    """Run by hand with --preset, a stage reads data/<name>, where collect wrote it."""
     from pipelines.common import dataset_dir
 
     params = load_params(ROOT / "params.yaml", preset="ant_dir")
     assert dataset_dir(params, None) == "data/ant_dir"
     assert dataset_dir(params, "elsewhere") == "elsewhere"
+    params = load_params(ROOT / "params.yaml", preset="walker2d_medium_expert")
+    assert dataset_dir(params, None) == "data/walker2d_medium_expert"

@@ -251,9 +251,8 @@ def test_pipeline_outputs_metrics_and_plots(repo: Repo):
     assert set(json.loads(plots.stdout)["data"]) == {
         "outputs/curves/cmt_seed0.csv",
         "outputs/curves/prompt_dt_seed0.csv",
-        "outputs/curves/mtdt_seed0.csv",
+        "outputs/curves/dt_seed0.csv",
         "per-task returns",
-        "return distribution",
         "outputs/preprocess/returns.png",
         "outputs/report/results.png",
         "outputs/report/registry.png",
@@ -476,7 +475,8 @@ def test_mujoco_preset_end_to_end(repo: Repo):
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-5000:]
     p = repo.path
     params = yaml.safe_load((p / "params.yaml").read_text())
-    assert params["data"]["family"] == "cheetah_dir" and params["data"]["sac"]["sac_steps"] == 300
+    assert params["data"]["benchmark"] == "cheetah_dir"
+    assert params["data"]["sac"]["sac_steps"] == 300 and "horizon" not in params["data"]
     sac_log = json.loads((p / "data/cheetah_dir/sac_log.json").read_text())
     assert [s["step"] for s in sac_log["snapshots"]] == [100, 200, 300]
     assert (p / "outputs/sac/cheetah_dir/state.pt").is_file()  # kept for a resumed rerun
@@ -489,7 +489,7 @@ def test_mujoco_preset_end_to_end(repo: Repo):
     results = (p / "outputs/report/results.md").read_text()
     assert "cheetah_dir (also training tasks)" in results
     rows = json.loads((p / "outputs/report/benchmarks.json").read_text())
-    assert {r["family"] for r in rows} == {"point_robot", "cheetah_dir"}
+    assert {r["name"] for r in rows} == {"point_robot", "cheetah_dir"}
     table = (p / "outputs/report/benchmarks.md").read_text()
     assert "| cheetah_dir |" in table and "927.2" in table
     client = repo.mlflow()
@@ -498,7 +498,7 @@ def test_mujoco_preset_end_to_end(repo: Repo):
     exp = client.get_experiment_by_name("cmt")
     collect = client.search_runs(
         [exp.experiment_id],
-        "tags.`cmt.stage` = 'collect' and params.`data.family` = 'cheetah_dir'",
+        "tags.`cmt.stage` = 'collect' and params.`data.name` = 'cheetah_dir'",
     )[0]
     history = client.get_metric_history(collect.info.run_id, "sac/eval_return")
     assert [m.step for m in history] == [100, 200, 300]
@@ -509,7 +509,61 @@ def test_mujoco_preset_end_to_end(repo: Repo):
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-5000:]
     latest = client.search_runs(
         [exp.experiment_id],
-        "tags.`cmt.stage` = 'collect' and params.`data.family` = 'cheetah_dir'",
+        "tags.`cmt.stage` = 'collect' and params.`data.name` = 'cheetah_dir'",
         order_by=["attributes.start_time DESC"],
     )[0]
     assert latest.data.metrics["data/sac/resumed_from"] == 300
+
+
+# The hopper medium-replay preset at a tiny SAC budget and a minimal dataset.
+TINY_D4RL = {
+    "data.transitions": 1000,
+    "data.reference_episodes": 1,
+    "data.sac.sac_steps": 300,
+    "data.sac.learning_starts": 100,
+    "data.sac.eval_every": 100,
+    "data.sac.eval_episodes": 1,
+    "data.sac.batch_size": 32,
+    "data.sac.net_arch": [32, 32],
+    "pretrain.steps": 20,
+    "evaluate.episodes": 2,
+}
+
+
+def test_d4rl_preset_end_to_end(repo: Repo):
+    """The single-agent setting through the same pipeline: collect (SAC on Hopper-v5, the
+    medium-replay level) -> report, with its own methods, D4RL scores and registry entry.
+    Runs after the cheetah-dir test: a preset replaces the whole data section."""
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in TINY_D4RL.items()]
+    cmd = [sys.executable, "-m", "pipelines.pipeline", "--preset", "hopper_medium_replay", *sets]
+    out = repo.run(*cmd, "--name", "hopper")
+    assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-5000:]
+    p = repo.path
+    params = yaml.safe_load((p / "params.yaml").read_text())
+    assert params["data"]["benchmark"] == "d4rl" and "test_tasks" not in params["data"]
+    train = p / "data/hopper_medium_replay/train.hdf5"
+    from cmt.data.hdf5 import read_hdf5
+
+    data = read_hdf5(train)
+    assert data.obs_dim == 11 and data.act_dim == 3 and set(data.task_ids) == {0}
+    assert data.metadata["level"] == "medium_replay"
+    assert (p / "outputs/sac/hopper/state.pt").is_file()
+    refs = json.loads((p / "data/hopper_medium_replay/references.json").read_text())
+    assert refs["0"] == {"random": -20.272305, "expert": 3234.3}  # D4RL's constants
+    metrics = json.loads((p / "outputs/evaluate/metrics.json").read_text())
+    assert set(metrics) == {"dt", "bc", "filtered_bc", "cmt_zero_shot", "cmt_tuned"}
+    assert [x.name for x in (p / "outputs/prompts/seed0").iterdir()] == ["task_0.pt"]
+    assert (p / "outputs/prompts/seed0/task_0.pt").stat().st_size < 8_000
+    rows = json.loads((p / "outputs/report/benchmarks.json").read_text())
+    hopper = next(r for r in rows if r["name"] == "hopper_medium_replay")
+    assert hopper["published"] == {
+        "label": "DT (paper, D4RL v2)",
+        "value": 82.7,
+        "metric": "score_mean",
+    }
+    assert set(hopper["dataset"]) == {"score_mean", "score_p90", "score_max"}
+    table = (p / "outputs/report/benchmarks.md").read_text()
+    assert "Single-agent offline RL (D4RL-style)" in table and "| hopper_medium_replay |" in table
+    assert "D4RL normalised score" in (p / "outputs/report/results.md").read_text()
+    client = repo.mlflow()
+    assert client.get_registered_model("cmt-hopper_medium_replay").aliases["champion"]

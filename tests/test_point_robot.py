@@ -1,4 +1,4 @@
-"""Point-robot family: Gymnasium API, dynamics, batched env, registry and data generation."""
+"""Point-robot family: Gymnasium API, dynamics, batched env, benchmark and data generation."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from cmt.config import DataConfig
+from cmt.benchmarks import make_benchmark
+from cmt.benchmarks.point_robot import PointRobot, PointRobotData
 from cmt.data.schema import TransitionData
-from cmt.envs import make_family, registered_families
-from cmt.envs.generate import generate_datasets, generate_point_robot, rollout
+from cmt.envs.generate import rollout
 from cmt.envs.point_robot import (
     BatchedPointRobot,
     PointRobotEnv,
@@ -24,7 +24,7 @@ from cmt.envs.point_robot import (
     scripted_expert,
 )
 
-SMALL = DataConfig(
+SMALL = PointRobotData(
     num_tasks=8,
     test_tasks=(1, 5),
     episodes_per_level=2,
@@ -140,9 +140,16 @@ def test_batched_env_matches_single_env_bit_for_bit() -> None:
 # --------------------------------------------------------------------------- registry
 
 
-def test_registry_builds_point_robot_family() -> None:
-    assert "point_robot" in registered_families()
-    family = make_family(DataConfig())
+def generate_point_robot(cfg: PointRobotData, out: Path) -> dict:
+    return make_benchmark(cfg).build_datasets(out, progress=False)
+
+
+def test_benchmark_builds_point_robot_family() -> None:
+    bench = make_benchmark(PointRobotData())
+    assert isinstance(bench, PointRobot)
+    assert bench.eval_tasks == (2, 7, 15, 23, 26) and bench.horizon == 50
+    assert (bench.spaces.obs_dim, bench.spaces.act_dim, bench.spaces.num_agents) == (2, 2, 1)
+    family = bench.family
     assert isinstance(family, PointRobotFamily)
     assert (family.name, family.num_tasks, family.obs_dim, family.act_dim) == (
         "point_robot",
@@ -157,16 +164,9 @@ def test_registry_builds_point_robot_family() -> None:
     assert family.make_batched_env(np.array([0, 0, 39])).num_envs == 3
 
 
-def test_unknown_family_raises() -> None:
-    with pytest.raises(KeyError, match="nope"):
-        make_family(DataConfig.model_construct(family="nope"))
-    with pytest.raises(KeyError, match="nope"):
-        generate_datasets(DataConfig.model_construct(family="nope"), Path("unused"))
-
-
 @pytest.mark.parametrize("bad", [-1, 40])
 def test_invalid_task_id_raises(bad: int) -> None:
-    family = make_family(DataConfig())
+    family = make_benchmark(PointRobotData()).family
     with pytest.raises(ValueError, match=rf"task id {bad} .*\[0, 40\)"):
         family.make_env(bad)
     with pytest.raises(ValueError, match=rf"task id {bad}"):
@@ -258,7 +258,7 @@ def _episode_lengths(data: TransitionData) -> np.ndarray:
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("point_robot")
-    summary = generate_datasets(SMALL, out)
+    summary = generate_point_robot(SMALL, out)
     return out, summary
 
 

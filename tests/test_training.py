@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from cmt.benchmarks import make_benchmark
 from cmt.checkpoint import CheckpointError, load_policy, load_prompt, save_prompt
-from cmt.envs.registry import make_family
 from cmt.evaluate import rollout
-from cmt.experiment import demo_split, initial_prompt, load_data, make_prompts, pretrain_backbone
+from cmt.experiment import initial_prompt, load_data, make_prompts, pretrain_backbone, prompt_data
 from cmt.train.prompt_tune import tune_prompt
 
 
@@ -21,16 +21,18 @@ def cmt_checkpoint(tmp_path_factory, tiny_data_dir):
 
     params = parse_params(TINY)
     out = tmp_path_factory.mktemp("ckpt")
-    return pretrain_backbone(params, "cmt", 0, load_data(tiny_data_dir), out, progress=False)
+    return pretrain_backbone(
+        params, "cmt", 0, load_data(params, tiny_data_dir), out, progress=False
+    )
 
 
 def test_prompt_tuning_freezes_the_backbone(tiny_params, tiny_data_dir, cmt_checkpoint):
-    data = load_data(tiny_data_dir)
+    data = load_data(tiny_params, tiny_data_dir)
     model, norm, _ = load_policy(cmt_checkpoint)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     task = tiny_params.data.test_tasks[0]
-    train_demo, _ = demo_split(tiny_params, data, task, 0)
-    init = initial_prompt(model, norm, train_demo, 0)
+    pdata = prompt_data(tiny_params, make_benchmark(tiny_params.data), data, task, 0)
+    init = initial_prompt(model, norm, pdata.fit, 0)
     grads_seen = []
     hooks = [
         p.register_hook(lambda g: grads_seen.append(g))
@@ -40,7 +42,7 @@ def test_prompt_tuning_freezes_the_backbone(tiny_params, tiny_data_dir, cmt_chec
     result = tune_prompt(
         model,
         norm,
-        data.demos.select_tasks([task]),
+        pdata,
         init,
         tiny_params.prompt_tune,
         0,
@@ -57,7 +59,7 @@ def test_prompt_tuning_freezes_the_backbone(tiny_params, tiny_data_dir, cmt_chec
 
 
 def test_pretraining_resumes_after_a_kill(tiny_params, tiny_data_dir, tmp_path):
-    data = load_data(tiny_data_dir)
+    data = load_data(tiny_params, tiny_data_dir)
 
     class Killed(Exception):
         pass
@@ -104,17 +106,17 @@ def test_bad_checkpoints_are_rejected(tmp_path, cmt_checkpoint):
     assert prompt_file.stat().st_size < 8_000, "a prompt artifact should be kilobytes"
 
 
-@pytest.mark.parametrize("backbone", ["cmt", "prompt_dt", "mtdt"])
+@pytest.mark.parametrize("backbone", ["cmt", "prompt_dt", "dt", "bc"])
 def test_batched_rollout_equals_one_episode_at_a_time(
     backbone, tiny_params, tiny_data_dir, tmp_path
 ):
-    data = load_data(tiny_data_dir)
+    data = load_data(tiny_params, tiny_data_dir)
     params = tiny_params.model_copy(
         update={"pretrain": tiny_params.pretrain.model_copy(update={"steps": 3})}
     )
     ckpt = pretrain_backbone(params, backbone, 0, data, tmp_path, progress=False)
     model, norm, _ = load_policy(ckpt)
-    family = make_family(params.data)
+    family = make_benchmark(params.data)
     tasks = np.array([1, 5, 5, 1])
     prompts = None
     if model.cfg.prompt != "none":
@@ -169,7 +171,7 @@ def test_tuned_prompt_beats_zero_shot_on_held_out_demos(tiny_params, tiny_data_d
             ),
         }
     )
-    data = load_data(tiny_data_dir)
+    data = load_data(tiny_params, tiny_data_dir)
     ckpt = pretrain_backbone(params, "cmt", 0, data, tmp_path / "ckpt", progress=False)
     prompts = make_prompts(params, "cmt_tuned", ckpt, data, 0, tmp_path / "prompts", progress=False)
     for task, p in prompts.items():
@@ -183,6 +185,8 @@ def test_compiled_pretraining_runs_and_saves_plain_weights(tiny_params, tiny_dat
     params = tiny_params.model_copy(
         update={"pretrain": tiny_params.pretrain.model_copy(update={"steps": 3, "compile": True})}
     )
-    ckpt = pretrain_backbone(params, "cmt", 0, load_data(tiny_data_dir), tmp_path, progress=False)
+    ckpt = pretrain_backbone(
+        params, "cmt", 0, load_data(params, tiny_data_dir), tmp_path, progress=False
+    )
     model, _, _ = load_policy(ckpt)  # keys of the plain module: loads without unwrapping
     assert not any("_orig_mod" in k for k in model.state_dict())

@@ -6,7 +6,7 @@ per-sample reference can be checked against it on the very same draws.
 
 Segments are *right*-padded: a segment that hits the end of its episode keeps its real steps
 first. Together with the prompt placed in front, a plain causal mask then gives exactly the
-visibility we want (DESIGN 1.1) and real tokens never see padding.
+visibility we want (docs/method.md) and real tokens never see padding.
 """
 
 from __future__ import annotations

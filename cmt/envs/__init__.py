@@ -1,5 +1,1 @@
-"""Task families and their registry."""
-
-from cmt.envs.registry import TaskFamily, make_family, registered_families
-
-__all__ = ["TaskFamily", "make_family", "registered_families"]
+"""Environments: task families, batched envs and behaviour-data generation."""

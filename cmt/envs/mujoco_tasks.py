@@ -28,8 +28,7 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from cmt.config import DataConfig
-from cmt.envs.registry import check_task_ids, register_family
+from cmt.envs.registry import check_task_ids
 
 HORIZON = 200
 """Episode length of all three benchmarks (MACAW / Prompt-DT ``_max_episode_steps``)."""
@@ -332,12 +331,68 @@ def ant_dir_family(
     )
 
 
+D4RL_ENVS: dict[str, str] = {
+    "halfcheetah": "HalfCheetah-v5",
+    "hopper": "Hopper-v5",
+    "walker2d": "Walker2d-v5",
+}
+"""D4RL's Gym-MuJoCo environments (their names in D4RL file names) and the v5 env of each."""
+
+D4RL_HORIZON = 1000
+"""Episode length of D4RL's Gym-MuJoCo datasets (the v2 environments' time limit)."""
+
+
+def _unchanged(env: gym.Env, value: float) -> gym.Env:
+    return env
+
+
+def single_task_family(env: str) -> MujocoTaskFamily:
+    """A D4RL-style environment as a family of one task: the v5 env with its own reward and
+    termination, a 1000-step time limit and no task parameters (so SAC's observation is the
+    plain one). Lets the single-agent datasets reuse the families' SAC machinery."""
+    try:
+        env_id = D4RL_ENVS[env]
+    except KeyError:
+        raise KeyError(f"unknown D4RL environment {env!r}; known: {sorted(D4RL_ENVS)}") from None
+    return MujocoTaskFamily(
+        name=env,
+        env_id=env_id,
+        task_values=np.zeros(1),
+        task_params=np.zeros((1, 0), dtype=np.float32),
+        train_tasks=(0,),
+        test_tasks=(0,),
+        wrap=_unchanged,
+        horizon=D4RL_HORIZON,
+        test_tasks_seen=True,
+    )
+
+
 MUJOCO_FAMILIES: dict[str, Callable[..., MujocoTaskFamily]] = {
     "cheetah_vel": cheetah_vel_family,
     "cheetah_dir": cheetah_dir_family,
     "ant_dir": ant_dir_family,
 }
 """Constructor of each MuJoCo family by id, each taking an optional ``num_tasks``."""
+
+
+FAMILY_SPLITS: dict[str, tuple[int, tuple[int, ...], bool]] = {
+    "cheetah_vel": (40, CHEETAH_VEL_TEST_TASKS, False),
+    "cheetah_dir": (2, (0, 1), True),
+    "ant_dir": (50, ANT_DIR_TEST_TASKS, False),
+}
+"""Each family's task count, test tasks, and whether it also trains on them (cheetah-dir)."""
+
+
+def task_split(name: str, num_tasks: int | None = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(train, test) task ids of family ``name`` restricted to its first ``num_tasks`` tasks,
+    without building any environment (for config checks)."""
+    full, test, tested_on_training = FAMILY_SPLITS[name]
+    if tested_on_training:
+        if num_tasks not in (None, full):
+            raise ValueError(f"{name} has exactly {full} tasks, got num_tasks={num_tasks}")
+        return tuple(range(full)), test
+    _, train_ids, test_ids = _split(name, full, num_tasks, test)
+    return train_ids, test_ids
 
 
 def mujoco_family(name: str, num_tasks: int | None = None) -> MujocoTaskFamily:
@@ -349,49 +404,3 @@ def mujoco_family(name: str, num_tasks: int | None = None) -> MujocoTaskFamily:
             f"unknown MuJoCo family {name!r}; known: {sorted(MUJOCO_FAMILIES)}"
         ) from None
     return build(num_tasks=num_tasks)
-
-
-def family_from_config(name: str, cfg: DataConfig) -> MujocoTaskFamily:
-    """Build ``name`` from the data config, checking it against the benchmark definition.
-
-    ``data.horizon`` must be 200. ``data.num_tasks`` may be smaller than the benchmark's count
-    (the first tasks are kept, for tests). ``data.test_tasks`` must be among the benchmark's
-    test ids (below ``num_tasks``); the training tasks are always the benchmark's. For
-    cheetah-dir, whose test tasks are also training tasks, ``data.test_tasks_in_training``
-    must be set.
-    """
-    if cfg.horizon != HORIZON:
-        raise ValueError(
-            f"data.horizon must be {HORIZON} for family {name!r} (the benchmark's episode "
-            f"length), got {cfg.horizon}"
-        )
-    family = mujoco_family(name, cfg.num_tasks)
-    if cfg.test_tasks_in_training != family.test_tasks_seen:
-        raise ValueError(
-            f"data.test_tasks_in_training must be {str(family.test_tasks_seen).lower()} for "
-            f"family {name!r}: its benchmark "
-            + ("trains on its test tasks" if family.test_tasks_seen else "holds them out")
-        )
-    # A subset is fine (evaluating some test tasks, one mapped task each); a training task
-    # named as a test task is not.
-    if not set(cfg.test_tasks) <= set(family.test_tasks):
-        raise ValueError(
-            f"data.test_tasks {list(cfg.test_tasks)} disagree with the {name} benchmark split "
-            f"(test tasks {list(family.test_tasks)} for num_tasks={family.num_tasks})"
-        )
-    return family
-
-
-@register_family("cheetah_vel")
-def _build_cheetah_vel(cfg: DataConfig) -> MujocoTaskFamily:
-    return family_from_config("cheetah_vel", cfg)
-
-
-@register_family("cheetah_dir")
-def _build_cheetah_dir(cfg: DataConfig) -> MujocoTaskFamily:
-    return family_from_config("cheetah_dir", cfg)
-
-
-@register_family("ant_dir")
-def _build_ant_dir(cfg: DataConfig) -> MujocoTaskFamily:
-    return family_from_config("ant_dir", cfg)

@@ -13,8 +13,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from cmt.config import DataConfig
-from cmt.envs.registry import check_task_ids, register_family
+from cmt.envs.registry import check_task_ids
 
 STEP_SIZE = np.float32(0.1)
 """Largest displacement per axis and step (actions in [-1, 1] are scaled by it)."""
@@ -139,11 +138,6 @@ class PointRobotFamily:
     def __post_init__(self) -> None:
         self.goals = goal_positions(self.num_tasks, self.radius)
 
-    @classmethod
-    def from_config(cls, cfg: DataConfig) -> PointRobotFamily:
-        """The family described by the data section of the config."""
-        return cls(num_tasks=cfg.num_tasks, horizon=cfg.horizon)
-
     def _check_ids(self, task_ids: np.ndarray) -> np.ndarray:
         return check_task_ids(task_ids, self.num_tasks, self.name)
 
@@ -155,8 +149,3 @@ class PointRobotFamily:
     def make_batched_env(self, task_ids: np.ndarray) -> BatchedPointRobot:
         """One episode per entry of ``task_ids`` (repeats allowed)."""
         return BatchedPointRobot(self.goals[self._check_ids(task_ids)], horizon=self.horizon)
-
-
-@register_family("point_robot")
-def _build(cfg: DataConfig) -> PointRobotFamily:
-    return PointRobotFamily.from_config(cfg)

@@ -1,14 +1,13 @@
-"""A typed registry of task families; unknown ids raise with the list of known ones."""
+"""What the environment side of every benchmark provides: task families and batched envs.
+
+Benchmarks (``cmt/benchmarks/``) build their families; nothing is registered globally."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
 
 import gymnasium as gym
 import numpy as np
-
-from cmt.config import DataConfig
 
 
 class BatchedEnv(Protocol):
@@ -54,38 +53,3 @@ def check_task_ids(task_ids: np.ndarray, num_tasks: int, family: str) -> np.ndar
     if bad.size:
         raise ValueError(f"task id {int(bad[0])} is outside [0, {num_tasks}) of family {family!r}")
     return ids.astype(np.int64)
-
-
-_FAMILIES: dict[str, Callable[[DataConfig], TaskFamily]] = {}
-
-
-def register_family(name: str) -> Callable[[Callable[[DataConfig], TaskFamily]], Callable]:
-    """Decorator: register a family factory under ``name`` (explicit, no import side effects)."""
-
-    def wrap(factory: Callable[[DataConfig], TaskFamily]) -> Callable[[DataConfig], TaskFamily]:
-        _FAMILIES[name] = factory
-        return factory
-
-    return wrap
-
-
-def _load_builtin() -> None:
-    # Imported lazily so that importing cmt.envs registers nothing by itself.
-    from cmt.envs import mujoco_tasks, point_robot  # noqa: F401
-
-
-def registered_families() -> list[str]:
-    _load_builtin()
-    return sorted(_FAMILIES)
-
-
-def make_family(cfg: DataConfig) -> TaskFamily:
-    """Build the family named by ``cfg.family``."""
-    _load_builtin()
-    try:
-        factory = _FAMILIES[cfg.family]
-    except KeyError:
-        raise KeyError(
-            f"unknown task family {cfg.family!r}; registered: {sorted(_FAMILIES)}"
-        ) from None
-    return factory(cfg)

@@ -25,6 +25,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +35,23 @@ import torch
 from tqdm.auto import tqdm
 
 from cmt.atomic import atomic_path, write_json
-from cmt.config import DataConfig, SacConfig
 from cmt.data.schema import TransitionData
-from cmt.envs.generate import ALL_LEVELS, Policy, concat_transitions, rollout
-from cmt.envs.mujoco_tasks import MujocoTaskFamily, family_from_config
+from cmt.envs.generate import (
+    LEVELS,
+    Policy,
+    concat_transitions,
+    random_streams,
+    rollout,
+    seed_from,
+    with_level,
+)
+from cmt.envs.mujoco_tasks import MujocoTaskFamily
+from cmt.sections import SacConfig
 
 log = logging.getLogger(__name__)
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
 """Called at every snapshot with the step and metrics such as ``sac/eval_return``."""
-
-MUJOCO_LEVELS: tuple[str, ...] = ALL_LEVELS
-"""Levels of the MuJoCo data; ``infos/level`` indexes it. MuJoCo training data holds medium,
-expert and medium_replay (random is only a reference)."""
 
 _STREAMS: tuple[str, ...] = (
     "sac",
@@ -56,6 +61,7 @@ _STREAMS: tuple[str, ...] = (
     "demos/expert",
     "reference/random",
     "reference/expert",
+    "train/random",
 )
 # Spawned from the seed in this order; append new streams to keep old datasets identical.
 
@@ -215,20 +221,6 @@ def replay_transitions(buffer: Any, rows: int, family: MujocoTaskFamily) -> Tran
     )
 
 
-def _with_level(data: TransitionData, level: str) -> TransitionData:
-    infos = {"level": np.full(len(data), MUJOCO_LEVELS.index(level), dtype=np.int8)}
-    return TransitionData(
-        observations=data.observations,
-        actions=data.actions,
-        rewards=data.rewards,
-        terminals=data.terminals,
-        timeouts=data.timeouts,
-        next_observations=data.next_observations,
-        task_ids=data.task_ids,
-        infos=infos,
-    )
-
-
 def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
@@ -324,15 +316,6 @@ class _Checkpoint:
 # --------------------------------------------------------------------------- generation
 
 
-def _streams(seed: int) -> dict[str, np.random.Generator]:
-    children = np.random.SeedSequence(seed).spawn(len(_STREAMS))
-    return {n: np.random.default_rng(c) for n, c in zip(_STREAMS, children, strict=True)}
-
-
-def _seed_of(rng: np.random.Generator) -> int:
-    return int(rng.integers(2**31 - 1))
-
-
 def train_sac(
     family: MujocoTaskFamily,
     budgets: SacConfig,
@@ -351,8 +334,8 @@ def train_sac(
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
 
-    rngs = _streams(seed)
-    sac_seed, eval_seed = _seed_of(rngs["sac"]), _seed_of(rngs["eval"])
+    rngs = random_streams(seed, _STREAMS)
+    sac_seed, eval_seed = seed_from(rngs["sac"]), seed_from(rngs["eval"])
     train_tasks = np.asarray(family.train_tasks, dtype=np.int64)
     env = TaskConditionedEnv(family, family.train_tasks)
     model = SAC(
@@ -480,107 +463,208 @@ def train_sac(
     return model, snapshots, stats
 
 
+@dataclass
+class Behaviour:
+    """Trained SAC behaviour of a family: the random reference, the snapshots, the chosen
+    medium and expert actors, and one random stream per dataset part (:data:`_STREAMS`)."""
+
+    family: MujocoTaskFamily
+    budgets: SacConfig
+    seed: int
+    model: Any  # the SB3 SAC model (its replay buffer holds medium-replay)
+    snapshots: list[dict[str, Any]]
+    random_ref: np.ndarray  # (num_tasks,) mean return of uniform actions
+    medium_index: int
+    medium_rule: str
+    actors: dict[str, torch.nn.Module]  # "medium", "expert"
+    rngs: dict[str, np.random.Generator]
+    stats: dict[str, float]
+
+    @property
+    def medium(self) -> dict[str, Any]:
+        return self.snapshots[self.medium_index]
+
+    @property
+    def expert(self) -> dict[str, Any]:
+        return self.snapshots[-1]
+
+    def policy(self, level: str, rng: np.random.Generator) -> Policy:
+        """The level's batched policy (``random``, ``medium`` or ``expert``)."""
+        if level == "random":
+            return random_policy(self.family.act_dim, rng)
+        return actor_policy(
+            self.actors[level], self.family.task_params, rng if self.budgets.stochastic else None
+        )
+
+    def run(self, stream: str, task_ids: np.ndarray) -> tuple[TransitionData, np.ndarray]:
+        """One episode per task id with the policy of ``stream`` (``"<part>/<level>"``)."""
+        level = stream.split("/")[1]
+        rng = self.rngs[stream]
+        data, returns = rollout(self.family, task_ids, self.policy(level, rng), seed_from(rng))
+        return with_level(data, level), returns
+
+    def replay(self) -> TransitionData:
+        """Medium-replay: SAC's replay buffer up to the medium snapshot."""
+        rows = int(self.medium["step"])
+        return with_level(
+            replay_transitions(self.model.replay_buffer, rows, self.family), "medium_replay"
+        )
+
+    def expert_reference(self, episodes: int) -> np.ndarray:
+        """Mean return of the expert on every task; (num_tasks,)."""
+        rng = self.rngs["reference/expert"]
+        tasks = np.arange(self.family.num_tasks)
+        return _mean_returns(
+            self.family, tasks, episodes, self.policy("expert", rng), seed_from(rng)
+        )
+
+    def metadata(self) -> dict[str, Any]:
+        """What every dataset built from this behaviour records about it."""
+        return {
+            "behaviour": "sac",
+            "sac_steps": self.budgets.sac_steps,
+            "medium_step": int(self.medium["step"]),
+            "expert_step": int(self.expert["step"]),
+        }
+
+    def save(self, out_dir: Path) -> None:
+        """``policies/{medium,expert}.pt`` (actor weights) and ``sac_log.json`` (snapshot
+        returns, chosen medium). No timings, so a rerun from a finished checkpoint writes
+        byte-identical files and DVC retrains nothing downstream."""
+        family, budgets = self.family, self.budgets
+        for level, snap in (("medium", self.medium), ("expert", self.expert)):
+            meta = {
+                "family": family.name,
+                "level": level,
+                "step": int(snap["step"]),
+                "obs_dim": family.obs_dim,
+                "task_param_dim": int(family.task_params.shape[1]),
+                "net_arch": list(budgets.net_arch),
+                "seed": self.seed,
+            }
+            with atomic_path(out_dir / "policies" / f"{level}.pt") as tmp:
+                torch.save({"actor": snap["actor"], "meta": json.dumps(meta)}, tmp)
+        train_tasks = list(family.train_tasks)
+        write_json(
+            out_dir / "sac_log.json",
+            {
+                "family": family.name,
+                "budgets": budgets.model_dump(mode="json"),
+                "random_train_return": float(self.random_ref[train_tasks].mean()),
+                "snapshots": [
+                    {"step": int(s["step"]), "mean_return": float(s["returns"].mean())}
+                    for s in self.snapshots
+                ],
+                "medium": {"step": int(self.medium["step"]), "rule": self.medium_rule},
+                "expert": {"step": int(self.expert["step"])},
+            },
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "steps": self.budgets.sac_steps,
+            "medium_step": int(self.medium["step"]),
+            # Timing lives here (MLflow metrics of collect), not in sac_log.json.
+            "resumed_from": int(self.stats["resumed_from"]),
+            "seconds": float(self.stats["seconds"]),
+            "steps_per_s": float(self.stats["steps_per_s"]),
+        }
+
+
+def train_behaviour(
+    family: MujocoTaskFamily,
+    budgets: SacConfig,
+    seed: int,
+    reference_episodes: int,
+    checkpoint_dir: Path | None = None,
+    on_metrics: MetricsCallback | None = None,
+    progress: bool = True,
+) -> Behaviour:
+    """Measure the random reference, train (or resume) SAC on the family's training tasks and
+    pick the medium snapshot. Deterministic given ``seed`` as far as SB3 and torch are (same
+    device and thread count, no resume)."""
+    rngs = random_streams(seed, _STREAMS)
+    train_tasks = np.asarray(family.train_tasks, dtype=np.int64)
+    # Random reference first: it measures SAC's progress and picks the medium snapshot.
+    rng = rngs["reference/random"]
+    random_ref = _mean_returns(
+        family,
+        np.arange(family.num_tasks),
+        reference_episodes,
+        random_policy(family.act_dim, rng),
+        seed_from(rng),
+    )
+    random_train = float(random_ref[train_tasks].mean())
+    threads = torch.get_num_threads()
+    if budgets.torch_threads:
+        torch.set_num_threads(budgets.torch_threads)
+    try:
+        model, snapshots, stats = train_sac(
+            family, budgets, seed, random_train, checkpoint_dir, on_metrics, progress
+        )
+    finally:
+        torch.set_num_threads(threads)
+    curve = np.array([s["returns"].mean() for s in snapshots])
+    medium_i, rule = select_medium(curve, random_train, budgets.medium_fraction)
+    actors = {}
+    for level, snap in (("medium", snapshots[medium_i]), ("expert", snapshots[-1])):
+        actor = model.policy.make_actor()
+        actor.load_state_dict(snap["actor"])
+        actor.eval()
+        actors[level] = actor
+    return Behaviour(
+        family, budgets, seed, model, snapshots, random_ref, medium_i, rule, actors, rngs, stats
+    )
+
+
 def generate_mujoco(
-    cfg: DataConfig,
+    family: MujocoTaskFamily,
+    cfg: Any,
     out_dir: Path,
     checkpoint_dir: Path | None = None,
     on_metrics: MetricsCallback | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Write ``train.hdf5``, ``demos.hdf5`` and ``references.json`` for the MuJoCo family
-    ``cfg.family``, with SAC settings ``cfg.sac``.
+    """Write ``train.hdf5``, ``demos.hdf5`` and ``references.json`` of a meta-RL family, with
+    the data settings ``cfg`` (``cmt.benchmarks.mujoco_meta.MujocoMetaData``).
 
     ``train.hdf5`` holds, per training task, ``cfg.episodes_per_level`` medium and expert
     episodes and the task's medium-replay episodes (``infos/level`` indexes
-    :data:`MUJOCO_LEVELS`); ``demos.hdf5`` ``cfg.demo_episodes`` expert episodes of each test
+    :data:`LEVELS`); ``demos.hdf5`` ``cfg.demo_episodes`` expert episodes of each test
     task; ``references.json`` the mean random and expert return of every task over
-    ``cfg.reference_episodes`` episodes. Also written: ``policies/{medium,expert}.pt`` (actor
-    weights) and ``sac_log.json`` (snapshot returns, chosen medium). A smaller
-    ``cfg.num_tasks`` keeps only the family's first tasks (tests). Deterministic given
-    ``cfg.seed`` as far as SB3 and torch are (same device and thread count, no resume).
-    Returns a summary.
+    ``cfg.reference_episodes`` episodes; plus :meth:`Behaviour.save`'s files. Returns a summary.
     """
     from cmt.data.hdf5 import write_hdf5  # lazy: keeps env imports free of h5py
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    family = family_from_config(cfg.family, cfg)
-    budgets, seed = cfg.sac, cfg.seed
-    rngs = _streams(seed)
+    behaviour = train_behaviour(
+        family, cfg.sac, cfg.seed, cfg.reference_episodes, checkpoint_dir, on_metrics, progress
+    )
     train_tasks = np.asarray(family.train_tasks, dtype=np.int64)
     test_tasks = np.asarray(cfg.test_tasks, dtype=np.int64)
-    all_tasks = np.arange(family.num_tasks)
-
-    # Random reference first: it measures SAC's progress and picks the medium snapshot.
-    rng = rngs["reference/random"]
-    random_ref = _mean_returns(
-        family,
-        all_tasks,
-        cfg.reference_episodes,
-        random_policy(family.act_dim, rng),
-        _seed_of(rng),
-    )
-    threads = torch.get_num_threads()
-    if budgets.torch_threads:
-        torch.set_num_threads(budgets.torch_threads)
-    try:
-        model, snapshots, sac_stats = train_sac(
-            family,
-            budgets,
-            seed,
-            float(random_ref[train_tasks].mean()),
-            checkpoint_dir,
-            on_metrics,
-            progress,
-        )
-    finally:
-        torch.set_num_threads(threads)
-    curve = np.array([s["returns"].mean() for s in snapshots])
-    medium_i, rule = select_medium(
-        curve, float(random_ref[train_tasks].mean()), budgets.medium_fraction
-    )
-    medium, expert = snapshots[medium_i], snapshots[-1]
-    actors = {}
-    for level, snap in (("medium", medium), ("expert", expert)):
-        actor = model.policy.make_actor()
-        actor.load_state_dict(snap["actor"])
-        actor.eval()
-        actors[level] = actor
-
-    def run(stream: str, task_ids: np.ndarray) -> tuple[TransitionData, np.ndarray]:
-        level = stream.split("/")[1]
-        rng = rngs[stream]
-        policy = actor_policy(
-            actors[level], family.task_params, rng if budgets.stochastic else None
-        )
-        data, returns = rollout(family, task_ids, policy, _seed_of(rng))
-        return _with_level(data, level), returns
-
     base_meta: dict[str, Any] = {
         "family": family.name,
         "num_tasks": family.num_tasks,
         "horizon": family.horizon,
-        "seed": seed,
-        "levels": list(MUJOCO_LEVELS),
+        "seed": cfg.seed,
+        "levels": list(LEVELS),
         "train_tasks": train_tasks.tolist(),
         "test_tasks": test_tasks.tolist(),
-        "behaviour": "sac",
-        "sac_steps": budgets.sac_steps,
-        "medium_step": int(medium["step"]),
-        "expert_step": int(expert["step"]),
+        **behaviour.metadata(),
     }
     summary: dict[str, Any] = {"family": family.name}
     with tqdm(total=4, desc=f"datasets {family.name}", disable=not progress) as bar:
         parts, level_means, level_episodes = [], {}, {}
         for level in ("medium", "expert"):
             bar.set_postfix_str(f"train/{level}")
-            data, returns = run(f"train/{level}", np.repeat(train_tasks, cfg.episodes_per_level))
+            data, returns = behaviour.run(
+                f"train/{level}", np.repeat(train_tasks, cfg.episodes_per_level)
+            )
             parts.append(data)
             level_means[level] = float(returns.mean())
             level_episodes[level] = int(returns.size)
-        replay = _with_level(
-            replay_transitions(model.replay_buffer, int(medium["step"]), family), "medium_replay"
-        )
+        replay = behaviour.replay()
         parts.append(replay)
         ends = replay.terminals | replay.timeouts
         level_episodes["medium_replay"] = int(ends.sum())
@@ -596,7 +680,9 @@ def generate_mujoco(
         bar.update()
 
         bar.set_postfix_str("demos")
-        demos, demo_returns = run("demos/expert", np.repeat(test_tasks, cfg.demo_episodes))
+        demos, demo_returns = behaviour.run(
+            "demos/expert", np.repeat(test_tasks, cfg.demo_episodes)
+        )
         write_hdf5(
             out_dir / "demos.hdf5", concat_transitions([demos], {**base_meta, "split": "demos"})
         )
@@ -608,67 +694,26 @@ def generate_mujoco(
         bar.update()
 
         bar.set_postfix_str("reference/expert")
-        rng = rngs["reference/expert"]
-        expert_ref = _mean_returns(
-            family,
-            all_tasks,
-            cfg.reference_episodes,
-            actor_policy(actors["expert"], family.task_params, rng if budgets.stochastic else None),
-            _seed_of(rng),
-        )
+        expert_ref = behaviour.expert_reference(cfg.reference_episodes)
         references: dict[str, Any] = {
             "family": family.name,
             "train_tasks": train_tasks.tolist(),
             "test_tasks": test_tasks.tolist(),
         }
-        for task in all_tasks:
+        for task in range(family.num_tasks):
             references[str(task)] = {
-                "random": float(random_ref[task]),
+                "random": float(behaviour.random_ref[task]),
                 "expert": float(expert_ref[task]),
             }
         write_json(out_dir / "references.json", references)
         summary["references"] = {
-            "random": float(random_ref.mean()),
+            "random": float(behaviour.random_ref.mean()),
             "expert": float(expert_ref.mean()),
         }
         bar.update()
 
         bar.set_postfix_str("policies")
-        for level, snap in (("medium", medium), ("expert", expert)):
-            meta = {
-                "family": family.name,
-                "level": level,
-                "step": int(snap["step"]),
-                "obs_dim": family.obs_dim,
-                "task_param_dim": int(family.task_params.shape[1]),
-                "net_arch": list(budgets.net_arch),
-                "seed": seed,
-            }
-            with atomic_path(out_dir / "policies" / f"{level}.pt") as tmp:
-                torch.save({"actor": snap["actor"], "meta": json.dumps(meta)}, tmp)
-        write_json(
-            out_dir / "sac_log.json",
-            {
-                "family": family.name,
-                "budgets": budgets.model_dump(mode="json"),
-                "random_train_return": float(random_ref[train_tasks].mean()),
-                "snapshots": [
-                    {"step": int(s["step"]), "mean_return": float(r)}
-                    for s, r in zip(snapshots, curve, strict=True)
-                ],
-                "medium": {"step": int(medium["step"]), "rule": rule},
-                "expert": {"step": int(expert["step"])},
-            },
-        )
+        behaviour.save(out_dir)
         bar.update()
-    summary["sac"] = {
-        "steps": budgets.sac_steps,
-        "medium_step": int(medium["step"]),
-        # Timing lives here (MLflow metrics of collect), not in sac_log.json: the data
-        # directory stays byte-identical when collect reruns from a finished checkpoint, so
-        # DVC does not retrain everything downstream.
-        "resumed_from": int(sac_stats["resumed_from"]),
-        "seconds": float(sac_stats["seconds"]),
-        "steps_per_s": float(sac_stats["steps_per_s"]),
-    }
+    summary["sac"] = behaviour.summary()
     return summary

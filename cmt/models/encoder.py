@@ -1,4 +1,4 @@
-"""Context encoder E: a set of transitions of one task -> m prompt vectors (DESIGN 1.1)."""
+"""Context encoder E: a set of transitions of one task -> m prompt vectors (docs/method.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Self-supervised pretraining on all training tasks (DESIGN 1.2), resumable."""
+"""Self-supervised pretraining on all training tasks (docs/method.md), resumable."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def info_nce(z1: torch.Tensor, z2: torch.Tensor, unit: torch.Tensor, tau: float)
 def pretrain_loss(
     model: SequencePolicy, batch: Batch, cfg: PretrainConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L = L_action + w_dyn (L_next_state + L_reward) + w_con InfoNCE (DESIGN 1.2)."""
+    """L = L_action + w_dyn (L_next_state + L_reward) + w_con InfoNCE (docs/method.md)."""
     prompt = model.batch_prompt(batch)
     out = model.forward_batch(batch, prompt)
     l_act = masked_mean((out.actions.float() - batch.actions).pow(2).mean(-1), batch.mask)

@@ -1,4 +1,4 @@
-"""Per-task prompt tuning with backbone and encoder frozen (DESIGN 1.3)."""
+"""Per-task prompt tuning with backbone and encoder frozen (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cmt.benchmarks.base import PromptData
 from cmt.config import PromptTuneConfig
 from cmt.data.dataset import Normalizer, OfflineDataset
 from cmt.data.sampler import Batch, SegmentSampler
@@ -53,15 +54,18 @@ def return_weights(batch: Batch, ds: OfflineDataset, beta: float) -> torch.Tenso
 def tune_prompt(
     model: SequencePolicy,
     norm: Normalizer,
-    target: OfflineDataset,
+    data: PromptData,
     init_prompt: torch.Tensor,
     cfg: PromptTuneConfig,
     seed: int,
     on_metrics: MetricsCallback | None = None,
     progress: bool = True,
 ) -> TuneResult:
-    """Optimise only the prompt on the target data; early-stop on held-out target episodes."""
-    train_ds, val_ds = target.split_episodes(cfg.val_fraction, seed)
+    """Optimise only the prompt: the action loss on ``data.fit`` (``filtered_bc``) or on
+    ``data.pool`` weighted by episode return (``return_weighted``); early-stop on the held-out
+    ``data.val`` episodes."""
+    train_ds = data.pool if cfg.objective == "return_weighted" and data.pool else data.fit
+    val_ds = data.val
     device = init_prompt.device
     model.eval()  # frozen backbone: no dropout noise in its features either
     for p in model.parameters():

@@ -1,0 +1,215 @@
+"""The benchmark protocol: everything setting-specific, behind one interface.
+
+A *benchmark* (docs/architecture.md, "The benchmark layer") says what its spaces are, which
+tasks it evaluates, how its datasets are built and loaded, what a prompt is fitted on, and how
+returns are scored. Everything else (models, trainers, the pipeline stages) only talks to this
+interface, so nothing outside ``cmt/benchmarks/<name>.py`` branches on a benchmark's name.
+
+Each benchmark module defines a ``data`` config section (a :class:`DataSection`, one member of
+the discriminated union ``cmt.benchmarks.DataConfig``) and the :class:`Benchmark` it builds.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from cmt.sections import Section
+
+if TYPE_CHECKING:
+    from cmt.data.dataset import OfflineDataset
+    from cmt.envs.registry import BatchedEnv
+
+TRAIN_FILE, DEMOS_FILE, REFERENCES_FILE = "train.hdf5", "demos.hdf5", "references.json"
+"""Files of a dataset directory: the pretraining data, the few-shot demonstrations of
+benchmarks with unseen tasks, and each task's random and expert reference return."""
+
+MetricsCallback = Callable[[int, dict[str, float]], None]
+
+
+class DataSection(Section):
+    """Fields every benchmark's ``data`` section has; subclasses add their own.
+
+    ``name`` is the dataset id: it names the data directory (``data/<name>``) and the
+    registered model (``cmt-<name>``), so it must be written out for DVC; each benchmark
+    checks that it matches what its other fields describe.
+    """
+
+    benchmark: str
+    name: str = Field(
+        "", description="Dataset id (data/<name>, registered model cmt-<name>); empty = derived."
+    )
+    seed: int = Field(0, ge=0, description="Seed of data generation (independent of train seeds).")
+
+    methods: ClassVar[tuple[str, ...]]
+    """Methods (``cmt.methods``) this benchmark compares."""
+    target_returns: ClassVar[tuple[str, ...]]
+    """Accepted ``evaluate.target_return`` modes of return-conditioned methods."""
+
+    def expected_name(self) -> str:
+        """The dataset id these settings describe."""
+        return self.benchmark
+
+    @model_validator(mode="after")
+    def _name_matches(self) -> DataSection:
+        expected = self.expected_name()
+        if not self.name:
+            object.__setattr__(self, "name", expected)  # frozen model: fill the derived id
+        elif self.name != expected:
+            raise ValueError(
+                f"name {self.name!r} does not match these settings: expected {expected!r} "
+                "(it names data/<name> and the registered model)"
+            )
+        return self
+
+    def build(self) -> Benchmark:
+        """The benchmark these settings describe."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Spaces:
+    """Observation and action spaces of one agent, and how many agents act."""
+
+    obs_dim: int
+    act_dim: int  # width of a continuous action, or the number of discrete actions
+    discrete: bool = False
+    num_agents: int = 1
+
+
+@dataclass(frozen=True)
+class Data:
+    """A loaded, validated dataset directory."""
+
+    train: OfflineDataset  # what every backbone pretrains on
+    demos: (
+        OfflineDataset | None
+    )  # few-shot demonstrations of unseen tasks, if the benchmark has any
+    references: dict[int, tuple[float, float]]  # task -> (random, expert) return of its score
+
+
+@dataclass(frozen=True)
+class PromptData:
+    """The data of one task's prompt: the zero-shot prompt and tuning use ``fit``, early
+    stopping uses ``val`` (never seen by any prompt), and the ``return_weighted`` objective
+    samples ``pool`` (``fit`` when None)."""
+
+    fit: OfflineDataset
+    val: OfflineDataset
+    pool: OfflineDataset | None = None
+
+
+class Benchmark(ABC):
+    """One setting: spaces, tasks, datasets, prompt data and scores (see module docstring)."""
+
+    levels: ClassVar[tuple[str, ...]]
+    """Behaviour levels of the training data; ``infos/level`` indexes this tuple."""
+    kind: ClassVar[str]
+    """The setting, for grouping results tables (datasets of one kind share their methods)."""
+    score_caption: ClassVar[str] = "Score: 100 × (R − random) / (expert − random) per task."
+
+    def __init__(self, cfg: DataSection) -> None:
+        self.cfg = cfg
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    # ------------------------------------------------------------------ environment side
+    @property
+    @abstractmethod
+    def spaces(self) -> Spaces: ...
+
+    @property
+    @abstractmethod
+    def eval_tasks(self) -> tuple[int, ...]:
+        """Tasks that prompts are made for and that are evaluated."""
+
+    @property
+    @abstractmethod
+    def horizon(self) -> int:
+        """Episode length limit of evaluation rollouts."""
+
+    @abstractmethod
+    def make_batched_env(self, task_ids: np.ndarray) -> BatchedEnv:
+        """One evaluation episode per entry of ``task_ids``, stepped together."""
+
+    # ------------------------------------------------------------------ data side
+    @abstractmethod
+    def build_datasets(
+        self,
+        out_dir: Path,
+        behaviour_root: Path | None = None,
+        on_metrics: MetricsCallback | None = None,
+        progress: bool = True,
+    ) -> dict[str, Any]:
+        """Write the dataset directory (``collect``); returns a JSON-able summary.
+
+        Trained behaviour policies keep resumable checkpoints under ``behaviour_root``."""
+
+    def load(self, data_dir: str | Path) -> Data:
+        """Read and validate a dataset directory written by :meth:`build_datasets`."""
+        from cmt.data.dataset import OfflineDataset
+        from cmt.data.hdf5 import read_hdf5
+
+        data_dir = Path(data_dir)
+        refs = json.loads((data_dir / REFERENCES_FILE).read_text())
+        demos = data_dir / DEMOS_FILE
+        return Data(
+            train=OfflineDataset(read_hdf5(data_dir / TRAIN_FILE)),
+            demos=OfflineDataset(read_hdf5(demos)) if demos.exists() else None,
+            references={
+                int(k): (float(v["random"]), float(v["expert"]))
+                for k, v in refs.items()
+                if k.isdigit()
+            },
+        )
+
+    @abstractmethod
+    def prompt_target(self, data: Data, task: int) -> OfflineDataset:
+        """The episodes a task's prompt is fitted on (demonstrations, or the best episodes)."""
+
+    def prompt_data(self, data: Data, task: int, val_fraction: float, seed: int) -> PromptData:
+        """``prompt_target`` split into fitting and held-out validation episodes."""
+        fit, val = self.prompt_target(data, task).split_episodes(val_fraction, seed)
+        return PromptData(fit, val)
+
+    def target_return(self, data: Data, task: int, mode: str) -> float:
+        """Return-to-go target of return-conditioned methods on ``task``."""
+        if mode == "max_train":
+            return float(data.train.ep_return.max())
+        if mode == "demo" and data.demos is not None:
+            return float(data.demos.select_tasks([task]).ep_return.mean())
+        raise ValueError(f"target_return {mode!r} is not defined for benchmark {self.name!r}")
+
+    # ------------------------------------------------------------------ scores
+    def score(self, data: Data, task: int, returns: np.ndarray) -> np.ndarray:
+        """Normalised score of episode returns: 0 = the task's random, 100 = its expert."""
+        random, expert = data.references[task]
+        return 100.0 * (np.asarray(returns, dtype=np.float64) - random) / (expert - random)
+
+    def episode_scores(self, data: Data, ds: OfflineDataset) -> np.ndarray:
+        """Normalised score of every episode of ``ds`` (each scored as its own task); (E,)."""
+        scores = np.empty(ds.num_episodes)
+        for task in np.unique(ds.ep_task):
+            mine = ds.ep_task == task
+            scores[mine] = self.score(data, int(task), ds.ep_return[mine])
+        return scores
+
+    def describe(self, episodes: int) -> str:
+        """One sentence on what a results table of this benchmark shows."""
+        return (
+            f"Test tasks {list(self.eval_tasks)} of {self.name}; mean ± std over seeds of the "
+            f"mean over tasks ({episodes} episodes per task). {self.score_caption}"
+        )
+
+    def published(self) -> dict[str, Any] | None:
+        """A published result to show beside ours: ``{"label", "value", "metric"}``."""
+        return None

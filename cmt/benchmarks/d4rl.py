@@ -1,0 +1,312 @@
+"""Single-agent offline RL on D4RL-style data: Hopper, HalfCheetah and Walker2d (Gymnasium v5).
+
+One dataset, one task (task id 0). The datasets are built in the ``collect`` stage as D4RL
+built its levels (docs/d4rl.md): SAC trains on the environment's own reward; *random* is a
+uniform policy, *medium* the first snapshot at about a third of the way from random to the
+final (*expert*) snapshot, *medium-replay* SAC's replay buffer up to that snapshot, and
+*medium-expert* the medium and expert episodes together. ``data.source`` reads a real D4RL
+HDF5 file or a Minari dataset instead. Returns are scored with D4RL's reference constants.
+
+Prompts encode behaviour quality here: a prompt is fitted on the dataset's highest-return
+episodes (``top_fraction``), and tuning early-stops on held-out ones.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+
+from cmt.atomic import write_json
+from cmt.benchmarks.base import (
+    REFERENCES_FILE,
+    TRAIN_FILE,
+    Benchmark,
+    Data,
+    DataSection,
+    MetricsCallback,
+    PromptData,
+    Spaces,
+)
+from cmt.data.d4rl import REF_RETURNS
+from cmt.envs.generate import LEVELS
+from cmt.sections import SacConfig
+
+if TYPE_CHECKING:
+    from cmt.data.dataset import OfflineDataset
+    from cmt.data.schema import TransitionData
+    from cmt.envs.mujoco_tasks import BatchedTaskEnv, MujocoTaskFamily
+    from cmt.envs.sac_data import Behaviour
+
+Env = Literal["halfcheetah", "hopper", "walker2d"]
+Level = Literal["random", "medium", "medium_replay", "medium_expert", "expert"]
+
+DT_PAPER_SCORES: dict[tuple[str, str], float] = {
+    ("halfcheetah", "medium"): 42.6,
+    ("halfcheetah", "medium_replay"): 36.6,
+    ("halfcheetah", "medium_expert"): 86.8,
+    ("hopper", "medium"): 67.6,
+    ("hopper", "medium_replay"): 82.7,
+    ("hopper", "medium_expert"): 107.6,
+    ("walker2d", "medium"): 74.0,
+    ("walker2d", "medium_replay"): 66.6,
+    ("walker2d", "medium_expert"): 108.1,
+}
+"""Decision Transformer's D4RL normalised scores (Chen et al. 2021, Table 2), on D4RL's own
+v2 datasets: context for our reduced-budget v5 data, not a same-data comparison."""
+
+DT_PAPER_TARGETS: dict[str, float] = {"halfcheetah": 6000.0, "hopper": 3600.0, "walker2d": 5000.0}
+"""Return-to-go targets of the Decision Transformer paper's D4RL evaluations."""
+
+# SAC settings of the reduced budget: about 25 minutes per environment on one CPU core.
+REDUCED_SAC = SacConfig(sac_steps=100_000, learning_starts=5_000, eval_every=5_000, eval_episodes=2)
+
+
+def _reduced_sac() -> SacConfig:
+    return REDUCED_SAC
+
+
+class D4RLData(DataSection):
+    """``data`` section of a D4RL-style dataset."""
+
+    benchmark: Literal["d4rl"] = Field(description="Benchmark id.")
+    env: Env = Field(description="D4RL environment (its v5 Gymnasium env is evaluated).")
+    level: Level = Field(
+        description="D4RL level: random, medium, medium_replay, medium_expert or expert."
+    )
+    source: str | None = Field(
+        None,
+        description="A real dataset instead of generating one: a D4RL HDF5 file "
+        "(e.g. hopper-medium-replay-v2.hdf5) or a Minari dataset directory; the name is "
+        "then the file's stem.",
+    )
+    transitions: int = Field(
+        100_000,
+        ge=1000,
+        description="Transitions per policy level (whole episodes, at least this many); "
+        "D4RL has 1M (medium-expert holds two levels, medium-replay the replay buffer).",
+    )
+    top_fraction: float = Field(
+        0.1,
+        gt=0.0,
+        le=1.0,
+        description="Share of the highest-return episodes that prompts are fitted on "
+        "(the rest of the method sees all data).",
+    )
+    reference_episodes: int = Field(
+        10, ge=1, description="Episodes that measure the behaviour's own random/expert return."
+    )
+    sac: SacConfig = Field(default_factory=_reduced_sac, description="SAC behaviour policies.")
+
+    methods: ClassVar[tuple[str, ...]] = ("dt", "bc", "filtered_bc", "cmt_zero_shot", "cmt_tuned")
+    target_returns: ClassVar[tuple[str, ...]] = ("dt_paper", "max_train")
+
+    def expected_name(self) -> str:
+        if self.source:
+            return Path(self.source).name.removesuffix(".hdf5").removesuffix(".h5")
+        return f"{self.env}_{self.level}"
+
+    def build(self) -> D4RL:
+        return D4RL(self)
+
+
+class D4RL(Benchmark):
+    """A D4RL-style dataset of one environment at one level."""
+
+    cfg: D4RLData
+    levels: ClassVar[tuple[str, ...]] = LEVELS
+    kind: ClassVar[str] = "Single-agent offline RL (D4RL-style)"
+
+    def __init__(self, cfg: D4RLData) -> None:
+        from cmt.envs.mujoco_tasks import single_task_family
+
+        super().__init__(cfg)
+        self.family: MujocoTaskFamily = single_task_family(cfg.env)
+
+    @property
+    def spaces(self) -> Spaces:
+        return Spaces(self.family.obs_dim, self.family.act_dim)
+
+    @property
+    def eval_tasks(self) -> tuple[int, ...]:
+        return (0,)
+
+    @property
+    def horizon(self) -> int:
+        return self.family.horizon
+
+    def make_batched_env(self, task_ids: np.ndarray) -> BatchedTaskEnv:
+        return self.family.make_batched_env(task_ids)
+
+    # ------------------------------------------------------------------ datasets
+    def build_datasets(
+        self,
+        out_dir: Path,
+        behaviour_root: Path | None = None,
+        on_metrics: MetricsCallback | None = None,
+        progress: bool = True,
+    ) -> dict[str, Any]:
+        from cmt.data.hdf5 import write_hdf5
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if self.cfg.source:
+            data, behaviour_refs = self._read_source(), {}
+        else:
+            data, behaviour_refs = self._generate(out_dir, behaviour_root, on_metrics, progress)
+        write_hdf5(out_dir / TRAIN_FILE, data)
+        low, high = REF_RETURNS[self.cfg.env]
+        write_json(
+            out_dir / REFERENCES_FILE,
+            {
+                "env": self.cfg.env,
+                "scored_with": "D4RL reference returns",
+                "0": {"random": low, "expert": high},
+                "behaviour": behaviour_refs,
+            },
+        )
+        returns = _episode_returns(data)
+        score = 100.0 * (returns - low) / (high - low)
+        return {
+            "dataset": self.name,
+            "train": {
+                "episodes": int(returns.size),
+                "transitions": len(data),
+                "return_mean": float(returns.mean()),
+                "return_max": float(returns.max()),
+                "score_mean": float(score.mean()),
+                "score_max": float(score.max()),
+            },
+            "behaviour": behaviour_refs,
+        }
+
+    def _read_source(self) -> TransitionData:
+        from cmt.data.sources import read_source
+
+        return read_source(
+            self.cfg.source,
+            env_id=self.family.env_id,
+            obs_dim=self.family.obs_dim,
+            act_dim=self.family.act_dim,
+        )
+
+    def _generate(
+        self,
+        out_dir: Path,
+        behaviour_root: Path | None,
+        on_metrics: MetricsCallback | None,
+        progress: bool,
+    ) -> tuple[TransitionData, dict[str, Any]]:
+        from cmt.envs.generate import concat_transitions
+        from cmt.envs.sac_data import train_behaviour
+
+        cfg = self.cfg
+        ckpt = None if behaviour_root is None else Path(behaviour_root) / cfg.env
+        behaviour = train_behaviour(
+            self.family, cfg.sac, cfg.seed, cfg.reference_episodes, ckpt, on_metrics, progress
+        )
+        parts = {
+            "random": ["random"],
+            "medium": ["medium"],
+            "expert": ["expert"],
+            "medium_replay": ["medium_replay"],
+            "medium_expert": ["medium", "expert"],
+        }[cfg.level]
+        pieces = [
+            behaviour.replay() if p == "medium_replay" else self._episodes(behaviour, p)
+            for p in parts
+        ]
+        meta = {
+            "env": cfg.env,
+            "env_id": self.family.env_id,
+            "level": cfg.level,
+            "levels": list(LEVELS),
+            "seed": cfg.seed,
+            "num_tasks": 1,
+            **behaviour.metadata(),
+        }
+        data = concat_transitions(pieces, meta)
+        behaviour.save(out_dir)
+        refs = {
+            "random": float(behaviour.random_ref[0]),
+            "expert": float(behaviour.expert_reference(cfg.reference_episodes)[0]),
+            "medium_snapshot": float(behaviour.medium["returns"].mean()),
+            "sac": behaviour.summary(),
+        }
+        return data, refs
+
+    def _episodes(self, behaviour: Behaviour, level: str) -> TransitionData:
+        """Whole episodes of ``level`` until at least ``cfg.transitions`` transitions."""
+        from cmt.envs.generate import concat_transitions
+
+        batch = max(1, math.ceil(self.cfg.transitions / self.horizon))
+        pieces, total = [], 0
+        while total < self.cfg.transitions:
+            data, _ = behaviour.run(f"train/{level}", np.zeros(batch, dtype=np.int64))
+            pieces.append(data)
+            total += len(data)
+        return concat_transitions(pieces)
+
+    # ------------------------------------------------------------------ prompts and scores
+    def prompt_target(self, data: Data, task: int) -> OfflineDataset:
+        return data.train.select_episodes(self._top_episodes(data.train))
+
+    def _top_episodes(self, ds: OfflineDataset) -> np.ndarray:
+        """The ``top_fraction`` highest-return episodes (at least two), in dataset order."""
+        n = max(2, math.ceil(self.cfg.top_fraction * ds.num_episodes))
+        return np.sort(np.argsort(-ds.ep_return, kind="stable")[:n])
+
+    def prompt_data(self, data: Data, task: int, val_fraction: float, seed: int) -> PromptData:
+        """Fit on some top episodes, validate on the others; ``return_weighted`` samples every
+        episode except the validation ones."""
+        top = self._top_episodes(data.train)
+        perm = np.random.default_rng(seed).permutation(top.size)
+        n_val = min(max(1, round(val_fraction * top.size)), top.size - 1)
+        val_eps, fit_eps = np.sort(top[perm[:n_val]]), np.sort(top[perm[n_val:]])
+        rest = np.setdiff1d(np.arange(data.train.num_episodes), val_eps)
+        return PromptData(
+            fit=data.train.select_episodes(fit_eps, seed=seed),
+            val=data.train.select_episodes(val_eps, seed=seed + 1),
+            pool=data.train.select_episodes(rest, seed=seed + 2),
+        )
+
+    def score(self, data: Data, task: int, returns: np.ndarray) -> np.ndarray:
+        """D4RL's normalised score, with D4RL's reference returns of the environment."""
+        from cmt.data.d4rl import normalized_score
+
+        return np.asarray(normalized_score(self.cfg.env, np.asarray(returns, dtype=np.float64)))
+
+    def target_return(self, data: Data, task: int, mode: str) -> float:
+        if mode == "dt_paper":
+            return DT_PAPER_TARGETS[self.cfg.env]
+        return super().target_return(data, task, mode)
+
+    score_caption: ClassVar[str] = (
+        "D4RL normalised score: 100 × (R − random) / (expert − random) with D4RL's reference "
+        "returns."
+    )
+
+    def describe(self, episodes: int) -> str:
+        low, high = REF_RETURNS[self.cfg.env]
+        return (
+            f"{self.name} ({self.family.env_id}); mean ± std over seeds of {episodes} "
+            f"evaluation episodes each. D4RL normalised score: 100 × (R − {low:g}) / "
+            f"({high:g} − {low:g})."
+        )
+
+    def published(self) -> dict[str, Any] | None:
+        value = DT_PAPER_SCORES.get((self.cfg.env, self.cfg.level))
+        if value is None:
+            return None
+        return {"label": "DT (paper, D4RL v2)", "value": value, "metric": "score_mean"}
+
+
+def _episode_returns(data: TransitionData) -> np.ndarray:
+    from cmt.data.hdf5 import episode_bounds
+
+    starts, lengths = episode_bounds(data.terminals, data.timeouts)
+    csum = np.concatenate([[0.0], np.cumsum(data.rewards, dtype=np.float64)])
+    return csum[starts + lengths] - csum[starts]

@@ -1,0 +1,71 @@
+"""What the offline meta-RL benchmarks share: a task family with a train/test split, few-shot
+demonstrations of the unseen test tasks as the prompt data, and per-task reference returns."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+from pydantic import Field
+
+from cmt.benchmarks.base import Benchmark, Data, DataSection, Spaces
+
+if TYPE_CHECKING:
+    from cmt.data.dataset import OfflineDataset
+    from cmt.envs.registry import BatchedEnv, TaskFamily
+
+
+class MetaData(DataSection):
+    """Fields of every meta-RL ``data`` section."""
+
+    test_tasks: tuple[int, ...] = Field(
+        (2, 7, 15, 23, 26),
+        min_length=1,
+        description="Task ids whose prompts are made from demonstrations and that are "
+        "evaluated (held out from pretraining unless the benchmark trains on them).",
+    )
+    episodes_per_level: int = Field(
+        10,
+        ge=1,
+        description="Episodes per behaviour level and training task (point robot: random, "
+        "medium, expert; MuJoCo: medium and expert, plus the medium-replay episodes).",
+    )
+    demo_episodes: int = Field(
+        5, ge=2, description="Expert demonstration episodes per test task (few-shot target data)."
+    )
+    reference_episodes: int = Field(
+        20, ge=1, description="Episodes used to measure each task's random and expert return."
+    )
+
+    methods: ClassVar[tuple[str, ...]] = ("mtdt", "prompt_dt", "cmt_zero_shot", "cmt_tuned")
+    target_returns: ClassVar[tuple[str, ...]] = ("demo", "max_train")
+
+
+class MetaBenchmark(Benchmark):
+    """A task family: prompts for the test tasks come from their demonstrations."""
+
+    cfg: MetaData
+    kind: ClassVar[str] = "Offline meta-RL"
+
+    def __init__(self, cfg: MetaData, family: TaskFamily) -> None:
+        super().__init__(cfg)
+        self.family = family
+
+    @property
+    def spaces(self) -> Spaces:
+        return Spaces(self.family.obs_dim, self.family.act_dim)
+
+    @property
+    def eval_tasks(self) -> tuple[int, ...]:
+        return tuple(self.cfg.test_tasks)
+
+    @property
+    def horizon(self) -> int:
+        return self.family.horizon
+
+    def make_batched_env(self, task_ids: np.ndarray) -> BatchedEnv:
+        return self.family.make_batched_env(task_ids)
+
+    def prompt_target(self, data: Data, task: int) -> OfflineDataset:
+        assert data.demos is not None, "meta-RL datasets always have demos.hdf5"
+        return data.demos.select_tasks([task])

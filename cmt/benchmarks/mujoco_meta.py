@@ -1,0 +1,92 @@
+"""The MuJoCo meta-RL benchmarks of MACAW and Prompt-DT: cheetah-vel, cheetah-dir, ant-dir.
+
+Task families on Gymnasium v5 (``cmt/envs/mujoco_tasks.py``); the offline data comes from one
+task-conditioned SAC policy per family, trained in the ``collect`` stage
+(``cmt/envs/sac_data.py``, docs/mujoco.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from cmt.benchmarks.base import MetricsCallback
+from cmt.benchmarks.meta import MetaBenchmark, MetaData
+from cmt.envs.generate import LEVELS
+from cmt.sections import SacConfig
+
+
+class MujocoMetaData(MetaData):
+    """``data`` section of a MuJoCo meta-RL family."""
+
+    benchmark: Literal["cheetah_vel", "cheetah_dir", "ant_dir"] = Field(
+        description="Task family (presets/<family>.yaml)."
+    )
+    num_tasks: int | None = Field(
+        None,
+        ge=2,
+        description="Keep only the family's first tasks (tests); null = all of them.",
+    )
+    sac: SacConfig = Field(default_factory=SacConfig, description="SAC behaviour policies.")
+
+    @model_validator(mode="after")
+    def _split_of_the_benchmark(self) -> MujocoMetaData:
+        from cmt.envs.mujoco_tasks import task_split
+
+        # A subset of the benchmark's test tasks is fine (the evaluate stage maps over them);
+        # a training task named as a test task is not.
+        _, test = task_split(self.benchmark, self.num_tasks)
+        if not set(self.test_tasks) <= set(test):
+            raise ValueError(
+                f"test_tasks {list(self.test_tasks)} disagree with the {self.benchmark} split "
+                f"(test tasks {list(test)} for num_tasks={self.num_tasks})"
+            )
+        return self
+
+    def build(self) -> MujocoMeta:
+        return MujocoMeta(self)
+
+
+class MujocoMeta(MetaBenchmark):
+    """A MuJoCo task family with SAC-generated medium, expert and medium-replay data."""
+
+    cfg: MujocoMetaData
+    levels: ClassVar[tuple[str, ...]] = LEVELS
+
+    def __init__(self, cfg: MujocoMetaData) -> None:
+        from cmt.envs.mujoco_tasks import mujoco_family
+
+        super().__init__(cfg, mujoco_family(cfg.benchmark, cfg.num_tasks))
+
+    def build_datasets(
+        self,
+        out_dir: Path,
+        behaviour_root: Path | None = None,
+        on_metrics: MetricsCallback | None = None,
+        progress: bool = True,
+    ) -> dict[str, Any]:
+        from cmt.envs.sac_data import generate_mujoco
+
+        ckpt = None if behaviour_root is None else Path(behaviour_root) / self.family.name
+        return generate_mujoco(self.family, self.cfg, out_dir, ckpt, on_metrics, progress)
+
+    def describe(self, episodes: int) -> str:
+        text = super().describe(episodes)
+        if self.family.test_tasks_seen:
+            text = text.replace(f"of {self.name};", f"of {self.name} (also training tasks);")
+        return text
+
+    def published(self) -> dict[str, Any] | None:
+        value = PROMPT_DT_PUBLISHED[self.cfg.benchmark]
+        return {"label": "Prompt-DT (published)", "value": value, "metric": "return_mean"}
+
+
+PROMPT_DT_PUBLISHED: dict[str, float] = {
+    "cheetah_dir": 927.2,
+    "cheetah_vel": -37.9,
+    "ant_dir": 367.1,
+}
+"""Prompt-DT's published return on the test tasks with expert data and K* = 5 (Xu et al.,
+ICML 2022). Other environments, data and budgets (docs/mujoco.md): context only."""

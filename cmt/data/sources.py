@@ -1,0 +1,587 @@
+"""Load a real offline dataset that is already on disk into :class:`TransitionData`.
+
+Two kinds of source, both single-task (task id 0 everywhere):
+
+* a D4RL HDF5 file (``hopper-medium-replay-v2.hdf5``), read with :func:`read_hdf5`;
+* a Minari dataset directory (``<dir>/data/main_data.hdf5`` + ``<dir>/data/metadata.json``),
+  read through Minari's own :class:`minari.MinariDataset` and flattened into D4RL's layout.
+
+Everything that can be checked from the files' metadata and array shapes (HDF5 readable,
+observation / action widths, environment, episode counts) is checked before any array is
+read; what can only be checked on the values (finite numbers, dtypes, episode boundaries)
+is checked right after, by :func:`validate`. Every problem raises :class:`DatasetError`
+naming the file, the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from cmt.data.hdf5 import DatasetError, episode_bounds, read_hdf5, validate
+from cmt.data.schema import TransitionData
+
+__all__ = ["read_d4rl_file", "read_minari_dataset", "read_source"]
+
+HDF5_SUFFIXES = (".hdf5", ".h5")
+_MINARI_DATA = "main_data.hdf5"
+_MINARI_META = "metadata.json"
+_EPISODE_RE = re.compile(r"episode_(\d+)")
+
+# D4RL dataset-name prefix -> Gymnasium environment name (only used for a warning).
+_D4RL_ENV_NAMES = {
+    "halfcheetah": "HalfCheetah",
+    "hopper": "Hopper",
+    "walker2d": "Walker2d",
+    "ant": "Ant",
+}
+
+
+def _error(source: str | Path, key: str | None, what: str) -> DatasetError:
+    """Same message format as :mod:`cmt.data.hdf5`: ``<file>: key '<key>': <problem>``."""
+    if key is None:
+        return DatasetError(f"{source}: {what}")
+    return DatasetError(f"{source}: key '{key}': {what}")
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def read_source(path: str | Path, *, env_id: str, obs_dim: int, act_dim: int) -> TransitionData:
+    """A real dataset on disk: a D4RL HDF5 file (path ends with .hdf5/.h5) or a Minari dataset
+    directory (has data/main_data.hdf5). Validated, task id 0 everywhere, metadata records
+    'source' (the path) and 'source_kind' ('d4rl' or 'minari')."""
+    path = Path(path)
+    if not path.exists():
+        raise _error(path, None, "no such file or directory")
+    if path.is_dir():
+        return read_minari_dataset(path, env_id=env_id, obs_dim=obs_dim, act_dim=act_dim)
+    if path.suffix.lower() not in HDF5_SUFFIXES:
+        raise _error(
+            path,
+            None,
+            "not a dataset source: expected a D4RL file ending in .hdf5/.h5 "
+            "or a Minari dataset directory",
+        )
+    _warn_d4rl_env_name(path, env_id)
+    return read_d4rl_file(path, obs_dim=obs_dim, act_dim=act_dim)
+
+
+def _warn_d4rl_env_name(path: Path, env_id: str) -> None:
+    """Warn when a D4RL file name ("walker2d-medium-v2.hdf5") names another environment."""
+    recorded = _D4RL_ENV_NAMES.get(path.stem.split("-", 1)[0].lower())
+    wanted = _parse_env_id(env_id)[1]
+    if recorded is not None and recorded.lower() != wanted.lower():
+        warnings.warn(
+            f"{path}: the file name suggests a {recorded} dataset, but env_id is {env_id!r}",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+# --------------------------------------------------------------------------- D4RL
+
+
+def read_d4rl_file(path: str | Path, *, obs_dim: int, act_dim: int) -> TransitionData:
+    """Read a D4RL-layout HDF5 file (e.g. ``hopper-medium-replay-v2.hdf5``).
+
+    Widths are checked on the dataset shapes before anything is read. Metadata that is not a
+    scalar, string or 1-D list (D4RL's ``metadata/policy/*/weight`` matrices) is dropped. A
+    file whose last transition ends no episode gets it marked as a timeout, with a warning
+    (from :func:`read_hdf5`). Transitions whose ``next_observations`` differs from the
+    following row's ``observations`` without an episode end are reported in a warning:
+    they are unmarked episode boundaries or corrupted values.
+    """
+    path = Path(path)
+    source = str(path)
+    if not path.exists():
+        raise _error(source, None, "no such file or directory")
+    if path.is_dir():
+        raise _error(source, None, "is a directory, expected a D4RL HDF5 file")
+    try:
+        with h5py.File(path, "r") as f:
+            _check_d4rl_shapes(f, source, obs_dim, act_dim)
+    except OSError as exc:  # not HDF5, truncated or corrupt header
+        raise _error(
+            source, None, f"cannot read as HDF5, not HDF5 or truncated/corrupt ({exc})"
+        ) from exc
+
+    try:
+        data = read_hdf5(path, default_task_id=0)
+    except DatasetError as exc:
+        if isinstance(exc.__cause__, OSError):  # a data block could not be read back
+            key, cause = _find_unreadable(path)
+            if key is not None:
+                raise _error(
+                    source, key, f"cannot read the data, corrupt or truncated file ({cause})"
+                ) from exc
+        raise
+
+    if np.any(data.task_ids != 0):
+        first = int(np.flatnonzero(data.task_ids != 0)[0])
+        raise _error(
+            source,
+            "task_id",
+            f"a real single-task dataset must have task id 0, found {data.task_ids[first]} "
+            f"at index {first}; read multi-task files with cmt.data.hdf5.read_hdf5",
+        )
+    _warn_next_observation_mismatch(data, source)
+
+    metadata = {k: v for k, v in data.metadata.items() if _is_flat_metadata(v)}
+    metadata.update(source=source, source_kind="d4rl")
+    out = TransitionData(
+        observations=data.observations,
+        actions=data.actions,
+        rewards=data.rewards,
+        terminals=data.terminals,
+        timeouts=data.timeouts,
+        next_observations=data.next_observations,
+        task_ids=data.task_ids,
+        infos=data.infos,
+        metadata=metadata,
+    )
+    validate(out, source)
+    return out
+
+
+def _check_d4rl_shapes(f: h5py.File, source: str, obs_dim: int, act_dim: int) -> None:
+    if "observations" not in f and any(_EPISODE_RE.fullmatch(k) for k in f):
+        raise _error(
+            source,
+            "observations",
+            "missing; this looks like a Minari main_data.hdf5, pass the Minari dataset "
+            "directory instead",
+        )
+    for key, name, want in (("observations", "obs_dim", obs_dim), ("actions", "act_dim", act_dim)):
+        if key not in f:
+            raise _error(source, key, "missing required dataset")
+        ds = f[key]
+        if not isinstance(ds, h5py.Dataset):
+            raise _error(source, key, "is a group, expected a dataset")
+        if len(ds.shape) != 2:
+            raise _error(source, key, f"expected a 2-D (N, width) array, got shape {ds.shape}")
+        if ds.shape[1] != want:
+            raise _error(
+                source, key, f"width {ds.shape[1]} does not match the expected {name}={want}"
+            )
+
+
+def _find_unreadable(path: Path) -> tuple[str | None, OSError | None]:
+    """First dataset in the file whose data HDF5 cannot read back, and the error."""
+    found: list[tuple[str, OSError]] = []
+
+    def visit(name: str, obj: Any) -> bool | None:
+        if isinstance(obj, h5py.Dataset):
+            try:
+                obj[()]
+            except OSError as exc:
+                found.append((name, exc))
+                return True  # stop visiting
+        return None
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(visit)
+    except OSError:
+        return None, None
+    return found[0] if found else (None, None)
+
+
+def _warn_next_observation_mismatch(data: TransitionData, source: str) -> None:
+    ends = data.terminals | data.timeouts
+    differs = np.any(data.next_observations[:-1] != data.observations[1:], axis=1) & ~ends[:-1]
+    if differs.any():
+        first = int(np.flatnonzero(differs)[0])
+        warnings.warn(
+            f"{source}: key 'next_observations': {int(differs.sum())} transition(s) differ from "
+            f"the next row's observations without an episode end (first at index {first}): "
+            "unmarked episode boundaries or corrupted values",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _is_flat_metadata(value: Any) -> bool:
+    """Scalars, strings and flat lists of them survive; nested lists (matrices) do not."""
+    if isinstance(value, bool | int | float | str):
+        return True
+    if isinstance(value, list):
+        return all(isinstance(v, bool | int | float | str) for v in value)
+    return False
+
+
+# --------------------------------------------------------------------------- Minari
+
+
+def read_minari_dataset(
+    path: str | Path, *, env_id: str, obs_dim: int, act_dim: int
+) -> TransitionData:
+    """Read a Minari dataset directory (or its ``data/`` folder) into D4RL's flat layout.
+
+    Loaded with :class:`minari.MinariDataset` on the local data path (no network). Per
+    episode: ``observations = obs[:-1]``, ``next_observations = obs[1:]``, terminations ->
+    ``terminals`` and truncations -> ``timeouts`` (kept apart); an episode whose last step is
+    neither (a recording cut short) gets it marked as a timeout, with a warning. Numeric
+    ``infos`` with one entry per observation (reset included) are kept, aligned with
+    ``observations`` (entry t came with observation t, like D4RL's ``infos/qpos``).
+    Only flat float Box observation and action spaces are supported.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise _error(path, None, "no such file or directory")
+    data_dir = _minari_data_dir(path)
+    meta_path = data_dir / _MINARI_META
+    main_path = data_dir / _MINARI_DATA
+
+    meta = _read_minari_metadata(meta_path, main_path)
+    recorded_env = _check_env_spec(meta, meta_path, env_id)
+    for key in ("total_episodes", "total_steps"):
+        value = meta.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise _error(meta_path, key, f"expected a non-negative integer, got {value!r}")
+
+    dataset = _open_minari(data_dir, meta_path)
+    _check_box(dataset.observation_space, meta_path, "observation_space", "observations", obs_dim)
+    _check_box(dataset.action_space, meta_path, "action_space", "actions", act_dim)
+    _check_episode_layout(main_path, meta, obs_dim, act_dim)
+
+    try:
+        data = _flatten_episodes(dataset, main_path, meta_path)
+    except OSError as exc:  # a data block HDF5 could not read back
+        key, cause = _find_unreadable(main_path)
+        raise _error(
+            main_path, key, f"cannot read the data, corrupt or truncated file ({cause or exc})"
+        ) from exc
+
+    metadata: dict[str, Any] = {
+        "source": str(path),
+        "source_kind": "minari",
+        "dataset_id": str(meta.get("dataset_id", "")),
+        "env_id": recorded_env,
+        "minari_version": str(meta.get("minari_version", "")),
+        "total_episodes": int(meta["total_episodes"]),
+        "total_steps": int(meta["total_steps"]),
+    }
+    if isinstance(meta.get("algorithm_name"), str):
+        metadata["algorithm"] = meta["algorithm_name"]
+    out = TransitionData(**data, metadata=metadata)
+    validate(out, str(main_path))
+    return out
+
+
+def _minari_data_dir(path: Path) -> Path:
+    """``<dir>/data`` of a Minari dataset directory; ``path`` itself if it is that folder."""
+    if path.is_dir():
+        for candidate in (path / "data", path):
+            if (candidate / _MINARI_DATA).is_file() or (candidate / _MINARI_META).is_file():
+                return candidate
+    raise _error(
+        path,
+        None,
+        f"not a Minari dataset directory (no data/{_MINARI_DATA} or data/{_MINARI_META})",
+    )
+
+
+def _read_minari_metadata(meta_path: Path, main_path: Path) -> dict[str, Any]:
+    if not meta_path.is_file():
+        raise _error(meta_path, _MINARI_META, "missing: no such file")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _error(meta_path, _MINARI_META, f"not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise _error(meta_path, _MINARI_META, f"expected a JSON object, got {type(meta).__name__}")
+    data_format = meta.get("data_format")
+    if data_format != "hdf5":
+        raise _error(
+            meta_path,
+            "data_format",
+            f"only Minari's 'hdf5' storage is supported, got {data_format!r}",
+        )
+    if not main_path.is_file():
+        raise _error(main_path, _MINARI_DATA, "missing: no such file")
+    return meta
+
+
+def _parse_env_id(env_id: str) -> tuple[str | None, str, int | None]:
+    from gymnasium.envs.registration import parse_env_id
+
+    try:
+        return parse_env_id(env_id)
+    except Exception as exc:  # gymnasium.error.Error for malformed ids
+        raise ValueError(f"malformed Gymnasium env id {env_id!r} ({exc})") from exc
+
+
+def _check_env_spec(meta: dict[str, Any], meta_path: Path, env_id: str) -> str:
+    """The recorded env id; an error if its environment differs from ``env_id``'s."""
+    wanted_ns, wanted_name, wanted_version = _parse_env_id(env_id)
+    spec = meta.get("env_spec")
+    if spec is None:
+        raise _error(
+            meta_path, "env_spec", f"missing: cannot check the data was recorded on {env_id}"
+        )
+    try:
+        spec_dict = json.loads(spec) if isinstance(spec, str) else spec
+        recorded = spec_dict["id"]
+        if not isinstance(recorded, str):
+            raise TypeError(f"id is {type(recorded).__name__}")
+        ns, name, version = _parse_env_id(recorded)
+    except (json.JSONDecodeError, TypeError, KeyError, ValueError) as exc:
+        raise _error(meta_path, "env_spec", f"no readable environment id ({exc!r})") from exc
+    if (ns, name) != (wanted_ns, wanted_name):
+        raise _error(
+            meta_path,
+            "env_spec",
+            f"recorded on environment {recorded!r}, which is not {env_id!r} "
+            f"(environment name {name!r} != {wanted_name!r})",
+        )
+    if version != wanted_version:
+        warnings.warn(
+            f"{meta_path}: key 'env_spec': recorded on {recorded!r}, evaluated on {env_id!r} "
+            "(same environment, different version)",
+            UserWarning,
+            stacklevel=3,
+        )
+    return recorded
+
+
+def _open_minari(data_dir: Path, meta_path: Path) -> Any:
+    """``minari.MinariDataset`` on the local data path; reads metadata only, no episodes."""
+    import minari
+
+    try:
+        return minari.MinariDataset(data_dir)
+    # Minari signals bad metadata with ValueError, KeyError and bare asserts.
+    except (ValueError, KeyError, TypeError, AssertionError) as exc:
+        raise _error(meta_path, _MINARI_META, f"Minari cannot open the dataset ({exc!r})") from exc
+
+
+def _check_box(space: Any, meta_path: Path, space_key: str, data_key: str, want: int) -> None:
+    from gymnasium import spaces
+
+    if (
+        not isinstance(space, spaces.Box)
+        or len(space.shape) != 1
+        or not np.issubdtype(space.dtype, np.floating)
+    ):
+        raise _error(
+            meta_path,
+            space_key,
+            f"only flat float Box spaces are supported, got {space}",
+        )
+    if space.shape[0] != want:
+        what = "obs_dim" if data_key == "observations" else "act_dim"
+        raise _error(
+            meta_path,
+            data_key,
+            f"width {space.shape[0]} ({space_key} {space}) does not match the expected "
+            f"{what}={want}",
+        )
+
+
+def _check_episode_layout(
+    main_path: Path, meta: dict[str, Any], obs_dim: int, act_dim: int
+) -> None:
+    """Episode groups and dataset shapes in main_data.hdf5 against metadata.json (no reads)."""
+    try:
+        f = h5py.File(main_path, "r")
+    except OSError as exc:
+        raise _error(
+            main_path, None, f"cannot read as HDF5, not HDF5 or truncated/corrupt ({exc})"
+        ) from exc
+    with f:
+        indices = []
+        for name in f:
+            match = _EPISODE_RE.fullmatch(name)
+            if match is None or not isinstance(f[name], h5py.Group):
+                raise _error(main_path, name, "unexpected entry, expected episode_<i> groups")
+            indices.append(int(match.group(1)))
+        indices.sort()
+        if indices != list(range(len(indices))):
+            missing = sorted(set(range(max(indices, default=-1) + 1)) - set(indices))
+            raise _error(main_path, f"episode_{missing[0]}", "missing: episodes are not 0..n-1")
+        if len(indices) != meta["total_episodes"]:
+            raise _error(
+                main_path.parent / _MINARI_META,
+                "total_episodes",
+                f"says {meta['total_episodes']} episodes, {main_path.name} has {len(indices)}",
+            )
+        total = 0
+        for i in indices:
+            total += _check_episode_shapes(f[f"episode_{i}"], main_path, i, obs_dim, act_dim)
+        if total != meta["total_steps"]:
+            raise _error(
+                main_path.parent / _MINARI_META,
+                "total_steps",
+                f"says {meta['total_steps']} steps, the episodes in {main_path.name} have {total}",
+            )
+
+
+def _check_episode_shapes(
+    group: h5py.Group, main_path: Path, i: int, obs_dim: int, act_dim: int
+) -> int:
+    prefix = f"episode_{i}"
+    for key in ("observations", "actions", "rewards", "terminations", "truncations"):
+        if not isinstance(group.get(key), h5py.Dataset):
+            raise _error(main_path, f"{prefix}/{key}", "missing (or not a dataset)")
+    steps = group["rewards"].shape[0] if group["rewards"].ndim == 1 else -1
+    if steps < 1:
+        raise _error(
+            main_path,
+            f"{prefix}/rewards",
+            f"expected shape (T,) with T >= 1, got {group['rewards'].shape}",
+        )
+    expected = {
+        "observations": (steps + 1, obs_dim),
+        "actions": (steps, act_dim),
+        "terminations": (steps,),
+        "truncations": (steps,),
+    }
+    for key, shape in expected.items():
+        got = group[key].shape
+        if got != shape:
+            if len(got) == 2 and len(shape) == 2 and got[1] != shape[1]:
+                what = "obs_dim" if key == "observations" else "act_dim"
+                problem = f"width {got[1]} does not match the expected {what}={shape[1]}"
+            else:
+                problem = f"shape {got}, expected {shape} ({steps} steps)"
+            raise _error(main_path, f"{prefix}/{key}", problem)
+    return steps
+
+
+def _flatten_episodes(dataset: Any, main_path: Path, meta_path: Path) -> dict[str, Any]:
+    """Concatenate the episodes read by Minari into D4RL's flat arrays (checked per episode)."""
+    parts: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "next")
+    }
+    infos: list[dict[str, np.ndarray | None]] = []
+    cut_short: list[int] = []
+    n_read = 0
+    for ep in dataset.iterate_episodes():
+        prefix = f"episode_{ep.id}"
+        obs = _episode_float(ep.observations, main_path, f"{prefix}/observations")
+        actions = _episode_float(ep.actions, main_path, f"{prefix}/actions")
+        rewards = _episode_float(ep.rewards, main_path, f"{prefix}/rewards")
+        term = _episode_flags(ep.terminations, main_path, f"{prefix}/terminations")
+        trunc = _episode_flags(ep.truncations, main_path, f"{prefix}/truncations")
+        steps = rewards.shape[0]
+        early = np.flatnonzero((term | trunc)[:-1])
+        if early.size:
+            key = "terminations" if term[early[0]] else "truncations"
+            raise _error(
+                main_path,
+                f"{prefix}/{key}",
+                f"episode ends at step {int(early[0])}, before its last step {steps - 1}",
+            )
+        if not (term[-1] or trunc[-1]):
+            cut_short.append(int(ep.id))
+            trunc = trunc.copy()
+            trunc[-1] = True
+        parts["observations"].append(obs[:-1])
+        parts["next"].append(obs[1:])
+        parts["actions"].append(actions)
+        parts["rewards"].append(rewards)
+        parts["terminals"].append(term)
+        parts["timeouts"].append(trunc)
+        infos.append(_episode_infos(ep.infos, steps))
+        n_read += 1
+    if n_read == 0:
+        raise _error(main_path, None, "dataset has no episodes")
+    if cut_short:
+        warnings.warn(
+            f"{main_path}: {len(cut_short)} episode(s) end with neither termination nor "
+            f"truncation (first: episode_{cut_short[0]}); marking their last step as a timeout",
+            UserWarning,
+            stacklevel=3,
+        )
+    data = {
+        "observations": np.concatenate(parts["observations"]),
+        "actions": np.concatenate(parts["actions"]),
+        "rewards": np.concatenate(parts["rewards"]),
+        "terminals": np.concatenate(parts["terminals"]),
+        "timeouts": np.concatenate(parts["timeouts"]),
+        "next_observations": np.concatenate(parts["next"]),
+    }
+    # Cross-check the flattening: exactly one flat episode per Minari episode.
+    _, lengths = episode_bounds(data["terminals"], data["timeouts"])
+    if lengths.size != n_read:
+        raise _error(main_path, None, f"{n_read} episodes flattened into {lengths.size}")
+    data["task_ids"] = np.zeros(len(data["rewards"]), dtype=np.int64)
+    data["infos"] = _merge_infos(infos, main_path)
+    return data
+
+
+def _episode_float(value: Any, main_path: Path, key: str) -> np.ndarray:
+    arr = np.asarray(value)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise _error(main_path, key, f"dtype {arr.dtype}, expected a floating dtype")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        first = int(np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))[0])
+        raise _error(main_path, key, f"{int(bad.sum())} non-finite values (first at step {first})")
+    out = arr.astype(np.float32)
+    if not np.isfinite(out).all():
+        raise _error(main_path, key, "values overflow float32")
+    return out
+
+
+def _episode_flags(value: Any, main_path: Path, key: str) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype == np.bool_:
+        return arr
+    if not np.issubdtype(arr.dtype, np.integer) or np.any((arr != 0) & (arr != 1)):
+        raise _error(main_path, key, f"dtype {arr.dtype}, expected bool (or integer 0/1)")
+    return arr.astype(np.bool_)
+
+
+def _flatten_info(infos: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(infos, dict):
+        for name, value in infos.items():
+            out.update(_flatten_info(value, f"{prefix}{name}/"))
+    elif prefix:
+        out[prefix.rstrip("/")] = infos
+    return out
+
+
+def _episode_infos(infos: Any, steps: int) -> dict[str, np.ndarray | None]:
+    """Numeric infos with one entry per observation (T + 1), cut to observations[:-1].
+
+    None marks an info that is present but unusable (not numeric, or another length).
+    """
+    kept: dict[str, np.ndarray | None] = {}
+    for name, value in _flatten_info(infos).items():
+        arr = np.asarray(value)
+        usable = arr.ndim >= 1 and arr.shape[0] == steps + 1 and arr.dtype.kind in "biuf"
+        kept[name] = arr[:-1] if usable else None
+    return kept
+
+
+def _merge_infos(
+    per_episode: list[dict[str, np.ndarray | None]], main_path: Path
+) -> dict[str, np.ndarray]:
+    """Infos usable in every episode with one trailing shape, concatenated; others dropped."""
+    names = sorted(set().union(*per_episode))
+    merged: dict[str, np.ndarray] = {}
+    dropped: list[str] = []
+    for name in names:
+        arrays = [ep.get(name) for ep in per_episode]
+        usable = [a for a in arrays if a is not None]
+        if len(usable) != len(arrays) or len({a.shape[1:] for a in usable}) != 1:
+            dropped.append(name)
+            continue
+        merged[name] = np.concatenate(usable)
+    if dropped:
+        warnings.warn(
+            f"{main_path}: dropping infos {dropped}: not numeric with one entry per observation "
+            "in every episode",
+            UserWarning,
+            stacklevel=4,
+        )
+    return merged

@@ -1,0 +1,82 @@
+"""The base of every config section, and the sections that several benchmarks share.
+
+Kept apart from :mod:`cmt.config` so that each benchmark module can define its own ``data``
+section (``cmt/benchmarks/``) without importing the config that collects them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    """Base for all config sections: strict keys, immutable after validation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SacConfig(Section):
+    """SAC behaviour policies of the MuJoCo benchmarks (``cmt/envs/sac_data.py``): the meta-RL
+    families (docs/mujoco.md) and the D4RL-style datasets (docs/d4rl.md).
+
+    The defaults are the reduced budget of the half-cheetah families: about 20 minutes on two
+    CPU cores (the presets set each benchmark's budget; the full GPU budgets are in the docs).
+    """
+
+    sac_steps: int = Field(
+        150_000, ge=1, description="Environment steps of SAC training (one gradient step each)."
+    )
+    learning_starts: int = Field(
+        5_000, ge=1, description="Uniform-random steps that fill the replay buffer before updates."
+    )
+    batch_size: int = Field(256, ge=1, description="SAC minibatch size.")
+    net_arch: tuple[int, ...] = Field(
+        (128, 128), min_length=1, description="Hidden widths of the SAC actor and critics."
+    )
+    learning_rate: float = Field(3e-4, gt=0.0, description="Adam learning rate of SAC.")
+    gamma: float = Field(0.99, gt=0.0, le=1.0, description="SAC discount factor.")
+    eval_every: int = Field(
+        7_500,
+        ge=1,
+        description="Steps between policy snapshots (each evaluated on all training tasks); "
+        "also the checkpoint interval and the granularity of the medium snapshot.",
+    )
+    eval_episodes: int = Field(
+        1, ge=1, description="Evaluation episodes per training task at every snapshot."
+    )
+    medium_fraction: float = Field(
+        1.0 / 3.0,
+        gt=0.0,
+        lt=1.0,
+        description="Medium = first snapshot whose mean return reaches this fraction of the way "
+        "from the random to the final (expert) return (D4RL's medium is about 1/3 of expert).",
+    )
+    stochastic: bool = Field(
+        True,
+        description="Behaviour policies sample from SAC's squashed Gaussian (as D4RL) instead "
+        "of taking its mean action; evaluation and references use the same mode.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Torch device of SAC ('auto' picks CUDA when present)."
+    )
+    torch_threads: int = Field(
+        1,
+        ge=0,
+        description="Torch CPU threads while SAC trains (0 = leave torch's setting): its small "
+        "networks run fastest on one thread, leaving the other cores to MuJoCo.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SacConfig:
+        if self.learning_starts >= self.sac_steps:
+            raise ValueError(
+                f"learning_starts={self.learning_starts} must be < sac_steps={self.sac_steps}"
+            )
+        if 2 * self.eval_every > self.sac_steps:
+            # The medium snapshot must come before the final (expert) one.
+            raise ValueError(
+                f"sac_steps={self.sac_steps} must be at least 2 * eval_every={self.eval_every}"
+            )
+        return self
