@@ -61,7 +61,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from cmt.compare import run_comparison
 
     params = params_from_args(args)
-    run_comparison(params, args.out, args.data, progress=not args.quiet)
+    run_comparison(params, args.out, args.data, not args.quiet, args.behaviour)
     print((Path(args.out) / "results.md").read_text())
     print(f"results: {Path(args.out) / 'results.md'} (also .json, .png)")
 
@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("compare", cmd_compare, "Run the method comparison and write the results table.")
     p.add_argument("--out", default="outputs/compare", help="output directory")
     p.add_argument("--data", default=None, help="dataset directory (default: OUT/data)")
+    p.add_argument(
+        "--behaviour",
+        default="outputs/sac",
+        help="root of trained behaviour policies' checkpoints (default: %(default)s)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p = add("config", cmd_config, "Show the validated configuration.")
     p.add_argument("--schema", action="store_true", help="print the JSON schema instead")

@@ -20,16 +20,22 @@ from cmt.experiment import evaluate_method, load_data, make_prompts, pretrain_ba
 from cmt.methods import METHODS, backbones_for, get_method
 
 
-def ensure_data(params: Params, data_dir: Path, progress: bool = True) -> None:
-    """Build the benchmark's datasets unless they are already there (trained behaviour
-    policies keep their checkpoints beside them, in ``<data_dir>/../behaviour``)."""
+def ensure_data(
+    params: Params, data_dir: Path, behaviour_root: Path | None = None, progress: bool = True
+) -> None:
+    """Build the benchmark's datasets unless they are already there; trained behaviour
+    policies keep their checkpoints under ``behaviour_root`` (default: beside the data)."""
     if not (data_dir / REFERENCES_FILE).exists():
-        bench = make_benchmark(params.data)
-        bench.build_datasets(data_dir, data_dir.parent / "behaviour", progress=progress)
+        root = data_dir.parent / "behaviour" if behaviour_root is None else behaviour_root
+        make_benchmark(params.data).build_datasets(data_dir, root, progress=progress)
 
 
 def run_comparison(
-    params: Params, out_dir: str | Path, data_dir: str | Path | None = None, progress: bool = True
+    params: Params,
+    out_dir: str | Path,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+    behaviour_root: str | Path | None = None,
 ) -> dict[str, Any]:
     """Pretrain every needed backbone per seed, build each method's prompts, evaluate, report.
 
@@ -38,7 +44,7 @@ def run_comparison(
     """
     out_dir = Path(out_dir)
     data_dir = Path(data_dir) if data_dir is not None else out_dir / "data"
-    ensure_data(params, data_dir, progress)
+    ensure_data(params, data_dir, behaviour_root and Path(behaviour_root), progress)
     data = load_data(params, data_dir)
     for seed in params.compare.seeds:
         for backbone in backbones_for(params.compare.methods):

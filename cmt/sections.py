@@ -53,6 +53,11 @@ class SacConfig(Section):
         description="Medium = first snapshot whose mean return reaches this fraction of the way "
         "from the random to the final (expert) return (D4RL's medium is about 1/3 of expert).",
     )
+    expert_snapshot: Literal["final", "best"] = Field(
+        "final",
+        description="Which snapshot is the expert: the final one, or the one with the best "
+        "evaluation return (robust to a final dip when training is short).",
+    )
     stochastic: bool = Field(
         True,
         description="Behaviour policies sample from SAC's squashed Gaussian (as D4RL) instead "

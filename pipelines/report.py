@@ -1,6 +1,7 @@
 """Stage ``report``: the method comparison table and plot of this pipeline's evaluation, the
-table of every task family's latest evaluation in MLflow (beside Prompt-DT's published
-numbers), and a comparison of the registered model versions and recent evaluation runs.
+tables of every dataset's latest evaluation in MLflow (beside a published result and the data's
+own score distribution; one table per kind of benchmark), and a comparison of the registered
+model versions and recent evaluation runs.
 
 Also usable on its own (``python -m pipelines.report``) to refresh the MLflow tables.
 """
@@ -59,7 +60,7 @@ def registry(params: Params, out_dir: str, max_runs: int = 20) -> dict[str, Any]
     cfg = params.tracking
     exp_id = tracking.configure(cfg)
     client = mlflow.MlflowClient()
-    name = cfg.model_name(params.data.family)
+    name = cfg.model_name(params.data.name)
     versions = tracking.registry_rows(client, name)
     metric = f"eval/{cfg.registered_method}/{cfg.primary_metric}"
     runs = []
@@ -195,7 +196,7 @@ def _plot_versions(versions: list[dict[str, Any]], metric: str, path: Path) -> N
 @flow(name="report", flow_run_name="report/{params.data.name}")
 def report_flow(params: Params, evaluate_dir: str, out_dir: str) -> dict[str, Any]:
     """``out_dir``: ``results.{json,md,png}`` (this evaluation), ``registry.{json,md,png}``
-    (the registered versions) and ``benchmarks.{json,md}`` (every family, from MLflow)."""
+    (the registered versions) and ``benchmarks.{json,md}`` (every dataset, from MLflow)."""
     out = Path(out_dir)
     with tracking.stage_run("report", params, tags=run_tags()) as run:
         summary = results(params, evaluate_dir, out_dir)

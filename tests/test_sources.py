@@ -115,7 +115,7 @@ def test_d4rl_round_trip(tmp_path: Path) -> None:
         np.testing.assert_array_equal(data.infos[name], arrays[f"infos/{name}"])
 
     meta = data.metadata
-    assert meta["source"] == str(path) and meta["source_kind"] == "d4rl"
+    assert meta["source"] == str(path) and meta["source_kind"] == "d4rl_hdf5"
     assert meta["algorithm"] == "SAC" and meta["iteration"] == 12
     assert meta["policy/nonlinearity"] == "relu"
     assert len(meta["policy/fc0/bias"]) == 8
@@ -124,7 +124,7 @@ def test_d4rl_round_trip(tmp_path: Path) -> None:
     write_hdf5(tmp_path / "copy.hdf5", data)
     again = read_hdf5(tmp_path / "copy.hdf5")
     np.testing.assert_array_equal(again.observations, data.observations)
-    assert again.metadata["source_kind"] == "d4rl"
+    assert again.metadata["source_kind"] == "d4rl_hdf5"
 
 
 def test_d4rl_without_next_observations_derives_them(tmp_path: Path) -> None:
@@ -141,7 +141,7 @@ def test_read_d4rl_file_directly(tmp_path: Path) -> None:
     write_d4rl(path)
     with pytest.warns(UserWarning, match="marking it as a timeout"):
         data = read_d4rl_file(path, obs_dim=OBS_DIM, act_dim=ACT_DIM)
-    assert data.metadata["source_kind"] == "d4rl"
+    assert data.metadata["source_kind"] == "d4rl_hdf5"
 
 
 def test_d4rl_file_name_of_another_environment_warns(tmp_path: Path) -> None:

@@ -62,7 +62,13 @@ DT_PAPER_TARGETS: dict[str, float] = {"halfcheetah": 6000.0, "hopper": 3600.0, "
 """Return-to-go targets of the Decision Transformer paper's D4RL evaluations."""
 
 # SAC settings of the reduced budget: about 25 minutes per environment on one CPU core.
-REDUCED_SAC = SacConfig(sac_steps=100_000, learning_starts=5_000, eval_every=5_000, eval_episodes=2)
+REDUCED_SAC = SacConfig(
+    sac_steps=100_000,
+    learning_starts=5_000,
+    eval_every=5_000,
+    eval_episodes=2,
+    expert_snapshot="best",
+)
 
 
 def _reduced_sac() -> SacConfig:

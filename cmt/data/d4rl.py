@@ -11,7 +11,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-__all__ = ["REF_RETURNS", "d4rl_env_name", "normalized_score"]
+__all__ = ["GYM_IDS", "REF_RETURNS", "d4rl_env_name", "normalized_score"]
 
 # Read-only so nobody can silently change the reference a published score is measured against.
 REF_RETURNS: Mapping[str, tuple[float, float]] = MappingProxyType(
@@ -23,6 +23,11 @@ REF_RETURNS: Mapping[str, tuple[float, float]] = MappingProxyType(
     }
 )
 """Environment -> (random return, expert return)."""
+
+GYM_IDS: Mapping[str, str] = MappingProxyType(
+    {"halfcheetah": "HalfCheetah-v5", "hopper": "Hopper-v5", "walker2d": "Walker2d-v5"}
+)
+"""D4RL environment -> the Gymnasium v5 environment this project generates and evaluates on."""
 
 
 def d4rl_env_name(dataset_name: str) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from cmt.data.d4rl import GYM_IDS
 from cmt.data.hdf5 import DatasetError, episode_bounds, read_hdf5, validate
 from cmt.data.schema import TransitionData
 
@@ -35,12 +36,7 @@ _MINARI_META = "metadata.json"
 _EPISODE_RE = re.compile(r"episode_(\d+)")
 
 # D4RL dataset-name prefix -> Gymnasium environment name (only used for a warning).
-_D4RL_ENV_NAMES = {
-    "halfcheetah": "HalfCheetah",
-    "hopper": "Hopper",
-    "walker2d": "Walker2d",
-    "ant": "Ant",
-}
+_D4RL_ENV_NAMES = {env: gym_id.split("-")[0] for env, gym_id in GYM_IDS.items()}
 
 
 def _error(source: str | Path, key: str | None, what: str) -> DatasetError:
@@ -56,7 +52,7 @@ def _error(source: str | Path, key: str | None, what: str) -> DatasetError:
 def read_source(path: str | Path, *, env_id: str, obs_dim: int, act_dim: int) -> TransitionData:
     """A real dataset on disk: a D4RL HDF5 file (path ends with .hdf5/.h5) or a Minari dataset
     directory (has data/main_data.hdf5). Validated, task id 0 everywhere, metadata records
-    'source' (the path) and 'source_kind' ('d4rl' or 'minari')."""
+    'source' (the path) and 'source_kind' ('d4rl_hdf5' or 'minari')."""
     path = Path(path)
     if not path.exists():
         raise _error(path, None, "no such file or directory")
@@ -134,7 +130,7 @@ def read_d4rl_file(path: str | Path, *, obs_dim: int, act_dim: int) -> Transitio
     _warn_next_observation_mismatch(data, source)
 
     metadata = {k: v for k, v in data.metadata.items() if _is_flat_metadata(v)}
-    metadata.update(source=source, source_kind="d4rl")
+    metadata.update(source=source, source_kind="d4rl_hdf5")
     out = TransitionData(
         observations=data.observations,
         actions=data.actions,

@@ -331,13 +331,6 @@ def ant_dir_family(
     )
 
 
-D4RL_ENVS: dict[str, str] = {
-    "halfcheetah": "HalfCheetah-v5",
-    "hopper": "Hopper-v5",
-    "walker2d": "Walker2d-v5",
-}
-"""D4RL's Gym-MuJoCo environments (their names in D4RL file names) and the v5 env of each."""
-
 D4RL_HORIZON = 1000
 """Episode length of D4RL's Gym-MuJoCo datasets (the v2 environments' time limit)."""
 
@@ -350,10 +343,12 @@ def single_task_family(env: str) -> MujocoTaskFamily:
     """A D4RL-style environment as a family of one task: the v5 env with its own reward and
     termination, a 1000-step time limit and no task parameters (so SAC's observation is the
     plain one). Lets the single-agent datasets reuse the families' SAC machinery."""
+    from cmt.data.d4rl import GYM_IDS
+
     try:
-        env_id = D4RL_ENVS[env]
+        env_id = GYM_IDS[env]
     except KeyError:
-        raise KeyError(f"unknown D4RL environment {env!r}; known: {sorted(D4RL_ENVS)}") from None
+        raise KeyError(f"unknown D4RL environment {env!r}; known: {sorted(GYM_IDS)}") from None
     return MujocoTaskFamily(
         name=env,
         env_id=env_id,

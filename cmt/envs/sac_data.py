@@ -476,6 +476,7 @@ class Behaviour:
     random_ref: np.ndarray  # (num_tasks,) mean return of uniform actions
     medium_index: int
     medium_rule: str
+    expert_index: int
     actors: dict[str, torch.nn.Module]  # "medium", "expert"
     rngs: dict[str, np.random.Generator]
     stats: dict[str, float]
@@ -486,7 +487,7 @@ class Behaviour:
 
     @property
     def expert(self) -> dict[str, Any]:
-        return self.snapshots[-1]
+        return self.snapshots[self.expert_index]
 
     def policy(self, level: str, rng: np.random.Generator) -> Policy:
         """The level's batched policy (``random``, ``medium`` or ``expert``)."""
@@ -556,7 +557,7 @@ class Behaviour:
                     for s in self.snapshots
                 ],
                 "medium": {"step": int(self.medium["step"]), "rule": self.medium_rule},
-                "expert": {"step": int(self.expert["step"])},
+                "expert": {"step": int(self.expert["step"]), "rule": budgets.expert_snapshot},
             },
         )
 
@@ -605,15 +606,31 @@ def train_behaviour(
     finally:
         torch.set_num_threads(threads)
     curve = np.array([s["returns"].mean() for s in snapshots])
-    medium_i, rule = select_medium(curve, random_train, budgets.medium_fraction)
+    # The expert is the final snapshot, or the best one: with short training the last
+    # evaluation can land on a dip. The medium one is chosen among those before it.
+    expert_i = int(np.argmax(curve)) if budgets.expert_snapshot == "best" else len(curve) - 1
+    if expert_i == 0:
+        expert_i = len(curve) - 1  # no snapshot before the best: fall back to the final one
+    medium_i, rule = select_medium(curve[: expert_i + 1], random_train, budgets.medium_fraction)
     actors = {}
-    for level, snap in (("medium", snapshots[medium_i]), ("expert", snapshots[-1])):
+    for level, snap in (("medium", snapshots[medium_i]), ("expert", snapshots[expert_i])):
         actor = model.policy.make_actor()
         actor.load_state_dict(snap["actor"])
         actor.eval()
         actors[level] = actor
     return Behaviour(
-        family, budgets, seed, model, snapshots, random_ref, medium_i, rule, actors, rngs, stats
+        family,
+        budgets,
+        seed,
+        model,
+        snapshots,
+        random_ref,
+        medium_i,
+        rule,
+        expert_i,
+        actors,
+        rngs,
+        stats,
     )
 
 
