@@ -154,7 +154,16 @@ def benchmark_tables(rows: list[dict[str, Any]]) -> str:
     for kind in sorted({r["kind"] for r in rows}):
         group = [r for r in rows if r["kind"] == kind]
         parts += [f"**{kind}**", "", benchmark_table(group)]
-        parts += [f"- {r['name']}: {r['caption']}" for r in group if r.get("caption")] + [""]
+        for r in group:
+            cost = r.get("prompt")
+            note = (
+                f" Tuned prompt: {cost['bytes'] / 1024:.1f} KB, {cost['seconds']:.1f} s of "
+                "tuning per prompt (mean over seeds and tasks)."
+                if cost
+                else ""
+            )
+            parts.append(f"- {r['name']}: {r.get('caption', '')}{note}")
+        parts.append("")
     return "\n".join(parts)
 
 

@@ -46,6 +46,7 @@ def tune_task(
         tasks=(task,),
     )
     stats = {k: v for k, v in result[task].items() if k != "prompt"}
+    stats["prompt_bytes"] = (Path(out_dir) / f"task_{task}.pt").stat().st_size
     return {"task": task, **stats, "history": history}
 
 
@@ -90,6 +91,9 @@ def prompt_tune_flow(
                 np.mean([r["val_loss_zero_shot"] for r in per_task.values()])
             ),
             "val_loss_tuned": float(np.mean([r["val_loss_tuned"] for r in per_task.values()])),
+            # The cost of adapting to a task: wall time of one prompt's tuning, and its size.
+            "seconds": float(np.mean([r["seconds"] for r in per_task.values()])),
+            "prompt_bytes": float(np.mean([r["prompt_bytes"] for r in per_task.values()])),
         }
         # Means only: per-task values are in MLflow and would add a column per task to
         # `dvc exp show`.

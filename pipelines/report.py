@@ -140,6 +140,15 @@ def benchmarks(params: Params, out_dir: str) -> list[dict[str, Any]]:
         latest.setdefault(r.data.params.get("data.name", "?"), r)
     rows = []
     for name, r in sorted(latest.items()):
+        # The prompt_tune runs of the same pipeline run: the cost of a tuned prompt.
+        siblings = client.search_runs(
+            [exp_id],
+            filter_string=(
+                f"tags.`mlflow.parentRunId` = '{r.data.tags.get('mlflow.parentRunId', '')}' "
+                f"and tags.`{tracking.TAG_STAGE}` = 'prompt_tune'"
+            ),
+        )
+        costs = [s.data.metrics for s in siblings if "tune/seconds_mean" in s.data.metrics]
         metrics: dict[str, dict[str, float]] = {}
         for key, value in r.data.metrics.items():
             parts = key.split("/")  # eval/<method>/<statistic>
@@ -160,6 +169,12 @@ def benchmarks(params: Params, out_dir: str) -> list[dict[str, Any]]:
                     if k.startswith("dataset/")
                 },
                 "metrics": metrics,
+                "prompt": {
+                    "seconds": sum(c["tune/seconds_mean"] for c in costs) / len(costs),
+                    "bytes": sum(c["tune/prompt_bytes_mean"] for c in costs) / len(costs),
+                }
+                if costs
+                else None,
             }
         )
     out = Path(out_dir)

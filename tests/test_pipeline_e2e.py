@@ -562,8 +562,10 @@ def test_d4rl_preset_end_to_end(repo: Repo):
         "metric": "score_mean",
     }
     assert set(hopper["dataset"]) == {"score_mean", "score_p90", "score_max"}
+    assert hopper["prompt"]["bytes"] < 8_000 and hopper["prompt"]["seconds"] > 0
     table = (p / "outputs/report/benchmarks.md").read_text()
     assert "Single-agent offline RL (D4RL-style)" in table and "| hopper_medium_replay |" in table
+    assert "s of tuning per prompt" in table
     assert "D4RL normalised score" in (p / "outputs/report/results.md").read_text()
     client = repo.mlflow()
     assert client.get_registered_model("cmt-hopper_medium_replay").aliases["champion"]
