@@ -27,9 +27,16 @@ REPORT = ("results.md", "results.json", "results.png", "registry.md", "benchmark
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--command", required=True, help="the exact command that made them")
+    parser.add_argument(
+        "--group",
+        default="",
+        help="subdirectory of results/ (e.g. d4rl: results/d4rl/<name>/, and the cross-dataset "
+        "table to results/d4rl/benchmarks.md)",
+    )
     args = parser.parse_args()
     family = load_params(ROOT / "params.yaml").data.name
-    out = ROOT / "results" / family
+    group = ROOT / "results" / args.group
+    out = group / family
     out.mkdir(parents=True, exist_ok=True)
     sources = [ROOT / "outputs" / "report" / name for name in REPORT]
     sources += [ROOT / "outputs/evaluate/metrics.json", ROOT / "outputs/preprocess/metrics.json"]
@@ -43,7 +50,7 @@ def main() -> int:
             raise SystemExit(f"{src} is missing: run the pipeline first")
         shutil.copyfile(src, out / name)
     write_text(out / "COMMAND", args.command.strip() + "\n")
-    shutil.copyfile(out / "benchmarks.md", ROOT / "results" / "benchmarks.md")
+    shutil.copyfile(out / "benchmarks.md", group / "benchmarks.md")
     print(f"results of {family} in {out}")
     return 0
 

@@ -3,8 +3,9 @@
     python scripts/update_readme.py          # rewrite README.md in place
     python scripts/update_readme.py --check  # exit 1 if README.md is out of date (used in tests)
 
-Sources: ``results/benchmarks.md`` and ``results/<family>/results.md`` (written by the report
-stage, copied by ``scripts/save_results.py``) and
+Sources: ``results/**/benchmarks.md`` (cross-dataset tables) and ``results/<name>/results.md``
+(written by the report stage, copied by ``scripts/save_results.py``; datasets of a group such
+as ``results/d4rl/<name>/`` appear only in their group's cross-dataset table) and
 ``benchmarks/results/throughput.json`` (written by ``benchmarks/throughput.py``).
 """
 
@@ -24,11 +25,13 @@ THROUGHPUT = ROOT / "benchmarks" / "results" / "throughput.json"
 
 def results_section() -> str:
     parts = []
-    benchmarks = RESULTS / "benchmarks.md"
-    if benchmarks.exists():
-        parts.append(
-            "**All families** (`results/benchmarks.md`, from MLflow by the report stage)\n"
-        )
+    for benchmarks in sorted(RESULTS.glob("**/benchmarks.md")):
+        if benchmarks.parent != RESULTS and benchmarks.parent.parent != RESULTS:
+            continue  # the copies kept beside each dataset's results
+        if (benchmarks.parent / "results.md").exists():
+            continue
+        where = benchmarks.relative_to(ROOT)
+        parts.append(f"**All datasets** (`{where}`, from MLflow by the report stage)\n")
         parts.append(benchmarks.read_text().strip() + "\n")
     for md in sorted(RESULTS.glob("*/results.md")):
         cmd = md.parent / "COMMAND"

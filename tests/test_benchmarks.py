@@ -221,6 +221,6 @@ def test_filtered_bc_trains_on_the_top_tenth(d4rl_source) -> None:
 
 def test_d4rl_target_returns() -> None:
     params = load_params(ROOT / "params.yaml", preset="walker2d_medium_replay")
-    assert params.evaluate.target_return == "dt_paper"
+    assert params.evaluate.target_return == "max_train"
     bench = make_benchmark(params.data)
     assert bench.target_return(None, 0, "dt_paper") == 5000.0  # type: ignore[arg-type]
