@@ -119,7 +119,7 @@ class EvaluateConfig(Section):
 
 
 class CompareConfig(Section):
-    """The method comparison on the held-out tasks (issue 2, item 8)."""
+    """The method comparison: seeds, methods, and the backbones they need."""
 
     seeds: tuple[int, ...] = Field((0, 1, 2), min_length=1, description="Training seeds.")
     methods: tuple[MethodName, ...] = Field(

@@ -147,7 +147,7 @@ def _write_params(path: Path, extra: dict | None = None) -> None:
 def repo(tmp_path_factory, prefect_server) -> Repo:
     """A fresh clone-like repository: code, dvc.yaml and a tiny params.yaml, committed.
 
-    The first ``dvc repro`` asks for CUDA where there is none, so ``pretrain@0`` fails after
+    The first ``dvc repro`` asks for CUDA where there is none, so ``pretrain@dt-0`` fails after
     collect and preprocess succeeded; the second, with the device fixed, completes.
     """
     path = tmp_path_factory.mktemp("repo")
@@ -192,12 +192,12 @@ def test_failed_stage_is_recorded_and_rerun_continues(repo: Repo):
     assert repo.failed.returncode != 0
     # DVC recorded the stages that succeeded, and none of the failed one's outputs.
     assert {"collect", "preprocess"} <= set(repo.lock_after_failure["stages"])
-    assert "pretrain@0" not in repo.lock_after_failure["stages"]
+    assert "pretrain@dt-0" not in repo.lock_after_failure["stages"]
     # The rerun continued from there.
     out = repo.repro.stdout
     assert "Stage 'collect' didn't change, skipping" in out
     assert "Stage 'preprocess' didn't change, skipping" in out
-    assert "Running stage 'pretrain@0'" in out
+    assert "Running stage 'pretrain@dt-0'" in out
 
     client = repo.mlflow()
     exp = client.get_experiment_by_name("cmt")
