@@ -79,7 +79,11 @@ class PretrainConfig(Section):
     checkpoint_every: int = Field(200, ge=1, description="Steps between resumable checkpoints.")
     log_every: int = Field(20, ge=1, description="Steps between logged metrics.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' picks CUDA if any.")
-    bf16: bool = Field(True, description="bfloat16 autocast for matmuls (CPU and CUDA).")
+    bf16: bool = Field(
+        True,
+        description="bfloat16 autocast for matmuls (CUDA, and CPUs with native bf16; other "
+        "CPUs run fp32, since emulated bf16 is far slower).",
+    )
     compile: bool = Field(False, description="torch.compile the model (helps on GPU only).")
 
 
