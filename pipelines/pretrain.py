@@ -58,7 +58,7 @@ def pretrain_flow(
     """Checkpoint to ``out_dir/model.pt``, final metrics to ``metrics_file`` (JSON) and the
     learning curve to ``curve_file`` (CSV)."""
     logger = get_run_logger()
-    stage = "pretrain" if backbone == "cmt" else "baselines"
+    stage = "pretrain"  # every backbone, CMT and the baselines; tag cmt.backbone tells them apart
     name = f"{backbone}_seed{seed}"
     history: list[dict[str, float]] = []
     with tracking.stage_run(

@@ -215,7 +215,7 @@ def test_failed_stage_is_recorded_and_rerun_continues(repo: Repo):
     async def flow_run_states() -> list[str]:
         async with get_client() as c:
             runs = await c.read_flow_runs(
-                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["pretrain/cmt_seed0"]))
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["pretrain/dt_seed0"]))
             )
             return sorted(r.state.type.value for r in runs)
 
@@ -266,7 +266,9 @@ def test_mlflow_runs_grouped_under_pipeline_run(repo: Repo):
     client = repo.mlflow()
     exp = client.get_experiment_by_name("cmt")
     [pretrain] = client.search_runs(
-        [exp.experiment_id], "tags.`cmt.stage` = 'pretrain' and attributes.status = 'FINISHED'"
+        [exp.experiment_id],
+        "tags.`cmt.stage` = 'pretrain' and tags.`cmt.backbone` = 'cmt' "
+        "and attributes.status = 'FINISHED'",
     )
     parent = pretrain.data.tags["mlflow.parentRunId"]
     assert client.get_run(parent).data.tags["cmt.kind"] == "pipeline"
@@ -274,7 +276,9 @@ def test_mlflow_runs_grouped_under_pipeline_run(repo: Repo):
     stages = {r.data.tags["cmt.stage"]: r for r in children}
     # One pipeline run for the completed config (collect and preprocess ran under the failed
     # config's pipeline run when there is no CUDA).
-    assert {"pretrain", "baselines", "prompt_tune", "evaluate", "report"} <= set(stages)
+    assert {"pretrain", "prompt_tune", "evaluate", "report"} <= set(stages)
+    backbones = {r.data.tags.get("cmt.backbone") for r in children}
+    assert {"cmt", "dt", "prompt_dt"} <= backbones
     assert all(r.info.status == "FINISHED" for r in children)
     assert pretrain.data.params["pretrain.steps"] == "20"
     assert len(client.get_metric_history(pretrain.info.run_id, "train/total")) > 2
