@@ -298,9 +298,9 @@ class D4RL(Benchmark):
     def describe(self, episodes: int) -> str:
         low, high = REF_RETURNS[self.cfg.env]
         return (
-            f"{self.name} ({self.family.env_id}); mean ± std over seeds of {episodes} "
-            f"evaluation episodes each. D4RL normalised score: 100 × (R − {low:g}) / "
-            f"({high:g} − {low:g})."
+            f"{self.family.env_id}, {episodes} evaluation episodes per seed; mean ± std over "
+            f"seeds. D4RL normalised score: 100 × (R − random) / (expert − random) with D4RL's "
+            f"{self.cfg.env} returns, random {low:.2f}, expert {high:.1f}."
         )
 
     def published(self) -> dict[str, Any] | None:
