@@ -53,10 +53,7 @@ def pretrain_backbone(
 
 def top_episodes(ds: OfflineDataset, fraction: float) -> OfflineDataset:
     """The ``fraction`` highest-return episodes of ``ds`` (all of it for 1.0), in order."""
-    if fraction >= 1.0:
-        return ds
-    n = max(1, int(np.ceil(fraction * ds.num_episodes)))
-    return ds.select_episodes(np.sort(np.argsort(-ds.ep_return, kind="stable")[:n]))
+    return ds if fraction >= 1.0 else ds.select_episodes(ds.top_episodes(fraction))
 
 
 def prompt_data(params: Params, bench: Benchmark, data: Data, task: int, seed: int) -> PromptData:

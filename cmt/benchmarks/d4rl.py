@@ -155,6 +155,7 @@ class D4RL(Benchmark):
         on_metrics: MetricsCallback | None = None,
         progress: bool = True,
     ) -> dict[str, Any]:
+        from cmt.data.dataset import OfflineDataset
         from cmt.data.hdf5 import write_hdf5
 
         out_dir = Path(out_dir)
@@ -174,7 +175,7 @@ class D4RL(Benchmark):
                 "behaviour": behaviour_refs,
             },
         )
-        returns = _episode_returns(data)
+        returns = OfflineDataset(data).ep_return.astype(np.float64)
         score = 100.0 * (returns - low) / (high - low)
         return {
             "dataset": self.name,
@@ -261,9 +262,8 @@ class D4RL(Benchmark):
         return data.train.select_episodes(self._top_episodes(data.train))
 
     def _top_episodes(self, ds: OfflineDataset) -> np.ndarray:
-        """The ``top_fraction`` highest-return episodes (at least two), in dataset order."""
-        n = max(2, math.ceil(self.cfg.top_fraction * ds.num_episodes))
-        return np.sort(np.argsort(-ds.ep_return, kind="stable")[:n])
+        # At least two: one to fit the prompt on, one to stop early on.
+        return ds.top_episodes(self.cfg.top_fraction, at_least=2)
 
     def prompt_data(self, data: Data, task: int, val_fraction: float, seed: int) -> PromptData:
         """Fit on some top episodes, validate on the others; ``return_weighted`` samples every
@@ -308,11 +308,3 @@ class D4RL(Benchmark):
         if value is None:
             return None
         return {"label": "DT (paper, D4RL v2)", "value": value, "metric": "score_mean"}
-
-
-def _episode_returns(data: TransitionData) -> np.ndarray:
-    from cmt.data.hdf5 import episode_bounds
-
-    starts, lengths = episode_bounds(data.terminals, data.timeouts)
-    csum = np.concatenate([[0.0], np.cumsum(data.rewards, dtype=np.float64)])
-    return csum[starts + lengths] - csum[starts]

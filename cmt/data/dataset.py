@@ -111,6 +111,12 @@ class OfflineDataset:
         )
         return OfflineDataset(sub, seed=seed)
 
+    def top_episodes(self, fraction: float, at_least: int = 1) -> np.ndarray:
+        """Indices of the ``fraction`` highest-return episodes (at least ``at_least``), in
+        dataset order; ties keep dataset order."""
+        n = max(at_least, int(np.ceil(fraction * self.num_episodes)))
+        return np.sort(np.argsort(-self.ep_return, kind="stable")[:n])
+
     def select_tasks(self, task_ids: list[int] | np.ndarray, seed: int = 0) -> OfflineDataset:
         """A new dataset holding only the episodes of ``task_ids``."""
         keep = np.flatnonzero(np.isin(self.ep_task, np.asarray(task_ids)))
