@@ -48,6 +48,8 @@ def policy_state(model: SequencePolicy, norm: Normalizer, meta: dict[str, Any]) 
         "model_config": model.cfg.model_dump_json(),
         "obs_dim": model.obs_dim,
         "act_dim": model.act_dim,
+        "discrete": model.discrete,
+        "num_agents": model.num_agents,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "normalizer": norm.to_tensors(),
         "meta": json.dumps(meta),
@@ -67,7 +69,13 @@ def load_policy(
         raise CheckpointError(f"{path}: not a policy checkpoint (kind={obj.get('kind')!r})")
     try:
         cfg = ModelConfig.model_validate_json(obj["model_config"])
-        model = SequencePolicy(cfg, int(obj["obs_dim"]), int(obj["act_dim"]))
+        model = SequencePolicy(
+            cfg,
+            int(obj["obs_dim"]),
+            int(obj["act_dim"]),
+            bool(obj.get("discrete", False)),  # absent from single-agent checkpoints of before
+            int(obj.get("num_agents", 1)),
+        )
         model.load_state_dict(obj["state_dict"])
         norm = Normalizer.from_tensors(obj["normalizer"])
         meta = json.loads(obj["meta"])

@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from cmt.benchmarks.base import Episodes
 from cmt.data.dataset import Normalizer
 from cmt.device import autocast
 from cmt.envs.registry import BatchedEnv
+from cmt.envs.team import TeamRows
 from cmt.models.policy import SequencePolicy
 
 if TYPE_CHECKING:
@@ -34,11 +36,15 @@ def rollout(
     ``prompts`` (B, P, d) is one prompt per episode; ``target_returns`` (B,) starts the
     return-to-go of return-conditioned models. Steps after an episode ends are ignored.
     ``bf16`` runs the model under bfloat16 autocast (faster on CPUs with AVX512-BF16).
+    A team environment (:class:`~cmt.envs.team.TeamRows`) has one row per agent: rows carry
+    their agent id, and discrete actions are chosen among the row's available ones.
     """
     model.eval()
     device = next(model.parameters()).device
     B, K = env.num_envs, model.cfg.context_len
     obs = env.reset(seed=seed)
+    team = env if isinstance(env, TeamRows) else None
+    agents = None if team is None else torch.as_tensor(team.agent_ids, device=device)
     states = torch.zeros(B, horizon, model.obs_dim, device=device)
     actions = torch.zeros(B, horizon, model.act_dim, device=device)
     rtg = torch.zeros(B, horizon, device=device)
@@ -60,8 +66,10 @@ def rollout(
                 rtg[:, lo : t + 1] if model.cfg.condition_on_rtg else None,
                 timesteps[lo : t + 1].expand(B, -1),
                 prompts,
+                agents,
             )
-            act = out.actions[:, -1].float()  # (B, act)
+            avail = None if team is None else torch.as_tensor(team.action_mask(), device=device)
+            act = model.action_head.choose(out.actions[:, -1], avail)  # (B, act)
             actions[:, t] = act
             obs, reward, terminated, truncated = env.step(act.cpu().numpy())
             returns += np.where(alive, reward, 0.0)
@@ -83,13 +91,15 @@ def evaluate_tasks(
     prompts: Mapping[int, torch.Tensor] | None = None,
     target_returns: Mapping[int, float] | None = None,
     bf16: bool = False,
-) -> dict[int, np.ndarray]:
-    """``episodes`` episodes of every task in one batch; returns per-task episode returns.
+) -> dict[int, Episodes]:
+    """``episodes`` episodes of every task in one batch; returns each task's episodes.
 
     ``prompts[t]`` is task t's prompt (P, d); ``target_returns[t]`` its return-to-go target.
     """
-    row_task = np.repeat(np.asarray(task_ids), episodes)  # (B,)
-    env = bench.make_batched_env(row_task)
+    episode_task = np.repeat(np.asarray(task_ids), episodes)  # (E,)
+    env = bench.make_batched_env(episode_task)
+    agents = env.num_agents if isinstance(env, TeamRows) else 1
+    row_task = np.repeat(episode_task, agents)  # (B,) = (E * agents,), agent-major per episode
     batch_prompts = None
     if prompts is not None:
         device = next(model.parameters()).device
@@ -98,4 +108,11 @@ def evaluate_tasks(
         None if target_returns is None else np.array([target_returns[int(t)] for t in row_task])
     )
     returns, _ = rollout(model, norm, env, bench.horizon, seed, batch_prompts, targets, bf16)
-    return {int(t): returns[row_task == t] for t in task_ids}
+    returns = returns.reshape(-1, agents)[:, 0]  # (E,) a team shares its reward
+    won = env.won if isinstance(env, TeamRows) else None
+    return {
+        int(t): Episodes(
+            returns[episode_task == t], None if won is None else won[episode_task == t]
+        )
+        for t in task_ids
+    }

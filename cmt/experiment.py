@@ -165,7 +165,7 @@ def evaluate_method(
     tasks = list(bench.eval_tasks if tasks is None else tasks)
     targets = target_returns(params, bench, data, tasks) if model.cfg.condition_on_rtg else None
     use_prompts = None if model.cfg.prompt == "none" else {t: prompts[t] for t in tasks}
-    returns = evaluate_tasks(
+    episodes = evaluate_tasks(
         model,
         norm,
         bench,
@@ -178,10 +178,10 @@ def evaluate_method(
     )
     per_task = {}
     for t in tasks:
-        score = bench.score(data, t, returns[t])
+        score = bench.score(data, t, episodes[t])
         per_task[t] = {
-            "return_mean": float(returns[t].mean()),
-            "return_std": float(returns[t].std()),
+            "return_mean": float(episodes[t].returns.mean()),
+            "return_std": float(episodes[t].returns.std()),
             "score_mean": float(score.mean()),
             "score_std": float(score.std()),
         }

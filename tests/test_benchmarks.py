@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from cmt.benchmarks import DATA_SECTIONS, Benchmark, make_benchmark
+from cmt.benchmarks import DATA_SECTIONS, Benchmark, Episodes, make_benchmark
 from cmt.benchmarks.d4rl import DT_PAPER_SCORES, D4RLData
 from cmt.config import ConfigError, load_params, parse_params, preset_names
 from cmt.data.d4rl import REF_RETURNS
@@ -166,7 +166,7 @@ def test_real_d4rl_file_feeds_the_benchmark(d4rl_source) -> None:
     np.testing.assert_allclose(data.train.ep_return, returns)
     low, high = REF_RETURNS["hopper"]
     np.testing.assert_allclose(
-        bench.score(data, 0, np.array([low, high, 1000.0])),
+        bench.score(data, 0, Episodes(np.array([low, high, 1000.0]))),
         [0.0, 100.0, 100 * (1000 - low) / (high - low)],
     )
     assert bench.published() == {

@@ -10,7 +10,7 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
-from cmt.benchmarks.base import Benchmark, Data, DataSection, PromptData, Spaces
+from cmt.benchmarks.base import Benchmark, Data, DataSection, Episodes, PromptData, Spaces
 from cmt.benchmarks.d4rl import D4RLData
 from cmt.benchmarks.mujoco_meta import MujocoMetaData
 from cmt.benchmarks.point_robot import PointRobotData
@@ -38,6 +38,7 @@ __all__ = [
     "Data",
     "DataConfig",
     "DataSection",
+    "Episodes",
     "PromptData",
     "Spaces",
     "make_benchmark",

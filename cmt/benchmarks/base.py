@@ -106,6 +106,14 @@ class PromptData:
     pool: OfflineDataset | None = None
 
 
+@dataclass(frozen=True)
+class Episodes:
+    """Outcomes of some episodes of one task: what a benchmark scores."""
+
+    returns: np.ndarray  # (E,) undiscounted (team) return
+    won: np.ndarray | None = None  # (E,) bool, for benchmarks with a win condition
+
+
 class Benchmark(ABC):
     """One setting: spaces, tasks, datasets, prompt data and scores (see module docstring)."""
 
@@ -190,17 +198,19 @@ class Benchmark(ABC):
         raise ValueError(f"target_return {mode!r} is not defined for benchmark {self.name!r}")
 
     # ------------------------------------------------------------------ scores
-    def score(self, data: Data, task: int, returns: np.ndarray) -> np.ndarray:
-        """Normalised score of episode returns: 0 = the task's random, 100 = its expert."""
+    def score(self, data: Data, task: int, episodes: Episodes) -> np.ndarray:
+        """Score of every episode: by default the normalised return, 0 = the task's random,
+        100 = its expert; (E,)."""
         random, expert = data.references[task]
-        return 100.0 * (np.asarray(returns, dtype=np.float64) - random) / (expert - random)
+        returns = np.asarray(episodes.returns, dtype=np.float64)
+        return 100.0 * (returns - random) / (expert - random)
 
     def episode_scores(self, data: Data, ds: OfflineDataset) -> np.ndarray:
         """Normalised score of every episode of ``ds`` (each scored as its own task); (E,)."""
         scores = np.empty(ds.num_episodes)
         for task in np.unique(ds.ep_task):
             mine = ds.ep_task == task
-            scores[mine] = self.score(data, int(task), ds.ep_return[mine])
+            scores[mine] = self.score(data, int(task), Episodes(ds.ep_return[mine]))
         return scores
 
     def describe(self, episodes: int) -> str:

@@ -27,6 +27,7 @@ from cmt.benchmarks.base import (
     Benchmark,
     Data,
     DataSection,
+    Episodes,
     MetricsCallback,
     PromptData,
     Spaces,
@@ -279,11 +280,12 @@ class D4RL(Benchmark):
             pool=data.train.select_episodes(rest, seed=seed + 2),
         )
 
-    def score(self, data: Data, task: int, returns: np.ndarray) -> np.ndarray:
+    def score(self, data: Data, task: int, episodes: Episodes) -> np.ndarray:
         """D4RL's normalised score, with D4RL's reference returns of the environment."""
         from cmt.data.d4rl import normalized_score
 
-        return np.asarray(normalized_score(self.cfg.env, np.asarray(returns, dtype=np.float64)))
+        returns = np.asarray(episodes.returns, dtype=np.float64)
+        return np.asarray(normalized_score(self.cfg.env, returns))
 
     def target_return(self, data: Data, task: int, mode: str) -> float:
         if mode == "dt_paper":

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from cmt.data.hdf5 import episode_bounds
-from cmt.data.schema import TransitionData
+from cmt.data.schema import AGENT_ID, TransitionData
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,17 @@ class OfflineDataset:
         return len(self.data)
 
     @property
+    def num_agents(self) -> int:
+        """Agents of the team whose trajectories were folded into this dataset (1: none)."""
+        return int(self.data.metadata.get("num_agents", 1))
+
+    @property
+    def agent_of(self) -> np.ndarray | None:
+        """(N,) agent id of every transition of a team's folded dataset
+        (:mod:`cmt.data.agents`); None for single-agent data."""
+        return self.data.infos.get(AGENT_ID)
+
+    @property
     def num_episodes(self) -> int:
         return len(self.ep_start)
 
@@ -97,18 +108,7 @@ class OfflineDataset:
         idx = np.concatenate(
             [np.arange(self.ep_start[e], self.ep_start[e] + self.ep_len[e]) for e in episodes]
         )
-        d = self.data
-        sub = TransitionData(
-            observations=d.observations[idx],
-            actions=d.actions[idx],
-            rewards=d.rewards[idx],
-            terminals=d.terminals[idx],
-            timeouts=d.timeouts[idx],
-            next_observations=d.next_observations[idx],
-            task_ids=d.task_ids[idx],
-            infos={k: v[idx] for k, v in d.infos.items()},
-            metadata=dict(d.metadata),
-        )
+        sub = self.data.take(idx)
         return OfflineDataset(sub, seed=seed)
 
     def top_episodes(self, fraction: float, at_least: int = 1) -> np.ndarray:

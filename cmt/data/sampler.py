@@ -39,6 +39,8 @@ class Batch:
     context: torch.Tensor | None = None  # (B, C, F) transitions for the encoder
     context2: torch.Tensor | None = None  # (B, C, F) a second draw (InfoNCE positive)
     segment: dict[str, torch.Tensor] | None = None  # raw Prompt-DT segment, (B, S, ...) each
+    avail: torch.Tensor | None = None  # (B, K, n) bool: available discrete actions
+    agents: torch.Tensor | None = None  # (B,) int64: agent id of each sequence (teams)
 
     def to(self, device: torch.device | str) -> Batch:
         def mv(x):
@@ -158,6 +160,12 @@ class SegmentSampler:
             ep_return=torch.from_numpy(ds.ep_return[ep]),
             unit=torch.from_numpy(ep if self.source == "same_trajectory" else ds.ep_task[ep]),
         )
+        if d.avail_actions is not None:
+            avail = d.avail_actions[idx]  # (B, K, n)
+            avail[~mask] = True  # padding: any action, so its (ignored) loss stays finite
+            batch.avail = torch.from_numpy(avail)
+        if ds.agent_of is not None:
+            batch.agents = torch.from_numpy(ds.agent_of[start])
         if self.context == "none":
             return batch
 

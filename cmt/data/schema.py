@@ -10,6 +10,9 @@ import numpy as np
 SCHEMA_VERSION = 1
 """Bumped whenever the on-disk layout changes; checked on load."""
 
+AGENT_ID = "agent_id"
+"""``infos`` key of the agent id of every transition of a folded team dataset."""
+
 
 @dataclass(frozen=True)
 class TransitionData:
@@ -28,6 +31,22 @@ class TransitionData:
     task_ids: np.ndarray  # (N,) int64
     infos: dict[str, np.ndarray] = field(default_factory=dict)  # each (N, ...)
     metadata: dict[str, Any] = field(default_factory=dict)  # JSON-able scalars and strings
+    avail_actions: np.ndarray | None = None  # (N, n) bool, discrete actions only
+
+    def take(self, idx: np.ndarray) -> TransitionData:
+        """The transitions ``idx`` (1-D), every per-transition array indexed alike."""
+        return TransitionData(
+            observations=self.observations[idx],
+            actions=self.actions[idx],
+            rewards=self.rewards[idx],
+            terminals=self.terminals[idx],
+            timeouts=self.timeouts[idx],
+            next_observations=self.next_observations[idx],
+            task_ids=self.task_ids[idx],
+            infos={k: v[idx] for k, v in self.infos.items()},
+            metadata=dict(self.metadata),
+            avail_actions=None if self.avail_actions is None else self.avail_actions[idx],
+        )
 
     def __len__(self) -> int:
         return int(self.rewards.shape[0])

@@ -17,23 +17,38 @@ import torch
 from torch import nn
 
 from cmt.config import ModelConfig
+from cmt.data.dataset import OfflineDataset
 from cmt.data.sampler import Batch, feature_dim
 from cmt.models.encoder import ContextEncoder
 from cmt.models.gpt import GPT, init_weights
+from cmt.models.heads import make_action_head
 from cmt.models.ops import Dropout
 
 
 @dataclass
 class Outputs:
-    actions: torch.Tensor  # (B, K, act) in [-1, 1]
+    actions: torch.Tensor  # (B, K, act): in [-1, 1], or logits of discrete actions
     next_states: torch.Tensor | None  # (B, K, obs) normalised, from action tokens
     rewards: torch.Tensor | None  # (B, K) scaled, from action tokens
 
 
 class SequencePolicy(nn.Module):
-    def __init__(self, cfg: ModelConfig, obs_dim: int, act_dim: int) -> None:
+    """``act_dim`` is the width of a continuous action or the number of discrete actions
+    (``discrete``; actions then travel one-hot). With ``num_agents`` > 1 the agents of a team
+    share these parameters: each agent's trajectory is one sequence of the batch, told apart
+    by an agent-id embedding (MADT; docs/method.md)."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        obs_dim: int,
+        act_dim: int,
+        discrete: bool = False,
+        num_agents: int = 1,
+    ) -> None:
         super().__init__()
         self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
+        self.discrete, self.num_agents = discrete, num_agents
         d = cfg.d_model
         self.tokens_per_step = 3 if cfg.condition_on_rtg else 2
         self.embed_state = nn.Linear(obs_dim, d)
@@ -42,6 +57,7 @@ class SequencePolicy(nn.Module):
         self.embed_timestep = nn.Embedding(cfg.max_timestep, d)
         # Token types: 0 prompt, 1 return-to-go, 2 state, 3 action.
         self.embed_type = nn.Embedding(4, d)
+        self.embed_agent = nn.Embedding(num_agents, d) if num_agents > 1 else None
         self.drop = Dropout(cfg.dropout)
         self.encoder = (
             ContextEncoder(
@@ -56,10 +72,16 @@ class SequencePolicy(nn.Module):
             else None
         )
         self.backbone = GPT(cfg.n_layer, d, cfg.n_head, cfg.dropout)
-        self.action_head = nn.Linear(d, act_dim)
+        self.action_head = make_action_head(d, act_dim, discrete)
         self.next_state_head = nn.Linear(d, obs_dim) if cfg.dynamics_heads else None
         self.reward_head = nn.Linear(d, 1) if cfg.dynamics_heads else None
         init_weights(self, cfg.n_layer)
+
+    @classmethod
+    def for_dataset(cls, cfg: ModelConfig, ds: OfflineDataset) -> SequencePolicy:
+        """A policy shaped for ``ds``'s observations, actions and agents."""
+        d = ds.data
+        return cls(cfg, d.obs_dim, d.act_dim, d.avail_actions is not None, ds.num_agents)
 
     # ----------------------------------------------------------------- tokens
     def embed_steps(
@@ -68,10 +90,17 @@ class SequencePolicy(nn.Module):
         actions: torch.Tensor,
         rtg: torch.Tensor | None,
         timesteps: torch.Tensor,
+        agents: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Interleave per-step tokens [rtg], s, a: -> (B, T * tokens_per_step, d)."""
+        """Interleave per-step tokens [rtg], s, a: -> (B, T * tokens_per_step, d).
+
+        ``agents`` (B,) is each sequence's agent id (teams only)."""
         B, T, _ = states.shape
         time = self.embed_timestep(timesteps.clamp(max=self.cfg.max_timestep - 1))  # (B, T, d)
+        if self.embed_agent is not None:
+            if agents is None:
+                raise ValueError(f"a model of {self.num_agents} agents needs agent ids")
+            time = time + self.embed_agent(agents).unsqueeze(1)  # (B, T, d)
         types = self.embed_type.weight
         tokens = [self.embed_state(states) + types[2], self.embed_action(actions) + types[3]]
         if self.embed_rtg is not None:
@@ -107,10 +136,11 @@ class SequencePolicy(nn.Module):
         rtg: torch.Tensor | None,
         timesteps: torch.Tensor,
         prompt: torch.Tensor | None,
+        agents: torch.Tensor | None = None,
     ) -> Outputs:
         """History (B, K, ...) plus an optional prompt (B, P, d) -> per-step predictions."""
         B, K, _ = states.shape
-        x = self.embed_steps(states, actions, rtg, timesteps)  # (B, K * n_tok, d)
+        x = self.embed_steps(states, actions, rtg, timesteps, agents)  # (B, K * n_tok, d)
         P = 0
         if prompt is not None:
             P = prompt.shape[1]
@@ -119,7 +149,7 @@ class SequencePolicy(nn.Module):
         h = h.reshape(B, K, self.tokens_per_step, -1)  # (B, K, n_tok, d)
         h_state, h_action = h[:, :, -2], h[:, :, -1]  # (B, K, d) each
         return Outputs(
-            actions=torch.tanh(self.action_head(h_state)),
+            actions=self.action_head(h_state),
             next_states=None if self.next_state_head is None else self.next_state_head(h_action),
             rewards=None if self.reward_head is None else self.reward_head(h_action).squeeze(-1),
         )
@@ -131,7 +161,12 @@ class SequencePolicy(nn.Module):
             batch.rtg if self.cfg.condition_on_rtg else None,
             batch.timesteps,
             prompt,
+            batch.agents,
         )
+
+    def action_error(self, out: Outputs, batch: Batch) -> torch.Tensor:
+        """Per-step error of predicted actions (MSE or masked cross-entropy): (B, K)."""
+        return self.action_head.error(out.actions, batch.actions, batch.avail)
 
     # ------------------------------------------------------------- utilities
     def num_params(self) -> int:

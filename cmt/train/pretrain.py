@@ -65,7 +65,7 @@ def pretrain_loss(
     """L = L_action + w_dyn (L_next_state + L_reward) + w_con InfoNCE (docs/method.md)."""
     prompt = model.batch_prompt(batch)
     out = model.forward_batch(batch, prompt)
-    l_act = masked_mean((out.actions.float() - batch.actions).pow(2).mean(-1), batch.mask)
+    l_act = masked_mean(model.action_error(out, batch), batch.mask)
     terms = {"action": l_act}
     loss = l_act
     if out.next_states is not None and cfg.w_dyn > 0:
@@ -111,7 +111,7 @@ def pretrain(
     device = pick_device(pcfg.device)
     seed_everything(seed)
     norm = Normalizer.fit(ds.data, ds.ep_return)
-    model = SequencePolicy(mcfg, ds.data.obs_dim, ds.data.act_dim).to(device)
+    model = SequencePolicy.for_dataset(mcfg, ds).to(device)
     opt = torch.optim.AdamW(
         model.optimizer_groups(pcfg.weight_decay),
         lr=pcfg.lr,

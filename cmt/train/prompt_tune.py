@@ -34,10 +34,11 @@ def action_loss(
     prompt: torch.Tensor,
     weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Masked MSE of predicted actions with one prompt (P, d) shared by the whole batch."""
+    """Masked action error (MSE, or cross-entropy for discrete actions) with one prompt
+    (P, d) shared by the whole batch."""
     B = batch.states.shape[0]
     out = model.forward_batch(batch, prompt.unsqueeze(0).expand(B, -1, -1))
-    per_step = (out.actions.float() - batch.actions).pow(2).mean(-1)  # (B, K)
+    per_step = model.action_error(out, batch)  # (B, K)
     if weights is not None:
         per_step = per_step * weights[:, None]
     return masked_mean(per_step, batch.mask)
