@@ -21,7 +21,9 @@ from cmt.sections import SacConfig, Section
 __all__ = ["ConfigError", "Params", "SacConfig", "Section", "load_params", "parse_params"]
 
 PromptKind = Literal["none", "segment", "encoder"]
-MethodName = Literal["mtdt", "prompt_dt", "cmt_zero_shot", "cmt_tuned", "dt", "bc", "filtered_bc"]
+MethodName = Literal[
+    "mtdt", "prompt_dt", "cmt_zero_shot", "cmt_tuned", "dt", "madt", "bc", "filtered_bc"
+]
 """Every compared method (``cmt.methods.METHODS``)."""
 BackboneName = Literal["cmt", "prompt_dt", "dt", "bc", "filtered_bc"]
 """Every pretrained backbone (``cmt.methods.BACKBONES``)."""

@@ -53,6 +53,7 @@ METHODS: dict[str, Method] = {
         Method("mtdt", "dt", False, "Multi-task DT (no prompt)"),
         Method("prompt_dt", "prompt_dt", False, "Prompt-DT (segment prompt)"),
         Method("dt", "dt", False, "Decision Transformer"),
+        Method("madt", "dt", False, "Multi-agent DT (MADT-style, shared parameters)"),
         Method("bc", "bc", False, "Behaviour cloning"),
         Method("filtered_bc", "filtered_bc", False, "Filtered BC (top 10%)"),
         Method("cmt_zero_shot", "cmt", False, "CMT zero-shot (prompt = E(context))"),

@@ -85,3 +85,18 @@ class SacConfig(Section):
                 f"sac_steps={self.sac_steps} must be at least 2 * eval_every={self.eval_every}"
             )
         return self
+
+
+class PpoConfig(Section):
+    """MaskablePPO training of the parameter-shared good policy of a SMAX map
+    (``cmt/envs/marl_data.py``; docs/smax.md). Defaults: the reduced CPU budget."""
+
+    total_steps: int = Field(
+        200_000, ge=1, description="Agent steps of PPO training (each agent step counts once)."
+    )
+    num_envs: int = Field(
+        16, ge=1, description="SMAX episodes stepped together (each agent is one PPO env)."
+    )
+    snapshot_every: int = Field(
+        20_000, ge=1, description="Agent steps between policy snapshots (medium/poor tiers)."
+    )

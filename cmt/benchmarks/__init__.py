@@ -14,8 +14,14 @@ from cmt.benchmarks.base import Benchmark, Data, DataSection, Episodes, PromptDa
 from cmt.benchmarks.d4rl import D4RLData
 from cmt.benchmarks.mujoco_meta import MujocoMetaData
 from cmt.benchmarks.point_robot import PointRobotData
+from cmt.benchmarks.smax import SmaxData
 
-DATA_SECTIONS: tuple[type[DataSection], ...] = (PointRobotData, MujocoMetaData, D4RLData)
+DATA_SECTIONS: tuple[type[DataSection], ...] = (
+    PointRobotData,
+    MujocoMetaData,
+    D4RLData,
+    SmaxData,
+)
 """Every benchmark's ``data`` section; ``data.benchmark`` picks one."""
 
 DataConfig = Annotated[Union[DATA_SECTIONS], Field(discriminator="benchmark")]  # noqa: UP007
