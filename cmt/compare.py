@@ -123,6 +123,8 @@ def benchmark_table(rows: list[dict[str, Any]]) -> str:
     head = ["dataset", "seeds", *(METHODS[m].label for m in methods)]
     head += [published] if published else []
     head += ["the data's own score: mean / p90 / max"] if with_data else []
+    with_levels = any(k.startswith("level/") for r in rows for k in r.get("dataset") or {})
+    head += ["the data's score per behaviour level"] if with_levels else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = []
@@ -144,6 +146,14 @@ def benchmark_table(rows: list[dict[str, Any]]) -> str:
                 if all(k in d for k in ("score_mean", "score_p90", "score_max"))
                 else "–"
             )
+        if with_levels:
+            levels = {
+                k.removeprefix("level/"): v
+                for k, v in (r.get("dataset") or {}).items()
+                if k.startswith("level/")
+            }
+            ordered = sorted(levels.items(), key=lambda kv: kv[1])  # lowest level first
+            cells.append(", ".join(f"{k} {v:.1f}" for k, v in ordered) or "–")
         lines.append(f"| {r['name']} | {r['seeds']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

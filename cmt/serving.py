@@ -8,6 +8,11 @@ return-conditioned models use it). The output has one row per input row: ``act_0
 act_{m-1}``, the action the policy takes given the episode so far, where earlier actions are
 the policy's own (as when it acts in the environment).
 
+A team policy with discrete actions (SMAX) takes one row per agent and step: also ``agent``
+(its id; rows of one episode and agent are that agent's consecutive steps) and ``avail_0 ..
+avail_{n-1}`` (1 where the action is available now); its output is one integer ``action`` per
+row, always an available one.
+
 Only the pipeline's tracking code imports this module; the library never does.
 """
 
@@ -93,6 +98,21 @@ class ReplayEnv:
         return nxt, reward, np.zeros_like(done), done
 
 
+class ReplayTeamEnv(ReplayEnv):
+    """:class:`ReplayEnv` whose rows are agents of a team (:class:`~cmt.envs.team.TeamRows`):
+    each row has its agent id and, at every step, its available actions."""
+
+    def __init__(self, obs, lengths, rewards, agents: np.ndarray, avail: np.ndarray) -> None:
+        super().__init__(obs, lengths, rewards)
+        self.num_agents = int(agents.max()) + 1
+        self.agent_ids = agents  # (E,)
+        self.avail = avail  # (E, T, n) bool
+        self.won = np.zeros(self.num_envs, dtype=bool)
+
+    def action_mask(self) -> np.ndarray:
+        return self.avail[:, min(self.t, self.avail.shape[1] - 1)]
+
+
 class PolicyModel(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper: artifacts ``checkpoint`` (a policy) and ``prompts`` (a prompt set)."""
 
@@ -108,18 +128,30 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
         df = pd.DataFrame(model_input).reset_index(drop=True)
-        obs_cols = [f"obs_{i}" for i in range(self.model.obs_dim)]
-        missing = [c for c in ["task", *obs_cols] if c not in df.columns]
+        m = self.model
+        required = ["task", *[f"obs_{i}" for i in range(m.obs_dim)]]
+        if m.num_agents > 1:
+            required.append("agent")
+        if m.discrete:
+            required += [f"avail_{j}" for j in range(m.act_dim)]
+        missing = [c for c in required if c not in df.columns]
         if missing:
             raise ValueError(f"input is missing columns {missing}")
         unknown = sorted(set(df["task"].astype(int)) - set(self.row_of))
         if unknown:
             raise ValueError(f"no prompt for tasks {unknown}; known tasks: {sorted(self.row_of)}")
-        actions = self.act(df, obs_cols)
-        return pd.DataFrame(actions, columns=[f"act_{j}" for j in range(self.model.act_dim)])
+        if m.num_agents > 1:
+            agents = df["agent"].astype(np.int64)
+            if agents.min() < 0 or agents.max() >= m.num_agents:
+                raise ValueError(f"agent ids must be in [0, {m.num_agents}) for this team policy")
+        actions = self.act(df)
+        if m.discrete:
+            return pd.DataFrame({"action": actions.argmax(-1).astype(np.int64)})
+        return pd.DataFrame(actions, columns=[f"act_{j}" for j in range(m.act_dim)])
 
-    def act(self, df: pd.DataFrame, obs_cols: list[str]) -> np.ndarray:
-        """Actions (N, act_dim) for the rows of ``df``, all episodes in one batch."""
+    def act(self, df: pd.DataFrame) -> np.ndarray:
+        """Actions (N, act_dim) for the rows of ``df`` (one-hot for discrete actions), all
+        episodes (and agents) in one batch."""
         from cmt.evaluate import rollout
 
         episode = (
@@ -127,7 +159,14 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
             if "episode" in df.columns
             else np.arange(len(df))
         )
-        keys, ep_of_row = np.unique(episode, return_inverse=True)  # (E,), (N,)
+        agent = (
+            df["agent"].astype(np.int64).to_numpy()
+            if self.model.num_agents > 1
+            else np.zeros(len(df), np.int64)
+        )
+        # One sequence per (episode, agent): the agent axis folds into the batch.
+        keys, ep_of_row = np.unique(np.stack([episode, agent], 1), axis=0, return_inverse=True)
+        ep_of_row = ep_of_row.reshape(-1)  # (N,) sequence of every row
         step_of_row = np.zeros(len(df), dtype=np.int64)
         counts = np.zeros(len(keys), dtype=np.int64)
         for i, e in enumerate(ep_of_row):  # position of each row inside its episode
@@ -140,6 +179,7 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
             raise ValueError("all rows of an episode must have the same task")
         E, T = len(keys), int(counts.max())
         obs = np.zeros((E, T, self.model.obs_dim), dtype=np.float32)
+        obs_cols = [f"obs_{i}" for i in range(self.model.obs_dim)]
         obs[ep_of_row, step_of_row] = df[obs_cols].to_numpy(dtype=np.float32)
         rewards = np.zeros((E, T))
         if "reward" in df.columns:
@@ -152,12 +192,19 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
                 raise ValueError("return-conditioned model without target returns")
             targets = self.targets[rows].numpy()
         env = ReplayEnv(obs, counts, rewards)
+        if self.model.discrete:
+            avail = np.ones((E, T, self.model.act_dim), dtype=bool)
+            avail_cols = [f"avail_{j}" for j in range(self.model.act_dim)]
+            avail[ep_of_row, step_of_row] = df[avail_cols].to_numpy() != 0
+            if not avail[ep_of_row, step_of_row].any(-1).all():
+                raise ValueError("every row needs at least one available action")
+            env = ReplayTeamEnv(obs, counts, rewards, keys[:, 1], avail)
         rollout(self.model, self.norm, env, T, seed=0, prompts=prompts, target_returns=targets)
         return env.actions[ep_of_row, step_of_row].astype(np.float64)
 
 
-def signature(obs_dim: int, act_dim: int) -> Any:
-    """Input and output schema of :class:`PolicyModel`."""
+def signature(obs_dim: int, act_dim: int, discrete: bool = False, team: bool = False) -> Any:
+    """Input and output schema of :class:`PolicyModel` (module docstring)."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
@@ -165,11 +212,16 @@ def signature(obs_dim: int, act_dim: int) -> Any:
         [
             ColSpec("long", "task"),
             ColSpec("long", "episode", required=False),
+            *([ColSpec("long", "agent")] if team else []),
             *[ColSpec("double", f"obs_{i}") for i in range(obs_dim)],
+            *[ColSpec("long", f"avail_{j}") for j in range(act_dim) if discrete],
             ColSpec("double", "reward", required=False),
         ]
     )
-    outputs = Schema([ColSpec("double", f"act_{j}") for j in range(act_dim)])
+    if discrete:
+        outputs = Schema([ColSpec("long", "action")])
+    else:
+        outputs = Schema([ColSpec("double", f"act_{j}") for j in range(act_dim)])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
@@ -192,6 +244,8 @@ def log_policy_model(
     input_example: pd.DataFrame,
     registered_model_name: str | None = None,
     name: str = "policy",
+    discrete: bool = False,
+    team: bool = False,
 ) -> Any:
     """Log (and optionally register) the policy as a pyfunc model in the active run.
 
@@ -210,7 +264,7 @@ def log_policy_model(
             python_model=str(ENTRY_FILE),
             artifacts={"checkpoint": str(checkpoint), "prompts": str(prompt_set)},
             code_paths=[str(code)],
-            signature=signature(obs_dim, act_dim),
+            signature=signature(obs_dim, act_dim, discrete, team),
             input_example=input_example,
             pip_requirements=_requirements(),
             registered_model_name=registered_model_name,

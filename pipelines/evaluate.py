@@ -126,6 +126,20 @@ def per_task_csv(summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def example_row(target: Any, task: int) -> dict[str, Any]:
+    """One input row of the served policy (cmt.serving): the first step of ``target``'s first
+    episode, with its agent id and available actions for team policies."""
+    i = int(target.ep_start[0])
+    d = target.data
+    row: dict[str, Any] = {"task": task}
+    if target.agent_of is not None:
+        row["agent"] = int(target.agent_of[i])
+    row.update({f"obs_{j}": float(x) for j, x in enumerate(d.observations[i])})
+    if d.avail_actions is not None:
+        row.update({f"avail_{j}": int(x) for j, x in enumerate(d.avail_actions[i])})
+    return row
+
+
 @stage_task(name="register policy")
 def register_policy(
     params: Params,
@@ -160,20 +174,21 @@ def register_policy(
     targets = None  # the same targets as cmt.experiment.evaluate_method
     if model.cfg.condition_on_rtg:
         targets = target_returns(params, bench, data, list(tasks))
-    # Input example: the first observation of each task's first prompt-data episode.
-    first = {}
-    for t in tasks:
-        target = bench.prompt_target(data, t)
-        first[t] = target.data.observations[target.ep_start[0]]
-    example = pd.DataFrame(
-        [{"task": t, **{f"obs_{i}": float(x) for i, x in enumerate(first[t])}} for t in tasks]
-    )
+    # Input example: the first step of each task's first prompt-data episode.
+    example = pd.DataFrame([example_row(bench.prompt_target(data, t), t) for t in tasks])
     name = cfg.model_name(params.data.name)
     with tempfile.TemporaryDirectory() as tmp:
         prompt_set = Path(tmp) / "prompts.pt"
         save_prompt_set(prompt_set, prompts, targets, {"method": method, "seed": seed})
         info = log_policy_model(
-            ckpt, prompt_set, model.obs_dim, model.act_dim, example, registered_model_name=name
+            ckpt,
+            prompt_set,
+            model.obs_dim,
+            model.act_dim,
+            example,
+            registered_model_name=name,
+            discrete=model.discrete,
+            team=model.num_agents > 1,
         )
     version = str(info.registered_model_version)
     tags = {
@@ -241,6 +256,10 @@ def evaluate_flow(
                 "dataset/score_mean": float(scores.mean()),
                 "dataset/score_p90": float(np.percentile(scores, 90)),
                 "dataset/score_max": float(scores.max()),
+                **{
+                    f"dataset/level/{level}": float(scores[mine].mean())
+                    for level, mine in bench.level_episodes(data.train).items()
+                },
             }
         )
         records = build_records(params, results, checkpoints, prompts_dir)

@@ -45,11 +45,8 @@ def summarise(params: Params, data_dir: str) -> dict[str, Any]:
         },
     }
     histogram: dict[str, np.ndarray] = {}
-    if "level" in train.data.infos:
-        ep_level = train.data.infos["level"][train.ep_start]  # (E,)
-        groups = {level: ep_level == i for i, level in enumerate(bench.levels)}
-    else:  # a real dataset file records no behaviour levels
-        groups = {"dataset": np.ones(train.num_episodes, dtype=bool)}
+    # A real dataset file records no behaviour levels: then the whole data is one group.
+    groups = bench.level_episodes(train) or {"dataset": np.ones(train.num_episodes, dtype=bool)}
     for level, mine in groups.items():
         scores = train_scores[mine]
         summary["train"][f"{level}_episodes"] = int(len(scores))

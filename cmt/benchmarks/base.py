@@ -213,6 +213,14 @@ class Benchmark(ABC):
             scores[mine] = self.score(data, int(task), Episodes(ds.ep_return[mine]))
         return scores
 
+    def level_episodes(self, ds: OfflineDataset) -> dict[str, np.ndarray]:
+        """Episodes (E,) bool of each behaviour level present in ``ds`` (``infos/level``);
+        empty for data that records no levels (a real dataset file)."""
+        if "level" not in ds.data.infos:
+            return {}
+        ep_level = ds.data.infos["level"][ds.ep_start]  # (E,)
+        return {lv: ep_level == i for i, lv in enumerate(self.levels) if np.any(ep_level == i)}
+
     def describe(self, episodes: int) -> str:
         """One sentence on what a results table of this benchmark shows."""
         return (
