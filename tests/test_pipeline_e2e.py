@@ -565,7 +565,8 @@ def test_d4rl_preset_end_to_end(repo: Repo):
         "value": 82.7,
         "metric": "score_mean",
     }
-    assert set(hopper["dataset"]) == {"score_mean", "score_p90", "score_max"}
+    levels = set(hopper["dataset"]) - {"score_mean", "score_p90", "score_max"}
+    assert levels and all(k.startswith("level/") for k in levels)  # the data's own levels
     assert hopper["prompt"]["bytes"] < 8_000 and hopper["prompt"]["seconds"] > 0
     table = (p / "outputs/report/benchmarks.md").read_text()
     assert "Single-agent offline RL (D4RL-style)" in table and "| hopper_medium_replay |" in table

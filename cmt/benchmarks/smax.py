@@ -77,7 +77,7 @@ class Smax(Benchmark):
     """One SMAX map: a team of agents, discrete masked actions, win rate as the score."""
 
     levels: ClassVar[tuple[str, ...]] = TIERS
-    kind: ClassVar[str] = "smax"
+    kind: ClassVar[str] = "Offline multi-agent RL (SMAX)"
     score_caption: ClassVar[str] = "Score: win rate (%); return: the team's SMAX reward."
     cfg: SmaxData
 
