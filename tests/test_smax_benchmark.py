@@ -8,6 +8,7 @@ import typing
 import numpy as np
 import pytest
 import torch
+from test_team_model import A, team_data
 
 from cmt.benchmarks import Data, Episodes, make_benchmark
 from cmt.benchmarks.smax import TIERS, MapName, SmaxData
@@ -16,7 +17,6 @@ from cmt.data.agents import fold_agents
 from cmt.data.dataset import Normalizer, OfflineDataset
 from cmt.evaluate import evaluate_tasks
 from cmt.models.policy import SequencePolicy
-from test_team_model import A, team_data
 
 SMAX_METHODS = {
     "compare": {"methods": ["madt", "cmt_tuned"], "backbones": ["dt", "cmt"]},
