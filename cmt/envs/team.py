@@ -46,7 +46,7 @@ class FoldedTeamEnv:
         self.won[:] = False
         self._ended[:] = False
         self._avail = avail.reshape(self.num_envs, -1)
-        return obs.reshape(self.num_envs, -1)
+        return self._rows(obs)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         B, A = self.env.num_envs, self.num_agents
@@ -56,7 +56,11 @@ class FoldedTeamEnv:
         self._ended |= terminated | truncated
         self._avail = avail.reshape(self.num_envs, -1)
         rows = lambda x: np.repeat(x, A)  # noqa: E731  (B,) -> (B * A,)
-        return obs.reshape(self.num_envs, -1), rows(reward), rows(terminated), rows(truncated)
+        return self._rows(obs), rows(reward), rows(terminated), rows(truncated)
+
+    def _rows(self, obs: np.ndarray) -> np.ndarray:
+        """(B, A, obs) -> (B * A, obs), a writable copy (jax hands out read-only arrays)."""
+        return np.array(obs, dtype=np.float32).reshape(self.num_envs, -1)
 
     def action_mask(self) -> np.ndarray:
         if self._avail is None:
