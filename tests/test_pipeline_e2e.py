@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -574,3 +575,89 @@ def test_d4rl_preset_end_to_end(repo: Repo):
     assert "D4RL normalised score" in (p / "outputs/report/results.md").read_text()
     client = repo.mlflow()
     assert client.get_registered_model("cmt-hopper_medium_replay").aliases["champion"]
+
+
+# The SMAX 3m preset at a tiny MaskablePPO budget and a few episodes per tier.
+TINY_SMAX = {
+    "data.episodes_per_tier": 4,
+    "data.ppo.total_steps": 576,
+    "data.ppo.n_envs": 2,
+    "data.ppo.n_steps": 16,
+    "data.ppo.batch_size": 48,
+    "data.ppo.snapshot_every": 192,
+    "data.ppo.eval_episodes": 4,
+    "pretrain.steps": 20,
+    "evaluate.episodes": 4,
+}
+
+
+def test_smax_preset_end_to_end(repo: Repo):
+    """The multi-agent setting through the same pipeline: collect (MaskablePPO on SMAX 3m, three
+    tiers) -> report, with discrete masked actions, win rates, and a registered team policy
+    that a fresh process loads and asks for actions of a batch of agents."""
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in TINY_SMAX.items()]
+    cmd = [sys.executable, "-m", "pipelines.pipeline", "--preset", "smax_3m", *sets]
+    out = repo.run(*cmd, "--name", "smax")
+    assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-5000:]
+    p = repo.path
+    from cmt.data.hdf5 import read_hdf5
+
+    team = read_hdf5(p / "data/smax_3m/train.hdf5")
+    assert team.observations.ndim == 3 and team.observations.shape[1] == 3  # 3 marines
+    assert team.actions.dtype.kind == "i" and team.avail_actions.shape[:2] == (len(team), 3)
+    levels = team.infos["level"][np.flatnonzero(team.terminals | team.timeouts)]
+    assert sorted(np.unique(levels)) == [0, 1, 2]  # poor, medium, good
+    assert (p / "outputs/sac/3m").is_dir()  # PPO snapshots kept for a resumed rerun
+    metrics = json.loads((p / "outputs/evaluate/metrics.json").read_text())
+    assert set(metrics) == {"madt", "bc", "cmt_zero_shot", "cmt_tuned"}
+    for m in metrics.values():  # a win rate in percent
+        assert 0.0 <= m["score_mean"] <= 100.0
+    rows = json.loads((p / "outputs/report/benchmarks.json").read_text())
+    smax = next(r for r in rows if r["name"] == "smax_3m")
+    assert {"level/poor", "level/medium", "level/good"} <= set(smax["dataset"])
+    table = (p / "outputs/report/benchmarks.md").read_text()
+    assert "Offline multi-agent RL (SMAX)" in table and "| smax_3m |" in table
+    assert "win rate" in (p / "outputs/report/results.md").read_text()
+
+    # The registered team policy: one integer action per (episode, agent, step) row, always
+    # an available one, from a fresh process.
+    obs = team.observations[:2]  # (2, A, obs): the first two steps of the first episode
+    avail = team.avail_actions[:2]
+    avail[:, :, :] = False
+    avail[:, :, 4] = True  # only "stop" available: the policy must pick it
+    avail[1, 0, [0, 1]] = True
+    rows_in = [
+        {
+            "task": 0,
+            "episode": 0,
+            "agent": a,
+            **{f"obs_{i}": float(x) for i, x in enumerate(obs[t, a])},
+            **{f"avail_{j}": int(x) for j, x in enumerate(avail[t, a])},
+        }
+        for t in range(2)
+        for a in range(3)
+    ]
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        import mlflow, pandas as pd
+        mlflow.set_tracking_uri("sqlite:///{p / "mlflow.db"}")
+        model = mlflow.pyfunc.load_model("models:/cmt-smax_3m@champion")
+        out = model.predict(pd.DataFrame(json.loads(sys.stdin.read())))
+        print(json.dumps(out["action"].tolist()))
+        """
+    )
+    got = subprocess.run(
+        [sys.executable, "-c", script],
+        input=json.dumps(rows_in),
+        cwd=tempfile.mkdtemp(),
+        env=repo.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert got.returncode == 0, got.stderr[-3000:]
+    actions = json.loads(got.stdout.strip().splitlines()[-1])
+    assert len(actions) == 6
+    for row, action in zip(rows_in, actions, strict=True):
+        assert row[f"avail_{action}"] == 1
