@@ -108,6 +108,7 @@ class OfflineDataset:
             task_ids=d.task_ids[idx],
             infos={k: v[idx] for k, v in d.infos.items()},
             metadata=dict(d.metadata),
+            avail_actions=None if d.avail_actions is None else d.avail_actions[idx],
         )
         return OfflineDataset(sub, seed=seed)
 
