@@ -88,15 +88,66 @@ class SacConfig(Section):
 
 
 class PpoConfig(Section):
-    """MaskablePPO training of the parameter-shared good policy of a SMAX map
-    (``cmt/envs/marl_data.py``; docs/smax.md). Defaults: the reduced CPU budget."""
+    """Parameter-shared MaskablePPO behaviour policies of the SMAX benchmark
+    (``cmt/envs/marl_data.py``, docs/smax.md): every ally of every SMAX episode is one entry
+    of SB3's vectorised environment, and all share one policy.
+
+    The defaults are the reduced budget (about 10 minutes per map on one busy CPU core); the
+    full budgets are in docs/smax.md.
+    """
 
     total_steps: int = Field(
-        200_000, ge=1, description="Agent steps of PPO training (each agent step counts once)."
+        1_000_000,
+        ge=1,
+        description="Agent steps of PPO training (SB3 timesteps: one per agent per SMAX step); "
+        "rounded up to whole rollouts.",
     )
-    num_envs: int = Field(
-        16, ge=1, description="SMAX episodes stepped together (each agent is one PPO env)."
+    n_envs: int = Field(16, ge=1, description="SMAX episodes stepped together while training.")
+    n_steps: int = Field(
+        64, ge=2, description="Steps per episode slot in each PPO rollout (SB3 n_steps)."
+    )
+    batch_size: int = Field(1024, ge=2, description="PPO minibatch size (agent steps).")
+    n_epochs: int = Field(4, ge=1, description="PPO epochs over each rollout.")
+    learning_rate: float = Field(5e-4, gt=0.0, description="Adam learning rate.")
+    gamma: float = Field(0.99, gt=0.0, le=1.0, description="Discount factor.")
+    gae_lambda: float = Field(0.95, ge=0.0, le=1.0, description="GAE lambda.")
+    clip_range: float = Field(0.2, gt=0.0, description="PPO clipping range.")
+    ent_coef: float = Field(0.01, ge=0.0, description="Entropy bonus coefficient.")
+    net_arch: tuple[int, ...] = Field(
+        (64, 64), min_length=1, description="Hidden widths of the policy and value networks."
     )
     snapshot_every: int = Field(
-        20_000, ge=1, description="Agent steps between policy snapshots (medium/poor tiers)."
+        100_000,
+        ge=1,
+        description="Agent steps between policy snapshots (each evaluated for win rate); also "
+        "the checkpoint interval and the granularity of the medium and poor tiers.",
     )
+    eval_episodes: int = Field(
+        64, ge=1, description="SMAX episodes evaluating each snapshot (win rate, mean return)."
+    )
+    medium_fraction: float = Field(
+        0.5,
+        gt=0.0,
+        lt=1.0,
+        description="Medium = the snapshot before Good whose win rate is closest to this "
+        "fraction of Good's (by return when Good never wins).",
+    )
+    heuristic_tier: bool = Field(
+        True, description="Also record SMAX's scripted heuristic as a fourth tier."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "cpu", description="Torch device of PPO (its small networks run fastest on the CPU)."
+    )
+    torch_threads: int = Field(
+        1, ge=0, description="Torch CPU threads while PPO trains (0 = leave torch's setting)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PpoConfig:
+        if 2 * self.snapshot_every > self.total_steps:
+            # Poor (the first snapshot), Medium and Good must be distinct snapshots.
+            raise ValueError(
+                f"total_steps={self.total_steps} must be at least 2 * "
+                f"snapshot_every={self.snapshot_every}"
+            )
+        return self

@@ -31,13 +31,19 @@ def test_every_preset_builds_a_conforming_benchmark(preset: str) -> None:
     bench = make_benchmark(params.data)
     assert isinstance(bench, Benchmark) and bench.name == preset
     spaces = bench.spaces
-    assert spaces.obs_dim > 0 and spaces.act_dim > 0 and spaces.num_agents == 1
+    assert spaces.obs_dim > 0 and spaces.act_dim > 0 and spaces.num_agents >= 1
     assert bench.eval_tasks and bench.horizon > 0 and bench.levels
     assert params.data.methods and set(params.compare.methods) <= set(params.data.methods)
-    env = bench.make_batched_env(np.array(bench.eval_tasks[:2]))
+    episodes = np.array(bench.eval_tasks[:2])
+    env = bench.make_batched_env(episodes)
+    # A team's agents are rows of their own (folded into the batch, as the policy sees them).
+    assert env.num_envs == len(episodes) * spaces.num_agents
     obs = env.reset(seed=0)
     assert obs.shape == (env.num_envs, spaces.obs_dim)
-    obs, rew, term, trunc = env.step(np.zeros((env.num_envs, spaces.act_dim), dtype=np.float32))
+    action = np.zeros((env.num_envs, spaces.act_dim), dtype=np.float32)
+    if spaces.discrete:  # one-hot of an available action
+        action[np.arange(env.num_envs), env.action_mask().argmax(-1)] = 1.0
+    obs, rew, term, trunc = env.step(action)
     assert obs.shape == (env.num_envs, spaces.obs_dim) and rew.shape == term.shape == trunc.shape
 
 

@@ -50,17 +50,15 @@ class SmaxData(DataSection):
 
     benchmark: Literal["smax"] = Field(description="Benchmark id.")
     map: MapName = Field("3m", description="SMAX map (SMAC scenario name).")
-    tiers: tuple[Literal["poor", "medium", "good", "heuristic"], ...] = Field(
-        ("poor", "medium", "good"),
-        min_length=1,
-        description="Behaviour tiers mixed into the training data (OG-MARL's names; "
-        "'heuristic' is SMAX's scripted policy). Prompts are fitted on 'good'.",
-    )
     episodes_per_tier: int = Field(
-        300, ge=2, description="Episodes recorded per tier (each has one trajectory per agent)."
+        300,
+        ge=2,
+        description="Episodes recorded per behaviour tier (poor, medium, good, and heuristic "
+        "when data.ppo.heuristic_tier); each holds one trajectory per agent.",
     )
     ppo: PpoConfig = Field(
-        default_factory=PpoConfig, description="MaskablePPO training of the good policy."
+        default_factory=PpoConfig,
+        description="MaskablePPO training of the good policy, whose snapshots give the tiers.",
     )
 
     methods: ClassVar[tuple[str, ...]] = ("madt", "bc", "cmt_zero_shot", "cmt_tuned")
@@ -124,14 +122,13 @@ class Smax(Benchmark):
         behaviour = Path(behaviour_root or out_dir / "behaviour") / cfg.map
         summary = build_smax_datasets(
             cfg.map,
-            out_dir / TRAIN_FILE,
+            out_dir,
             behaviour,
             cfg.ppo,
-            tiers=cfg.tiers,
             episodes_per_tier=cfg.episodes_per_tier,
             seed=cfg.seed,
-            on_metrics=on_metrics,
             progress=progress,
+            on_metrics=on_metrics,
         )
         # No random/expert references: a SMAX episode is scored by its outcome. The tiers'
         # own win rates and returns are what results are read against.

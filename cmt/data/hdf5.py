@@ -1,4 +1,5 @@
-"""Read and write offline datasets in D4RL's HDF5 layout, extended with ``task_id``.
+"""Read and write offline datasets in D4RL's HDF5 layout, extended with ``task_id`` and, for
+multi-agent data, an agent axis.
 
 On disk (one file, N transitions, episodes back to back)::
 
@@ -11,6 +12,13 @@ On disk (one file, N transitions, episodes back to back)::
     task_id            (N,)         int64    optional on read with ``default_task_id``
     infos/<name>       (N, ...)              free-form per-step extras
     metadata/<name>    scalars, strings, 1-D arrays; ``metadata/schema_version`` on write
+
+Multi-agent files (SMAX; A agents, n discrete actions each) differ in::
+
+    observations       (N, A, obs_dim) float32  per agent; next_observations likewise
+    actions            (N, A)          int64    in [0, n), and available (below)
+    avail_actions      (N, A, n)       bool     which actions each agent could take
+    infos/won          (N,)            bool     optional; true only at an episode's end
 
 Everything is checked on load and before writing; bad input raises :class:`DatasetError`
 naming the file, the key and what is wrong.
@@ -27,7 +35,7 @@ import h5py
 import numpy as np
 
 from cmt.atomic import atomic_path
-from cmt.data.schema import SCHEMA_VERSION, TransitionData
+from cmt.data.schema import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, TransitionData
 
 __all__ = ["DatasetError", "episode_bounds", "read_hdf5", "validate", "write_hdf5"]
 
@@ -44,6 +52,7 @@ _FIELD_TO_KEY = {
     "timeouts": "timeouts",
     "next_observations": "next_observations",
     "task_ids": "task_id",
+    "avail_actions": "avail_actions",
 }
 _DTYPES = {
     "observations": np.dtype(np.float32),
@@ -53,6 +62,7 @@ _DTYPES = {
     "timeouts": np.dtype(np.bool_),
     "next_observations": np.dtype(np.float32),
     "task_id": np.dtype(np.int64),
+    "avail_actions": np.dtype(np.bool_),
 }
 _NDIMS = {
     "observations": 2,
@@ -63,6 +73,9 @@ _NDIMS = {
     "next_observations": 2,
     "task_id": 1,
 }
+# Multi-agent data: the agent axis after N, integer actions.
+_MA_DTYPES = {**_DTYPES, "actions": np.dtype(np.int64)}
+_MA_NDIMS = {**_NDIMS, "observations": 3, "next_observations": 3, "avail_actions": 3}
 
 
 class DatasetError(ValueError):
@@ -102,6 +115,12 @@ def _first_bad(mask: np.ndarray) -> tuple[int, int]:
     return count, first
 
 
+def _first_cell(mask: np.ndarray) -> tuple[int, int, int]:
+    """Count of true entries of a (N, A) mask and the (index, agent) of the first one."""
+    i, a = np.argwhere(mask)[0]
+    return int(np.count_nonzero(mask)), int(i), int(a)
+
+
 def _check_finite(source: str, key: str, arr: np.ndarray) -> None:
     bad = ~np.isfinite(arr)
     if bad.any():
@@ -114,32 +133,48 @@ def validate(data: TransitionData, source: str) -> None:
 
     ``source`` (a file name, or a description for in-memory data) prefixes every message.
     Dtypes must already be the canonical ones (float32 / bool / int64). The last transition
-    must end an episode. Raises :class:`DatasetError` on the first problem found.
+    must end an episode. Multi-agent data (``avail_actions`` set) must also agree on the
+    agent axis and take only available actions. Raises :class:`DatasetError` on the first
+    problem found.
     """
+    multi = data.avail_actions is not None
+    dtypes, ndims = (_MA_DTYPES, _MA_NDIMS) if multi else (_DTYPES, _NDIMS)
     arrays: dict[str, np.ndarray] = {}
     for field, key in _FIELD_TO_KEY.items():
         arr = getattr(data, field)
+        if field == "avail_actions" and not multi:
+            continue
         if not isinstance(arr, np.ndarray):
             raise _err(source, key, f"expected a numpy array, got {type(arr).__name__}")
-        if arr.dtype != _DTYPES[key]:
-            raise _err(source, key, f"dtype {arr.dtype}, expected {_DTYPES[key]}")
+        if arr.dtype != dtypes[key]:
+            raise _err(source, key, f"dtype {arr.dtype}, expected {dtypes[key]}")
         arrays[key] = arr
 
     for key, arr in arrays.items():
-        if arr.ndim != _NDIMS[key]:
-            raise _err(source, key, f"expected {_NDIMS[key]}-D array, got shape {arr.shape}")
+        if arr.ndim != ndims[key]:
+            raise _err(source, key, f"expected {ndims[key]}-D array, got shape {arr.shape}")
     n = arrays["observations"].shape[0]
     for key, arr in arrays.items():
         if arr.shape[0] != n:
             raise _err(source, key, f"length {arr.shape[0]} does not match observations length {n}")
     if n < 1:
         raise _err(source, "observations", "dataset is empty (N = 0)")
-    obs_dim = arrays["observations"].shape[1]
-    if arrays["next_observations"].shape[1] != obs_dim:
+    if multi:
+        agents = arrays["observations"].shape[1]
+        for key in ("next_observations", "actions", "avail_actions"):
+            if arrays[key].shape[1] != agents:
+                raise _err(
+                    source,
+                    key,
+                    f"agent axis of size {arrays[key].shape[1]} does not match observations' "
+                    f"{agents} agents (shape {arrays[key].shape})",
+                )
+    obs_dim = arrays["observations"].shape[-1]
+    if arrays["next_observations"].shape[-1] != obs_dim:
         raise _err(
             source,
             "next_observations",
-            f"width {arrays['next_observations'].shape[1]} does not match observations "
+            f"width {arrays['next_observations'].shape[-1]} does not match observations "
             f"width {obs_dim}",
         )
     for name, arr in data.infos.items():
@@ -150,7 +185,10 @@ def validate(data: TransitionData, source: str) -> None:
             raise _err(source, key, f"shape {arr.shape}, expected first dimension {n}")
 
     for key in FLOAT_KEYS:
-        _check_finite(source, key, arrays[key])
+        if not (multi and key == "actions"):
+            _check_finite(source, key, arrays[key])
+    if multi:
+        _check_actions(source, arrays["actions"], arrays["avail_actions"])
 
     ends = arrays["terminals"] | arrays["timeouts"]
     if not ends[-1]:
@@ -159,6 +197,17 @@ def validate(data: TransitionData, source: str) -> None:
             "timeouts",
             f"last transition (index {n - 1}) ends no episode: neither terminal nor timeout",
         )
+
+    won = data.infos.get("won")
+    if multi and won is not None:
+        if won.dtype != np.bool_ or won.ndim != 1:
+            raise _err(source, "infos/won", f"{won.dtype} {won.shape}, expected bool ({n},)")
+        early = won & ~ends
+        if early.any():
+            count, first = _first_bad(early)
+            raise _err(
+                source, "infos/won", f"{count} wins at steps that end no episode (first {first})"
+            )
 
     task = arrays["task_id"]
     # A task id may only change right after an episode end.
@@ -195,6 +244,29 @@ def validate(data: TransitionData, source: str) -> None:
             source,
             "metadata/schema_version",
             f"schema version {version!r}, expected {SCHEMA_VERSION}",
+        )
+
+
+def _check_actions(source: str, actions: np.ndarray, avail: np.ndarray) -> None:
+    """Every action in [0, num_actions) and available to its agent at its step."""
+    num_actions = avail.shape[2]
+    outside = (actions < 0) | (actions >= num_actions)
+    if outside.any():
+        count, i, a = _first_cell(outside)
+        raise _err(
+            source,
+            "actions",
+            f"{count} actions outside [0, {num_actions}) (first at index {i}, agent {a}: "
+            f"{actions[i, a]})",
+        )
+    taken = np.take_along_axis(avail, actions[..., None], axis=2)[..., 0]  # (N, A)
+    if not taken.all():
+        count, i, a = _first_cell(~taken)
+        raise _err(
+            source,
+            "actions",
+            f"{count} actions that were not available (first at index {i}, agent {a}: action "
+            f"{actions[i, a]}, avail_actions {avail[i, a].astype(int).tolist()})",
         )
 
 
@@ -238,7 +310,8 @@ def write_hdf5(path: str | Path, data: TransitionData) -> None:
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             for field, key in _FIELD_TO_KEY.items():
-                f.create_dataset(key, data=getattr(data, field))
+                if getattr(data, field) is not None:  # avail_actions: multi-agent only
+                    f.create_dataset(key, data=getattr(data, field))
             for name, arr in data.infos.items():
                 f.create_dataset(f"infos/{name}", data=arr)
             for name, value in meta.items():
@@ -309,11 +382,6 @@ def _as_flags(source: str, key: str, arr: np.ndarray) -> np.ndarray:
     return arr.astype(np.bool_)
 
 
-def _check_ndim(source: str, key: str, arr: np.ndarray) -> None:
-    if arr.ndim != _NDIMS[key]:
-        raise _err(source, key, f"expected {_NDIMS[key]}-D array, got shape {arr.shape}")
-
-
 def _derive_next_observations(
     obs: np.ndarray, terminals: np.ndarray, timeouts: np.ndarray
 ) -> np.ndarray:
@@ -354,14 +422,23 @@ def _read_open(f: h5py.File, source: str, default_task_id: int | None) -> Transi
     metadata = {name: _read_metadata_value(ds) for name, ds in meta_ds.items()}
 
     # A file we wrote always has schema_version; a foreign D4RL file has none and is accepted.
+    multi = "avail_actions" in f
     if "schema_version" in metadata:
         version = metadata.pop("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMA_VERSIONS:
             raise _err(
                 source,
                 "metadata/schema_version",
-                f"schema version {version!r}, expected {SCHEMA_VERSION}",
+                f"schema version {version!r}, expected {SCHEMA_VERSION} "
+                f"(readable: {list(READABLE_SCHEMA_VERSIONS)})",
             )
+        if multi and version < 2:
+            raise _err(
+                source,
+                "metadata/schema_version",
+                f"schema version {version} has no agent axis, but the file has avail_actions",
+            )
+    ndims = _MA_NDIMS if multi else _NDIMS
 
     for key in REQUIRED_KEYS:
         if key not in f:
@@ -370,17 +447,22 @@ def _read_open(f: h5py.File, source: str, default_task_id: int | None) -> Transi
         raise _err(source, "task_id", "missing; pass default_task_id for single-task D4RL files")
 
     raw = {key: _dataset(source, f, key)[()] for key in REQUIRED_KEYS}
-    for key in ("next_observations", "task_id"):
+    for key in ("next_observations", "task_id", "avail_actions"):
         if key in f:
             raw[key] = _dataset(source, f, key)[()]
 
     # dtypes: cast to the canonical ones, refusing anything that is not the right kind.
     arrays: dict[str, np.ndarray] = {}
     for key in FLOAT_KEYS:
-        if key in raw:
+        if key in raw and not (multi and key == "actions"):
             arrays[key] = _as_float(source, key, np.asarray(raw[key]))
-    for key in FLAG_KEYS:
+    for key in (*FLAG_KEYS, "avail_actions") if multi else FLAG_KEYS:
         arrays[key] = _as_flags(source, key, np.asarray(raw[key]))
+    if multi:
+        actions = np.asarray(raw["actions"])
+        if not np.issubdtype(actions.dtype, np.integer):
+            raise _err(source, "actions", f"dtype {actions.dtype}, expected an integer dtype")
+        arrays["actions"] = actions.astype(np.int64, copy=False)
     if "task_id" in raw:
         task = np.asarray(raw["task_id"])
         if not np.issubdtype(task.dtype, np.integer):
@@ -389,7 +471,8 @@ def _read_open(f: h5py.File, source: str, default_task_id: int | None) -> Transi
 
     # shapes: check what the derivations below rely on before deriving anything.
     for key, arr in arrays.items():
-        _check_ndim(source, key, arr)
+        if arr.ndim != ndims[key]:
+            raise _err(source, key, f"expected {ndims[key]}-D array, got shape {arr.shape}")
     n = arrays["observations"].shape[0]
     for key, arr in arrays.items():
         if arr.shape[0] != n:
@@ -433,6 +516,7 @@ def _read_open(f: h5py.File, source: str, default_task_id: int | None) -> Transi
         task_ids=arrays["task_id"],
         infos=infos,
         metadata=metadata,
+        avail_actions=arrays.get("avail_actions"),
     )
     validate(data, source)
     return data

@@ -87,10 +87,14 @@ def rollout(
 def concat_transitions(
     parts: list[TransitionData], metadata: dict[str, Any] | None = None
 ) -> TransitionData:
-    """Concatenate datasets (episodes stay back to back); infos must share the same keys."""
+    """Concatenate datasets (episodes stay back to back); infos must share the same keys, and
+    all parts must be single-agent or all multi-agent."""
     keys = set(parts[0].infos)
     if any(set(p.infos) != keys for p in parts):
         raise ValueError(f"cannot concatenate datasets with different infos keys: {sorted(keys)}")
+    multi = {p.multi_agent for p in parts}
+    if len(multi) > 1:
+        raise ValueError("cannot concatenate single-agent and multi-agent datasets")
 
     def cat(name: str) -> np.ndarray:
         return np.concatenate([getattr(p, name) for p in parts])
@@ -105,6 +109,7 @@ def concat_transitions(
         task_ids=cat("task_ids"),
         infos={k: np.concatenate([p.infos[k] for p in parts]) for k in sorted(keys)},
         metadata=dict(metadata or {}),
+        avail_actions=cat("avail_actions") if multi == {True} else None,
     )
 
 

@@ -45,7 +45,7 @@ class FoldedTeamEnv:
         obs, avail = self.env.reset(seed)  # (B, A, obs), (B, A, n)
         self.won[:] = False
         self._ended[:] = False
-        self._avail = avail.reshape(self.num_envs, -1)
+        self._avail = np.array(avail, dtype=bool).reshape(self.num_envs, -1)
         return self._rows(obs)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -54,7 +54,7 @@ class FoldedTeamEnv:
         obs, avail, reward, terminated, truncated, won = self.env.step(chosen)
         self.won |= won & ~self._ended  # an episode's outcome is fixed when it ends
         self._ended |= terminated | truncated
-        self._avail = avail.reshape(self.num_envs, -1)
+        self._avail = np.array(avail, dtype=bool).reshape(self.num_envs, -1)
         rows = lambda x: np.repeat(x, A)  # noqa: E731  (B,) -> (B * A,)
         return self._rows(obs), rows(reward), rows(terminated), rows(truncated)
 

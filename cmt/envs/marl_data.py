@@ -1,0 +1,489 @@
+"""Offline SMAX datasets in OG-MARL's quality tiers, from one parameter-shared MaskablePPO policy.
+
+Procedure (details and budgets in ``docs/smax.md``):
+
+1. sb3-contrib's MaskablePPO trains one policy shared by all allies: :class:`SmaxVecEnv` makes
+   every ally of every batched SMAX episode one entry of SB3's ``VecEnv``, with its available
+   actions as the action mask and the team reward as its reward.
+2. A snapshot of the policy is taken at the start and every ``snapshot_every`` agent steps,
+   and evaluated (win rate, mean return) on ``eval_episodes`` episodes.
+3. *Good* is the best snapshot by win rate; *Medium* the snapshot before it whose win rate is
+   closest to ``medium_fraction`` of Good's; *Poor* the first snapshot (the untrained policy,
+   near-uniform over the available actions). Optionally *heuristic*: SMAX's scripted policy.
+4. ``episodes_per_tier`` episodes of each tier, sampled from the policy, go to ``train.hdf5``
+   (``infos/level`` indexes :data:`TIERS`, ``infos/won`` marks won episodes' last steps).
+
+Training is checkpointed under the behaviour directory at every snapshot and continues from
+there when rerun with the same map, budgets and seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3.common.vec_env import VecEnv
+from tqdm.auto import tqdm
+
+from cmt.atomic import atomic_path, write_json
+from cmt.data.schema import TransitionData
+from cmt.envs.generate import concat_transitions, random_streams, seed_from
+from cmt.envs.smax import (
+    EpisodeBatch,
+    MultiAgentPolicy,
+    SmaxBatchedEnv,
+    heuristic_policy,
+    run_episodes,
+    smax_map,
+)
+from cmt.sections import PpoConfig
+
+log = logging.getLogger(__name__)
+
+TIERS: tuple[str, ...] = ("poor", "medium", "good", "heuristic")
+"""Dataset tiers (OG-MARL's names, plus SMAX's heuristic); ``infos/level`` indexes this."""
+
+_STREAMS: tuple[str, ...] = ("ppo", "eval", "env", *(f"tier/{t}" for t in TIERS))
+# Spawned from the seed in this order; append new streams to keep old datasets identical.
+
+CHECKPOINT_FORMAT = 1
+_EPISODE_CHUNK = 256  # episodes rolled out at once when writing a tier (bounds memory)
+
+MetricsCallback = Callable[[int, dict[str, float]], None]
+"""Called at every snapshot with the step and ``ppo/win_rate`` and ``ppo/mean_return``."""
+
+
+# --------------------------------------------------------------------------- SB3 VecEnv
+
+
+class SmaxVecEnv(VecEnv):
+    """SB3 ``VecEnv`` over a :class:`SmaxBatchedEnv`: entry ``b * A + a`` is ally ``a`` of
+    episode ``b``. Every ally gets the team reward and ends with its episode; finished
+    episodes restart at once (SB3's auto-reset, with ``terminal_observation`` and
+    ``TimeLimit.truncated`` in the infos). ``action_masks()`` gives the available actions.
+    """
+
+    def __init__(self, map_name: str, n_envs: int, seed: int) -> None:
+        self.env = SmaxBatchedEnv(map_name, n_envs)
+        self.render_mode = None
+        e = self.env
+        self._shape = (e.num_envs, e.num_agents)
+        obs_space = gym.spaces.Box(-np.inf, np.inf, shape=(e.obs_dim,), dtype=np.float32)
+        super().__init__(e.num_envs * e.num_agents, obs_space, gym.spaces.Discrete(e.num_actions))
+        self._seed = seed
+        self._avail = np.ones((self.num_envs, e.num_actions), dtype=bool)
+        self._actions = np.zeros(self._shape, dtype=np.int64)
+        self._returns = np.zeros(e.num_envs)
+        self._lengths = np.zeros(e.num_envs, dtype=np.int64)
+
+    def _flat(self, obs: np.ndarray, avail: np.ndarray) -> np.ndarray:
+        self._avail = avail.reshape(self.num_envs, -1)
+        return obs.reshape(self.num_envs, -1)
+
+    def reset(self) -> np.ndarray:
+        seed = self._seeds[0] if self._seeds[0] is not None else self._seed
+        self._seed = seed + 1  # a later reset() starts other episodes
+        self._reset_seeds()
+        self._returns[:] = 0
+        self._lengths[:] = 0
+        return self._flat(*self.env.reset(seed))
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = np.asarray(actions, dtype=np.int64).reshape(self._shape)
+
+    def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        obs, avail, reward, term, trunc, won = self.env.step(self._actions)
+        a = self.env.num_agents
+        self._returns += reward
+        self._lengths += 1
+        done = term | trunc
+        infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        if done.any():
+            for b in np.flatnonzero(done):
+                episode = {"r": float(self._returns[b]), "l": int(self._lengths[b])}
+                for i in range(b * a, (b + 1) * a):
+                    infos[i] = {
+                        "terminal_observation": obs[b, i - b * a].copy(),
+                        "TimeLimit.truncated": bool(trunc[b]),
+                        "is_success": bool(won[b]),
+                        "episode": episode,
+                    }
+            self._returns[done] = 0
+            self._lengths[done] = 0
+            obs, avail, _ = self.env.reset_done()
+        return (
+            self._flat(obs, avail),
+            np.repeat(reward, a).astype(np.float32),
+            np.repeat(done, a),
+            infos,
+        )
+
+    def action_masks(self) -> np.ndarray:
+        """Available actions of every entry; (num_envs, num_actions) bool."""
+        return self._avail
+
+    def close(self) -> None:
+        pass
+
+    def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
+        return [getattr(self, attr_name)] * len(self._get_indices(indices))
+
+    def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
+        raise AttributeError(f"SmaxVecEnv entries share one environment; cannot set {attr_name}")
+
+    def env_method(
+        self, method_name: str, *method_args: Any, indices: Any = None, **method_kwargs: Any
+    ) -> list[Any]:
+        if method_name != "action_masks":
+            raise AttributeError(f"SmaxVecEnv has no per-entry method {method_name!r}")
+        return list(self._avail[list(self._get_indices(indices))])
+
+    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: Any = None) -> list[bool]:
+        return [False] * len(self._get_indices(indices))
+
+
+# --------------------------------------------------------------------------- policies
+
+
+def ppo_policy(policy: torch.nn.Module, rng: np.random.Generator) -> MultiAgentPolicy:
+    """Batched sampling policy of a MaskablePPO policy network, shared by all agents.
+
+    Actions are sampled from the masked categorical with noise from ``rng`` (Gumbel-max), so
+    runs are reproducible whatever torch's global RNG did; masked actions are never drawn.
+    """
+
+    def act(obs: np.ndarray, avail: np.ndarray, t: int) -> np.ndarray:
+        b, a, o = obs.shape
+        with torch.no_grad():
+            dist = policy.get_distribution(
+                torch.as_tensor(obs.reshape(b * a, o)), action_masks=avail.reshape(b * a, -1)
+            )
+            logits = dist.distribution.logits.double().numpy()  # (B*A, N), masked ~ -1e8
+        gumbel = rng.gumbel(size=logits.shape)
+        choice = np.where(avail.reshape(b * a, -1), logits + gumbel, -np.inf).argmax(axis=1)
+        return choice.reshape(b, a).astype(np.int64)
+
+    return act
+
+
+def _evaluate(
+    map_name: str, policy: torch.nn.Module, episodes: int, seed: int
+) -> tuple[float, float]:
+    """(win rate, mean return) of ``policy`` over ``episodes`` episodes."""
+    batch = run_episodes(map_name, episodes, ppo_policy(policy, np.random.default_rng(seed)), seed)
+    return float(batch.episode_won.mean()), float(batch.returns.mean())
+
+
+def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _fingerprint(map_name: str, budgets: PpoConfig, seed: int) -> str:
+    return json.dumps(
+        {"map": map_name, "budgets": budgets.model_dump(mode="json"), "seed": seed}, sort_keys=True
+    )
+
+
+def train_ppo(
+    map_name: str,
+    budgets: PpoConfig,
+    seed: int,
+    behaviour_dir: Path | None = None,
+    on_metrics: MetricsCallback | None = None,
+    progress: bool = True,
+) -> tuple[Any, list[dict[str, Any]], dict[str, float]]:
+    """Train (or resume) the shared MaskablePPO policy on ``map_name``.
+
+    Returns the model, the snapshots (``step``, ``win_rate``, ``mean_return``, CPU ``policy``
+    state dict; the first is the untrained policy, the last the final one) and timings.
+    ``behaviour_dir/state.pt`` is the checkpoint (``torch.load(weights_only=True)``).
+    """
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    rngs = random_streams(seed, _STREAMS)
+    ppo_seed, eval_seed, env_seed = (seed_from(rngs[k]) for k in ("ppo", "eval", "env"))
+    venv = SmaxVecEnv(map_name, budgets.n_envs, env_seed)
+    model = MaskablePPO(
+        "MlpPolicy",
+        venv,
+        learning_rate=budgets.learning_rate,
+        n_steps=budgets.n_steps,
+        batch_size=budgets.batch_size,
+        n_epochs=budgets.n_epochs,
+        gamma=budgets.gamma,
+        gae_lambda=budgets.gae_lambda,
+        clip_range=budgets.clip_range,
+        ent_coef=budgets.ent_coef,
+        policy_kwargs={"net_arch": list(budgets.net_arch)},
+        seed=ppo_seed,
+        device=budgets.device,
+        verbose=0,
+    )
+    fingerprint = _fingerprint(map_name, budgets, seed)
+    state_path = None if behaviour_dir is None else Path(behaviour_dir) / "state.pt"
+    snapshots: list[dict[str, Any]] = []
+    start_step = 0
+    if state_path is not None and state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        steps = int(state.get("num_timesteps", -1))
+        if state.get("format") == CHECKPOINT_FORMAT and state.get("fingerprint") == fingerprint:
+            model.set_parameters(state["params"], exact_match=True, device=model.device)
+            model.num_timesteps = start_step = steps
+            snapshots = [
+                {
+                    "step": int(s["step"]),
+                    "win_rate": float(s["win_rate"]),
+                    "mean_return": float(s["mean_return"]),
+                    "policy": s["policy"],
+                }
+                for s in state["snapshots"]
+            ]
+            log.info("%s: resuming PPO from step %d", state_path, steps)
+        else:
+            log.warning("%s: checkpoint of other settings, starting over", state_path)
+
+    def snapshot() -> None:
+        step = int(model.num_timesteps)
+        if snapshots and snapshots[-1]["step"] == step:
+            return
+        win, ret = _evaluate(map_name, model.policy, budgets.eval_episodes, eval_seed)
+        snapshots.append(
+            {"step": step, "win_rate": win, "mean_return": ret, "policy": _cpu_state(model.policy)}
+        )
+        if on_metrics is not None:
+            on_metrics(step, {"ppo/win_rate": win, "ppo/mean_return": ret})
+        if state_path is not None:
+            with atomic_path(state_path) as tmp:
+                torch.save(
+                    {
+                        "format": CHECKPOINT_FORMAT,
+                        "fingerprint": fingerprint,
+                        "num_timesteps": step,
+                        "params": model.get_parameters(),
+                        "snapshots": snapshots,
+                    },
+                    tmp,
+                )
+
+    class Snapshots(BaseCallback):
+        def _on_training_start(self) -> None:
+            self.bar = tqdm(
+                total=budgets.total_steps,
+                initial=start_step,
+                desc=f"ppo {map_name}",
+                disable=not progress,
+            )
+            self.next = (start_step // budgets.snapshot_every + 1) * budgets.snapshot_every
+            snapshot()  # step 0: the untrained policy (a no-op when resuming)
+
+        def _on_rollout_start(self) -> None:
+            # Between PPO updates: the policy is the one the last rollout was trained into.
+            self.bar.n = min(int(self.model.num_timesteps), budgets.total_steps)
+            self.bar.refresh()
+            if self.model.num_timesteps >= self.next and (
+                self.model.num_timesteps < budgets.total_steps
+            ):
+                snapshot()
+                self.next += budgets.snapshot_every
+                self.bar.set_postfix(win_rate=f"{snapshots[-1]['win_rate']:.2f}")
+
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_training_end(self) -> None:
+            snapshot()  # the final policy
+            self.bar.close()
+
+    threads = torch.get_num_threads()
+    if budgets.torch_threads:
+        torch.set_num_threads(budgets.torch_threads)
+    t0 = time.perf_counter()
+    try:
+        if start_step < budgets.total_steps:
+            model.learn(
+                total_timesteps=budgets.total_steps - start_step,
+                callback=Snapshots(),
+                reset_num_timesteps=start_step == 0,
+            )
+    finally:
+        torch.set_num_threads(threads)
+    elapsed = time.perf_counter() - t0
+    stats = {
+        "resumed_from": float(start_step),
+        "seconds": elapsed,
+        "steps_per_s": (model.num_timesteps - start_step) / elapsed if elapsed > 0 else 0.0,
+    }
+    return model, snapshots, stats
+
+
+def select_tiers(
+    win_rates: np.ndarray, mean_returns: np.ndarray, medium_fraction: float
+) -> tuple[dict[str, int], str]:
+    """Snapshot index of each policy tier, and the rule that chose Medium.
+
+    Good: the best win rate (ties: the higher return, then the later snapshot). Poor: the
+    first snapshot. Medium: among those strictly between, the win rate closest to
+    ``medium_fraction`` of Good's (rule ``"win_rate"``); when Good never wins, the return
+    closest to that fraction of the way from Poor to Good (rule ``"return"``).
+    """
+    wins = np.asarray(win_rates, dtype=np.float64)
+    rets = np.asarray(mean_returns, dtype=np.float64)
+    if wins.size < 3:
+        raise ValueError(f"need at least 3 snapshots for 3 tiers, got {wins.size}")
+    order = np.lexsort((np.arange(wins.size), rets, wins))  # last = best
+    good = int(order[-1])
+    if good < 2:
+        good = wins.size - 1  # nothing learned beyond the start: the final policy is Good
+    if wins[good] > 0:
+        rule, values, target = "win_rate", wins, medium_fraction * wins[good]
+    else:
+        rule, values = "return", rets
+        target = rets[0] + medium_fraction * (rets[good] - rets[0])
+    candidates = np.arange(1, good)
+    medium = int(candidates[np.argmin(np.abs(values[candidates] - target))])
+    return {"poor": 0, "medium": medium, "good": good}, rule
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def episodes_to_transitions(batch: EpisodeBatch, tier: str) -> TransitionData:
+    """The recorded episodes of a :func:`~cmt.envs.smax.run_episodes` batch, back to back."""
+    t_max = batch.rewards.shape[0]
+    keep = np.arange(t_max)[None, :] < batch.lengths[:, None]  # (B, T), episode-major
+
+    def flat(x: np.ndarray) -> np.ndarray:
+        return np.swapaxes(x, 0, 1)[keep]  # (T, B, ...) -> (N, ...)
+
+    n = int(keep.sum())
+    return TransitionData(
+        observations=flat(batch.observations).astype(np.float32),
+        actions=flat(batch.actions).astype(np.int64),
+        rewards=flat(batch.rewards).astype(np.float32),
+        terminals=flat(batch.terminated),
+        timeouts=flat(batch.truncated),
+        next_observations=flat(batch.next_observations).astype(np.float32),
+        task_ids=np.zeros(n, dtype=np.int64),
+        infos={"won": flat(batch.won), "level": np.full(n, TIERS.index(tier), dtype=np.int8)},
+        avail_actions=flat(batch.avail_actions),
+    )
+
+
+def record_tier(
+    map_name: str, policy: MultiAgentPolicy, episodes: int, seed: int, tier: str
+) -> tuple[TransitionData, np.ndarray, np.ndarray]:
+    """``episodes`` episodes of ``policy``: (data, returns (E,), won (E,)).
+
+    They run in equal chunks (one compiled batch size); the last chunk's surplus episodes
+    are dropped."""
+    chunk = min(episodes, _EPISODE_CHUNK)
+    parts, returns, won = [], [], []
+    for i, start in enumerate(range(0, episodes, chunk)):
+        batch = run_episodes(map_name, chunk, policy, seed + i, record=True)
+        keep = min(chunk, episodes - start)
+        if keep < chunk:
+            batch = _first_episodes(batch, keep)
+        parts.append(episodes_to_transitions(batch, tier))
+        returns.append(batch.returns)
+        won.append(batch.episode_won)
+    return concat_transitions(parts), np.concatenate(returns), np.concatenate(won)
+
+
+def _first_episodes(batch: EpisodeBatch, n: int) -> EpisodeBatch:
+    """The first ``n`` episodes of a recorded batch (step arrays are time-major)."""
+    fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+    per_episode = ("returns", "episode_won", "lengths")
+    return EpisodeBatch(**{k: v[:n] if k in per_episode else v[:, :n] for k, v in fields.items()})
+
+
+def build_smax_datasets(
+    map_name: str,
+    out_dir: Path,
+    behaviour_dir: Path | None,
+    ppo_cfg: PpoConfig,
+    episodes_per_tier: int,
+    seed: int,
+    progress: bool = True,
+    on_metrics: MetricsCallback | None = None,
+) -> dict[str, Any]:
+    """Train the behaviour policy of ``map_name`` and write ``out_dir/train.hdf5`` (every tier,
+    ``episodes_per_tier`` episodes each) and ``out_dir/tiers.json`` (the snapshot curve, the
+    chosen snapshots and each tier's win rate and mean return; no timings, so a rerun from a
+    finished checkpoint writes identical files). Returns that content plus PPO timings.
+    """
+    from cmt.data.hdf5 import write_hdf5  # lazy: keeps env imports free of h5py
+
+    spec = smax_map(map_name)
+    out_dir = Path(out_dir)
+    rngs = random_streams(seed, _STREAMS)
+    tier_seeds = {t: seed_from(rngs[f"tier/{t}"]) for t in TIERS}
+    model, snapshots, stats = train_ppo(
+        map_name, ppo_cfg, seed, behaviour_dir, on_metrics=on_metrics, progress=progress
+    )
+    wins = np.array([s["win_rate"] for s in snapshots])
+    rets = np.array([s["mean_return"] for s in snapshots])
+    chosen, rule = select_tiers(wins, rets, ppo_cfg.medium_fraction)
+
+    tiers = [t for t in TIERS if t != "heuristic" or ppo_cfg.heuristic_tier]
+    parts, tier_summary = [], {}
+    for tier in tqdm(tiers, desc=f"tiers {map_name}", disable=not progress):
+        rng = np.random.default_rng(tier_seeds[tier])
+        if tier == "heuristic":
+            policy = heuristic_policy(map_name, seed_from(rng))
+        else:
+            net = copy.deepcopy(model.policy).cpu()
+            net.load_state_dict(snapshots[chosen[tier]]["policy"])
+            net.eval()
+            policy = ppo_policy(net, rng)
+        data, returns, won = record_tier(map_name, policy, episodes_per_tier, seed_from(rng), tier)
+        parts.append(data)
+        tier_summary[tier] = {
+            "level": TIERS.index(tier),
+            "snapshot_step": int(snapshots[chosen[tier]]["step"]) if tier in chosen else None,
+            "episodes": int(returns.size),
+            "transitions": len(data),
+            "mean_return": float(returns.mean()),
+            "win_rate": float(won.mean()),
+        }
+    metadata = {
+        "benchmark": "smax",
+        "map": map_name,
+        "num_agents": spec.num_agents,
+        "num_actions": spec.num_actions,
+        "horizon": spec.horizon,
+        "num_tasks": 1,
+        "seed": seed,
+        "levels": list(TIERS),
+        "behaviour": "maskable_ppo",
+        "ppo_steps": int(snapshots[-1]["step"]),
+    }
+    train = concat_transitions(parts, metadata)
+    write_hdf5(out_dir / "train.hdf5", train)
+    record = {
+        "map": map_name,
+        "seed": seed,
+        "budgets": ppo_cfg.model_dump(mode="json"),
+        "episodes_per_tier": episodes_per_tier,
+        "snapshots": [
+            {"step": int(s["step"]), "win_rate": s["win_rate"], "mean_return": s["mean_return"]}
+            for s in snapshots
+        ],
+        "medium_rule": rule,
+        "tiers": tier_summary,
+        "transitions": len(train),
+    }
+    write_json(out_dir / "tiers.json", record)
+    return {**record, "ppo": stats}
