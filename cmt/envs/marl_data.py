@@ -191,9 +191,10 @@ def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _fingerprint(map_name: str, budgets: PpoConfig, seed: int) -> str:
-    return json.dumps(
-        {"map": map_name, "budgets": budgets.model_dump(mode="json"), "seed": seed}, sort_keys=True
-    )
+    # Only what changes training: which snapshots become tiers, and whether the heuristic is
+    # one, are chosen afterwards, so changing them reuses a finished run.
+    trained = budgets.model_dump(mode="json", exclude={"medium_fraction", "heuristic_tier"})
+    return json.dumps({"map": map_name, "budgets": trained, "seed": seed}, sort_keys=True)
 
 
 def train_ppo(
