@@ -190,11 +190,25 @@ def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- training
 
 
+_NOT_TRAINING = ("medium_fraction", "heuristic_tier")
+"""PPO fields chosen after training (which snapshots become tiers, whether the heuristic is
+one): changing them reuses a finished run."""
+
+
 def _fingerprint(map_name: str, budgets: PpoConfig, seed: int) -> str:
-    # Only what changes training: which snapshots become tiers, and whether the heuristic is
-    # one, are chosen afterwards, so changing them reuses a finished run.
-    trained = budgets.model_dump(mode="json", exclude={"medium_fraction", "heuristic_tier"})
+    trained = budgets.model_dump(mode="json", exclude=set(_NOT_TRAINING))
     return json.dumps({"map": map_name, "budgets": trained, "seed": seed}, sort_keys=True)
+
+
+def _same_training(stored: Any, fingerprint: str) -> bool:
+    """Whether a checkpoint's fingerprint describes the same training (fingerprints written
+    before the fields of ``_NOT_TRAINING`` were left out still match)."""
+    if not isinstance(stored, str):
+        return False
+    old = json.loads(stored)
+    for key in _NOT_TRAINING:
+        old.get("budgets", {}).pop(key, None)
+    return json.dumps(old, sort_keys=True) == fingerprint
 
 
 def train_ppo(
@@ -240,7 +254,9 @@ def train_ppo(
     if state_path is not None and state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         steps = int(state.get("num_timesteps", -1))
-        if state.get("format") == CHECKPOINT_FORMAT and state.get("fingerprint") == fingerprint:
+        if state.get("format") == CHECKPOINT_FORMAT and _same_training(
+            state.get("fingerprint"), fingerprint
+        ):
             model.set_parameters(state["params"], exact_match=True, device=model.device)
             model.num_timesteps = start_step = steps
             snapshots = [
