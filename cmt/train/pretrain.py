@@ -19,6 +19,7 @@ from cmt.data.sampler import Batch, SegmentSampler
 from cmt.device import autocast, pick_device
 from cmt.models.policy import SequencePolicy
 from cmt.seeding import seed_everything
+from cmt.train import distributed
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
 
@@ -93,6 +94,51 @@ def lr_factor(step: int, cfg: PretrainConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+class PretrainObjective(torch.nn.Module):
+    """:func:`pretrain_loss` as a module: what ``DistributedDataParallel`` wraps, since it
+    synchronises gradients only for work done inside a wrapped module's ``forward``."""
+
+    def __init__(self, policy: SequencePolicy, cfg: PretrainConfig) -> None:
+        super().__init__()
+        self.policy, self.cfg = policy, cfg
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return pretrain_loss(self.policy, batch, self.cfg)
+
+
+def make_optimizer(
+    model: SequencePolicy, pcfg: PretrainConfig, device: torch.device
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (fused on CUDA: one kernel for all tensors) and the warm-up + cosine schedule."""
+    opt = torch.optim.AdamW(
+        model.optimizer_groups(pcfg.weight_decay),
+        lr=pcfg.lr,
+        betas=(0.9, 0.95),
+        fused=device.type == "cuda",
+    )
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, pcfg))
+
+
+def train_step(
+    objective: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    batch: Batch,
+    pcfg: PretrainConfig,
+    device: torch.device,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One optimizer step on ``batch`` (already on ``device``); returns the loss terms and the
+    gradient norm before clipping, as tensors (reading them would synchronise a GPU)."""
+    with autocast(device, pcfg.bf16):
+        loss, terms = objective(batch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), pcfg.grad_clip)
+    opt.step()
+    sched.step()
+    return terms, grad_norm
+
+
 def pretrain(
     ds: OfflineDataset,
     mcfg: ModelConfig,
@@ -105,33 +151,49 @@ def pretrain(
     """Pretrain a policy on ``ds``; writes ``out_dir/model.pt`` and returns its path.
 
     ``out_dir/last.pt`` holds a resumable state every ``checkpoint_every`` steps; a rerun with
-    the same configuration and seed continues from it instead of starting over.
+    the same configuration and seed continues from it instead of starting over. With
+    ``pcfg.distributed`` (under ``torchrun``) every process trains on its share of each batch
+    and rank 0 alone writes files and reports metrics (:mod:`cmt.train.distributed`).
     """
     out_dir = Path(out_dir)
     device = pick_device(pcfg.device)
-    seed_everything(seed)
+    job = distributed.setup(pcfg.distributed, device.type)
+    try:
+        return _pretrain(ds, mcfg, pcfg, out_dir, seed, on_metrics, progress, job, device)
+    finally:
+        distributed.teardown(job)
+
+
+def _pretrain(ds, mcfg, pcfg, out_dir, seed, on_metrics, progress, job, device) -> Path:
+    device = distributed.device_for(job, device)
+    if pcfg.batch_size % job.world:
+        raise ValueError(
+            f"pretrain.batch_size={pcfg.batch_size} does not split over {job.world} processes"
+        )
+    local_batch = pcfg.batch_size // job.world
+    seed_everything(seed)  # the same initial weights on every rank
     norm = Normalizer.fit(ds.data, ds.ep_return)
     model = SequencePolicy(mcfg, ds.data.obs_dim, ds.data.act_dim).to(device)
-    opt = torch.optim.AdamW(
-        model.optimizer_groups(pcfg.weight_decay),
-        lr=pcfg.lr,
-        betas=(0.9, 0.95),
-        fused=device.type == "cuda",
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, pcfg))
-    rng = np.random.default_rng(seed)
+    opt, sched = make_optimizer(model, pcfg, device)
+    # Rank 0 draws exactly what a single process draws; other ranks draw their own batches
+    # and dropout masks.
+    rng = np.random.default_rng(seed if job.is_main else [seed, job.rank])
+    if not job.is_main:
+        torch.manual_seed(seed * 1_000_003 + job.rank)
     sampler = make_sampler(ds, norm, mcfg, pcfg)
-    fingerprint = json.dumps(
-        {
-            "model": mcfg.model_dump(),
-            "pretrain": pcfg.model_dump(exclude={"device"}),
-            "seed": seed,
-            "n": len(ds),
-            "return_sum": float(ds.ep_return.sum()),
-        },
-        sort_keys=True,
-    )
-    start = _maybe_resume(out_dir / "last.pt", fingerprint, model, opt, sched, rng)
+    setup = {
+        "model": mcfg.model_dump(),
+        "pretrain": pcfg.model_dump(exclude={"device", "distributed"}),
+        "seed": seed,
+        "n": len(ds),
+        "return_sum": float(ds.ep_return.sum()),
+    }
+    if job.world > 1:  # other ranks' batches depend on the number of processes
+        setup["world_size"] = job.world
+    fingerprint = json.dumps(setup, sort_keys=True)
+    start = _maybe_resume(out_dir / "last.pt", fingerprint, model, opt, sched, rng, job)
+    if start and not job.is_main:
+        rng = np.random.default_rng([seed, job.rank, start])
     if pcfg.compile:
         # In place, so that the losses' calls through batch_prompt/forward_batch reach the
         # compiled forward, and state_dict keys stay those of the plain module.
@@ -139,36 +201,37 @@ def pretrain(
     meta = {"seed": seed, "steps": pcfg.steps, "pretrain": pcfg.model_dump()}
 
     model.train()
+    objective: torch.nn.Module = PretrainObjective(model, pcfg)
+    if job.world > 1:
+        # Broadcasts rank 0's weights, then averages gradients during backward.
+        objective = torch.nn.parallel.DistributedDataParallel(objective)
     bar = tqdm(
         range(start, pcfg.steps),
         desc="pretrain",
-        disable=not progress,
+        disable=not (progress and job.is_main),
         initial=start,
         total=pcfg.steps,
     )
     for step in bar:
-        batch = sampler.sample(pcfg.batch_size, rng).to(device)
-        with autocast(device, pcfg.bf16):
-            loss, terms = pretrain_loss(model, batch, pcfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), pcfg.grad_clip)
-        opt.step()
-        sched.step()
+        batch = sampler.sample(local_batch, rng).to(device)
+        terms, grad_norm = train_step(objective, opt, sched, batch, pcfg, device)
         if step % pcfg.log_every == 0 or step == pcfg.steps - 1:
-            metrics = {f"train/{k}": float(v.detach()) for k, v in terms.items()}
+            values = {f"train/{k}": float(v.detach()) for k, v in terms.items()}
+            metrics = distributed.mean_across(job, values, device)
             metrics["train/lr"] = sched.get_last_lr()[0]
             metrics["train/grad_norm"] = float(grad_norm)
             bar.set_postfix(loss=f"{metrics['train/total']:.4f}")
-            if on_metrics is not None:
+            if on_metrics is not None and job.is_main:
                 on_metrics(step, metrics)
-        if (step + 1) % pcfg.checkpoint_every == 0 and step + 1 < pcfg.steps:
+        if (step + 1) % pcfg.checkpoint_every == 0 and step + 1 < pcfg.steps and job.is_main:
             _save_resume(out_dir / "last.pt", fingerprint, step + 1, model, norm, opt, sched, rng)
     bar.close()
     model.eval()
     final = out_dir / "model.pt"
-    save_policy(final, model, norm, meta)
-    (out_dir / "last.pt").unlink(missing_ok=True)
+    if job.is_main:
+        save_policy(final, model, norm, meta)
+        (out_dir / "last.pt").unlink(missing_ok=True)
+    distributed.barrier(job)  # nobody returns a path before the file is there
     return final
 
 
@@ -185,17 +248,21 @@ def _save_resume(path, fingerprint, step, model, norm, opt, sched, rng) -> None:
     atomic_torch_save(state, path)
 
 
-def _maybe_resume(path: Path, fingerprint, model, opt, sched, rng) -> int:
-    if not path.exists():
+def _maybe_resume(path: Path, fingerprint, model, opt, sched, rng, job) -> int:
+    """Continue from ``path`` if it holds this run; every rank reads it (a shared directory)."""
+    state = safe_load(path) if path.exists() else None
+    distributed.barrier(job)  # rank 0 may unlink a stale file below only after all read it
+    if state is None:
         return 0
-    state = safe_load(path)
     if json.loads(state["meta"]).get("fingerprint") != fingerprint:
         # A different configuration: its partial state is not ours to continue.
-        path.unlink()
+        if job.is_main:
+            path.unlink()
         return 0
     model.load_state_dict(state["state_dict"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
-    rng.bit_generator.state = json.loads(state["rng"])
-    torch.set_rng_state(state["torch_rng"])
+    if job.is_main:  # the file holds rank 0's random streams; the caller reseeds the others
+        rng.bit_generator.state = json.loads(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
     return int(state["step"])
