@@ -210,10 +210,18 @@ def memory_child(n: int, backbone: str, batch_size: int, steps: int) -> dict[str
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     base = rss_mb("VmRSS")
     ds = synthetic_dataset(n)
-    data_mb = sum(
-        a.nbytes
-        for a in (ds.data.observations, ds.data.next_observations, ds.data.actions, ds.data.rewards)
-    ) / 2**20
+    data_mb = (
+        sum(
+            a.nbytes
+            for a in (
+                ds.data.observations,
+                ds.data.next_observations,
+                ds.data.actions,
+                ds.data.rewards,
+            )
+        )
+        / 2**20
+    )
     after_data = rss_mb("VmRSS")
     step, _, _ = project_step(ds, backbone, batch_size, False, torch.device("cpu"))
     step()
@@ -287,12 +295,16 @@ def main() -> None:
         for k, v in timed.items()
     }
     for k in ("dt", "cmt"):
-        speed[k]["vs_corl"] = round(speed[k]["samples_per_s"] / speed["corl_dt"]["samples_per_s"], 2)
+        speed[k]["vs_corl"] = round(
+            speed[k]["samples_per_s"] / speed["corl_dt"]["samples_per_s"], 2
+        )
     print(json.dumps(speed, indent=1), flush=True)
     profiles = {k: op_table(steps[k], 2 if args.quick else 5) for k in ("corl_dt", "dt", "cmt")}
     phase = {k: phases(ds, k, B, 3 if args.quick else 10) for k in ("dt", "cmt")}
     print("phases (ms):", phase, flush=True)
-    mem = memory([50_000, 200_000] if args.quick else [100_000, 1_000_000], B, 3 if args.quick else 10)
+    mem = memory(
+        [50_000, 200_000] if args.quick else [100_000, 1_000_000], B, 3 if args.quick else 10
+    )
     result = {
         "machine": {
             "cpu": cpu_name(),
@@ -304,7 +316,9 @@ def main() -> None:
             f"{loadavg_before[0]:.1f} before and {loadavg_after[0]:.1f} after the timing",
         },
         "date": time.strftime("%Y-%m-%d"),
-        "precision": "fp32 (this CPU has no native bf16)" if not torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32",
+        "precision": "fp32 (this CPU has no native bf16)"
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        else "fp32",
         "batch_size": B,
         "data": {"obs_dim": OBS, "act_dim": ACT, "transitions": len(ds), "episode_len": EP_LEN},
         "timing": {"rounds": reps, "steps_per_round": block, "statistic": "median over rounds"},

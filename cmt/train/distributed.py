@@ -35,6 +35,11 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launched_rank() -> int:
+    """This process's rank according to torchrun's environment (0 outside torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup(enabled: bool, device_type: str) -> Dist:
     """Join the torchrun job if ``enabled``; refuse a multi-process launch that is not.
 
