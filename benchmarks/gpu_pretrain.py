@@ -35,6 +35,7 @@ from cmt.data.dataset import Normalizer  # noqa: E402
 from cmt.methods import backbone_config  # noqa: E402
 from cmt.models.policy import SequencePolicy  # noqa: E402
 from cmt.train.pretrain import (  # noqa: E402
+    GraphedStep,
     PretrainObjective,
     lr_factor,
     make_optimizer,
@@ -91,8 +92,9 @@ def measure(cfg: dict, ds, norm, device, reps: int, block: int) -> dict:
     pcfg = parse_params({}).pretrain.model_copy(update={"batch_size": B, "bf16": cfg["bf16"]})
     torch.manual_seed(0)
     model = SequencePolicy(mcfg, OBS, ACT).to(device).train()
+    graphed = cfg.get("graph", False)
     if cfg["fused"]:
-        opt, sched = make_optimizer(model, pcfg, device)
+        opt, sched = make_optimizer(model, pcfg, device, capturable=graphed)
     else:  # the multi-tensor ("foreach") AdamW instead of the fused kernel
         opt = torch.optim.AdamW(
             model.optimizer_groups(pcfg.weight_decay), lr=pcfg.lr, betas=(0.9, 0.95), foreach=True
@@ -109,12 +111,24 @@ def measure(cfg: dict, ds, norm, device, reps: int, block: int) -> dict:
         model.compile(mode=cfg["compile"])
     batches = [sampler.sample(B, rng).to(device) for _ in range(8)]
     i = iter(range(1 << 62))
+    if graphed:
+        graph = GraphedStep(objective, opt, pcfg, sampler.sample(B, rng).to(device))
 
-    def on_device() -> None:
-        train_step(objective, opt, sched, batches[next(i) % 8], pcfg, device)
+        def on_device() -> None:
+            graph(batches[next(i) % 8])
+            sched.step()
 
-    def full() -> None:
-        train_step(objective, opt, sched, sampler.sample(B, rng).to(device), pcfg, device)
+        def full() -> None:
+            graph(sampler.sample(B, rng))  # copied from host memory into the graph's inputs
+            sched.step()
+
+    else:
+
+        def on_device() -> None:
+            train_step(objective, opt, sched, batches[next(i) % 8], pcfg, device)
+
+        def full() -> None:
+            train_step(objective, opt, sched, sampler.sample(B, rng).to(device), pcfg, device)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -177,12 +191,53 @@ def measure_corl(bf16: bool, ds, norm, device, reps: int, block: int, B: int) ->
     }
 
 
+def graph_matches_eager(ds, norm, device, bf16: bool, steps: int = 20) -> dict:
+    """The replayed graph computes the eager step: the same weights after ``steps`` steps on
+    the same batches (dropout off, since the two draw different random numbers)."""
+    mcfg = model_config("default").model_copy(update={"dropout": 0.0})
+    pcfg = parse_params({}).pretrain.model_copy(update={"batch_size": 64, "bf16": bf16})
+    sampler = make_sampler(ds, norm, mcfg, pcfg)
+    rng = np.random.default_rng(1)
+    batches = [sampler.sample(64, rng) for _ in range(steps)]
+    finals, losses = [], []
+    for graphed in (False, True):
+        torch.manual_seed(0)
+        model = SequencePolicy(mcfg, OBS, ACT).to(device).train()
+        opt, sched = make_optimizer(model, pcfg, device, capturable=graphed)
+        objective = PretrainObjective(model, pcfg)
+        graph = GraphedStep(objective, opt, pcfg, batches[0].to(device)) if graphed else None
+        trace = []
+        for b in batches:
+            if graph is not None:
+                terms, _ = graph(b)
+                sched.step()
+            else:
+                terms, _ = train_step(objective, opt, sched, b.to(device), pcfg, device)
+            trace.append(float(terms["total"]))
+        finals.append(torch.cat([p.detach().float().flatten() for p in model.parameters()]))
+        losses.append(trace)
+    return {
+        "bf16": bf16,
+        "steps": steps,
+        "max_abs_weight_diff": float((finals[0] - finals[1]).abs().max()),
+        "max_abs_loss_diff": float(np.abs(np.array(losses[0]) - np.array(losses[1])).max()),
+        "final_loss_eager": losses[0][-1],
+        "final_loss_graph": losses[1][-1],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--quick", action="store_true", help="tiny budgets (smoke check)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--budget-s", type=float, default=330, help="start no config after this")
+    parser.add_argument(
+        "--plan",
+        default="variants",
+        choices=["variants", "graphs"],
+        help="variants: precision, fused AdamW, compile; graphs: whole-step CUDA graphs",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     start = time.perf_counter()
@@ -195,6 +250,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "model_sizes": SIZES,
         "timing": f"median of {reps} blocks of {block} steps",
+        "plan": args.plan,
         "runs": [],
     }
 
@@ -239,8 +295,27 @@ def main() -> None:
         {"size": "default", "batch_size": 8 * B, "bf16": True, "fused": True, "compile": None},
         {"size": "10x", "batch_size": 8 * B, "bf16": True, "fused": True, "compile": None},
     ]
+    if args.plan == "graphs":
+        g = {"bf16": True, "fused": True, "compile": None, "graph": True}
+        e = {"bf16": True, "fused": True, "compile": None}
+        plan = [
+            "check",
+            "corl",
+            {"size": "default", "batch_size": B, **e},
+            {"size": "default", "batch_size": B, **g},
+            {"size": "default", "batch_size": B, **e, "bf16": False},
+            {"size": "default", "batch_size": B, **g, "bf16": False},
+            {"size": "default", "batch_size": B, **e, "backbone": "dt"},
+            {"size": "default", "batch_size": B, **g, "backbone": "dt"},
+            {"size": "default", "batch_size": B, **g, "backbone": "dt", "bf16": False},
+            {"size": "10x", "batch_size": B, **e},
+            {"size": "10x", "batch_size": B, **g},
+            {"size": "default", "batch_size": 8 * B, **g},
+            {"size": "10x", "batch_size": 8 * B, **e},
+            {"size": "10x", "batch_size": 8 * B, **g},
+        ]
     if args.quick:
-        plan = [p for p in plan if p == "corl" or not p["compile"]][:3] + ["corl"]
+        plan = [p for p in plan if isinstance(p, dict) and not p["compile"]][:3] + ["corl"]
     for cfg in plan:
         if time.perf_counter() - start > args.budget_s:
             result["stopped"] = (
@@ -248,7 +323,13 @@ def main() -> None:
             )
             break
         try:
-            if cfg == "corl":
+            if cfg == "check":
+                result["graph_check"] = [
+                    graph_matches_eager(ds, norm, device, bf) for bf in (False, True)
+                ]
+                print(json.dumps(result["graph_check"]), flush=True)
+                runs = []
+            elif cfg == "corl":
                 # bf16 only where it is native (emulated on a CPU it is 10x slower).
                 precisions = (False, True) if device.type == "cuda" else (False,)
                 runs = [measure_corl(bf, ds, norm, device, reps, block, B) for bf in precisions]

@@ -107,16 +107,24 @@ class PretrainObjective(torch.nn.Module):
 
 
 def make_optimizer(
-    model: SequencePolicy, pcfg: PretrainConfig, device: torch.device
+    model: SequencePolicy, pcfg: PretrainConfig, device: torch.device, capturable: bool = False
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW (fused on CUDA: one kernel for all tensors) and the warm-up + cosine schedule."""
+    """AdamW (fused on CUDA: one kernel for all tensors) and the warm-up + cosine schedule.
+
+    ``capturable`` (for :class:`GraphedStep`) keeps the learning rate and step counts in device
+    tensors, which a replayed CUDA graph reads; the schedule writes the rate in place."""
+    lr: float | torch.Tensor = torch.tensor(pcfg.lr, device=device) if capturable else pcfg.lr
     opt = torch.optim.AdamW(
         model.optimizer_groups(pcfg.weight_decay),
-        lr=pcfg.lr,
+        lr=lr,
         betas=(0.9, 0.95),
         fused=device.type == "cuda",
+        capturable=capturable,
     )
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, pcfg))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, pcfg))
+    if capturable:  # plain floats: computing each step's rate then needs no device sync
+        sched.base_lrs = [pcfg.lr] * len(opt.param_groups)
+    return opt, sched
 
 
 def train_step(
@@ -137,6 +145,76 @@ def train_step(
     opt.step()
     sched.step()
     return terms, grad_norm
+
+
+def _tensors(batch: Batch) -> list[torch.Tensor]:
+    out = []
+    for v in batch.__dict__.values():
+        if isinstance(v, dict):
+            out.extend(v[k] for k in sorted(v))
+        elif v is not None:
+            out.append(v)
+    return out
+
+
+class GraphedStep:
+    """The whole of :func:`train_step` but the schedule, captured once as a CUDA graph and
+    replayed (``pretrain.cuda_graph``).
+
+    At the default size an eager step is mostly kernel launches (16 ms on an H100 for a few ms
+    of GPU work, benchmarks/gpu_pretrain.py); a replay launches them all at once. Each batch is
+    copied into fixed input tensors. Capture needs warm-up steps first (AdamW creates its state
+    lazily); they run on the first batch, after which weights and optimizer state are put back,
+    so training starts from the same state as without the graph.
+    """
+
+    def __init__(
+        self,
+        objective: torch.nn.Module,
+        opt: torch.optim.Optimizer,
+        pcfg: PretrainConfig,
+        first: Batch,
+    ) -> None:
+        self.objective, self.opt, self.pcfg = objective, opt, pcfg
+        self.inputs = first  # on the device; replays read these tensors
+        params = list(objective.parameters())
+        saved = [p.detach().clone() for p in params]
+        saved_state = {
+            p: {k: v.clone() for k, v in st.items() if torch.is_tensor(v)}
+            for p, st in opt.state.items()
+        }
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self._step()
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.no_grad():
+            for p, s in zip(params, saved, strict=True):
+                p.copy_(s)
+            for p, st in opt.state.items():
+                for k, v in st.items():
+                    if torch.is_tensor(v):
+                        v.copy_(saved_state[p][k]) if p in saved_state else v.zero_()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.terms, self.grad_norm = self._step()
+
+    def _step(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        # Autocast's weight cache must be off under capture (PyTorch's CUDA graph notes).
+        with torch.autocast("cuda", torch.bfloat16, enabled=self.pcfg.bf16, cache_enabled=False):
+            loss, terms = self.objective(self.inputs)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.objective.parameters(), self.pcfg.grad_clip)
+        self.opt.step()
+        return terms, grad_norm
+
+    def __call__(self, batch: Batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        for dst, src in zip(_tensors(self.inputs), _tensors(batch), strict=True):
+            dst.copy_(src, non_blocking=True)
+        self.graph.replay()
+        return self.terms, self.grad_norm
 
 
 def pretrain(
@@ -174,7 +252,10 @@ def _pretrain(ds, mcfg, pcfg, out_dir, seed, on_metrics, progress, job, device) 
     seed_everything(seed)  # the same initial weights on every rank
     norm = Normalizer.fit(ds.data, ds.ep_return)
     model = SequencePolicy(mcfg, ds.data.obs_dim, ds.data.act_dim).to(device)
-    opt, sched = make_optimizer(model, pcfg, device)
+    graphed = pcfg.cuda_graph and device.type == "cuda"
+    if graphed and (pcfg.compile or job.world > 1):
+        raise ValueError("pretrain.cuda_graph cannot be combined with compile or distributed")
+    opt, sched = make_optimizer(model, pcfg, device, capturable=graphed)
     # Rank 0 draws exactly what a single process draws; other ranks draw their own batches
     # and dropout masks.
     rng = np.random.default_rng(seed if job.is_main else [seed, job.rank])
@@ -212,9 +293,16 @@ def _pretrain(ds, mcfg, pcfg, out_dir, seed, on_metrics, progress, job, device) 
         initial=start,
         total=pcfg.steps,
     )
+    graph: GraphedStep | None = None
     for step in bar:
-        batch = sampler.sample(local_batch, rng).to(device)
-        terms, grad_norm = train_step(objective, opt, sched, batch, pcfg, device)
+        batch = sampler.sample(local_batch, rng)
+        if graphed:
+            if graph is None:
+                graph = GraphedStep(objective, opt, pcfg, batch.to(device))
+            terms, grad_norm = graph(batch)
+            sched.step()
+        else:
+            terms, grad_norm = train_step(objective, opt, sched, batch.to(device), pcfg, device)
         if step % pcfg.log_every == 0 or step == pcfg.steps - 1:
             values = {f"train/{k}": float(v.detach()) for k, v in terms.items()}
             metrics = distributed.mean_across(job, values, device)
