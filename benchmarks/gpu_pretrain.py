@@ -111,6 +111,8 @@ def measure(cfg: dict, ds, norm, device, reps: int, block: int) -> dict:
         model.compile(mode=cfg["compile"])
     batches = [sampler.sample(B, rng).to(device) for _ in range(8)]
     i = iter(range(1 << 62))
+    if device.type == "cuda":  # before the capture: a graph's memory is allocated then
+        torch.cuda.reset_peak_memory_stats()
     if graphed:
         graph = GraphedStep(objective, opt, pcfg, sampler.sample(B, rng).to(device))
 
@@ -130,8 +132,6 @@ def measure(cfg: dict, ds, norm, device, reps: int, block: int) -> dict:
         def full() -> None:
             train_step(objective, opt, sched, sampler.sample(B, rng).to(device), pcfg, device)
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     on_device()  # compiles, if asked
     sync(device)

@@ -26,6 +26,7 @@ import resource
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -223,12 +224,19 @@ def memory_child(n: int, backbone: str, batch_size: int, steps: int) -> dict[str
         / 2**20
     )
     after_data = rss_mb("VmRSS")
-    step, _, _ = project_step(ds, backbone, batch_size, False, torch.device("cpu"))
+    step, _, sample = project_step(ds, backbone, batch_size, False, torch.device("cpu"))
     step()
+    # What building one batch allocates (NumPy reports its buffers to tracemalloc): the same
+    # at any dataset size if batches are gathered, not copied from the whole dataset.
+    tracemalloc.start()
+    sample()
+    batch_alloc = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
     before = rss_mb("VmRSS")
     for _ in range(steps):
         step()
     return {
+        "batch_build_peak_alloc_mb": round(batch_alloc, 2),
         "transitions": n,
         "dataset_arrays_mb": round(data_mb, 1),
         "rss_after_dataset_mb": round(after_data - base, 1),
@@ -238,7 +246,8 @@ def memory_child(n: int, backbone: str, batch_size: int, steps: int) -> dict[str
     }
 
 
-def memory(sizes: list[int], batch_size: int, steps: int) -> list[dict]:
+def memory(sizes: list[int], batch_size: int, steps: int) -> dict:
+    """Per dataset size, in a fresh process each; plus what each extra transition costs."""
     out = []
     for n in sizes:
         cmd = [sys.executable, __file__, "--memory-child", str(n), "--batch-size", str(batch_size)]
@@ -246,7 +255,19 @@ def memory(sizes: list[int], batch_size: int, steps: int) -> list[dict]:
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         out.append(json.loads(res.stdout.strip().splitlines()[-1]))
         print(out[-1], flush=True)
-    return out
+    a, b = out[0], out[-1]
+    per = (
+        (b["rss_before_steps_mb"] - a["rss_before_steps_mb"])
+        * 2**20
+        / (b["transitions"] - a["transitions"])
+    )
+    return {
+        "backbone": "cmt",
+        "batch_size": batch_size,
+        "what": "RSS in MB above the interpreter's, fresh process per size; peak = VmHWM",
+        "sizes": out,
+        "bytes_held_per_transition": round(per),
+    }
 
 
 def cpu_name() -> str:
