@@ -1,4 +1,5 @@
-"""Data-parallel pretraining: two real CPU processes under torchrun (gloo)."""
+"""Pretraining at scale: data-parallel over two real CPU processes under torchrun (gloo), and
+batches that cost the same memory at any dataset size."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from cmt.checkpoint import load_policy
 from cmt.config import parse_params
+from cmt.data.dataset import Normalizer, OfflineDataset
+from cmt.data.schema import TransitionData
 from cmt.experiment import load_data, pretrain_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +29,8 @@ def _worker_script(tmp_path: Path, data_dir: Path, cfg: dict) -> Path:
 import hashlib, json, os, sys
 import torch
 from cmt.config import parse_params
+from cmt.data.dataset import Normalizer, OfflineDataset
+from cmt.data.schema import TransitionData
 from cmt.experiment import load_data, pretrain_backbone
 import cmt.train.pretrain as P
 
@@ -102,3 +108,46 @@ def test_a_multi_process_launch_needs_the_distributed_switch(monkeypatch, tiny_p
     monkeypatch.delenv("RANK", raising=False)
     with pytest.raises(RuntimeError, match="torchrun"):
         setup(True, "cpu")
+
+
+def _dataset(n: int) -> OfflineDataset:
+    rng = np.random.default_rng(0)
+    obs = rng.standard_normal((n + 1, 17), dtype=np.float32)
+    ends = np.zeros(n, dtype=bool)
+    ends[999::1000] = True
+    ends[-1] = True
+    return OfflineDataset(
+        TransitionData(
+            observations=obs[:-1],
+            actions=rng.uniform(-1, 1, (n, 6)).astype(np.float32),
+            rewards=rng.standard_normal(n, dtype=np.float32),
+            terminals=np.zeros(n, dtype=bool),
+            timeouts=ends,
+            next_observations=obs[1:],
+            task_ids=(np.arange(n) // 1000 % 10).astype(np.int64),
+        )
+    )
+
+
+def test_a_batch_allocates_the_same_at_any_dataset_size():
+    """Batches are gathered by index: building one allocates as much for 300k transitions as
+    for 10k (NumPy reports its buffers to tracemalloc), i.e. nothing proportional to the data."""
+    import tracemalloc
+
+    from cmt.methods import backbone_config
+    from cmt.train.pretrain import make_sampler
+
+    params = parse_params({})
+    mcfg = backbone_config(params.model, "cmt")
+    peaks = []
+    for n in (10_000, 300_000):
+        ds = _dataset(n)
+        sampler = make_sampler(ds, Normalizer.fit(ds.data, ds.ep_return), mcfg, params.pretrain)
+        sampler.sample(256, np.random.default_rng(0))
+        tracemalloc.start()
+        sampler.sample(256, np.random.default_rng(1))
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < 1.2 * peaks[0] + 64 * 1024, peaks
+    observations = 300_000 * 17 * 4  # bytes of one copy of the states alone
+    assert peaks[1] < observations / 4, "building a batch copies a large part of the dataset"
