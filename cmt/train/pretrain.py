@@ -194,8 +194,12 @@ class GraphedStep:
                 p.copy_(s)
             for p, st in opt.state.items():
                 for k, v in st.items():
-                    if torch.is_tensor(v):
-                        v.copy_(saved_state[p][k]) if p in saved_state else v.zero_()
+                    if not torch.is_tensor(v):
+                        continue
+                    if p in saved_state:  # resumed: the loaded state
+                        v.copy_(saved_state[p][k])
+                    else:  # fresh: AdamW's initial state is all zeros
+                        v.zero_()
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.terms, self.grad_norm = self._step()
@@ -264,7 +268,8 @@ def _pretrain(ds, mcfg, pcfg, out_dir, seed, on_metrics, progress, job, device) 
     sampler = make_sampler(ds, norm, mcfg, pcfg)
     setup = {
         "model": mcfg.model_dump(),
-        "pretrain": pcfg.model_dump(exclude={"device", "distributed"}),
+        # Settings that change only speed or placement do not make a run a different one.
+        "pretrain": pcfg.model_dump(exclude={"device", "distributed", "cuda_graph"}),
         "seed": seed,
         "n": len(ds),
         "return_sum": float(ds.ep_return.sum()),
@@ -284,8 +289,9 @@ def _pretrain(ds, mcfg, pcfg, out_dir, seed, on_metrics, progress, job, device) 
     model.train()
     objective: torch.nn.Module = PretrainObjective(model, pcfg)
     if job.world > 1:
-        # Broadcasts rank 0's weights, then averages gradients during backward.
-        objective = torch.nn.parallel.DistributedDataParallel(objective)
+        # Broadcasts rank 0's weights, then averages gradients during backward. The graph is
+        # the same every step (static), which also covers heads that no loss term reads.
+        objective = torch.nn.parallel.DistributedDataParallel(objective, static_graph=True)
     bar = tqdm(
         range(start, pcfg.steps),
         desc="pretrain",
