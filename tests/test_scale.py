@@ -29,8 +29,6 @@ def _worker_script(tmp_path: Path, data_dir: Path, cfg: dict) -> Path:
 import hashlib, json, os, sys
 import torch
 from cmt.config import parse_params
-from cmt.data.dataset import Normalizer, OfflineDataset
-from cmt.data.schema import TransitionData
 from cmt.experiment import load_data, pretrain_backbone
 import cmt.train.pretrain as P
 
