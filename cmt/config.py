@@ -87,6 +87,16 @@ class PretrainConfig(Section):
         "CPUs run fp32, since emulated bf16 is far slower).",
     )
     compile: bool = Field(False, description="torch.compile the model (helps on GPU only).")
+    cuda_graph: bool = Field(
+        False,
+        description="Capture the whole training step (forward, backward, clipping, AdamW) as "
+        "one CUDA graph and replay it (CUDA only; not with compile or distributed).",
+    )
+    distributed: bool = Field(
+        False,
+        description="DistributedDataParallel over the processes torchrun starts (gloo on CPU, "
+        "NCCL on CUDA); batch_size is the global batch, split evenly (docs/scale.md).",
+    )
 
 
 class PromptTuneConfig(Section):

@@ -12,6 +12,7 @@ from prefect import flow, get_run_logger
 from cmt import tracking
 from cmt.atomic import write_json, write_text
 from cmt.config import BackboneName, Params
+from cmt.train.distributed import launched_rank
 from cmt.train.pretrain import MetricsCallback
 from pipelines.common import dataset_dir, run_entry, run_tags, stage_parser, stage_task
 
@@ -115,6 +116,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def body(args: argparse.Namespace, params: Params) -> None:
         name = f"{args.backbone}_seed{args.seed}"
+        if params.pretrain.distributed and launched_rank() > 0:
+            # torchrun's other processes only train alongside rank 0, whose flow records the
+            # run (MLflow, metrics, curve) and writes the checkpoint (docs/scale.md).
+            from cmt.experiment import load_data, pretrain_backbone
+
+            data = load_data(params, dataset_dir(params, args.data))
+            out = args.out or f"outputs/checkpoints/{name}"
+            pretrain_backbone(params, args.backbone, args.seed, data, out, progress=False)
+            return
         pretrain_flow(
             params,
             args.backbone,

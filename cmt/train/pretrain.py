@@ -19,6 +19,7 @@ from cmt.data.sampler import Batch, SegmentSampler
 from cmt.device import autocast, pick_device
 from cmt.models.policy import SequencePolicy
 from cmt.seeding import seed_everything
+from cmt.train import distributed
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
 
@@ -93,6 +94,133 @@ def lr_factor(step: int, cfg: PretrainConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+class PretrainObjective(torch.nn.Module):
+    """:func:`pretrain_loss` as a module: what ``DistributedDataParallel`` wraps, since it
+    synchronises gradients only for work done inside a wrapped module's ``forward``."""
+
+    def __init__(self, policy: SequencePolicy, cfg: PretrainConfig) -> None:
+        super().__init__()
+        self.policy, self.cfg = policy, cfg
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return pretrain_loss(self.policy, batch, self.cfg)
+
+
+def make_optimizer(
+    model: SequencePolicy, pcfg: PretrainConfig, device: torch.device, capturable: bool = False
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (fused on CUDA: one kernel for all tensors) and the warm-up + cosine schedule.
+
+    ``capturable`` (for :class:`GraphedStep`) keeps the learning rate and step counts in device
+    tensors, which a replayed CUDA graph reads; the schedule writes the rate in place."""
+    lr: float | torch.Tensor = torch.tensor(pcfg.lr, device=device) if capturable else pcfg.lr
+    opt = torch.optim.AdamW(
+        model.optimizer_groups(pcfg.weight_decay),
+        lr=lr,
+        betas=(0.9, 0.95),
+        fused=device.type == "cuda",
+        capturable=capturable,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, pcfg))
+    if capturable:  # plain floats: computing each step's rate then needs no device sync
+        sched.base_lrs = [pcfg.lr] * len(opt.param_groups)
+    return opt, sched
+
+
+def train_step(
+    objective: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    batch: Batch,
+    pcfg: PretrainConfig,
+    device: torch.device,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One optimizer step on ``batch`` (already on ``device``); returns the loss terms and the
+    gradient norm before clipping, as tensors (reading them would synchronise a GPU)."""
+    with autocast(device, pcfg.bf16):
+        loss, terms = objective(batch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), pcfg.grad_clip)
+    opt.step()
+    sched.step()
+    return terms, grad_norm
+
+
+def _tensors(batch: Batch) -> list[torch.Tensor]:
+    out = []
+    for v in batch.__dict__.values():
+        if isinstance(v, dict):
+            out.extend(v[k] for k in sorted(v))
+        elif v is not None:
+            out.append(v)
+    return out
+
+
+class GraphedStep:
+    """The whole of :func:`train_step` but the schedule, captured once as a CUDA graph and
+    replayed (``pretrain.cuda_graph``).
+
+    At the default size an eager step is mostly kernel launches (16 ms on an H100 for a few ms
+    of GPU work, benchmarks/gpu_pretrain.py); a replay launches them all at once. Each batch is
+    copied into fixed input tensors. Capture needs warm-up steps first (AdamW creates its state
+    lazily); they run on the first batch, after which weights and optimizer state are put back,
+    so training starts from the same state as without the graph.
+    """
+
+    def __init__(
+        self,
+        objective: torch.nn.Module,
+        opt: torch.optim.Optimizer,
+        pcfg: PretrainConfig,
+        first: Batch,
+    ) -> None:
+        self.objective, self.opt, self.pcfg = objective, opt, pcfg
+        self.inputs = first  # on the device; replays read these tensors
+        params = list(objective.parameters())
+        saved = [p.detach().clone() for p in params]
+        saved_state = {
+            p: {k: v.clone() for k, v in st.items() if torch.is_tensor(v)}
+            for p, st in opt.state.items()
+        }
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self._step()
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.no_grad():
+            for p, s in zip(params, saved, strict=True):
+                p.copy_(s)
+            for p, st in opt.state.items():
+                for k, v in st.items():
+                    if not torch.is_tensor(v):
+                        continue
+                    if p in saved_state:  # resumed: the loaded state
+                        v.copy_(saved_state[p][k])
+                    else:  # fresh: AdamW's initial state is all zeros
+                        v.zero_()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.terms, self.grad_norm = self._step()
+
+    def _step(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        # Autocast's weight cache must be off under capture (PyTorch's CUDA graph notes).
+        with torch.autocast("cuda", torch.bfloat16, enabled=self.pcfg.bf16, cache_enabled=False):
+            loss, terms = self.objective(self.inputs)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.objective.parameters(), self.pcfg.grad_clip)
+        self.opt.step()
+        return terms, grad_norm
+
+    def __call__(self, batch: Batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        for dst, src in zip(_tensors(self.inputs), _tensors(batch), strict=True):
+            dst.copy_(src, non_blocking=True)
+        self.graph.replay()
+        return self.terms, self.grad_norm
+
+
 def pretrain(
     ds: OfflineDataset,
     mcfg: ModelConfig,
@@ -105,33 +233,53 @@ def pretrain(
     """Pretrain a policy on ``ds``; writes ``out_dir/model.pt`` and returns its path.
 
     ``out_dir/last.pt`` holds a resumable state every ``checkpoint_every`` steps; a rerun with
-    the same configuration and seed continues from it instead of starting over.
+    the same configuration and seed continues from it instead of starting over. With
+    ``pcfg.distributed`` (under ``torchrun``) every process trains on its share of each batch
+    and rank 0 alone writes files and reports metrics (:mod:`cmt.train.distributed`).
     """
     out_dir = Path(out_dir)
     device = pick_device(pcfg.device)
-    seed_everything(seed)
+    job = distributed.setup(pcfg.distributed, device.type)
+    try:
+        return _pretrain(ds, mcfg, pcfg, out_dir, seed, on_metrics, progress, job, device)
+    finally:
+        distributed.teardown(job)
+
+
+def _pretrain(ds, mcfg, pcfg, out_dir, seed, on_metrics, progress, job, device) -> Path:
+    device = distributed.device_for(job, device)
+    if pcfg.batch_size % job.world:
+        raise ValueError(
+            f"pretrain.batch_size={pcfg.batch_size} does not split over {job.world} processes"
+        )
+    local_batch = pcfg.batch_size // job.world
+    seed_everything(seed)  # the same initial weights on every rank
     norm = Normalizer.fit(ds.data, ds.ep_return)
     model = SequencePolicy.for_dataset(mcfg, ds).to(device)
-    opt = torch.optim.AdamW(
-        model.optimizer_groups(pcfg.weight_decay),
-        lr=pcfg.lr,
-        betas=(0.9, 0.95),
-        fused=device.type == "cuda",
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, pcfg))
-    rng = np.random.default_rng(seed)
+    graphed = pcfg.cuda_graph and device.type == "cuda"
+    if graphed and (pcfg.compile or job.world > 1):
+        raise ValueError("pretrain.cuda_graph cannot be combined with compile or distributed")
+    opt, sched = make_optimizer(model, pcfg, device, capturable=graphed)
+    # Rank 0 draws exactly what a single process draws; other ranks draw their own batches
+    # and dropout masks.
+    rng = np.random.default_rng(seed if job.is_main else [seed, job.rank])
+    if not job.is_main:
+        torch.manual_seed(seed * 1_000_003 + job.rank)
     sampler = make_sampler(ds, norm, mcfg, pcfg)
-    fingerprint = json.dumps(
-        {
-            "model": mcfg.model_dump(),
-            "pretrain": pcfg.model_dump(exclude={"device"}),
-            "seed": seed,
-            "n": len(ds),
-            "return_sum": float(ds.ep_return.sum()),
-        },
-        sort_keys=True,
-    )
-    start = _maybe_resume(out_dir / "last.pt", fingerprint, model, opt, sched, rng)
+    setup = {
+        "model": mcfg.model_dump(),
+        # Settings that change only speed or placement do not make a run a different one.
+        "pretrain": pcfg.model_dump(exclude={"device", "distributed", "cuda_graph"}),
+        "seed": seed,
+        "n": len(ds),
+        "return_sum": float(ds.ep_return.sum()),
+    }
+    if job.world > 1:  # other ranks' batches depend on the number of processes
+        setup["world_size"] = job.world
+    fingerprint = json.dumps(setup, sort_keys=True)
+    start = _maybe_resume(out_dir / "last.pt", fingerprint, model, opt, sched, rng, job)
+    if start and not job.is_main:
+        rng = np.random.default_rng([seed, job.rank, start])
     if pcfg.compile:
         # In place, so that the losses' calls through batch_prompt/forward_batch reach the
         # compiled forward, and state_dict keys stay those of the plain module.
@@ -139,36 +287,45 @@ def pretrain(
     meta = {"seed": seed, "steps": pcfg.steps, "pretrain": pcfg.model_dump()}
 
     model.train()
+    objective: torch.nn.Module = PretrainObjective(model, pcfg)
+    if job.world > 1:
+        # Broadcasts rank 0's weights, then averages gradients during backward. The graph is
+        # the same every step (static), which also covers heads that no loss term reads.
+        objective = torch.nn.parallel.DistributedDataParallel(objective, static_graph=True)
     bar = tqdm(
         range(start, pcfg.steps),
         desc="pretrain",
-        disable=not progress,
+        disable=not (progress and job.is_main),
         initial=start,
         total=pcfg.steps,
     )
+    graph: GraphedStep | None = None
     for step in bar:
-        batch = sampler.sample(pcfg.batch_size, rng).to(device)
-        with autocast(device, pcfg.bf16):
-            loss, terms = pretrain_loss(model, batch, pcfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), pcfg.grad_clip)
-        opt.step()
-        sched.step()
+        batch = sampler.sample(local_batch, rng)
+        if graphed:
+            if graph is None:
+                graph = GraphedStep(objective, opt, pcfg, batch.to(device))
+            terms, grad_norm = graph(batch)
+            sched.step()
+        else:
+            terms, grad_norm = train_step(objective, opt, sched, batch.to(device), pcfg, device)
         if step % pcfg.log_every == 0 or step == pcfg.steps - 1:
-            metrics = {f"train/{k}": float(v.detach()) for k, v in terms.items()}
+            values = {f"train/{k}": float(v.detach()) for k, v in terms.items()}
+            metrics = distributed.mean_across(job, values, device)
             metrics["train/lr"] = sched.get_last_lr()[0]
             metrics["train/grad_norm"] = float(grad_norm)
             bar.set_postfix(loss=f"{metrics['train/total']:.4f}")
-            if on_metrics is not None:
+            if on_metrics is not None and job.is_main:
                 on_metrics(step, metrics)
-        if (step + 1) % pcfg.checkpoint_every == 0 and step + 1 < pcfg.steps:
+        if (step + 1) % pcfg.checkpoint_every == 0 and step + 1 < pcfg.steps and job.is_main:
             _save_resume(out_dir / "last.pt", fingerprint, step + 1, model, norm, opt, sched, rng)
     bar.close()
     model.eval()
     final = out_dir / "model.pt"
-    save_policy(final, model, norm, meta)
-    (out_dir / "last.pt").unlink(missing_ok=True)
+    if job.is_main:
+        save_policy(final, model, norm, meta)
+        (out_dir / "last.pt").unlink(missing_ok=True)
+    distributed.barrier(job)  # nobody returns a path before the file is there
     return final
 
 
@@ -185,17 +342,21 @@ def _save_resume(path, fingerprint, step, model, norm, opt, sched, rng) -> None:
     atomic_torch_save(state, path)
 
 
-def _maybe_resume(path: Path, fingerprint, model, opt, sched, rng) -> int:
-    if not path.exists():
+def _maybe_resume(path: Path, fingerprint, model, opt, sched, rng, job) -> int:
+    """Continue from ``path`` if it holds this run; every rank reads it (a shared directory)."""
+    state = safe_load(path) if path.exists() else None
+    distributed.barrier(job)  # rank 0 may unlink a stale file below only after all read it
+    if state is None:
         return 0
-    state = safe_load(path)
     if json.loads(state["meta"]).get("fingerprint") != fingerprint:
         # A different configuration: its partial state is not ours to continue.
-        path.unlink()
+        if job.is_main:
+            path.unlink()
         return 0
     model.load_state_dict(state["state_dict"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
-    rng.bit_generator.state = json.loads(state["rng"])
-    torch.set_rng_state(state["torch_rng"])
+    if job.is_main:  # the file holds rank 0's random streams; the caller reseeds the others
+        rng.bit_generator.state = json.loads(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
     return int(state["step"])
