@@ -68,20 +68,33 @@ def _prefect_tags() -> list[str]:
 @contextlib.contextmanager
 def _prefect_context() -> Iterator[None]:
     from prefect.settings import (
+        PREFECT_API_URL,
         PREFECT_SERVER_ANALYTICS_ENABLED,
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        get_current_settings,
         temporary_settings,
     )
 
+    from pipelines.server import idle_seconds, shared_server
+
     settings: dict[Any, Any] = {}
-    # Without a server (PREFECT_API_URL unset) each stage starts a temporary one: Prefect's
-    # default 20 s start-up limit is too short on a busy 2-core machine, and its telemetry
-    # heartbeat only fails (no network, and a locked database) in a short-lived server.
+    # Without a server (PREFECT_API_URL unset) a temporary one is started: Prefect's default
+    # 20 s start-up limit is too short on a busy 2-core machine, and its telemetry heartbeat
+    # only fails (no network, and a locked database) in a short-lived server.
     if EPHEMERAL_TIMEOUT_ENV not in os.environ:
         settings[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = 90
     if "PREFECT_SERVER_ANALYTICS_ENABLED" not in os.environ:
         settings[PREFECT_SERVER_ANALYTICS_ENABLED] = False
-    with temporary_settings(settings), tags(*_prefect_tags()):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(temporary_settings(settings))
+        current = get_current_settings()
+        if not current.api.url and current.server.ephemeral.enabled and idle_seconds() > 0:
+            # One temporary server for all stages instead of one per stage (pipelines/server.py).
+            url = stack.enter_context(
+                shared_server(timeout=current.server.ephemeral.startup_timeout_seconds)
+            )
+            stack.enter_context(temporary_settings({PREFECT_API_URL: url}))
+        stack.enter_context(tags(*_prefect_tags()))
         yield
 
 
