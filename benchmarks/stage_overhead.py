@@ -92,7 +92,7 @@ def run_stage(
             m["flow_returned"],
             end,
         )
-        for name, a, b in zip(PHASES, edges, edges[1:], strict=True):
+        for name, a, b in zip(PHASES, edges[:-1], edges[1:], strict=True):
             result[f"{name}_s"] = round(b - a, 3)
     return result
 

@@ -217,10 +217,20 @@ def stop() -> bool:
         (home / STATE).unlink(missing_ok=True)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-            for _ in range(100):
-                os.kill(pid, 0)
+            deadline = time.monotonic() + 20
+            while _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
     return True
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting to be reaped does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
