@@ -67,7 +67,11 @@ def noop_stage() -> int:
 
     code = run_entry(stage_parser("a stage that does no work"), body, sys.argv[2:])
     Path(os.environ[MARKS_ENV]).write_text(json.dumps(marks))
-    return code
+    try:  # how the stages end their process (not in the baseline's code)
+        from pipelines.common import exit_stage
+    except ImportError:
+        return code
+    exit_stage(code)
 
 
 def run_stage(
