@@ -4,6 +4,9 @@
     python benchmarks/stage_overhead.py --repeats 1  # a quicker, noisier run
     python benchmarks/stage_overhead.py --pipeline   # also `dvc repro` of params.yaml in a fresh
                                                      # clone of HEAD (tens of minutes)
+    python benchmarks/stage_overhead.py --pipeline --no-stage   # only that
+
+Each part keeps the other's last results in the JSON.
 
 The overhead is measured on a stage that does no work: the real stage entry point
 (``pipelines.common.run_entry``: config validation, Prefect flow, MLflow stage run) around an
@@ -195,6 +198,7 @@ def measure_pipeline(work: Path) -> dict[str, Any]:
         ["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True, check=True
     ).stdout.strip()
     env = _env(clone, work / "home_pipeline")
+    load_start = [round(x, 2) for x in os.getloadavg()]
     t0 = time.time()
     out = subprocess.run(["dvc", "repro"], cwd=clone, env=env, capture_output=True, text=True)
     wall = time.time() - t0
@@ -218,6 +222,9 @@ def measure_pipeline(work: Path) -> dict[str, Any]:
     return {
         "commit": head,
         "command": "dvc repro (params.yaml, fresh clone)",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "load_average_at_start": load_start,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "wall_s": round(wall, 1),
         "stages": len(stages),
         "work_in_stage_runs_s": round(work_s, 1),
@@ -258,10 +265,12 @@ def main() -> int:
         "--baseline-rev", default="d4663f6", help="git revision of the 'baseline' mode's code"
     )
     parser.add_argument("--pipeline", action="store_true", help="also time `dvc repro`")
+    parser.add_argument("--no-stage", action="store_true", help="skip the no-work stage")
     parser.add_argument("--note", default="", help="recorded in the JSON (e.g. machine load)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
 
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     result: dict[str, Any] = {
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
@@ -270,19 +279,21 @@ def main() -> int:
     }
     with tempfile.TemporaryDirectory(prefix="cmt-stage-overhead-") as tmp:
         work = Path(tmp)
-        result["noop_stage"] = measure_modes(work, args.repeats, args.baseline_rev)
+        if args.no_stage:  # keep the last measurement of the no-work stage
+            result = {k: v for k, v in previous.items() if k != "pipeline"}
+        else:
+            result["noop_stage"] = measure_modes(work, args.repeats, args.baseline_rev)
+            result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         if args.pipeline:
-            result["pipeline"] = measure_pipeline(work)
-        elif args.out.exists():  # keep the last pipeline measurement
-            previous = json.loads(args.out.read_text())
-            if "pipeline" in previous:
-                result["pipeline"] = previous["pipeline"]
-    result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+            cpu = {k: v for k, v in machine().items() if not k.startswith("load")}
+            result["pipeline"] = {**measure_pipeline(work), "machine": cpu, "note": args.note}
+        elif "pipeline" in previous:  # keep the last pipeline measurement
+            result["pipeline"] = previous["pipeline"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = args.out.with_suffix(".json.tmp")
     tmp_out.write_text(json.dumps(result, indent=2) + "\n")
     tmp_out.replace(args.out)
-    print(json.dumps({k: v["median"] for k, v in result["noop_stage"].items()}, indent=2))
+    print(json.dumps({k: v["median"] for k, v in result.get("noop_stage", {}).items()}, indent=2))
     return 0
 
 
