@@ -270,7 +270,6 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
 
-    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     result: dict[str, Any] = {
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
@@ -279,16 +278,20 @@ def main() -> int:
     }
     with tempfile.TemporaryDirectory(prefix="cmt-stage-overhead-") as tmp:
         work = Path(tmp)
-        if args.no_stage:  # keep the last measurement of the no-work stage
-            result = {k: v for k, v in previous.items() if k != "pipeline"}
-        else:
+        if not args.no_stage:
             result["noop_stage"] = measure_modes(work, args.repeats, args.baseline_rev)
             result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         if args.pipeline:
-            cpu = {k: v for k, v in machine().items() if not k.startswith("load")}
-            result["pipeline"] = {**measure_pipeline(work), "machine": cpu, "note": args.note}
-        elif "pipeline" in previous:  # keep the last pipeline measurement
-            result["pipeline"] = previous["pipeline"]
+            cpu = {k: v for k, v in result["machine"].items() if not k.startswith("load")}
+            pipeline = {**measure_pipeline(work), "machine": cpu, "note": args.note}
+    # Read only now: the other part may have been measured meanwhile; keep its results.
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+    if args.no_stage:
+        result = {k: v for k, v in previous.items() if k != "pipeline"} or result
+    if args.pipeline:
+        result["pipeline"] = pipeline
+    elif "pipeline" in previous:
+        result["pipeline"] = previous["pipeline"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = args.out.with_suffix(".json.tmp")
     tmp_out.write_text(json.dumps(result, indent=2) + "\n")
