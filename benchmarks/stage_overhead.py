@@ -133,7 +133,6 @@ def _env(code: Path, home: Path, **extra: str) -> dict[str, str]:
         **env,
         "PYTHONPATH": str(code),
         "PREFECT_HOME": str(home),
-        "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
         **extra,
     }
 
