@@ -90,7 +90,9 @@ def overhead_section() -> str:
         f"Start-up overhead of a stage, measured by `python benchmarks/stage_overhead.py` on "
         f"{m['cpu']} ({m['cores']} cores, Prefect {m['prefect']}, MLflow {m['mlflow']}, "
         f"{r['date']}) on a stage that does no work, median wall seconds; JSON in "
-        f"`benchmarks/results/stage_overhead.json`." + (f" {r['note']}" if r.get("note") else ""),
+        f"`benchmarks/results/stage_overhead.json`. *MLflow run* includes importing MLflow and "
+        f"SQLAlchemy; *CPU* counts the stage process and its own temporary server, not the "
+        f"shared one." + (f" {r['note']}" if r.get("note") else ""),
         "",
         "| stage | total | imports | flow start | MLflow run | flow end | exit | CPU |",
         "|---|---|---|---|---|---|---|---|",
@@ -104,7 +106,13 @@ def overhead_section() -> str:
             f"{x['tracking_start_s'] + x['tracking_end_s']:.1f} | {x['flow_end_s']:.1f} | "
             f"{x['exit_s']:.1f} | {x['cpu_s']:.1f} |"
         )
-    if p := r.get("pipeline"):
+    if "pipeline" not in r:
+        lines += [
+            "",
+            "The default pipeline's wall time with these changes is not measured yet "
+            "(`python benchmarks/stage_overhead.py --pipeline --no-stage`).",
+        ]
+    elif p := r["pipeline"]:
         lines += [
             "",
             f"The default pipeline (`{p['command']}`, commit `{p['commit'][:7]}`): "
