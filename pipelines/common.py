@@ -131,11 +131,11 @@ def run_entry(
 def exit_stage(code: int) -> NoReturn:
     """End a stage process with ``code``, skipping the interpreter's teardown of its modules.
 
-    The teardown (garbage-collecting Prefect, MLflow, SQLAlchemy, torch) costs about a second
-    of CPU per stage, four on a busy 2-core machine (benchmarks/stage_overhead.py), and
-    nothing a finished stage needs: what a normal exit does before it still runs here,
-    non-daemon threads are joined and the exit handlers (Prefect's log and event flush,
-    MLflow's) run; outputs are already written (atomically) and closed.
+    The teardown (freeing the modules of Prefect, MLflow, SQLAlchemy, torch) took seconds per
+    stage on a busy 2-core machine (benchmarks/stage_overhead.py) and does nothing a finished
+    stage needs. What a normal exit does before it still runs: non-daemon threads are joined
+    and the exit handlers (Prefect's log and event flush, MLflow's) run; the outputs are
+    already written (atomically) and closed.
     """
     threading._shutdown()  # type: ignore[attr-defined]  # what Python's exit does first
     atexit._run_exitfuncs()
