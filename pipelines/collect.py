@@ -75,5 +75,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     # Through the importable module, so that tasks pickle by reference (Dask workers).
     from pipelines.collect import main as _main
+    from pipelines.common import exit_stage
 
-    raise SystemExit(_main())
+    exit_stage(_main())

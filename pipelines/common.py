@@ -4,13 +4,15 @@ MLflow tags and exit codes."""
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
 from prefect import tags, task
 from prefect.cache_policies import NO_CACHE
@@ -68,20 +70,33 @@ def _prefect_tags() -> list[str]:
 @contextlib.contextmanager
 def _prefect_context() -> Iterator[None]:
     from prefect.settings import (
+        PREFECT_API_URL,
         PREFECT_SERVER_ANALYTICS_ENABLED,
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        get_current_settings,
         temporary_settings,
     )
 
+    from pipelines.server import idle_seconds, shared_server
+
     settings: dict[Any, Any] = {}
-    # Without a server (PREFECT_API_URL unset) each stage starts a temporary one: Prefect's
-    # default 20 s start-up limit is too short on a busy 2-core machine, and its telemetry
-    # heartbeat only fails (no network, and a locked database) in a short-lived server.
+    # Without a server (PREFECT_API_URL unset) a temporary one is started: Prefect's default
+    # 20 s start-up limit is too short on a busy 2-core machine, and its telemetry heartbeat
+    # only fails (no network, and a locked database) in a short-lived server.
     if EPHEMERAL_TIMEOUT_ENV not in os.environ:
         settings[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = 90
     if "PREFECT_SERVER_ANALYTICS_ENABLED" not in os.environ:
         settings[PREFECT_SERVER_ANALYTICS_ENABLED] = False
-    with temporary_settings(settings), tags(*_prefect_tags()):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(temporary_settings(settings))
+        current = get_current_settings()
+        if not current.api.url and current.server.ephemeral.enabled and idle_seconds() > 0:
+            # One temporary server for all stages instead of one per stage (pipelines/server.py).
+            url = stack.enter_context(
+                shared_server(timeout=current.server.ephemeral.startup_timeout_seconds)
+            )
+            stack.enter_context(temporary_settings({PREFECT_API_URL: url}))
+        stack.enter_context(tags(*_prefect_tags()))
         yield
 
 
@@ -111,3 +126,20 @@ def run_entry(
         print(f"error: stage failed: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def exit_stage(code: int) -> NoReturn:
+    """End a stage process with ``code``, skipping the interpreter's teardown of its modules.
+
+    The teardown (freeing the modules of Prefect, MLflow, SQLAlchemy, torch) took seconds per
+    stage on a busy 2-core machine (benchmarks/stage_overhead.py) and does nothing a finished
+    stage needs. What a normal exit does before it still runs: non-daemon threads are joined
+    and the exit handlers (Prefect's log and event flush, MLflow's) run; the outputs are
+    already written (atomically) and closed.
+    """
+    threading._shutdown()  # type: ignore[attr-defined]  # what Python's exit does first
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)

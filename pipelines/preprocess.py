@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from pipelines.common import exit_stage
     from pipelines.preprocess import main as _main
 
-    raise SystemExit(_main())
+    exit_stage(_main())

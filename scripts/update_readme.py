@@ -6,7 +6,8 @@
 Sources: ``results/**/benchmarks.md`` (cross-dataset tables) and ``results/<name>/results.md``
 (written by the report stage, copied by ``scripts/save_results.py``; datasets of a group such
 as ``results/d4rl/<name>/`` appear only in their group's cross-dataset table) and
-``benchmarks/results/throughput.json`` (written by ``benchmarks/throughput.py``).
+``benchmarks/results/throughput.json`` (written by ``benchmarks/throughput.py``) and
+``benchmarks/results/stage_overhead.json`` (written by ``benchmarks/stage_overhead.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 RESULTS = ROOT / "results"
 THROUGHPUT = ROOT / "benchmarks" / "results" / "throughput.json"
+OVERHEAD = ROOT / "benchmarks" / "results" / "stage_overhead.json"
 
 
 def results_section() -> str:
@@ -73,8 +75,62 @@ def perf_section() -> str:
     return "\n".join(lines) + "\n"
 
 
+def overhead_section() -> str:
+    if not OVERHEAD.exists():
+        return "_No stage overhead measurement committed yet._\n"
+    r = json.loads(OVERHEAD.read_text())
+    m, runs = r["machine"], r["noop_stage"]
+    labels = {
+        "baseline": f"before (`{r['baseline_rev']}`): a temporary Prefect server per stage",
+        "per_stage_server": "now, sharing off (`CMT_PREFECT_SERVER_IDLE_S=0`)",
+        "shared_server_start": "now, first stage (starts the shared server)",
+        "shared_server": "now, every later stage",
+    }
+    lines = [
+        f"Start-up overhead of a stage, measured by `python benchmarks/stage_overhead.py` on "
+        f"{m['cpu']} ({m['cores']} cores, Prefect {m['prefect']}, MLflow {m['mlflow']}, "
+        f"{r['date']}) on a stage that does no work, median wall seconds; JSON in "
+        f"`benchmarks/results/stage_overhead.json`. *MLflow run* includes importing MLflow and "
+        f"SQLAlchemy; *CPU* counts the stage process and its own temporary server, not the "
+        f"shared one." + (f" {r['note']}" if r.get("note") else ""),
+        "",
+        "| stage | total | imports | flow start | MLflow run | flow end | exit | CPU |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for mode, label in labels.items():
+        if mode not in runs:
+            continue
+        x = runs[mode]["median"]
+        lines.append(
+            f"| {label} | {x['wall_s']:.1f} | {x['imports_s']:.1f} | {x['flow_start_s']:.1f} | "
+            f"{x['tracking_start_s'] + x['tracking_end_s']:.1f} | {x['flow_end_s']:.1f} | "
+            f"{x['exit_s']:.1f} | {x['cpu_s']:.1f} |"
+        )
+    if "pipeline" not in r:
+        lines += [
+            "",
+            "The default pipeline's wall time with these changes is not measured yet "
+            "(`python benchmarks/stage_overhead.py --pipeline --no-stage`).",
+        ]
+    elif p := r["pipeline"]:
+        lines += [
+            "",
+            f"The default pipeline (`{p['command']}`, commit `{p['commit'][:7]}`): "
+            f"{p['wall_s'] / 60:.1f} min wall for {p['stages']} stages, of which "
+            f"{p['work_in_stage_runs_s'] / 60:.1f} min inside the stages' MLflow runs (the work) "
+            f"and {p['outside_stage_runs_s']:.0f} s ({100 * p['outside_fraction']:.0f}%) outside "
+            f"them (imports, Prefect, MLflow set-up, DVC)."
+            + (f" {p['note']}" if p.get("note") else ""),
+        ]
+    return "\n".join(lines) + "\n"
+
+
 def render(text: str) -> str:
-    for name, body in (("results", results_section()), ("performance", perf_section())):
+    for name, body in (
+        ("results", results_section()),
+        ("performance", perf_section()),
+        ("overhead", overhead_section()),
+    ):
         pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", flags=re.DOTALL)
         if not pattern.search(text):
             raise SystemExit(f"README.md has no <!-- {name}:start/end --> markers")

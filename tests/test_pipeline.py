@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -323,3 +326,67 @@ def test_stage_dataset_dir_follows_the_preset():
     assert dataset_dir(params, "elsewhere") == "elsewhere"
     params = load_params(ROOT / "params.yaml", preset="walker2d_medium_expert")
     assert dataset_dir(params, None) == "data/walker2d_medium_expert"
+
+
+@pytest.mark.slow
+def test_shared_prefect_server_is_reused_and_stops_when_idle(tmp_path):
+    """Without PREFECT_API_URL the stages share one temporary server: two flows in two
+    processes report to the same server (and database), which stops itself once unused."""
+    home = tmp_path / "prefect_home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CMT_"))}
+    env.update(PYTHONPATH=str(ROOT), PREFECT_HOME=str(home), CMT_PREFECT_SERVER_IDLE_S="20")
+    flow = textwrap.dedent(
+        """
+        import sys
+        from prefect import flow
+        from prefect.settings import PREFECT_API_URL
+        from pipelines.common import run_entry, stage_parser
+
+        @flow(name="noop")
+        def noop():
+            print("api", PREFECT_API_URL.value())
+
+        argv = ["--params", sys.argv[1]]
+        sys.exit(run_entry(stage_parser("noop"), lambda args, params: noop(), argv))
+        """
+    )
+    outs = []
+    for _ in range(2):
+        out = subprocess.run(
+            [sys.executable, "-c", flow, str(ROOT / "params.yaml")],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        outs.append(out)
+    assert "Starting temporary server on" in outs[0].stderr
+    assert "Using the shared temporary server on" in outs[1].stderr
+    urls = [
+        line.split()[1] for out in outs for line in out.stdout.splitlines() if line[:4] == "api "
+    ]
+    assert len(urls) == 2 and urls[0] == urls[1] and urls[0].startswith("http://127.0.0.1:")
+    state = json.loads((home / "cmt-server.json").read_text())
+    assert state["url"] == urls[0]
+    # Both flow runs are in the one server's database.
+    req = urllib.request.Request(
+        urls[0] + "/flow_runs/filter", data=b"{}", headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert len(json.loads(resp.read())) == 2
+    # Unused for 20 s: it stops and removes its state file.
+    deadline = time.time() + 60
+    while (home / "cmt-server.json").exists() and time.time() < deadline:
+        time.sleep(0.5)
+    assert not (home / "cmt-server.json").exists()
+    for _ in range(100):
+        try:
+            os.kill(state["pid"], 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(state["pid"], signal.SIGKILL)
+        pytest.fail("the shared server did not exit")

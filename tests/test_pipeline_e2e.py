@@ -437,22 +437,33 @@ def test_deployment_triggered_on_prefect_server(repo: Repo):
 
 
 def test_stage_runs_without_a_prefect_server(repo: Repo, tmp_path):
-    """Without PREFECT_API_URL a stage starts Prefect's temporary server by itself."""
+    """Without PREFECT_API_URL the first stage starts a temporary server and the next one
+    uses it (pipelines/server.py); ``python -m pipelines.server stop`` stops it."""
     env = {k: v for k, v in repo.env.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(tmp_path / "home")
-    out = repo.run(
-        sys.executable,
-        "-m",
-        "pipelines.preprocess",
-        "--data",
-        "data/point_robot",
-        "--out",
-        str(tmp_path / "pre"),
-        env=env,
-    )
-    assert out.returncode == 0, out.stderr[-5000:]
-    assert "Starting temporary server" in out.stderr + out.stdout
-    assert (tmp_path / "pre" / "metrics.json").exists()
+    try:
+        for i in range(2):
+            out = repo.run(
+                sys.executable,
+                "-m",
+                "pipelines.preprocess",
+                "--data",
+                "data/point_robot",
+                "--out",
+                str(tmp_path / f"pre{i}"),
+                env=env,
+            )
+            assert out.returncode == 0, out.stderr[-5000:]
+            assert (tmp_path / f"pre{i}" / "metrics.json").exists()
+            expected = "Using the shared temporary server" if i else "Starting temporary server"
+            assert expected in out.stderr, out.stderr[-5000:]
+        state = json.loads((tmp_path / "home" / "cmt-server.json").read_text())
+    finally:
+        stop = repo.run(sys.executable, "-m", "pipelines.server", "stop", env=env)
+    assert stop.returncode == 0 and stop.stdout.strip() == "stopped", stop.stdout + stop.stderr
+    assert not (tmp_path / "home" / "cmt-server.json").exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(state["pid"], 0)
 
 
 # The cheetah-dir preset at a tiny SAC budget (a few seconds of SAC).
