@@ -7,7 +7,8 @@ episodes one at a time with the same jitted single-episode step.
 
 Both loops play the *same* episodes: the same PRNG key per episode and step, and the same
 random available actions (scores drawn up front), so their returns must agree; the JSON
-records how many do. Compilation is excluded (each kernel is warmed up first).
+records how many do. Compilation is excluded (each kernel is warmed up first); each loop is
+timed ``--repeats`` times, interleaved, and the median is reported (the machine is shared).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def one_at_a_time(map_name: str, scores: np.ndarray, seed: int) -> tuple[float, 
     return time.perf_counter() - t0, returns, steps
 
 
-def bench_map(map_name: str, episodes: int, seed: int) -> dict[str, object]:
+def bench_map(map_name: str, episodes: int, seed: int, repeats: int) -> dict[str, object]:
     spec = smax_map(map_name)
     rng = np.random.default_rng(seed)
     shape = (spec.horizon, episodes, spec.num_agents, spec.num_actions)
@@ -99,16 +100,29 @@ def bench_map(map_name: str, episodes: int, seed: int) -> dict[str, object]:
     # Warm-up: compile every kernel for these shapes.
     batched(map_name, scores, seed + 1)
     one_at_a_time(map_name, scores[:, :2], seed + 1)
-    t_batch, r_batch, steps_batch = batched(map_name, scores, seed)
-    t_seq, r_seq, steps_seq = one_at_a_time(map_name, scores, seed)
+    times_batch, times_seq = [], []
+    for _ in range(repeats):
+        t_batch, r_batch, steps_batch = batched(map_name, scores, seed)
+        t_seq, r_seq, steps_seq = one_at_a_time(map_name, scores, seed)
+        times_batch.append(t_batch)
+        times_seq.append(t_seq)
+    t_batch, t_seq = float(np.median(times_batch)), float(np.median(times_seq))
     same = np.isclose(r_batch, r_seq, rtol=1e-5, atol=1e-6)
     return {
         "episodes": episodes,
         "policy": "uniform over available actions (pre-drawn scores)",
         "team_steps": steps_batch,
         "mean_episode_length": steps_batch / episodes,
-        "batched": {"seconds": t_batch, "episodes_per_s": episodes / t_batch},
-        "one_at_a_time": {"seconds": t_seq, "episodes_per_s": episodes / t_seq},
+        "batched": {
+            "seconds": t_batch,
+            "episodes_per_s": episodes / t_batch,
+            "seconds_each_repeat": times_batch,
+        },
+        "one_at_a_time": {
+            "seconds": t_seq,
+            "episodes_per_s": episodes / t_seq,
+            "seconds_each_repeat": times_seq,
+        },
         "speedup": t_seq / t_batch,
         "same_episodes": {"returns_equal": int(same.sum()), "team_steps_one_at_a_time": steps_seq},
     }
@@ -118,19 +132,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3m only, 32 episodes")
     parser.add_argument("--episodes", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     maps = ["3m"] if args.quick else ["3m", "2s3z", "5m_vs_6m"]
     episodes = 32 if args.quick else args.episodes
     results = {}
+    load_start = os.getloadavg()[0]
     for name in maps:
-        results[name] = bench_map(name, episodes, seed=0)
+        results[name] = bench_map(name, episodes, seed=0, repeats=1 if args.quick else args.repeats)
         print(name, results[name]["speedup"], flush=True)
     write_json(
         args.out,
         {
             "machine": machine(),
-            "load_average_1m_at_end": os.getloadavg()[0],
+            "cpu_count": os.cpu_count(),
+            "load_average_1m": {"start": load_start, "end": os.getloadavg()[0]},
             "maps": results,
         },
     )

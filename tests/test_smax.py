@@ -33,8 +33,9 @@ def test_map_registry_matches_smax(name: str) -> None:
 
 
 def test_unknown_map_names_the_known_ones() -> None:
-    with pytest.raises(KeyError, match=r"unknown SMAX map '4m'.*'2s3z', '3m'"):
-        smax_map("4m")
+    for lookup in (smax_map, SMAX_MAPS.__getitem__):
+        with pytest.raises(KeyError, match=r"unknown SMAX map '4m'.*'2s3z', '3m'"):
+            lookup("4m")
 
 
 def rollout_steps(env: SmaxBatchedEnv, seed: int, steps: int) -> list[tuple[np.ndarray, ...]]:
