@@ -26,6 +26,32 @@ class BatchedEnv(Protocol):
         ...
 
 
+class MultiAgentBatchedEnv(Protocol):
+    """Many episodes of a cooperative multi-agent game stepped together (SMAX,
+    ``cmt/envs/smax.py``): per-agent observations and available-action masks, discrete
+    actions, one team reward. An adapter for another such game (the real SMAC: docs/smax.md)
+    implements the same."""
+
+    num_envs: int
+    num_agents: int
+    obs_dim: int
+    num_actions: int
+
+    def reset(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Start every episode: obs (B, A, obs_dim) float32, avail (B, A, num_actions) bool."""
+        ...
+
+    def step(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Apply actions (B, A) int: obs, avail, team reward (B,) float32, terminated,
+        truncated, won (B,) bool.
+
+        Stepping an episode that already ended is allowed (it stays frozen, never restarts);
+        callers ignore its outputs."""
+        ...
+
+
 class TaskFamily(Protocol):
     """A family of related tasks (goals, velocities, directions) sharing spaces."""
 

@@ -84,8 +84,15 @@ def _map(name: str, allies: int, enemies: int, horizon: int = 100) -> SmaxMap:
     return SmaxMap(name, allies, enemies, unit * (allies - 1 + enemies) + own, 5 + enemies, horizon)
 
 
-SMAX_MAPS: dict[str, SmaxMap] = {
-    m.name: m
+class _MapRegistry(dict[str, SmaxMap]):
+    """A dict whose missing keys raise a KeyError naming the known maps."""
+
+    def __missing__(self, name: str) -> SmaxMap:
+        raise KeyError(f"unknown SMAX map {name!r}; known maps: {sorted(self)}")
+
+
+SMAX_MAPS: dict[str, SmaxMap] = _MapRegistry(
+    (m.name, m)
     for m in (
         _map("3m", 3, 3),
         _map("2s3z", 5, 5),
@@ -93,14 +100,12 @@ SMAX_MAPS: dict[str, SmaxMap] = {
         _map("8m", 8, 8),
         _map("3s_vs_5z", 3, 5),
     )
-}
+)
 """The SMAX maps this project uses; the numbers are checked against SMAX in the tests."""
 
 
 def smax_map(name: str) -> SmaxMap:
     """The registered map ``name``, or a KeyError naming the known maps."""
-    if name not in SMAX_MAPS:
-        raise KeyError(f"unknown SMAX map {name!r}; known maps: {sorted(SMAX_MAPS)}")
     return SMAX_MAPS[name]
 
 
@@ -224,7 +229,7 @@ class SmaxBatchedEnv:
     def reset(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Start every episode: observations (B, A, O) float32, available actions (B, A, N)."""
         self._key, self._state, obs, avail = self._k.reset(jax.random.PRNGKey(seed), self.num_envs)
-        return np.asarray(obs), np.asarray(avail)
+        return np.array(obs), np.array(avail)  # writable copies (torch warns on read-only)
 
     def step(
         self, actions: np.ndarray
@@ -241,7 +246,7 @@ class SmaxBatchedEnv:
         self._key, self._state, obs, avail, reward, term, trunc, won = self._k.step(
             self._key, self._state, actions.astype(np.int32)
         )
-        return tuple(np.asarray(x) for x in (obs, avail, reward, term, trunc, won))  # type: ignore[return-value]
+        return tuple(np.array(x) for x in (obs, avail, reward, term, trunc, won))  # type: ignore[return-value]
 
     def reset_done(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Start new episodes in place of the finished ones (auto-reset for training).
@@ -253,7 +258,7 @@ class SmaxBatchedEnv:
         self._key, self._state, obs, avail = self._k.reset_where(
             self._key, jnp.asarray(mask), self._state
         )
-        return np.asarray(obs), np.asarray(avail), mask
+        return np.array(obs), np.array(avail), mask
 
     @cached_property
     def smax(self) -> HeuristicEnemySMAX:
