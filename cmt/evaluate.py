@@ -1,5 +1,6 @@
 """Batched online evaluation: all episodes of all tasks advance together, one model forward
-per environment step, instead of one episode at a time at batch size 1."""
+per environment step, instead of one episode at a time at batch size 1. A model with banded
+attention computes only each step's new tokens, with a rolling key/value cache."""
 
 from __future__ import annotations
 
@@ -28,12 +29,15 @@ def rollout(
     prompts: torch.Tensor | None = None,
     target_returns: np.ndarray | None = None,
     bf16: bool = False,
+    cache: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run one episode per environment of ``env``; returns (returns, lengths), each (B,).
 
     ``prompts`` (B, P, d) is one prompt per episode; ``target_returns`` (B,) starts the
     return-to-go of return-conditioned models. Steps after an episode ends are ignored.
     ``bf16`` runs the model under bfloat16 autocast (faster on CPUs with AVX512-BF16).
+    A banded model decodes incrementally; ``cache=False`` recomputes its whole history every
+    step instead (the slow reference the cache must equal).
     """
     model.eval()
     device = next(model.parameters()).device
@@ -47,21 +51,29 @@ def rollout(
     togo = np.zeros(B) if target_returns is None else np.asarray(target_returns, dtype=np.float64)
     returns, lengths = np.zeros(B), np.zeros(B, dtype=np.int64)
     alive = np.ones(B, dtype=bool)
+    banded = model.cfg.attention == "banded"
+    decoding = model.start_decoding(prompts) if banded and cache else None
     # One autocast context for the whole episode: leaving it drops the cache of bf16 weight
     # copies, and re-casting every step costs as much as the forward itself.
     with autocast(device, bf16):
         for t in range(horizon):
             states[:, t] = (torch.as_tensor(obs, dtype=torch.float32, device=device) - mean) / std
             rtg[:, t] = torch.as_tensor(togo / norm.return_scale, dtype=torch.float32)
-            lo = max(0, t - K + 1)  # the K-step window ending at t; its last action is unknown
-            out = model(
+            # The steps the model call needs; the last action is unknown (and unused).
+            if decoding is not None:
+                lo = max(0, t - 1)  # action t-1 and step t are new to the cache
+            else:
+                lo = 0 if banded else max(0, t - K + 1)  # the whole history, or the K-window
+            window = (
                 states[:, lo : t + 1],
                 actions[:, lo : t + 1],
                 rtg[:, lo : t + 1] if model.cfg.condition_on_rtg else None,
                 timesteps[lo : t + 1].expand(B, -1),
-                prompts,
             )
-            act = out.actions[:, -1].float()  # (B, act)
+            if decoding is not None:
+                act = model.decode_step(decoding, *window).float()  # (B, act)
+            else:
+                act = model(*window, prompts).actions[:, -1].float()  # (B, act)
             actions[:, t] = act
             obs, reward, terminated, truncated = env.step(act.cpu().numpy())
             returns += np.where(alive, reward, 0.0)
