@@ -48,7 +48,8 @@ def rollout(
     rtg = torch.zeros(B, horizon, device=device)
     timesteps = torch.arange(horizon, device=device)
     mean, std = (torch.as_tensor(x, device=device) for x in (norm.state_mean, norm.state_std))
-    togo = np.zeros(B) if target_returns is None else np.asarray(target_returns, dtype=np.float64)
+    # A copy: togo counts down in place, and the caller's targets must stay as they were.
+    togo = np.zeros(B) if target_returns is None else np.array(target_returns, dtype=np.float64)
     returns, lengths = np.zeros(B), np.zeros(B, dtype=np.int64)
     alive = np.ones(B, dtype=bool)
     banded = model.cfg.attention == "banded"
