@@ -4,7 +4,8 @@ one-episode-at-a-time loop of public Decision Transformer code.
 
     python benchmarks/throughput.py            # writes benchmarks/results/throughput.json
     python benchmarks/throughput.py --quick    # fewer repetitions, for a smoke check
-    python benchmarks/throughput.py --decoding-only   # evaluation modes only: decoding.json
+    python benchmarks/throughput.py --decoding-only --preset cheetah_vel
+        # evaluation modes only (point robot and cheetah-vel): decoding.json
 
 FLOPs are counted by ``torch.utils.flop_counter`` on the real training step (forward and
 backward), not estimated.
@@ -26,7 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from cmt.benchmarks import make_benchmark
-from cmt.config import Params, apply_preset, parse_params
+from cmt.config import Params, apply_preset, parse_params, preset_names
 from cmt.data.dataset import Normalizer
 from cmt.device import autocast
 from cmt.evaluate import rollout
@@ -299,10 +300,10 @@ def decoding_speed(raw: dict, episodes_per_task: int, repeats: int) -> dict:
     }
 
 
-def eval_benchmarks(repeats: int) -> list[dict]:
-    """Incremental decoding on the embedded default and on cheetah-vel (MuJoCo), 50 episodes
-    each (10 per test task)."""
-    raws = [{}, apply_preset({}, "cheetah_vel")]
+def eval_benchmarks(presets: list[str], repeats: int) -> list[dict]:
+    """Incremental decoding on the embedded default and on ``presets``, 10 episodes per test
+    task (50 on the meta-RL families)."""
+    raws = [{}, *(apply_preset({}, name) for name in presets)]
     return [decoding_speed(raw, 10, repeats) for raw in raws]
 
 
@@ -314,12 +315,23 @@ def main() -> None:
         action="store_true",
         help=f"only the evaluation modes of incremental decoding, into {DECODING_OUT.name}",
     )
+    parser.add_argument(
+        "--preset",
+        action="append",
+        default=[],
+        choices=preset_names(),
+        help="also measure decoding on this preset's benchmark (repeatable)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     repeats = 3 if args.quick else 10
     if args.decoding_only:
+        # The load average says how shared the machine was while it ran.
         result = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}
-        write_result(args.out or DECODING_OUT, {**result, "decoding": eval_benchmarks(repeats)})
+        result["load_average_before"] = os.getloadavg()[0]
+        result["decoding"] = eval_benchmarks(args.preset, repeats)
+        result["load_average_after"] = os.getloadavg()[0]
+        write_result(args.out or DECODING_OUT, result)
         return
     params = parse_params({})  # the default size: 3 layers x 128 wide, K = 20
     with tempfile.TemporaryDirectory() as tmp:
@@ -359,7 +371,7 @@ def main() -> None:
         "pretrain": pretrain,
         "sampler": sampling,
         "evaluation": evaluation,
-        "decoding": eval_benchmarks(repeats),
+        "decoding": eval_benchmarks(args.preset, repeats),
     }
     write_result(args.out or OUT, result)
 

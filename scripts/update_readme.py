@@ -6,7 +6,8 @@
 Sources: ``results/**/benchmarks.md`` (cross-dataset tables) and ``results/<name>/results.md``
 (written by the report stage, copied by ``scripts/save_results.py``; datasets of a group such
 as ``results/d4rl/<name>/`` appear only in their group's cross-dataset table) and
-``benchmarks/results/throughput.json`` (written by ``benchmarks/throughput.py``).
+``benchmarks/results/throughput.json`` and ``decoding.json`` (written by
+``benchmarks/throughput.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 RESULTS = ROOT / "results"
 THROUGHPUT = ROOT / "benchmarks" / "results" / "throughput.json"
+DECODING = THROUGHPUT.with_name("decoding.json")
 
 
 def results_section() -> str:
@@ -73,8 +75,43 @@ def perf_section() -> str:
     return "\n".join(lines) + "\n"
 
 
+def decoding_section() -> str:
+    if not DECODING.exists():
+        return "_No decoding benchmark committed yet._\n"
+    r = json.loads(DECODING.read_text())
+    m = r["machine"]
+    lines = [
+        f"Measured by `python benchmarks/throughput.py --decoding-only` on {m['cpu']} "
+        f"({m['threads']} threads, torch {m['torch']}, {r['date']}, fp32); JSON in "
+        "`benchmarks/results/decoding.json`. Env steps/s over all episodes; memory is the "
+        "peak RSS growth during the rollouts (`getrusage` maxrss), one process per mode.",
+        "",
+        "| benchmark | episodes × steps | mode | env steps/s | peak RSS growth (MiB) |",
+        "|---|---|---|---|---|",
+    ]
+    for b in r["decoding"]:
+        for mode in b["modes"].values():
+            lines.append(
+                f"| {b['benchmark']} | {b['episodes']} × {b['horizon']} | {mode['mode']} | "
+                f"{mode['steps_per_s']:.0f} | {mode['peak_rss_growth_mib']} |"
+            )
+    lines.append("")
+    for b in r["decoding"]:
+        lines.append(
+            f"- {b['benchmark']}: cached {b['cached_over_one_episode']}× the one-episode loop, "
+            f"{b['cached_over_window_batched']}× the batched window, "
+            f"{100 * b['cached_over_raw_env']:.1f}% of the raw env step rate."
+        )
+    return "\n".join(lines) + "\n"
+
+
 def render(text: str) -> str:
-    for name, body in (("results", results_section()), ("performance", perf_section())):
+    sections = (
+        ("results", results_section()),
+        ("performance", perf_section()),
+        ("decoding", decoding_section()),
+    )
+    for name, body in sections:
         pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", flags=re.DOTALL)
         if not pattern.search(text):
             raise SystemExit(f"README.md has no <!-- {name}:start/end --> markers")
