@@ -192,7 +192,8 @@ class SequencePolicy(nn.Module):
         Takes the steps [t-1, t] (just [0] at t = 0) as (B, W, ...) tensors, like
         :meth:`forward`; action t is ignored. New tokens are action t-1, [return-to-go t] and
         state t; afterwards the cache drops the tokens no later step attends to. Equal, to
-        float rounding, to the last action of a banded :meth:`forward` over the whole episode.
+        float rounding, to the last action of a banded :meth:`forward` over the whole episode
+        (in eval mode: decoding applies no dropout).
         """
         n, K, t = self.tokens_per_step, self.cfg.context_len, state.t
         if states.shape[1] != min(t + 1, 2):
