@@ -82,23 +82,29 @@ def decoding_section() -> str:
     m = r["machine"]
     lines = [
         f"Measured by `python benchmarks/throughput.py --decoding-only` on {m['cpu']} "
-        f"({m['threads']} threads, torch {m['torch']}, {r['date']}, fp32); JSON in "
-        "`benchmarks/results/decoding.json`. Env steps/s over all episodes; memory is the "
-        "peak RSS growth during the rollouts (`getrusage` maxrss), one process per mode.",
+        f"({m['threads']} thread(s), torch {m['torch']}, {r['date']}, fp32, load average "
+        f"{r['load_average_before']:.0f} to {r['load_average_after']:.0f} on a shared "
+        "machine); JSON in `benchmarks/results/decoding.json`. Env steps over all episodes "
+        "per second of wall time and per second of the process's CPU time (what one idle "
+        "core would give); memory is the peak RSS growth during the rollouts (`getrusage` "
+        "maxrss), one process per mode.",
         "",
-        "| benchmark | episodes × steps | mode | env steps/s | peak RSS growth (MiB) |",
-        "|---|---|---|---|---|",
+        "| benchmark | episodes × steps | mode | env steps/s (wall) | env steps/CPU-s | "
+        "peak RSS growth (MiB) |",
+        "|---|---|---|---|---|---|",
     ]
     for b in r["decoding"]:
         for mode in b["modes"].values():
             lines.append(
                 f"| {b['benchmark']} | {b['episodes']} × {b['horizon']} | {mode['mode']} | "
-                f"{mode['steps_per_s']:.0f} | {mode['peak_rss_growth_mib']} |"
+                f"{mode['steps_per_s']:.0f} | {mode['steps_per_cpu_s']:.0f} | "
+                f"{mode['peak_rss_growth_mib']} |"
             )
     lines.append("")
     for b in r["decoding"]:
         lines.append(
-            f"- {b['benchmark']}: cached {b['cached_over_one_episode']}× the one-episode loop, "
+            f"- {b['benchmark']} (CPU time): cached {b['cached_over_one_episode']}× the "
+            "one-episode loop, "
             f"{b['cached_over_window_batched']}× the batched window, "
             f"{100 * b['cached_over_raw_env']:.1f}% of the raw env step rate."
         )
