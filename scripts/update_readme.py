@@ -81,7 +81,8 @@ def decoding_section() -> str:
     r = json.loads(DECODING.read_text())
     m = r["machine"]
     lines = [
-        f"Measured by `python benchmarks/throughput.py --decoding-only` on {m['cpu']} "
+        "Measured by `python benchmarks/throughput.py --decoding-only` (with `--preset` for "
+        f"each benchmark but the embedded default) on {m['cpu']} "
         f"({m['threads']} thread(s), torch {m['torch']}, {r['date']}, fp32, load average "
         f"{r['load_average_before']:.0f} to {r['load_average_after']:.0f} on a shared "
         "machine); JSON in `benchmarks/results/decoding.json`. Env steps over all episodes "
