@@ -4,6 +4,8 @@ one-episode-at-a-time loop of public Decision Transformer code.
 
     python benchmarks/throughput.py            # writes benchmarks/results/throughput.json
     python benchmarks/throughput.py --quick    # fewer repetitions, for a smoke check
+    python benchmarks/throughput.py --decoding-only --preset cheetah_vel
+        # evaluation modes only (point robot and cheetah-vel): decoding.json
 
 FLOPs are counted by ``torch.utils.flop_counter`` on the real training step (forward and
 backward), not estimated.
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import platform
 import tempfile
 import time
@@ -23,7 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from cmt.benchmarks import make_benchmark
-from cmt.config import Params, parse_params
+from cmt.config import Params, apply_preset, parse_params, preset_names
 from cmt.data.dataset import Normalizer
 from cmt.device import autocast
 from cmt.evaluate import rollout
@@ -33,6 +37,7 @@ from cmt.models.policy import SequencePolicy
 from cmt.train.pretrain import make_sampler, pretrain_loss
 
 OUT = Path(__file__).parent / "results" / "throughput.json"
+DECODING_OUT = OUT.with_name("decoding.json")
 
 
 def timeit(fn, repeats: int, warmup: int = 2) -> float:
@@ -187,12 +192,161 @@ def eval_speed(params: Params, data, episodes_per_task: int, repeats: int) -> di
     }
 
 
+# ------------------------------------------------------------------ incremental decoding
+
+EVAL_MODES = ("raw_env", "one_episode", "window_batched", "banded_uncached", "banded_cached")
+"""raw_env: the batched env stepped with random actions, no model; one_episode: the window
+model one episode at a time at batch 1 (public DT code's loop); window_batched: the window
+model, every episode in one batch, the K-step window recomputed each step; banded_uncached:
+a banded model recomputing the whole history each step (the exact reference); banded_cached:
+the banded model with the rolling key/value cache."""
+
+SLOW_MODES = ("one_episode", "banded_uncached")
+
+
+def eval_mode(
+    raw: dict, mode: str, episodes_per_task: int, repeats: int
+) -> dict[str, float | int | str]:
+    """Env-steps/s and peak-memory growth of one evaluation mode, in this process.
+
+    Weights are random and states are not normalised: steps/s does not depend on them, and
+    every episode lasts the full horizon. Memory: the peak resident set size
+    (``resource.getrusage`` maxrss) during the rollouts minus the resident size before them."""
+    import resource
+
+    torch.manual_seed(0)
+    params = parse_params(raw)
+    bench = make_benchmark(params.data)
+    spaces = bench.spaces
+    tasks = np.repeat(np.array(bench.eval_tasks), episodes_per_task)
+    n, horizon = len(tasks), bench.horizon
+    base = params.model.model_copy(update={"attention": "window"})
+    if mode.startswith("banded"):
+        base = params.model.model_copy(update={"attention": "banded"})
+    model = SequencePolicy(backbone_config(base, "cmt"), spaces.obs_dim, spaces.act_dim).eval()
+    norm = Normalizer(
+        state_mean=np.zeros(spaces.obs_dim, np.float32),
+        state_std=np.ones(spaces.obs_dim, np.float32),
+        reward_scale=1.0,
+        return_scale=1.0,
+    )
+    prompt = torch.randn(model.cfg.prompt_len, model.cfg.d_model)
+    rng = np.random.default_rng(0)
+
+    def raw_env() -> None:
+        env = bench.make_batched_env(tasks)
+        env.reset(seed=0)
+        for _ in range(horizon):
+            env.step(rng.uniform(-1, 1, (n, spaces.act_dim)).astype(np.float32))
+
+    def batched(cache: bool) -> None:
+        env = bench.make_batched_env(tasks)
+        rollout(model, norm, env, horizon, 0, prompt.expand(n, -1, -1), cache=cache)
+
+    def one_episode() -> None:
+        for t in tasks:
+            rollout(model, norm, bench.make_batched_env(np.array([t])), horizon, 0, prompt[None])
+
+    fn = {
+        "raw_env": raw_env,
+        "one_episode": one_episode,
+        "window_batched": lambda: batched(True),
+        "banded_uncached": lambda: batched(False),
+        "banded_cached": lambda: batched(True),
+    }[mode]
+    rss_before = _rss_kib()
+    # The slow loops run thousands of forwards per call: they need no warm-up call of their own.
+    for _ in range(0 if mode in SLOW_MODES else 1):
+        fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - w)
+        cpu.append(time.process_time() - c)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {
+        "mode": mode,
+        "episodes": n,
+        "horizon": horizon,
+        "steps_per_s": round(n * horizon / float(np.median(wall)), 1),
+        # On a shared machine the wall clock counts other processes' time slices too; with
+        # one thread, steps per second of this process's CPU time is what an idle core gives.
+        "steps_per_cpu_s": round(n * horizon / float(np.median(cpu)), 1),
+        "peak_rss_growth_mib": round(max(0, peak - rss_before) / 1024, 1),
+    }
+
+
+def _rss_kib() -> int:
+    """Current resident set size of this process in KiB (Linux)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * (
+        os.sysconf("SC_PAGESIZE") // 1024
+    )
+
+
+def decoding_speed(raw: dict, episodes_per_task: int, repeats: int) -> dict:
+    """Every evaluation mode of :data:`EVAL_MODES`, each in a fresh process (so that peak
+    memory is its own), then the speed-ups the targets name."""
+    ctx = multiprocessing.get_context("spawn")
+    modes = {}
+    for mode in EVAL_MODES:
+        # The slow loops get fewer repetitions; a single spawn per mode keeps peaks apart.
+        r = 1 if mode in SLOW_MODES else repeats
+        with ctx.Pool(1) as pool:
+            modes[mode] = pool.apply(eval_mode, (raw, mode, episodes_per_task, r))
+        print(modes[mode], flush=True)
+    # Speed-ups from CPU time (see eval_mode); wall-clock rates are in "modes".
+    rate = {m: v["steps_per_cpu_s"] for m, v in modes.items()}
+    first = modes["raw_env"]
+    return {
+        "benchmark": parse_params(raw).data.name,
+        "episodes": first["episodes"],
+        "horizon": first["horizon"],
+        "context_len": parse_params(raw).model.context_len,
+        "bf16": False,
+        "modes": modes,
+        "cached_over_one_episode": round(rate["banded_cached"] / rate["one_episode"], 1),
+        "cached_over_window_batched": round(rate["banded_cached"] / rate["window_batched"], 1),
+        "window_batched_over_one_episode": round(rate["window_batched"] / rate["one_episode"], 1),
+        "cached_over_raw_env": round(rate["banded_cached"] / rate["raw_env"], 3),
+        "memory": "peak RSS growth during the rollouts (resource.getrusage maxrss minus the "
+        "RSS before them), one fresh process per mode",
+    }
+
+
+def eval_benchmarks(presets: list[str], repeats: int) -> list[dict]:
+    """Incremental decoding on the embedded default and on ``presets``, 10 episodes per test
+    task (50 on the meta-RL families)."""
+    raws = [{}, *(apply_preset({}, name) for name in presets)]
+    return [decoding_speed(raw, 10, repeats) for raw in raws]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few repetitions (smoke check)")
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--decoding-only",
+        action="store_true",
+        help=f"only the evaluation modes of incremental decoding, into {DECODING_OUT.name}",
+    )
+    parser.add_argument(
+        "--preset",
+        action="append",
+        default=[],
+        choices=preset_names(),
+        help="also measure decoding on this preset's benchmark (repeatable)",
+    )
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     repeats = 3 if args.quick else 10
+    if args.decoding_only:
+        # The load average says how shared the machine was while it ran.
+        result = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}
+        result["load_average_before"] = os.getloadavg()[0]
+        result["decoding"] = eval_benchmarks(args.preset, repeats)
+        result["load_average_after"] = os.getloadavg()[0]
+        write_result(args.out or DECODING_OUT, result)
+        return
     params = parse_params({})  # the default size: 3 layers x 128 wide, K = 20
     with tempfile.TemporaryDirectory() as tmp:
         make_benchmark(params.data).build_datasets(Path(tmp), progress=False)
@@ -231,10 +385,15 @@ def main() -> None:
         "pretrain": pretrain,
         "sampler": sampling,
         "evaluation": evaluation,
+        "decoding": eval_benchmarks(args.preset, repeats),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out or OUT, result)
+
+
+def write_result(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

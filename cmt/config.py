@@ -53,12 +53,36 @@ class ModelConfig(Section):
     dynamics_heads: bool = Field(
         True, description="Predict next state and reward from action tokens (self-supervised)."
     )
+    attention: Literal["window", "banded"] = Field(
+        "window",
+        description="'window': train on K-step segments with a causal mask and recompute the "
+        "last K steps at every evaluation step; 'banded': each token sees the prompt and the "
+        "tokens of its own and the K-1 previous steps, trained on train_len-step segments, "
+        "so evaluation decodes incrementally with a rolling key/value cache, exactly "
+        "(docs/method.md).",
+    )
+    train_len: int = Field(
+        40,
+        ge=1,
+        description="L: timesteps per training segment under 'banded' attention (at least "
+        "context_len), so that layers learn to pass on what lies beyond the band; "
+        "'window' trains on context_len-step segments.",
+    )
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
+        if self.attention == "banded" and self.train_len < self.context_len:
+            raise ValueError(
+                f"train_len={self.train_len} is shorter than context_len={self.context_len}"
+            )
         return self
+
+    @property
+    def sample_len(self) -> int:
+        """Timesteps of a training segment: train_len (banded) or context_len (window)."""
+        return self.train_len if self.attention == "banded" else self.context_len
 
 
 class PretrainConfig(Section):

@@ -1,5 +1,6 @@
 """Batched online evaluation: all episodes of all tasks advance together, one model forward
-per environment step, instead of one episode at a time at batch size 1."""
+per environment step, instead of one episode at a time at batch size 1. A model with banded
+attention computes only each step's new tokens, with a rolling key/value cache."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def rollout(
     prompts: torch.Tensor | None = None,
     target_returns: np.ndarray | None = None,
     bf16: bool = False,
+    cache: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run one episode per environment of ``env``; returns (returns, lengths), each (B,).
 
@@ -38,6 +40,8 @@ def rollout(
     ``bf16`` runs the model under bfloat16 autocast (faster on CPUs with AVX512-BF16).
     A team environment (:class:`~cmt.envs.team.TeamRows`) has one row per agent: rows carry
     their agent id, and discrete actions are chosen among the row's available ones.
+    A banded model decodes incrementally; ``cache=False`` recomputes its whole history every
+    step instead (the slow reference the cache must equal).
     """
     model.eval()
     device = next(model.parameters()).device
@@ -50,26 +54,35 @@ def rollout(
     rtg = torch.zeros(B, horizon, device=device)
     timesteps = torch.arange(horizon, device=device)
     mean, std = (torch.as_tensor(x, device=device) for x in (norm.state_mean, norm.state_std))
-    togo = np.zeros(B) if target_returns is None else np.asarray(target_returns, dtype=np.float64)
+    # A copy: togo counts down in place, and the caller's targets must stay as they were.
+    togo = np.zeros(B) if target_returns is None else np.array(target_returns, dtype=np.float64)
     returns, lengths = np.zeros(B), np.zeros(B, dtype=np.int64)
     alive = np.ones(B, dtype=bool)
+    banded = model.cfg.attention == "banded"
+    decoding = model.start_decoding(prompts) if banded and cache else None
     # One autocast context for the whole episode: leaving it drops the cache of bf16 weight
     # copies, and re-casting every step costs as much as the forward itself.
     with autocast(device, bf16):
         for t in range(horizon):
             states[:, t] = (torch.as_tensor(obs, dtype=torch.float32, device=device) - mean) / std
             rtg[:, t] = torch.as_tensor(togo / norm.return_scale, dtype=torch.float32)
-            lo = max(0, t - K + 1)  # the K-step window ending at t; its last action is unknown
-            out = model(
+            # The steps the model call needs; the last action is unknown (and unused).
+            if decoding is not None:
+                lo = max(0, t - 1)  # action t-1 and step t are new to the cache
+            else:
+                lo = 0 if banded else max(0, t - K + 1)  # the whole history, or the K-window
+            window = (
                 states[:, lo : t + 1],
                 actions[:, lo : t + 1],
                 rtg[:, lo : t + 1] if model.cfg.condition_on_rtg else None,
                 timesteps[lo : t + 1].expand(B, -1),
-                prompts,
-                agents,
             )
+            if decoding is not None:
+                pred = model.decode_step(decoding, *window, agents)  # (B, act)
+            else:
+                pred = model(*window, prompts, agents).actions[:, -1]  # (B, act)
             avail = None if team is None else torch.as_tensor(team.action_mask(), device=device)
-            act = model.action_head.choose(out.actions[:, -1], avail)  # (B, act)
+            act = model.action_head.choose(pred, avail)  # (B, act)
             actions[:, t] = act
             obs, reward, terminated, truncated = env.step(act.cpu().numpy())
             returns += np.where(alive, reward, 0.0)

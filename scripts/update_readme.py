@@ -6,8 +6,9 @@
 Sources: ``results/**/benchmarks.md`` (cross-dataset tables) and ``results/<name>/results.md``
 (written by the report stage, copied by ``scripts/save_results.py``; datasets of a group such
 as ``results/d4rl/<name>/`` appear only in their group's cross-dataset table) and
-``benchmarks/results/throughput.json`` (written by ``benchmarks/throughput.py``) and
-``benchmarks/results/stage_overhead.json`` (written by ``benchmarks/stage_overhead.py``).
+``benchmarks/results/throughput.json`` and ``decoding.json`` (written by
+``benchmarks/throughput.py``) and ``benchmarks/results/stage_overhead.json`` (written by
+``benchmarks/stage_overhead.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ README = ROOT / "README.md"
 RESULTS = ROOT / "results"
 THROUGHPUT = ROOT / "benchmarks" / "results" / "throughput.json"
 OVERHEAD = ROOT / "benchmarks" / "results" / "stage_overhead.json"
+DECODING = THROUGHPUT.with_name("decoding.json")
 
 
 def results_section() -> str:
@@ -125,12 +127,51 @@ def overhead_section() -> str:
     return "\n".join(lines) + "\n"
 
 
+def decoding_section() -> str:
+    if not DECODING.exists():
+        return "_No decoding benchmark committed yet._\n"
+    r = json.loads(DECODING.read_text())
+    m = r["machine"]
+    lines = [
+        "Measured by `python benchmarks/throughput.py --decoding-only` (with `--preset` for "
+        f"each benchmark but the embedded default) on {m['cpu']} "
+        f"({m['threads']} thread(s), torch {m['torch']}, {r['date']}, fp32, load average "
+        f"{r['load_average_before']:.0f} to {r['load_average_after']:.0f} on a shared "
+        "machine); JSON in `benchmarks/results/decoding.json`. Env steps over all episodes "
+        "per second of wall time and per second of the process's CPU time (what one idle "
+        "core would give); memory is the peak RSS growth during the rollouts (`getrusage` "
+        "maxrss), one process per mode.",
+        "",
+        "| benchmark | episodes × steps | mode | env steps/s (wall) | env steps/CPU-s | "
+        "peak RSS growth (MiB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for b in r["decoding"]:
+        for mode in b["modes"].values():
+            lines.append(
+                f"| {b['benchmark']} | {b['episodes']} × {b['horizon']} | {mode['mode']} | "
+                f"{mode['steps_per_s']:.0f} | {mode['steps_per_cpu_s']:.0f} | "
+                f"{mode['peak_rss_growth_mib']} |"
+            )
+    lines.append("")
+    for b in r["decoding"]:
+        lines.append(
+            f"- {b['benchmark']} (CPU time): cached {b['cached_over_one_episode']}× the "
+            "one-episode loop, "
+            f"{b['cached_over_window_batched']}× the batched window, "
+            f"{100 * b['cached_over_raw_env']:.1f}% of the raw env step rate."
+        )
+    return "\n".join(lines) + "\n"
+
+
 def render(text: str) -> str:
-    for name, body in (
+    sections = (
         ("results", results_section()),
         ("performance", perf_section()),
+        ("decoding", decoding_section()),
         ("overhead", overhead_section()),
-    ):
+    )
+    for name, body in sections:
         pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", flags=re.DOTALL)
         if not pattern.search(text):
             raise SystemExit(f"README.md has no <!-- {name}:start/end --> markers")

@@ -15,16 +15,8 @@ OBS, ACT, B, K = 3, 2, 4, 6
 
 def make(prompt: str = "encoder", rtg: bool = False, **kw) -> SequencePolicy:
     torch.manual_seed(0)
-    cfg = ModelConfig(
-        n_layer=2,
-        d_model=32,
-        n_head=2,
-        context_len=K,
-        prompt=prompt,
-        condition_on_rtg=rtg,
-        context_size=7,
-        **kw,
-    )
+    defaults = {"n_layer": 2, "d_model": 32, "n_head": 2, "context_len": K, "context_size": 7}
+    cfg = ModelConfig(**{**defaults, **kw}, prompt=prompt, condition_on_rtg=rtg)
     return SequencePolicy(cfg, OBS, ACT).eval()
 
 
@@ -114,6 +106,92 @@ def test_cpu_attention_matches_reference_sdpa(causal):
     q, k, v = (torch.randn(2, 2, 9, 8) for _ in range(3))
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
     torch.testing.assert_close(attention(q, k, v, causal, 0.0), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_attention_with_a_mask_matches_reference_sdpa():
+    q, k, v = (torch.randn(2, 2, 9, 8) for _ in range(3))
+    mask = torch.rand(9, 9) > 0.5
+    mask.fill_diagonal_(True)  # every query sees at least itself
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    got = attention(q, k, v, False, 0.0, mask)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------ banded attention
+
+BANDED = [("encoder", False), ("segment", True), ("none", True), ("none", False)]
+
+
+def banded_pair(prompt_kind: str, rtg: bool) -> tuple[SequencePolicy, SequencePolicy]:
+    """A window and a banded model with the same weights (3 layers, K = 6)."""
+    window = make(prompt_kind, rtg, n_layer=3)
+    banded = make(prompt_kind, rtg, n_layer=3, attention="banded", train_len=2 * K)
+    banded.load_state_dict(window.state_dict())
+    return window, banded
+
+
+def prompt_for(prompt_kind: str, T: int = 5) -> torch.Tensor | None:
+    if prompt_kind == "none":
+        return None
+    g = torch.Generator().manual_seed(2)
+    return torch.randn(B, T if prompt_kind == "encoder" else 3 * T, 32, generator=g)
+
+
+@pytest.mark.parametrize("prompt_kind,rtg", BANDED)
+def test_incremental_decoding_equals_the_full_banded_forward(prompt_kind, rtg):
+    """The rolling cache computes, step by step, the banded function of the whole episode."""
+    _, model = banded_pair(prompt_kind, rtg)
+    T = 4 * K  # the band slides: the cache drops tokens from step K on
+    h, prompt = history(T), prompt_for(prompt_kind)
+    full = run(model, h, prompt).actions  # (B, T, act)
+    state = model.start_decoding(prompt)
+    with torch.no_grad():
+        for t in range(T):
+            step = {k: v[:, max(0, t - 1) : t + 1] for k, v in h.items()}
+            action = model.decode_step(state, **{**step, "rtg": step["rtg"] if rtg else None})
+            torch.testing.assert_close(action, full[:, t], rtol=1e-5, atol=1e-5)
+    n = model.tokens_per_step
+    # Only the prompt and the last K steps (less the action of step T-1) stay cached.
+    assert len(state.cache) == (0 if prompt is None else prompt.shape[1]) + K * n - 1
+
+
+@pytest.mark.parametrize("prompt_kind,rtg", BANDED)
+def test_banded_equals_causal_within_k_steps_and_differs_beyond(prompt_kind, rtg):
+    window, banded = banded_pair(prompt_kind, rtg)
+    prompt = prompt_for(prompt_kind)
+    h = history(K)
+    torch.testing.assert_close(run(banded, h, prompt).actions, run(window, h, prompt).actions)
+    h = history(2 * K)
+    a_band, a_causal = run(banded, h, prompt).actions, run(window, h, prompt).actions
+    torch.testing.assert_close(a_band[:, :K], a_causal[:, :K])
+    assert not torch.allclose(a_band[:, K:], a_causal[:, K:])
+
+
+def test_banded_token_does_not_see_steps_before_its_band():
+    """One layer: the action at step t depends on steps t-K+1..t and the prompt only."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=32, n_layer=1, context_len=K, attention="banded", train_len=3 * K)
+    model = SequencePolicy(cfg, OBS, ACT).eval()
+    h, prompt = history(3 * K), torch.randn(B, 5, 32)
+    base = run(model, h, prompt).actions
+    t = 2 * K
+    changed = {k: v.clone() for k, v in h.items()}
+    changed["states"][:, : t - K + 1] += 5.0
+    out = run(model, changed, prompt).actions
+    torch.testing.assert_close(out[:, t], base[:, t])
+    assert not torch.allclose(out[:, t - 1], base[:, t - 1])
+
+
+def test_banded_config_needs_segments_at_least_the_band():
+    with pytest.raises(ValueError, match="train_len=4 is shorter than context_len=6"):
+        ModelConfig(context_len=6, attention="banded", train_len=4)
+    assert ModelConfig(context_len=6, attention="banded", train_len=9).sample_len == 9
+    assert ModelConfig(context_len=6, train_len=9).sample_len == 6
+
+
+def test_decoding_needs_a_banded_model():
+    with pytest.raises(ValueError, match="attention='banded'"):
+        make().start_decoding(None)
 
 
 def test_keep_mask_rate_and_determinism():

@@ -161,6 +161,55 @@ def test_batched_rollout_equals_one_episode_at_a_time(
     assert (lengths == family.horizon).all()
 
 
+class RecordingEnv:
+    """A real batched env that keeps the actions it is stepped with."""
+
+    def __init__(self, env) -> None:
+        self.env, self.num_envs, self.actions = env, env.num_envs, []
+
+    def reset(self, seed: int) -> np.ndarray:
+        return self.env.reset(seed=seed)
+
+    def step(self, actions: np.ndarray):
+        self.actions.append(actions.copy())
+        return self.env.step(actions)
+
+
+@pytest.mark.parametrize("backbone", ["cmt", "prompt_dt", "dt"])
+def test_cached_rollout_equals_uncached_banded_rollout(
+    backbone, tiny_params, tiny_data_dir, tmp_path
+):
+    """On the real point-robot env (20 steps, band of 5): the rolling cache picks the actions
+    that recomputing the whole episode's banded forward picks, step for step."""
+    data = load_data(tiny_params, tiny_data_dir)
+    params = tiny_params.model_copy(
+        update={
+            "model": tiny_params.model.model_copy(update={"attention": "banded", "train_len": 8}),
+            "pretrain": tiny_params.pretrain.model_copy(update={"steps": 5}),
+        }
+    )
+    ckpt = pretrain_backbone(params, backbone, 0, data, tmp_path, progress=False)
+    model, norm, _ = load_policy(ckpt)
+    assert model.cfg.attention == "banded"
+    family = make_benchmark(params.data)
+    tasks = np.array([1, 5, 5, 1])
+    prompts = None
+    if model.cfg.prompt != "none":
+        per_task = {t: initial_prompt(model, norm, data.demos.select_tasks([t]), t) for t in (1, 5)}
+        prompts = torch.stack([per_task[int(t)] for t in tasks])
+    targets = np.array([-5.0, -6.0, -7.0, -8.0])
+    runs = {}
+    for cache in (True, False):
+        env = RecordingEnv(family.make_batched_env(tasks))
+        returns, lengths = rollout(
+            model, norm, env, family.horizon, 0, prompts, targets, cache=cache
+        )
+        runs[cache] = (np.stack(env.actions), returns)
+    assert runs[True][0].shape == (family.horizon, len(tasks), model.act_dim)
+    np.testing.assert_allclose(runs[True][0], runs[False][0], atol=1e-5)
+    np.testing.assert_allclose(runs[True][1], runs[False][1], rtol=1e-5)
+
+
 def test_tuned_prompt_beats_zero_shot_on_held_out_demos(tiny_params, tiny_data_dir, tmp_path):
     """End to end in well under a minute: generate, pretrain, tune on an unseen task."""
     params = tiny_params.model_copy(

@@ -14,13 +14,24 @@ _INT16_SPAN = 1 << 16
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, dropout: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    dropout: float,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Scaled dot-product attention over (B, nh, T, hs) tensors."""
+    """Scaled dot-product attention over (B, nh, T, hs) tensors.
+
+    ``mask`` (Tq, Tk) bool, True where a query may attend, replaces the causal mask."""
     if q.is_cuda:
+        if mask is not None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout)
     att = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # (B, nh, Tq, Tk)
-    if causal:
+    if mask is not None:
+        att = att.masked_fill(~mask, float("-inf"))
+    elif causal:
         Tq, Tk = att.shape[-2:]
         keep = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(Tk - Tq)
         att = att.masked_fill(~keep, float("-inf"))

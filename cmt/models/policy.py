@@ -7,6 +7,10 @@
 ``condition_on_rtg`` adds the return-to-go token of the Decision Transformer. The prompt is
 placed in front of the history tokens, so with a causal mask every history token sees every
 prompt token while history stays causal (see :mod:`cmt.data.sampler` on right padding).
+
+``attention="banded"`` narrows history attention to a band of K steps (the prompt stays
+visible), a function of the whole episode that :meth:`SequencePolicy.decode_step` computes
+incrementally with a rolling key/value cache (docs/method.md).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from cmt.config import ModelConfig
 from cmt.data.dataset import OfflineDataset
 from cmt.data.sampler import Batch, feature_dim
 from cmt.models.encoder import ContextEncoder
-from cmt.models.gpt import GPT, init_weights
+from cmt.models.gpt import GPT, KVCache, init_weights
 from cmt.models.heads import make_action_head
 from cmt.models.ops import Dropout
 
@@ -30,6 +34,16 @@ class Outputs:
     actions: torch.Tensor  # (B, K, act): in [-1, 1], or logits of discrete actions
     next_states: torch.Tensor | None  # (B, K, obs) normalised, from action tokens
     rewards: torch.Tensor | None  # (B, K) scaled, from action tokens
+
+
+@dataclass
+class DecodeState:
+    """A banded model's incremental decoding state for one batch of episodes."""
+
+    cache: KVCache  # keys and values of the prompt, then of the still-visible history
+    prompt_len: int  # P: cached prompt tokens, never dropped
+    pos: torch.Tensor  # (T,) stream positions (step * tokens_per_step + slot) of cached history
+    t: int = 0  # the step the next decode_step predicts an action for
 
 
 class SequencePolicy(nn.Module):
@@ -145,7 +159,10 @@ class SequencePolicy(nn.Module):
         if prompt is not None:
             P = prompt.shape[1]
             x = torch.cat([prompt + self.embed_type.weight[0], x], dim=1)  # (B, P + K*n_tok, d)
-        h = self.backbone(self.drop(x))[:, P:]  # (B, K * n_tok, d)
+        mask = None
+        if self.cfg.attention == "banded":
+            mask = self.full_mask(P, K * self.tokens_per_step, x.device)  # (P + K*n, P + K*n)
+        h = self.backbone(self.drop(x), mask)[:, P:]  # (B, K * n_tok, d)
         h = h.reshape(B, K, self.tokens_per_step, -1)  # (B, K, n_tok, d)
         h_state, h_action = h[:, :, -2], h[:, :, -1]  # (B, K, d) each
         return Outputs(
@@ -167,6 +184,73 @@ class SequencePolicy(nn.Module):
     def action_error(self, out: Outputs, batch: Batch) -> torch.Tensor:
         """Per-step error of predicted actions (MSE or masked cross-entropy): (B, K)."""
         return self.action_head.error(out.actions, batch.actions, batch.avail)
+
+    # ------------------------------------------------------ banded attention
+    def band_mask(self, q_pos: torch.Tensor, k_pos: torch.Tensor, prompt_len: int) -> torch.Tensor:
+        """(Tq, P + Tk) bool: history tokens at stream positions ``q_pos`` attend to the whole
+        prompt, and to the earlier history tokens ``k_pos`` of their own and K-1 previous steps."""
+        n, K = self.tokens_per_step, self.cfg.context_len
+        q, k = q_pos[:, None], k_pos[None, :]
+        band = (k <= q) & (k // n > q // n - K)  # (Tq, Tk)
+        return torch.cat([band.new_ones(len(q_pos), prompt_len), band], dim=1)
+
+    def full_mask(self, prompt_len: int, T: int, device: torch.device) -> torch.Tensor:
+        """(P + T, P + T) banded mask of a prompt and T history tokens; the prompt is causal
+        among itself, as under the plain causal mask."""
+        pos = torch.arange(T, device=device)
+        top = torch.ones(prompt_len, prompt_len + T, dtype=torch.bool, device=device)
+        return torch.cat([top.tril(), self.band_mask(pos, pos, prompt_len)], dim=0)
+
+    def start_decoding(self, prompt: torch.Tensor | None) -> DecodeState:
+        """A fresh decoding state holding the keys and values of the (B, P, d) prompt."""
+        if self.cfg.attention != "banded":
+            raise ValueError("incremental decoding needs model.attention='banded'")
+        device = self.embed_type.weight.device
+        cache = KVCache(self.cfg.n_layer)
+        P = 0
+        if prompt is not None:
+            P = prompt.shape[1]
+            self.backbone(prompt + self.embed_type.weight[0], None, cache)  # causal prompt
+        pos = torch.zeros(0, dtype=torch.long, device=device)
+        return DecodeState(cache, P, pos)
+
+    def decode_step(
+        self,
+        state: DecodeState,
+        states: torch.Tensor,
+        actions: torch.Tensor,
+        rtg: torch.Tensor | None,
+        timesteps: torch.Tensor,
+        agents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The action prediction (B, act) at step t = ``state.t`` (an action, or logits of
+        discrete actions), computing only new tokens.
+
+        Takes the steps [t-1, t] (just [0] at t = 0) as (B, W, ...) tensors, like
+        :meth:`forward`; action t is ignored. New tokens are action t-1, [return-to-go t] and
+        state t; afterwards the cache drops the tokens no later step attends to. Equal, to
+        float rounding, to the last action of a banded :meth:`forward` over the whole episode
+        (in eval mode: decoding applies no dropout).
+        """
+        n, K, t = self.tokens_per_step, self.cfg.context_len, state.t
+        if states.shape[1] != min(t + 1, 2):
+            raise ValueError(
+                f"decode_step at t={t} takes {min(t + 1, 2)} steps, got {states.shape[1]}"
+            )
+        x = self.embed_steps(states, actions, rtg, timesteps, agents)  # (B, W * n, d)
+        x = x[:, n - 1 : 2 * n - 1] if t > 0 else x[:, : n - 1]  # (B, n_new, d): [a], [r], s
+        q_pos = torch.arange(t * n + n - 1 - x.shape[1], t * n + n - 1, device=x.device)
+        k_pos = torch.cat([state.pos, q_pos])  # (Tk,)
+        mask = self.band_mask(q_pos, k_pos, state.prompt_len)  # (n_new, P + Tk)
+        h = self.backbone(x, mask, state.cache)[:, -1]  # (B, d): the state token of step t
+        # The next queries (action t, step t + 1) see steps t-K+1 and later, never older ones.
+        visible = k_pos // n > t - K
+        if not bool(visible.all()):
+            P = state.prompt_len
+            index = torch.cat([torch.arange(P, device=x.device), P + visible.nonzero()[:, 0]])
+            state.cache.keep(index)
+        state.pos, state.t = k_pos[visible], t + 1
+        return self.action_head(h)
 
     # ------------------------------------------------------------- utilities
     def num_params(self) -> int:

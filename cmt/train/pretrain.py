@@ -32,7 +32,7 @@ def make_sampler(
     return SegmentSampler(
         ds,
         norm,
-        mcfg.context_len,
+        mcfg.sample_len,
         context=kind,
         context_size=mcfg.context_size,
         segment_len=mcfg.segment_len,

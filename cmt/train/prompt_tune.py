@@ -72,8 +72,8 @@ def tune_prompt(
     for p in model.parameters():
         p.requires_grad_(False)
     rng = np.random.default_rng(seed)
-    train_sampler = SegmentSampler(train_ds, norm, model.cfg.context_len)
-    val_sampler = SegmentSampler(val_ds, norm, model.cfg.context_len)
+    train_sampler = SegmentSampler(train_ds, norm, model.cfg.sample_len)
+    val_sampler = SegmentSampler(val_ds, norm, model.cfg.sample_len)
     val_batch = val_sampler.sample(VAL_SEGMENTS, np.random.default_rng(seed + 1)).to(device)
 
     prompt = torch.nn.Parameter(init_prompt.detach().clone())
