@@ -109,3 +109,32 @@ def test_team_policy_evaluates_on_batched_smax() -> None:
     assert np.all(np.isfinite(ep.returns)) and np.all(ep.returns >= 0)
     # SMAX's win bonus is 1 on top of at most 1 of damage: a won episode returns more than 1.
     assert np.all(ep.returns[ep.won] > 1.0) and np.all(ep.returns[~ep.won] <= 1.0 + 1e-5)
+
+
+def test_banded_team_policy_decodes_exactly_with_the_cache() -> None:
+    """Under banded attention, the cached rollout of a team policy (agent ids, masked discrete
+    actions) takes the same actions as recomputing the whole history: same returns and wins."""
+    from cmt.evaluate import rollout
+
+    bench = make_benchmark(SmaxData(benchmark="smax", map="3m"))
+    sp = bench.spaces
+    torch.manual_seed(1)
+    cfg = ModelConfig(
+        n_layer=2, d_model=16, n_head=1, context_len=3, train_len=6, prompt="none",
+        attention="banded", condition_on_rtg=True,
+    )  # fmt: skip
+    model = SequencePolicy(cfg, sp.obs_dim, sp.act_dim, True, sp.num_agents).eval()
+    norm = Normalizer(
+        state_mean=np.zeros(sp.obs_dim, np.float32),
+        state_std=np.ones(sp.obs_dim, np.float32),
+        reward_scale=1.0,
+        return_scale=1.0,
+    )
+    out = {}
+    for cache in (True, False):
+        env = bench.make_batched_env(np.zeros(4, dtype=np.int64))
+        targets = np.full(env.num_envs, 2.0)
+        returns, lengths = rollout(model, norm, env, 25, 0, None, targets, cache=cache)
+        out[cache] = (returns, lengths, env.won.copy())
+    for a, b in zip(out[True], out[False], strict=True):
+        np.testing.assert_allclose(a, b)
