@@ -4,8 +4,8 @@
 
 Reads the workspace's ``params.yaml`` (the dataset id ``data.name``), ``outputs/report/``
 (results, registry and the cross-dataset benchmark tables from MLflow),
-``outputs/evaluate/metrics.json``, ``outputs/preprocess/metrics.json`` and, for SAC-generated
-data, ``data/<name>/sac_log.json``.
+``outputs/evaluate/metrics.json``, ``outputs/preprocess/metrics.json`` and the behaviour
+policies' log of generated data (``data/<name>/sac_log.json`` or ``tiers.json``).
 ``results/benchmarks.md`` gets the latest cross-family table. Then run
 ``python scripts/update_readme.py`` to refresh the README.
 """
@@ -41,10 +41,10 @@ def main() -> int:
     sources = [ROOT / "outputs" / "report" / name for name in REPORT]
     sources += [ROOT / "outputs/evaluate/metrics.json", ROOT / "outputs/preprocess/metrics.json"]
     names = [*REPORT, "evaluate_metrics.json", "preprocess_metrics.json"]
-    sac_log = ROOT / "data" / family / "sac_log.json"
-    if sac_log.exists():
-        sources.append(sac_log)
-        names.append("sac_log.json")
+    for log in ("sac_log.json", "tiers.json"):  # how the behaviour policies were trained
+        if (ROOT / "data" / family / log).exists():
+            sources.append(ROOT / "data" / family / log)
+            names.append(log)
     for src, name in zip(sources, names, strict=True):
         if not src.exists():
             raise SystemExit(f"{src} is missing: run the pipeline first")
