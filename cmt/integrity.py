@@ -102,7 +102,8 @@ def verify(obj: Any, source: str | Path) -> dict[str, Any]:
 
 def sealed_json(payload: Mapping[str, Any]) -> dict[str, Any]:
     """A JSON object with the digest of its canonical text under ``sha256``."""
-    body = {k: v for k, v in payload.items() if k != HASH_KEY}
+    # As it will read back: string keys, lists for tuples.
+    body = json.loads(json.dumps({k: v for k, v in payload.items() if k != HASH_KEY}))
     text = json.dumps(body, sort_keys=True)
     return {**body, HASH_KEY: hashlib.sha256(text.encode()).hexdigest()}
 

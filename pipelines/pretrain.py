@@ -14,6 +14,7 @@ from cmt.atomic import write_json, write_text
 from cmt.config import BackboneName, Params
 from cmt.train.pretrain import MetricsCallback
 from pipelines.common import dataset_dir, run_entry, run_tags, stage_parser, stage_task
+from pipelines.preflight import dataset_files, require_member, verify_inputs
 
 
 @stage_task(name="pretrain backbone")
@@ -113,19 +114,25 @@ def main(argv: list[str] | None = None) -> int:
         help="learning curve CSV (default: outputs/curves/BACKBONE_seedSEED.csv)",
     )
 
+    def check(args: argparse.Namespace, params: Params) -> None:
+        require_member("--backbone", args.backbone, params.compare.backbones, "compare.backbones")
+        require_member("--seed", args.seed, params.compare.seeds, "compare.seeds")
+
     def body(args: argparse.Namespace, params: Params) -> None:
         name = f"{args.backbone}_seed{args.seed}"
+        data_dir = dataset_dir(params, args.data)
+        verify_inputs(dataset_files(data_dir))
         pretrain_flow(
             params,
             args.backbone,
             args.seed,
-            dataset_dir(params, args.data),
+            data_dir,
             args.out or f"outputs/checkpoints/{name}",
             args.metrics or f"outputs/pretrain/{name}/metrics.json",
             args.curve or f"outputs/curves/{name}.csv",
         )
 
-    return run_entry(parser, body, argv)
+    return run_entry(parser, body, argv, check)
 
 
 if __name__ == "__main__":
