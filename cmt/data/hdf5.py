@@ -75,6 +75,11 @@ _NDIMS = {
 }
 
 
+# What h5py raises on a corrupt file: OSError mostly, KeyError or ValueError for a damaged
+# object header, RuntimeError from a failed filter.
+_H5_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError)
+
+
 class DatasetError(ArtifactError):
     """A dataset file or in-memory dataset is malformed; the message names file and key."""
 
@@ -358,8 +363,10 @@ def read_hdf5(path: str | Path, *, default_task_id: int | None = None) -> Transi
         with h5py.File(path, "r") as f:
             _check_digest(f, source)
             return _read_open(f, source, default_task_id)
-    except OSError as exc:  # not HDF5, truncated or corrupt: h5py raises OSError
-        raise _err(source, None, f"cannot read as HDF5 ({exc})") from exc
+    except DatasetError:
+        raise
+    except _H5_ERRORS as exc:  # not HDF5, truncated or corrupt
+        raise _err(source, None, f"cannot read as HDF5 ({type(exc).__name__}: {exc})") from exc
 
 
 def _check_digest(f: h5py.File, source: str) -> None:
@@ -386,8 +393,10 @@ def verify_hdf5(path: str | Path) -> None:
     try:
         with h5py.File(path, "r") as f:
             _check_digest(f, source)
-    except OSError as exc:
-        raise _err(source, None, f"cannot read as HDF5 ({exc})") from exc
+    except DatasetError:
+        raise
+    except _H5_ERRORS as exc:
+        raise _err(source, None, f"cannot read as HDF5 ({type(exc).__name__}: {exc})") from exc
 
 
 def _read_open(f: h5py.File, source: str, default_task_id: int | None) -> TransitionData:
