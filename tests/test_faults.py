@@ -380,6 +380,49 @@ def test_concurrent_promotions_do_not_interleave(registry, tmp_path):
             assert (alias == "champion") == (prev is None or value > prev), results
 
 
+def test_champion_with_corrupted_files_does_not_load(artifacts, tmp_path, monkeypatch):
+    """``models:/<name>@champion`` checks its files' content hashes when it loads."""
+    import mlflow
+    import pandas as pd
+
+    from cmt import tracking
+    from cmt.serving import log_policy_model
+
+    for var in ("MLFLOW_TRACKING_URI", "CMT_MLFLOW_PARENT_RUN_ID", "DVC_ROOT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    params = parse_params(
+        {"tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "t"}}
+    )
+    model, _, _ = load_policy(artifacts["checkpoint"])
+    example = pd.DataFrame({"task": [1], **{f"obs_{i}": [0.0] for i in range(model.obs_dim)}})
+    previous = mlflow.get_tracking_uri()
+    try:
+        with tracking.stage_run("evaluate", params) as run:
+            info = log_policy_model(
+                artifacts["checkpoint"], artifacts["prompt_set"], model.obs_dim, model.act_dim,
+                example, registered_model_name="cmt-t",
+            )  # fmt: skip
+            version = str(info.registered_model_version)
+            assert tracking.promote(run.client, "cmt-t", version, "score_mean", 1.0).alias == (
+                "champion"
+            )
+        mlflow.pyfunc.load_model("models:/cmt-t@champion")  # intact: loads
+        stored = [
+            p
+            for p in (tmp_path / "mlruns").rglob("*.pt")
+            if p.read_bytes() == artifacts["checkpoint"].read_bytes()
+        ]
+        assert len(stored) == 1
+        _flip(stored[0], stored[0].stat().st_size // 2)
+        with pytest.raises(Exception, match=r"content does not match its recorded sha256"):
+            mlflow.pyfunc.load_model("models:/cmt-t@champion")
+    finally:
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        mlflow.set_tracking_uri(previous)
+
+
 # ---------------------------------------------------------------------- killed processes
 
 
