@@ -380,9 +380,7 @@ def _check_digest(f: h5py.File, source: str) -> None:
     if isinstance(recorded, bytes):
         recorded = recorded.decode("utf-8", errors="replace")
     if hdf5_digest(f) != recorded:
-        raise _err(
-            source, None, "content does not match its recorded sha256 (corrupted or modified)"
-        )
+        raise _err(source, None, "content does not match its recorded sha256 (corrupted)")
 
 
 def verify_hdf5(path: str | Path) -> None:
