@@ -1,7 +1,7 @@
 """Fault injection on real files, real processes and a real SQLite MLflow store: corrupted
 bytes in every artifact kind, non-finite numbers, bad config, killed processes and concurrent
 promotions. Each test asserts the exact failure and that nothing was registered or lost.
-The stage-level kill test (a real stage with its Prefect server) is marked slow."""
+The tests that start many processes or a real stage with its Prefect server are marked slow."""
 
 from __future__ import annotations
 
@@ -331,6 +331,7 @@ def test_non_finite_metric_never_becomes_champion(registry):
     assert _aliases(registry)["champion"] == "3"
 
 
+@pytest.mark.slow
 def test_concurrent_promotions_do_not_interleave(registry, tmp_path):
     """Four processes promote at the same moment, twice: the champion is always the best
     version, and each decision compared with the champion of the one before."""
@@ -380,6 +381,7 @@ def test_concurrent_promotions_do_not_interleave(registry, tmp_path):
             assert (alias == "champion") == (prev is None or value > prev), results
 
 
+@pytest.mark.slow
 def test_champion_with_corrupted_files_does_not_load(artifacts, tmp_path, monkeypatch):
     """``models:/<name>@champion`` checks its files' content hashes when it loads."""
     import mlflow
