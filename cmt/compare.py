@@ -6,7 +6,6 @@ The table is generated from the per-run result records (``runs/*.json``), never 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from cmt.benchmarks import make_benchmark
 from cmt.benchmarks.base import REFERENCES_FILE
 from cmt.config import Params
 from cmt.experiment import evaluate_method, load_data, make_prompts, pretrain_backbone
+from cmt.integrity import read_json, sealed_json
 from cmt.methods import METHODS, backbones_for, get_method
 
 
@@ -72,19 +72,26 @@ def run_comparison(
                 }
                 write_json(
                     record_path,
-                    {
-                        "method": name,
-                        "seed": seed,
-                        "checkpoint": str(ckpt),
-                        **result,
-                        "tuning": tuning,
-                    },
+                    sealed_json(
+                        {
+                            "method": name,
+                            "seed": seed,
+                            "checkpoint": str(ckpt),
+                            **result,
+                            "tuning": tuning,
+                        }
+                    ),
                 )
     return write_report(out_dir, params)
 
 
+RECORD_KEYS = ("method", "seed", "return_mean", "score_mean", "per_task")
+
+
 def load_records(out_dir: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted((Path(out_dir) / "runs").glob("*.json"))]
+    """The run records ``out_dir/runs/*.json``, each checked against its content hash."""
+    paths = sorted((Path(out_dir) / "runs").glob("*.json"))
+    return [read_json(p, required=RECORD_KEYS) for p in paths]
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:

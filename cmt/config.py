@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from cmt.benchmarks import DATA_SECTIONS, DEFAULT_BENCHMARK, DataConfig
 from cmt.sections import SacConfig, Section
@@ -175,6 +175,15 @@ class CompareConfig(Section):
         description="Backbones the pretrain stage trains (one DVC stage per backbone and "
         "seed): exactly those the methods need.",
     )
+
+    @field_validator("seeds", "methods", "backbones")
+    @classmethod
+    def _distinct(cls, values: tuple[Any, ...]) -> tuple[Any, ...]:
+        if len(set(values)) != len(values):
+            raise ValueError("contains duplicates")
+        if any(isinstance(v, int) and v < 0 for v in values):
+            raise ValueError("seeds must be non-negative")
+        return values
 
 
 class TrackingConfig(Section):

@@ -11,6 +11,13 @@ otherwise it is the pipeline run whose tag ``cmt.pipeline_key`` matches this con
 (a hash of the validated config without the orchestration section, plus the git commit),
 created by the first stage that needs it. So all stages of one ``dvc repro`` of one config
 share a parent, and a rerun after a failure joins the same parent.
+
+**Crashes.** A stage run records its process (tag ``cmt.process``: host, pid, start time). A
+stage killed with SIGKILL cannot end its own run; the next stage that starts on the same host
+marks such runs (and their pipeline run) ``KILLED`` with the reason in ``cmt.error``.
+
+**Promotion** is a compare-and-set under an exclusive lock (:func:`promotion_lock`), and
+only a finite value of the primary metric can take the ``champion`` alias.
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import subprocess
+import tempfile
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -27,6 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cmt.config import Params, TrackingConfig, flatten
+from cmt.integrity import NonFiniteError
+from cmt.procs import is_dead, process_token
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -36,6 +47,7 @@ TAG_KIND = "cmt.kind"  # "pipeline" or "stage"
 TAG_STAGE = "cmt.stage"
 TAG_KEY = "cmt.pipeline_key"
 TAG_ERROR = "cmt.error"
+TAG_PROCESS = "cmt.process"  # "<host> <pid> <start time>" of the process running a stage
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
 CHAMPION, CHALLENGER = "champion", "challenger"
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
@@ -202,6 +214,30 @@ class StageRun:
             self.client.set_tag(self.run_id, k, str(v))
 
 
+def reap_dead_runs(client: MlflowClient, experiment_id: str) -> list[str]:
+    """Mark ``KILLED`` every stage run still ``RUNNING`` whose process, on this host, has
+    ended (a SIGKILLed stage cannot end its run), and its pipeline run; returns their ids."""
+    running = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{TAG_KIND}` = 'stage'",
+        max_results=1000,
+    )
+    reaped = []
+    for run in running:
+        token = run.data.tags.get(TAG_PROCESS, "")
+        if not token or not is_dead(token):
+            continue  # alive, on another host, or from before processes were recorded
+        run_id = run.info.run_id
+        client.set_tag(run_id, TAG_ERROR, f"killed: process {token} ended without ending the run")
+        client.set_terminated(run_id, "KILLED")
+        reaped.append(run_id)
+        parent = run.data.tags.get(PARENT_TAG)
+        if parent and client.get_run(parent).info.status == "RUNNING":
+            client.set_tag(parent, TAG_ERROR, f"stage {run.info.run_name} was killed")
+            client.set_terminated(parent, "KILLED")
+    return reaped
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -220,6 +256,7 @@ def stage_run(
 
     exp_id = configure(params.tracking)
     client = mlflow.MlflowClient(mlflow.get_tracking_uri())
+    reap_dead_runs(client, exp_id)
     key = pipeline_key(params)
     parent = find_pipeline_run(client, exp_id, params, key)
     client.update_run(parent, status="RUNNING")
@@ -240,6 +277,7 @@ def stage_run(
             TAG_KIND: "stage",
             TAG_STAGE: stage,
             TAG_KEY: key,
+            TAG_PROCESS: process_token(),
             **env_tags,
             **(tags or {}),
         },
@@ -279,24 +317,64 @@ class Promotion:
 
 
 def _version_value(client: MlflowClient, name: str, version: str, metric: str) -> float | None:
-    mv = client.get_model_version(name, version)
-    raw = mv.tags.get(f"cmt.{metric}")
-    return None if raw is None else float(raw)
+    """The version's recorded ``metric``; None if it is missing or not a number."""
+    raw = client.get_model_version(name, version).tags.get(f"cmt.{metric}")
+    try:
+        return None if raw is None else float(raw)
+    except ValueError:
+        return None
+
+
+@contextlib.contextmanager
+def promotion_lock(tracking_uri: str) -> Iterator[None]:
+    """An exclusive lock around the read-compare-set of the aliases.
+
+    For a SQLite store it is a file beside the database, which every process that writes
+    the store can reach; for any other store it is a file in this machine's temp directory,
+    which serialises promotions from this machine only."""
+    import fcntl
+
+    prefix = "sqlite:///"
+    if tracking_uri.startswith(prefix):
+        path = Path(tracking_uri[len(prefix) :] + ".promote.lock")
+    else:
+        key = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
+        path = Path(tempfile.gettempdir()) / f"cmt-promote-{key}.lock"
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, also if killed
+        yield
 
 
 def promote(client: MlflowClient, name: str, version: str, metric: str, value: float) -> Promotion:
     """Record ``value`` of ``metric`` (higher is better) on the version; move ``champion`` to it
-    if it beats the current champion (or there is none), otherwise set ``challenger``."""
+    if it beats the current champion (or there is none, or the champion's value is missing or
+    not finite), otherwise set ``challenger``.
+
+    A non-finite ``value`` raises :class:`~cmt.integrity.NonFiniteError` and changes nothing.
+    Reading the champion and moving the alias happen under :func:`promotion_lock`, so two
+    concurrent promotions cannot interleave (the later one compares with the earlier's result).
+    """
+    value = float(value)
+    if not math.isfinite(value):
+        raise NonFiniteError(f"{name} version {version}: {metric} = {value} is not finite")
+    client.set_model_version_tag(name, version, "cmt.primary_metric", metric)
+    client.set_model_version_tag(name, version, f"cmt.{metric}", repr(value))
+    with promotion_lock(client.tracking_uri):
+        return _compare_and_set(client, name, version, metric, value)
+
+
+def _compare_and_set(
+    client: MlflowClient, name: str, version: str, metric: str, value: float
+) -> Promotion:
+    """The body of :func:`promote`, run under its lock."""
     from mlflow.exceptions import MlflowException
 
-    client.set_model_version_tag(name, version, "cmt.primary_metric", metric)
-    client.set_model_version_tag(name, version, f"cmt.{metric}", repr(float(value)))
     try:
         champion = str(client.get_model_version_by_alias(name, CHAMPION).version)
     except MlflowException:  # no champion yet
         champion = None
     prev = None if champion is None else _version_value(client, name, champion, metric)
-    wins = champion is None or prev is None or value > prev
+    wins = champion is None or prev is None or not math.isfinite(prev) or value > prev
     alias = CHAMPION if wins else CHALLENGER
     client.set_registered_model_alias(name, alias, version)
     if wins and champion is not None:

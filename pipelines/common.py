@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from cmt.cli import add_config_options, params_from_args
 from cmt.config import ConfigError, Params
+from cmt.integrity import ArtifactError
 
 PIPELINE_FLOW_RUN_ENV = "CMT_PREFECT_PIPELINE_RUN"  # set by the pipeline flow for its stages
 EPHEMERAL_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
@@ -104,23 +105,42 @@ def run_entry(
     parser: argparse.ArgumentParser,
     body: Callable[[argparse.Namespace, Params], Any],
     argv: list[str] | None = None,
+    check: Callable[[argparse.Namespace, Params], None] | None = None,
+    inputs: Callable[[argparse.Namespace, Params], None] | None = None,
 ) -> int:
-    """Parse, validate the config (exit 2 before any work if it is bad), run the flow.
+    """Parse, validate the config and the stage's arguments (``check``; exit 2 before any
+    work if either is bad), verify the stage's input files (``inputs``), run the flow.
 
+    ``inputs`` checks the files the stage consumes (:mod:`pipelines.preflight`): a corrupted
+    one exits 1 with its path and the problem, before any MLflow run or Prefect server exists.
     A failing flow has already been reported by Prefect (Failed state, logs) and MLflow (run
     FAILED); the exit status 1 makes DVC record no outputs for the stage.
     """
+    from pipelines.watchdog import guard
+
     args = parser.parse_args(argv)
     try:
         params = params_from_args(args)
+        if check is not None:
+            check(args, params)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    try:
+        if inputs is not None:
+            inputs(args, params)
+    except ArtifactError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    guard()  # the stage's child processes (Prefect's server) end with it, even on SIGKILL
     try:
         with _prefect_context():
             body(args, params)
     except KeyboardInterrupt:
         return 130
+    except ArtifactError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except Exception as err:
         traceback.print_exc()
         print(f"error: stage failed: {type(err).__name__}: {err}", file=sys.stderr)

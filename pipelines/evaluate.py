@@ -19,6 +19,7 @@ from prefect import flow, get_run_logger, unmapped
 from cmt import tracking
 from cmt.atomic import write_json, write_text
 from cmt.config import Params
+from cmt.integrity import check_finite, sealed_json
 from cmt.methods import get_method
 from pipelines.common import (
     dataset_dir,
@@ -28,12 +29,26 @@ from pipelines.common import (
     stage_parser,
     stage_task,
 )
+from pipelines.preflight import dataset_files, verify_inputs
 from pipelines.runner import make_task_runner
+
+METRIC_KEYS = ("return_mean", "return_std", "score_mean", "score_std")
 
 
 def checkpoint_path(checkpoints: str | Path, method: str, seed: int) -> Path:
     """The checkpoint of the method's backbone for ``seed`` (the layout of dvc.yaml)."""
     return Path(checkpoints) / f"{get_method(method).backbone}_seed{seed}" / "model.pt"
+
+
+def input_files(params: Params, checkpoints: str, prompts_dir: str) -> list[Path]:
+    """Every checkpoint and tuned prompt the stage reads."""
+    files: dict[Path, None] = {}
+    for method, seed in itertools.product(params.compare.methods, params.compare.seeds):
+        files[checkpoint_path(checkpoints, method, seed)] = None
+        if get_method(method).tuned:
+            for t in eval_tasks(params):
+                files[Path(prompts_dir) / f"seed{seed}" / f"task_{t}.pt"] = None
+    return list(files)
 
 
 def method_prompts(
@@ -85,9 +100,7 @@ def build_records(
     for method, seed in itertools.product(params.compare.methods, params.compare.seeds):
         rows = [r for r in results if r["method"] == method and r["seed"] == seed]
         per_task = {
-            str(r["task"]): {
-                k: r[k] for k in ("return_mean", "return_std", "score_mean", "score_std")
-            }
+            str(r["task"]): {k: r[k] for k in METRIC_KEYS}
             for r in sorted(rows, key=lambda r: r["task"])
         }
         tuning = {}
@@ -165,6 +178,7 @@ def register_policy(
         return None
     best = max(candidates, key=lambda r: r[cfg.primary_metric])
     seed, value = best["seed"], float(best[cfg.primary_metric])
+    check_finite({cfg.primary_metric: value}, f"registering {method} seed {seed}")
     ckpt = checkpoint_path(checkpoints, method, seed)
     bench = make_benchmark(params.data)
     data = load_data(params, data_dir)
@@ -249,6 +263,11 @@ def evaluate_flow(
             unmapped(prompts_dir),
         )
         results = futures.result()
+        for r in results:  # before anything is written or registered
+            check_finite(
+                {k: r[k] for k in METRIC_KEYS},
+                f"evaluate {r['method']} seed {r['seed']} task {r['task']}",
+            )
         data = bench.load(data_dir)
         scores = bench.episode_scores(data, data.train)
         run.log_metrics(
@@ -264,7 +283,7 @@ def evaluate_flow(
         )
         records = build_records(params, results, checkpoints, prompts_dir)
         for rec in records:
-            write_json(out / "runs" / f"{rec['method']}_seed{rec['seed']}.json", rec)
+            write_json(out / "runs" / f"{rec['method']}_seed{rec['seed']}.json", sealed_json(rec))
         summary = summarize(records)
         metrics = {
             m: {k: s[k] for k in ("score_mean", "score_std", "return_mean", "return_std")}
@@ -311,10 +330,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="outputs/evaluate", help="output directory")
 
     def body(args: argparse.Namespace, params: Params) -> None:
+        data_dir = dataset_dir(params, args.data)
         flow_ = evaluate_flow.with_options(task_runner=make_task_runner(params.orchestration))
-        flow_(params, dataset_dir(params, args.data), args.checkpoints, args.prompts, args.out)
+        flow_(params, data_dir, args.checkpoints, args.prompts, args.out)
 
-    return run_entry(parser, body, argv)
+    def inputs(args: argparse.Namespace, params: Params) -> None:
+        data_dir = dataset_dir(params, args.data)
+        verify_inputs(dataset_files(data_dir), input_files(params, args.checkpoints, args.prompts))
+
+    return run_entry(parser, body, argv, inputs=inputs)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from cmt import tracking
 from cmt.atomic import write_json, write_text
 from cmt.config import Params
 from pipelines.common import dataset_dir, run_entry, run_tags, stage_parser, stage_task
+from pipelines.preflight import dataset_files, verify_inputs
 
 BINS = np.linspace(-25.0, 125.0, 31)  # normalised score bins: random = 0, expert = 100
 
@@ -116,9 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="outputs/preprocess", help="output directory")
 
     def body(args: argparse.Namespace, params: Params) -> None:
-        preprocess_flow(params, dataset_dir(params, args.data), args.out)
+        data_dir = dataset_dir(params, args.data)
+        preprocess_flow(params, data_dir, args.out)
 
-    return run_entry(parser, body, argv)
+    def inputs(args: argparse.Namespace, params: Params) -> None:
+        verify_inputs(dataset_files(dataset_dir(params, args.data)))
+
+    return run_entry(parser, body, argv, inputs=inputs)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from cmt.config import BackboneName, Params
 from cmt.train.distributed import launched_rank
 from cmt.train.pretrain import MetricsCallback
 from pipelines.common import dataset_dir, run_entry, run_tags, stage_parser, stage_task
+from pipelines.preflight import dataset_files, require_member, verify_inputs
 
 
 @stage_task(name="pretrain backbone")
@@ -114,14 +115,19 @@ def main(argv: list[str] | None = None) -> int:
         help="learning curve CSV (default: outputs/curves/BACKBONE_seedSEED.csv)",
     )
 
+    def check(args: argparse.Namespace, params: Params) -> None:
+        require_member("--backbone", args.backbone, params.compare.backbones, "compare.backbones")
+        require_member("--seed", args.seed, params.compare.seeds, "compare.seeds")
+
     def body(args: argparse.Namespace, params: Params) -> None:
         name = f"{args.backbone}_seed{args.seed}"
+        data_dir = dataset_dir(params, args.data)
         if params.pretrain.distributed and launched_rank() > 0:
             # torchrun's other processes only train alongside rank 0, whose flow records the
             # run (MLflow, metrics, curve) and writes the checkpoint (docs/scale.md).
             from cmt.experiment import load_data, pretrain_backbone
 
-            data = load_data(params, dataset_dir(params, args.data))
+            data = load_data(params, data_dir)
             out = args.out or f"outputs/checkpoints/{name}"
             pretrain_backbone(params, args.backbone, args.seed, data, out, progress=False)
             return
@@ -129,13 +135,16 @@ def main(argv: list[str] | None = None) -> int:
             params,
             args.backbone,
             args.seed,
-            dataset_dir(params, args.data),
+            data_dir,
             args.out or f"outputs/checkpoints/{name}",
             args.metrics or f"outputs/pretrain/{name}/metrics.json",
             args.curve or f"outputs/curves/{name}.csv",
         )
 
-    return run_entry(parser, body, argv)
+    def inputs(args: argparse.Namespace, params: Params) -> None:
+        verify_inputs(dataset_files(dataset_dir(params, args.data)))
+
+    return run_entry(parser, body, argv, check, inputs)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from pipelines.common import (
     stage_parser,
     stage_task,
 )
+from pipelines.preflight import dataset_files, require_member, verify_inputs
 from pipelines.runner import make_task_runner
 
 
@@ -119,18 +120,27 @@ def main(argv: list[str] | None = None) -> int:
         "--metrics", default=None, help="metrics directory (default: outputs/prompt_tune/seedSEED)"
     )
 
+    def check(args: argparse.Namespace, params: Params) -> None:
+        require_member("--seed", args.seed, params.compare.seeds, "compare.seeds")
+
     def body(args: argparse.Namespace, params: Params) -> None:
+        data_dir = dataset_dir(params, args.data)
+        checkpoint = args.checkpoint or f"outputs/checkpoints/cmt_seed{args.seed}/model.pt"
         flow_ = prompt_tune_flow.with_options(task_runner=make_task_runner(params.orchestration))
         flow_(
             params,
             args.seed,
-            dataset_dir(params, args.data),
-            args.checkpoint or f"outputs/checkpoints/cmt_seed{args.seed}/model.pt",
+            data_dir,
+            checkpoint,
             args.out or f"outputs/prompts/seed{args.seed}",
             args.metrics or f"outputs/prompt_tune/seed{args.seed}",
         )
 
-    return run_entry(parser, body, argv)
+    def inputs(args: argparse.Namespace, params: Params) -> None:
+        checkpoint = args.checkpoint or f"outputs/checkpoints/cmt_seed{args.seed}/model.pt"
+        verify_inputs(dataset_files(dataset_dir(params, args.data)), [checkpoint])
+
+    return run_entry(parser, body, argv, check, inputs)
 
 
 if __name__ == "__main__":

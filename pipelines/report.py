@@ -20,6 +20,7 @@ from cmt import tracking
 from cmt.atomic import write_json, write_text
 from cmt.config import Params
 from pipelines.common import run_entry, run_tags, stage_parser, stage_task
+from pipelines.preflight import verify_inputs
 
 # Config keys shown next to each evaluation run: the ones experiments usually vary.
 RUN_PARAMS = (
@@ -247,7 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     def body(args: argparse.Namespace, params: Params) -> None:
         report_flow(params, args.evaluate, args.out)
 
-    return run_entry(parser, body, argv)
+    def inputs(args: argparse.Namespace, params: Params) -> None:
+        verify_inputs(sorted((Path(args.evaluate) / "runs").glob("*.json")))
+
+    return run_entry(parser, body, argv, inputs=inputs)
 
 
 if __name__ == "__main__":

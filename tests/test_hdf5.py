@@ -16,6 +16,7 @@ import pytest
 from cmt.data.d4rl import REF_RETURNS, d4rl_env_name, normalized_score
 from cmt.data.hdf5 import DatasetError, episode_bounds, read_hdf5, validate, write_hdf5
 from cmt.data.schema import SCHEMA_VERSION, TransitionData
+from cmt.integrity import HASH_KEY, hdf5_digest
 
 OBS_DIM, ACT_DIM = 3, 2
 
@@ -53,12 +54,14 @@ def make_data(n_episodes: int = 3, length: int = 4, seed: int = 0) -> Transition
 
 
 def write_raw(path: Path, arrays: dict[str, Any], metadata: dict[str, Any] | None = None) -> None:
-    """Write a file directly with h5py, bypassing the validating writer."""
+    """Write a file directly with h5py, bypassing the validating writer (with the content
+    hash that files claiming a schema version must carry)."""
     with h5py.File(path, "w") as f:
         for key, value in arrays.items():
             f.create_dataset(key, data=value)
         for key, value in (metadata or {}).items():
             f.create_dataset(f"metadata/{key}", data=value)
+        f.attrs[HASH_KEY] = hdf5_digest(f)
 
 
 def raw_arrays(data: TransitionData) -> dict[str, np.ndarray]:

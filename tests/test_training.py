@@ -58,7 +58,9 @@ def test_prompt_tuning_freezes_the_backbone(tiny_params, tiny_data_dir, cmt_chec
     assert not torch.equal(result.prompt, init), "the prompt itself was not optimised"
 
 
-def test_pretraining_resumes_after_a_kill(tiny_params, tiny_data_dir, tmp_path):
+def test_pretraining_resumes_after_a_kill(tiny_params, tiny_data_dir, tmp_path, monkeypatch):
+    from cmt.data.sampler import SegmentSampler
+
     data = load_data(tiny_params, tiny_data_dir)
 
     class Killed(Exception):
@@ -71,15 +73,39 @@ def test_pretraining_resumes_after_a_kill(tiny_params, tiny_data_dir, tmp_path):
     p = tiny_params.model_copy(
         update={"pretrain": tiny_params.pretrain.model_copy(update={"log_every": 1})}
     )
+    first: list[tuple[int, dict]] = []
     with pytest.raises(Killed):
-        pretrain_backbone(p, "cmt", 0, data, tmp_path / "a", on_metrics=kill_at_25, progress=False)
+        pretrain_backbone(
+            p,
+            "cmt",
+            0,
+            data,
+            tmp_path / "a",
+            on_metrics=lambda s, m: (first.append((s, m)), kill_at_25(s, m)),
+            progress=False,
+        )
     assert (tmp_path / "a" / "last.pt").exists() and not (tmp_path / "a" / "model.pt").exists()
-    steps = []
-    resumed = pretrain_backbone(
-        p, "cmt", 0, data, tmp_path / "a", on_metrics=lambda s, m: steps.append(s), progress=False
+    seen = []
+    batches = []
+    sample = SegmentSampler.sample
+    monkeypatch.setattr(
+        SegmentSampler, "sample", lambda self, *a: (batches.append(1), sample(self, *a))[1]
     )
-    assert steps[0] == 20, "did not continue from the step-20 checkpoint"
-    assert not (tmp_path / "a" / "last.pt").exists()
+    resumed = pretrain_backbone(
+        p,
+        "cmt",
+        0,
+        data,
+        tmp_path / "a",
+        on_metrics=lambda s, m: seen.append((s, m)),
+        progress=False,
+    )
+    monkeypatch.undo()
+    assert len(batches) == 10, "did not continue from the step-20 checkpoint"
+    # The learning curve keeps the steps before the resume point, with their logged values.
+    assert [s for s, _ in seen] == list(range(30))
+    assert seen[:20] == first[:20]
+    assert not any((tmp_path / "a" / f).exists() for f in ("last.pt", "prev.pt"))
     straight = pretrain_backbone(p, "cmt", 0, data, tmp_path / "b", progress=False)
     a, b = load_policy(resumed)[0].state_dict(), load_policy(straight)[0].state_dict()
     for k in a:

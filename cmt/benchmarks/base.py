@@ -11,7 +11,6 @@ the discriminated union ``cmt.benchmarks.DataConfig``) and the :class:`Benchmark
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -166,12 +165,24 @@ class Benchmark(ABC):
         """Read and validate a dataset directory written by :meth:`build_datasets`."""
         from cmt.data.dataset import OfflineDataset
         from cmt.data.hdf5 import read_hdf5
+        from cmt.integrity import ArtifactError, read_json
 
         data_dir = Path(data_dir)
-        refs = json.loads((data_dir / REFERENCES_FILE).read_text())
+        train = OfflineDataset(read_hdf5(data_dir / TRAIN_FILE))
         demos = data_dir / DEMOS_FILE
+        # Every task that is scored needs its reference returns.
+        scored = sorted({*map(int, train.tasks), *self.eval_tasks})
+        path = data_dir / REFERENCES_FILE
+        refs = read_json(path, required=[str(t) for t in scored])
+        bad = [
+            k
+            for k, v in refs.items()
+            if k.isdigit() and not (isinstance(v, dict) and {"random", "expert"} <= set(v))
+        ]
+        if bad:
+            raise ArtifactError(f"{path}: tasks {bad} lack key 'random' or 'expert'")
         return Data(
-            train=OfflineDataset(read_hdf5(data_dir / TRAIN_FILE)),
+            train=train,
             demos=OfflineDataset(read_hdf5(demos)) if demos.exists() else None,
             references={
                 int(k): (float(v["random"]), float(v["expert"]))

@@ -34,6 +34,7 @@ from cmt.benchmarks.base import (
 )
 from cmt.data.d4rl import REF_RETURNS
 from cmt.envs.generate import LEVELS
+from cmt.integrity import sealed_json
 from cmt.sections import SacConfig
 
 if TYPE_CHECKING:
@@ -169,12 +170,14 @@ class D4RL(Benchmark):
         low, high = REF_RETURNS[self.cfg.env]
         write_json(
             out_dir / REFERENCES_FILE,
-            {
-                "env": self.cfg.env,
-                "scored_with": "D4RL reference returns",
-                "0": {"random": low, "expert": high},
-                "behaviour": behaviour_refs,
-            },
+            sealed_json(
+                {
+                    "env": self.cfg.env,
+                    "scored_with": "D4RL reference returns",
+                    "0": {"random": low, "expert": high},
+                    "behaviour": behaviour_refs,
+                }
+            ),
         )
         returns = OfflineDataset(data).ep_return.astype(np.float64)
         score = 100.0 * (returns - low) / (high - low)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from cmt.benchmarks.base import Benchmark, Data, DataSection, Spaces
 
@@ -39,6 +39,15 @@ class MetaData(DataSection):
 
     methods: ClassVar[tuple[str, ...]] = ("mtdt", "prompt_dt", "cmt_zero_shot", "cmt_tuned")
     target_returns: ClassVar[tuple[str, ...]] = ("demo", "max_train")
+
+    @field_validator("test_tasks")
+    @classmethod
+    def _test_tasks_distinct(cls, tasks: tuple[int, ...]) -> tuple[int, ...]:
+        if any(t < 0 for t in tasks):
+            raise ValueError("task ids must be non-negative")
+        if len(set(tasks)) != len(tasks):
+            raise ValueError("contains duplicates")
+        return tasks
 
 
 class MetaBenchmark(Benchmark):

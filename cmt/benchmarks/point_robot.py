@@ -27,6 +27,7 @@ from cmt.envs.generate import (
     with_level,
 )
 from cmt.envs.point_robot import PointRobotFamily, random_actions, scripted_expert
+from cmt.integrity import sealed_json
 
 # One independent random stream per (purpose, level), spawned from data.seed in this order.
 _STREAMS: tuple[str, ...] = (
@@ -179,7 +180,7 @@ class PointRobot(MetaBenchmark):
                     "random": float(refs["random"][task]),
                     "expert": float(refs["expert"][task]),
                 }
-            write_json(out_dir / "references.json", references)
+            write_json(out_dir / "references.json", sealed_json(references))
             summary["references"] = {
                 level: float(refs[level].mean()) for level in ("random", "expert")
             }

@@ -13,7 +13,6 @@ A prompt is fitted on the good tier's episodes; the score of an episode is 100 i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -116,6 +115,7 @@ class Smax(Benchmark):
     ) -> dict[str, Any]:
         from cmt.atomic import write_json
         from cmt.envs.marl_data import build_smax_datasets
+        from cmt.integrity import sealed_json
 
         cfg = self.cfg
         out_dir = Path(out_dir)
@@ -132,7 +132,7 @@ class Smax(Benchmark):
         )
         # No random/expert references: a SMAX episode is scored by its outcome. The tiers'
         # own win rates and returns are what results are read against.
-        write_json(out_dir / REFERENCES_FILE, {"tiers": summary["tiers"]})
+        write_json(out_dir / REFERENCES_FILE, sealed_json({"tiers": summary["tiers"]}))
         return summary
 
     def load(self, data_dir: str | Path) -> Data:
@@ -141,7 +141,9 @@ class Smax(Benchmark):
         from cmt.data.hdf5 import read_hdf5
 
         data_dir = Path(data_dir)
-        json.loads((data_dir / REFERENCES_FILE).read_text())  # present and valid JSON
+        from cmt.integrity import read_json
+
+        read_json(data_dir / REFERENCES_FILE, required=["tiers"])  # present and intact
         team = read_hdf5(data_dir / TRAIN_FILE)
         return Data(train=OfflineDataset(fold_agents(team)), demos=None, references={})
 

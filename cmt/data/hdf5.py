@@ -21,7 +21,9 @@ Multi-agent files (SMAX; A agents, n discrete actions each) differ in::
     infos/won          (N,)            bool     optional; true only at an episode's end
 
 Everything is checked on load and before writing; bad input raises :class:`DatasetError`
-naming the file, the key and what is wrong.
+naming the file, the key and what is wrong. Files written here carry the SHA-256 of their
+content as the file attribute ``sha256`` (:func:`cmt.integrity.hdf5_digest`), checked on
+every read, and no timestamps, so the same data always gives the same bytes.
 """
 
 from __future__ import annotations
@@ -36,8 +38,16 @@ import numpy as np
 
 from cmt.atomic import atomic_path
 from cmt.data.schema import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, TransitionData
+from cmt.integrity import HASH_KEY, ArtifactError, hdf5_digest
 
-__all__ = ["DatasetError", "episode_bounds", "read_hdf5", "validate", "write_hdf5"]
+__all__ = [
+    "DatasetError",
+    "episode_bounds",
+    "read_hdf5",
+    "validate",
+    "verify_hdf5",
+    "write_hdf5",
+]
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 FLOAT_KEYS = ("observations", "actions", "rewards", "next_observations")
@@ -78,7 +88,12 @@ _MA_DTYPES = {**_DTYPES, "actions": np.dtype(np.int64)}
 _MA_NDIMS = {**_NDIMS, "observations": 3, "next_observations": 3, "avail_actions": 3}
 
 
-class DatasetError(ValueError):
+# What h5py raises on a corrupt file: OSError mostly, KeyError or ValueError for a damaged
+# object header, RuntimeError from a failed filter.
+_H5_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError)
+
+
+class DatasetError(ArtifactError):
     """A dataset file or in-memory dataset is malformed; the message names file and key."""
 
 
@@ -308,15 +323,17 @@ def write_hdf5(path: str | Path, data: TransitionData) -> None:
     }
 
     with atomic_path(path) as tmp:
+        # No modification times in object headers: equal data, equal bytes (DVC hashes).
         with h5py.File(tmp, "w") as f:
             for field, key in _FIELD_TO_KEY.items():
                 if getattr(data, field) is not None:  # avail_actions: multi-agent only
-                    f.create_dataset(key, data=getattr(data, field))
+                    f.create_dataset(key, data=getattr(data, field), track_times=False)
             for name, arr in data.infos.items():
-                f.create_dataset(f"infos/{name}", data=arr)
+                f.create_dataset(f"infos/{name}", data=arr, track_times=False)
             for name, value in meta.items():
-                f.create_dataset(f"metadata/{name}", data=value)
-            f.create_dataset("metadata/schema_version", data=SCHEMA_VERSION)
+                f.create_dataset(f"metadata/{name}", data=value, track_times=False)
+            f.create_dataset("metadata/schema_version", data=SCHEMA_VERSION, track_times=False)
+            f.attrs[HASH_KEY] = hdf5_digest(f)
         # Make the bytes durable before the rename makes them visible.
         fd = os.open(tmp, os.O_RDONLY)
         try:
@@ -412,9 +429,40 @@ def read_hdf5(path: str | Path, *, default_task_id: int | None = None) -> Transi
         raise _err(source, None, "no such file")
     try:
         with h5py.File(path, "r") as f:
+            _check_digest(f, source)
             return _read_open(f, source, default_task_id)
-    except OSError as exc:  # not HDF5, truncated or corrupt: h5py raises OSError
-        raise _err(source, None, f"cannot read as HDF5 ({exc})") from exc
+    except DatasetError:
+        raise
+    except _H5_ERRORS as exc:  # not HDF5, truncated or corrupt
+        raise _err(source, None, f"cannot read as HDF5 ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_digest(f: h5py.File, source: str) -> None:
+    """Files written by :func:`write_hdf5` (they have a schema version) must match their
+    recorded content hash; foreign files (D4RL's, with neither) are only validated."""
+    recorded = f.attrs.get(HASH_KEY)
+    if recorded is None:
+        if "metadata/schema_version" in f:
+            raise _err(source, None, f"no content hash recorded (attribute '{HASH_KEY}' missing)")
+        return
+    if isinstance(recorded, bytes):
+        recorded = recorded.decode("utf-8", errors="replace")
+    if hdf5_digest(f) != recorded:
+        raise _err(source, None, "content does not match its recorded sha256 (corrupted)")
+
+
+def verify_hdf5(path: str | Path) -> None:
+    """Check a dataset file's content hash without loading it into memory."""
+    source = str(path)
+    if not Path(path).exists():
+        raise _err(source, None, "no such file")
+    try:
+        with h5py.File(path, "r") as f:
+            _check_digest(f, source)
+    except DatasetError:
+        raise
+    except _H5_ERRORS as exc:
+        raise _err(source, None, f"cannot read as HDF5 ({type(exc).__name__}: {exc})") from exc
 
 
 def _read_open(f: h5py.File, source: str, default_task_id: int | None) -> TransitionData:

@@ -35,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cmt.atomic import atomic_path, write_json
+from cmt.checkpoint import CheckpointError, atomic_torch_save, load_sealed
 from cmt.data.schema import TransitionData
 from cmt.envs.generate import (
     LEVELS,
@@ -46,6 +47,7 @@ from cmt.envs.generate import (
     with_level,
 )
 from cmt.envs.mujoco_tasks import MujocoTaskFamily
+from cmt.integrity import sealed_json
 from cmt.sections import SacConfig
 
 log = logging.getLogger(__name__)
@@ -265,15 +267,19 @@ class _Checkpoint:
                 for s in snapshots
             ],
         }
-        with atomic_path(self.dir / "state.pt") as tmp:
-            torch.save(state, tmp)
+        atomic_torch_save(state, self.dir / "state.pt")
 
     def load(self, model: Any, max_steps: int) -> list[dict[str, Any]] | None:
         """Restore ``model`` and return the snapshots, or None (nothing usable: start over)."""
         path = self.dir / "state.pt"
         if not path.exists():
             return None
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = load_sealed(path)
+        except CheckpointError as err:
+            # Only a cache of work done: a corrupt one costs a restart, not a blocked stage.
+            log.warning("%s; starting over", err)
+            return None
         steps = int(state.get("num_timesteps", -1))
         if (
             state.get("format") != CHECKPOINT_FORMAT
@@ -543,8 +549,10 @@ class Behaviour:
                 "net_arch": list(budgets.net_arch),
                 "seed": self.seed,
             }
-            with atomic_path(out_dir / "policies" / f"{level}.pt") as tmp:
-                torch.save({"actor": snap["actor"], "meta": json.dumps(meta)}, tmp)
+            atomic_torch_save(
+                {"actor": snap["actor"], "meta": json.dumps(meta)},
+                out_dir / "policies" / f"{level}.pt",
+            )
         train_tasks = list(family.train_tasks)
         write_json(
             out_dir / "sac_log.json",
@@ -722,7 +730,7 @@ def generate_mujoco(
                 "random": float(behaviour.random_ref[task]),
                 "expert": float(expert_ref[task]),
             }
-        write_json(out_dir / "references.json", references)
+        write_json(out_dir / "references.json", sealed_json(references))
         summary["references"] = {
             "random": float(behaviour.random_ref.mean()),
             "expert": float(expert_ref.mean()),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,16 +14,18 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from cmt.checkpoint import atomic_torch_save, policy_state, safe_load, save_policy
+from cmt.checkpoint import CheckpointError, atomic_torch_save, policy_state, safe_load, save_policy
 from cmt.config import ModelConfig, PretrainConfig
 from cmt.data.dataset import Normalizer, OfflineDataset
 from cmt.data.sampler import Batch, SegmentSampler
 from cmt.device import autocast, pick_device
+from cmt.integrity import NonFiniteError
 from cmt.models.policy import SequencePolicy
 from cmt.seeding import seed_everything
 from cmt.train import distributed
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
+RESUME_FILES = ("last.pt", "prev.pt")  # newest first: a corrupt newest falls back to the other
 
 
 def make_sampler(
@@ -232,10 +236,15 @@ def pretrain(
 ) -> Path:
     """Pretrain a policy on ``ds``; writes ``out_dir/model.pt`` and returns its path.
 
-    ``out_dir/last.pt`` holds a resumable state every ``checkpoint_every`` steps; a rerun with
-    the same configuration and seed continues from it instead of starting over. With
-    ``pcfg.distributed`` (under ``torchrun``) every process trains on its share of each batch
-    and rank 0 alone writes files and reports metrics (:mod:`cmt.train.distributed`).
+    ``out_dir/last.pt`` holds a resumable state every ``checkpoint_every`` steps (and
+    ``prev.pt`` the one before); a rerun with the same configuration and seed continues from
+    the newest one that loads, replaying its logged metrics to ``on_metrics`` first, so the
+    learning curve keeps the steps before the resume point. With ``pcfg.distributed`` (under
+    ``torchrun``) every process trains on its share of each batch and rank 0 alone writes
+    files and reports metrics (:mod:`cmt.train.distributed`).
+
+    Raises :class:`~cmt.integrity.NonFiniteError` naming the first step whose loss or gradient
+    norm is not finite, before anything is saved from that state.
     """
     out_dir = Path(out_dir)
     device = pick_device(pcfg.device)
@@ -277,7 +286,7 @@ def _pretrain(ds, mcfg, pcfg, out_dir, seed, on_metrics, progress, job, device) 
     if job.world > 1:  # other ranks' batches depend on the number of processes
         setup["world_size"] = job.world
     fingerprint = json.dumps(setup, sort_keys=True)
-    start = _maybe_resume(out_dir / "last.pt", fingerprint, model, opt, sched, rng, job)
+    start, history = _maybe_resume(out_dir, fingerprint, model, opt, sched, rng, job)
     if start and not job.is_main:
         rng = np.random.default_rng([seed, job.rank, start])
     if pcfg.compile:
@@ -285,6 +294,21 @@ def _pretrain(ds, mcfg, pcfg, out_dir, seed, on_metrics, progress, job, device) 
         # compiled forward, and state_dict keys stay those of the plain module.
         model.compile()
     meta = {"seed": seed, "steps": pcfg.steps, "pretrain": pcfg.model_dump()}
+
+    for step, metrics in history:
+        if on_metrics is not None:
+            on_metrics(step, metrics)
+    # First step with a non-finite loss or gradient norm, kept on the device so that the loop
+    # does not wait for the accelerator every step; read where the loop syncs anyway.
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def check_finite() -> None:
+        bad = int(first_bad)
+        if bad >= 0:
+            raise NonFiniteError(
+                f"pretraining: non-finite loss or gradient norm at step {bad} "
+                f"(lr {sched.get_last_lr()[0]:.3g}); nothing was saved from this state"
+            )
 
     model.train()
     objective: torch.nn.Module = PretrainObjective(model, pcfg)
@@ -309,27 +333,35 @@ def _pretrain(ds, mcfg, pcfg, out_dir, seed, on_metrics, progress, job, device) 
             sched.step()
         else:
             terms, grad_norm = train_step(objective, opt, sched, batch.to(device), pcfg, device)
+        finite = torch.isfinite(terms["total"].detach().float() + grad_norm.float())
+        first_bad = torch.where(finite | (first_bad >= 0), first_bad, step)
         if step % pcfg.log_every == 0 or step == pcfg.steps - 1:
+            check_finite()
             values = {f"train/{k}": float(v.detach()) for k, v in terms.items()}
             metrics = distributed.mean_across(job, values, device)
             metrics["train/lr"] = sched.get_last_lr()[0]
             metrics["train/grad_norm"] = float(grad_norm)
             bar.set_postfix(loss=f"{metrics['train/total']:.4f}")
+            history.append((step, metrics))
             if on_metrics is not None and job.is_main:
                 on_metrics(step, metrics)
-        if (step + 1) % pcfg.checkpoint_every == 0 and step + 1 < pcfg.steps and job.is_main:
-            _save_resume(out_dir / "last.pt", fingerprint, step + 1, model, norm, opt, sched, rng)
+        if (step + 1) % pcfg.checkpoint_every == 0 and step + 1 < pcfg.steps:
+            check_finite()
+            if job.is_main:
+                _save_resume(out_dir, fingerprint, step + 1, model, norm, opt, sched, rng, history)
     bar.close()
+    check_finite()
     model.eval()
     final = out_dir / "model.pt"
     if job.is_main:
         save_policy(final, model, norm, meta)
-        (out_dir / "last.pt").unlink(missing_ok=True)
+        for name in RESUME_FILES:
+            (out_dir / name).unlink(missing_ok=True)
     distributed.barrier(job)  # nobody returns a path before the file is there
     return final
 
 
-def _save_resume(path, fingerprint, step, model, norm, opt, sched, rng) -> None:
+def _save_resume(out_dir, fingerprint, step, model, norm, opt, sched, rng, history) -> None:
     state = policy_state(model, norm, {"fingerprint": fingerprint})
     state.update(
         kind="resume",
@@ -338,25 +370,41 @@ def _save_resume(path, fingerprint, step, model, norm, opt, sched, rng) -> None:
         scheduler=sched.state_dict(),
         rng=json.dumps(rng.bit_generator.state),
         torch_rng=torch.get_rng_state(),
+        history=json.dumps(history),
     )
-    atomic_torch_save(state, path)
+    last, prev = (out_dir / name for name in RESUME_FILES)
+    if last.exists():
+        os.replace(last, prev)
+    atomic_torch_save(state, last)
 
 
-def _maybe_resume(path: Path, fingerprint, model, opt, sched, rng, job) -> int:
-    """Continue from ``path`` if it holds this run; every rank reads it (a shared directory)."""
-    state = safe_load(path) if path.exists() else None
-    distributed.barrier(job)  # rank 0 may unlink a stale file below only after all read it
-    if state is None:
-        return 0
-    if json.loads(state["meta"]).get("fingerprint") != fingerprint:
-        # A different configuration: its partial state is not ours to continue.
-        if job.is_main:
-            path.unlink()
-        return 0
-    model.load_state_dict(state["state_dict"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    if job.is_main:  # the file holds rank 0's random streams; the caller reseeds the others
-        rng.bit_generator.state = json.loads(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
-    return int(state["step"])
+def _maybe_resume(
+    out_dir: Path, fingerprint, model, opt, sched, rng, job
+) -> tuple[int, list[tuple[int, dict[str, float]]]]:
+    """Restore the newest usable resume state; returns its step and the metrics logged
+    before it (``(0, [])``: start over). Every rank reads it (a shared directory)."""
+    for name in RESUME_FILES:
+        path = out_dir / name
+        if not path.exists():
+            continue
+        try:
+            state = safe_load(path)
+        except CheckpointError as err:
+            # A corrupt state must not block every rerun: the one before it is still good.
+            warnings.warn(f"{err}; trying an older resume state", stacklevel=3)
+            continue
+        distributed.barrier(job)  # rank 0 may unlink a stale file below only after all read it
+        if json.loads(state["meta"]).get("fingerprint") != fingerprint:
+            # A different configuration: its partial state is not ours to continue.
+            if job.is_main:
+                path.unlink()
+            continue
+        model.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        if job.is_main:  # the file holds rank 0's random streams; the caller reseeds the others
+            rng.bit_generator.state = json.loads(state["rng"])
+            torch.set_rng_state(state["torch_rng"])
+        history = [(int(s), m) for s, m in json.loads(state.get("history", "[]"))]
+        return int(state["step"]), history
+    return 0, []

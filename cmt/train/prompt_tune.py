@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,6 +13,7 @@ from cmt.benchmarks.base import PromptData
 from cmt.config import PromptTuneConfig
 from cmt.data.dataset import Normalizer, OfflineDataset
 from cmt.data.sampler import Batch, SegmentSampler
+from cmt.integrity import NonFiniteError
 from cmt.models.policy import SequencePolicy
 from cmt.train.pretrain import MetricsCallback, masked_mean
 
@@ -98,6 +100,8 @@ def tune_prompt(
         loss_value = float(loss.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if not (math.isfinite(loss_value) and bool(torch.isfinite(prompt.grad).all())):
+            raise NonFiniteError(f"prompt tuning: non-finite loss or gradient at step {step}")
         opt.step()
         if step % cfg.eval_every == 0 or step == cfg.steps:
             v = val_loss()

@@ -1,0 +1,34 @@
+"""What a stage checks before any work, so that a bad value or a corrupted input creates no
+MLflow run, starts no Prefect server and writes nothing: its arguments against the config
+(a :class:`~cmt.config.ConfigError`, exit status 2) and the content hash of every file it
+will read (an :class:`~cmt.integrity.ArtifactError`, exit status 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from pathlib import Path
+from typing import Any
+
+from cmt.config import ConfigError
+from cmt.integrity import verify_files
+
+
+def require_member(option: str, value: Any, allowed: Collection[Any], key: str) -> None:
+    """A stage argument must be one of the config's values (DVC runs one stage per value)."""
+    if value not in allowed:
+        raise ConfigError(f"{option} {value!r}: not one of {key} {list(allowed)}")
+
+
+def dataset_files(data_dir: str | Path) -> list[Path]:
+    """The files of a dataset directory that the stages read (``demos.hdf5`` if present)."""
+    from cmt.benchmarks.base import DEMOS_FILE, REFERENCES_FILE, TRAIN_FILE
+
+    data_dir = Path(data_dir)
+    demos = data_dir / DEMOS_FILE
+    return [data_dir / TRAIN_FILE, data_dir / REFERENCES_FILE, *([demos] if demos.exists() else [])]
+
+
+def verify_inputs(*groups: Iterable[str | Path]) -> None:
+    """Check every input file against its recorded content hash; the first bad one raises."""
+    for group in groups:
+        verify_files(group)

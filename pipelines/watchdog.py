@@ -1,0 +1,78 @@
+"""A stage's child processes end with the stage, even when it is killed with SIGKILL.
+
+Prefect's temporary API server and a local Dask cluster run as child processes of a stage;
+a stage killed with SIGKILL cannot stop them, and they would keep running (and listening).
+:func:`guard` starts this module as a small process of its own that holds the read end of a
+pipe whose write end only the stage holds. However the stage ends, the kernel closes that
+end, the read returns end-of-file, and the watchdog stops the processes it last saw below the
+stage: SIGTERM, then SIGKILL after a grace period. Linux only (``/proc``); elsewhere
+:func:`guard` does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+POLL_S = 0.5  # how often the watchdog lists the stage's descendants
+GRACE_S = 5.0  # between SIGTERM and SIGKILL
+
+_write_end: list[int] = []  # held open for the life of the stage, never written
+
+
+def guard() -> None:
+    """Start the watchdog of this process, once per process."""
+    if _write_end or not Path("/proc/self").exists():
+        return
+    read, write = os.pipe()  # not inheritable: the stage's children never hold `write`
+    subprocess.Popen(
+        [sys.executable, "-m", "pipelines.watchdog", str(os.getpid()), str(read)],
+        pass_fds=(read,),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # outside the stage's process group and its signals
+    )
+    os.close(read)
+    _write_end.append(write)
+
+
+def _stop(tokens: dict[int, str]) -> None:
+    from cmt.procs import is_dead
+
+    alive = {pid: t for pid, t in tokens.items() if not is_dead(t)}
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in alive:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.monotonic() + GRACE_S
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive = {pid: t for pid, t in alive.items() if not is_dead(t)}
+        if not alive:
+            return
+
+
+def watch(stage_pid: int, fd: int) -> None:
+    """Follow the descendants of ``stage_pid`` until ``fd`` reaches end-of-file, then stop them."""
+    from cmt.procs import descendants, process_token
+
+    me = os.getpid()
+    seen: dict[int, str] = {}
+    while True:
+        ready, _, _ = select.select([fd], [], [], POLL_S)
+        if ready and not os.read(fd, 1):
+            break
+        seen = {pid: process_token(pid) for pid in descendants(stage_pid) if pid != me}
+    _stop(seen)
+
+
+if __name__ == "__main__":
+    watch(int(sys.argv[1]), int(sys.argv[2]))
