@@ -17,6 +17,7 @@ from cmt.data.hdf5 import DatasetError, read_hdf5, validate, write_hdf5
 from cmt.data.schema import SCHEMA_VERSION, TransitionData
 from cmt.envs.generate import concat_transitions
 from cmt.envs.marl_data import TIERS, SmaxVecEnv, build_smax_datasets, select_tiers
+from cmt.integrity import HASH_KEY, hdf5_digest
 from cmt.sections import PpoConfig
 
 A, OBS, N_ACT = 3, 5, 6
@@ -63,11 +64,13 @@ def raw_arrays(data: TransitionData) -> dict[str, Any]:
 
 
 def write_raw(path: Path, arrays: dict[str, Any], version: int = SCHEMA_VERSION) -> None:
-    """Write a file directly with h5py, bypassing the validating writer."""
+    """Write a file directly with h5py, bypassing the validating writer (with the content
+    hash that files claiming a schema version must carry, so the layout checks are reached)."""
     with h5py.File(path, "w") as f:
         for key, value in arrays.items():
             f.create_dataset(key, data=value)
         f.create_dataset("metadata/schema_version", data=version)
+        f.attrs[HASH_KEY] = hdf5_digest(f)
 
 
 def expect_error(path: Path, key: str, what: str) -> None:
