@@ -121,14 +121,16 @@ class Repo:
     lock_after_failure: dict
     repro: subprocess.CompletedProcess  # the `dvc repro` that completed
 
-    def run(self, *cmd: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self, *cmd: str, env: dict[str, str] | None = None, timeout: float = 600
+    ) -> subprocess.CompletedProcess:
         return subprocess.run(
             cmd,
             cwd=self.path,
             env=self.env if env is None else env,
             capture_output=True,
             text=True,
-            timeout=600,
+            timeout=timeout,
         )
 
     def mlflow(self):
@@ -599,6 +601,9 @@ TINY_SMAX = {
     "data.ppo.eval_episodes": 4,
     "pretrain.steps": 20,
     "evaluate.episodes": 4,
+    # Two backbones (MADT's and CMT's) keep the stage count down; BC is the same discrete path.
+    "compare.methods": ["madt", "cmt_zero_shot", "cmt_tuned"],
+    "compare.backbones": ["dt", "cmt"],
 }
 
 
@@ -608,7 +613,7 @@ def test_smax_preset_end_to_end(repo: Repo):
     that a fresh process loads and asks for actions of a batch of agents."""
     sets = [f"--set={k}={json.dumps(v)}" for k, v in TINY_SMAX.items()]
     cmd = [sys.executable, "-m", "pipelines.pipeline", "--preset", "smax_3m", *sets]
-    out = repo.run(*cmd, "--name", "smax")
+    out = repo.run(*cmd, "--name", "smax", timeout=1500)  # jax compiles in several stages
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-5000:]
     p = repo.path
     from cmt.data.hdf5 import read_hdf5
@@ -620,7 +625,7 @@ def test_smax_preset_end_to_end(repo: Repo):
     assert sorted(np.unique(levels)) == [0, 1, 2]  # poor, medium, good
     assert (p / "outputs/sac/3m").is_dir()  # PPO snapshots kept for a resumed rerun
     metrics = json.loads((p / "outputs/evaluate/metrics.json").read_text())
-    assert set(metrics) == {"madt", "bc", "cmt_zero_shot", "cmt_tuned"}
+    assert set(metrics) == {"madt", "cmt_zero_shot", "cmt_tuned"}
     for m in metrics.values():  # a win rate in percent
         assert 0.0 <= m["score_mean"] <= 100.0
     rows = json.loads((p / "outputs/report/benchmarks.json").read_text())
