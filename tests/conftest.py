@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+import absl.logging
 import pytest
 import torch
 
 from cmt.config import Params, parse_params
+
+# jax (under SMAX) creates absl's logging handler on the stderr of the moment, which inside a
+# test is pytest's capture stream; when Prefect later reconfigures logging, absl closes that
+# stream (it only spares the streams that are sys.stderr right then), and every later test's
+# output capture fails. Binding the handler to the real stderr, which absl never closes, first:
+absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
 TINY = {
     "data": {

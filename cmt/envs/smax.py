@@ -36,13 +36,16 @@ import jax.numpy as jnp  # noqa: E402
 @contextlib.contextmanager
 def _quiet_stdout() -> Iterator[None]:
     """Swallow jaxmarl's import-time prints about optional submodules. Its mabrax import
-    resets ``sys.stdout`` to ``sys.__stdout__``, so both are swapped."""
-    saved = sys.stdout, sys.__stdout__
+    resets ``sys.stdout`` and ``sys.stderr`` to ``sys.__stdout__`` / ``sys.__stderr__``, which
+    would also undo any redirection the host set up (pytest's capture, a notebook's), so
+    all four are swapped and restored."""
+    saved = sys.stdout, sys.__stdout__, sys.stderr, sys.__stderr__
     sys.stdout = sys.__stdout__ = io.StringIO()
+    sys.__stderr__ = sys.stderr  # mabrax resets stderr to this: keep the host's stream
     try:
         yield
     finally:
-        sys.stdout, sys.__stdout__ = saved
+        sys.stdout, sys.__stdout__, sys.stderr, sys.__stderr__ = saved
 
 
 with _quiet_stdout():
