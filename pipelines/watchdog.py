@@ -60,17 +60,36 @@ def _stop(tokens: dict[int, str]) -> None:
             return
 
 
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
+def _same_session(pid: int, session: int | None) -> bool:
+    """A child that started a session of its own was detached on purpose: the shared Prefect
+    server (pipelines/server.py) outlives the stage that started it and stops itself once
+    idle, also after a SIGKILL of that stage (the kernel drops the stage's lease)."""
+    return session is None or _session(pid) == session
+
+
 def watch(stage_pid: int, fd: int) -> None:
     """Follow the descendants of ``stage_pid`` until ``fd`` reaches end-of-file, then stop them."""
     from cmt.procs import descendants, process_token
 
     me = os.getpid()
+    session = _session(stage_pid)
     seen: dict[int, str] = {}
     while True:
         ready, _, _ = select.select([fd], [], [], POLL_S)
         if ready and not os.read(fd, 1):
             break
-        seen = {pid: process_token(pid) for pid in descendants(stage_pid) if pid != me}
+        seen = {
+            pid: process_token(pid)
+            for pid in descendants(stage_pid)
+            if pid != me and _same_session(pid, session)
+        }
     _stop(seen)
 
 

@@ -511,7 +511,8 @@ def test_stage_killed_mid_training_and_rerun(tiny_data_dir, tmp_path):
     raw["tracking"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     shutil.copytree(tiny_data_dir, tmp_path / "data")
-    env = {**_env(), "PREFECT_HOME": str(tmp_path / "prefect"),
+    # The shared server (pipelines/server.py) stops itself 2 s after its last stage's lease.
+    env = {**_env(), "PREFECT_HOME": str(tmp_path / "prefect"), "CMT_PREFECT_SERVER_IDLE_S": "2",
            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}  # fmt: skip
     env.pop("PREFECT_API_URL", None)
     cmd = [sys.executable, "-m", "pipelines.pretrain", "--params", "params.yaml", "--data",
@@ -524,14 +525,17 @@ def test_stage_killed_mid_training_and_rerun(tiny_data_dir, tmp_path):
         time.sleep(0.1)
     from cmt.procs import descendants
 
+    servers = ("uvicorn", "pipelines.server")  # Prefect's own, or the shared one
     children = [
-        p for p in descendants(proc.pid) if "uvicorn" in Path(f"/proc/{p}/cmdline").read_text()
-    ]  # noqa: E501
+        p
+        for p in descendants(proc.pid)
+        if any(name in Path(f"/proc/{p}/cmdline").read_text() for name in servers)
+    ]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     log.close()
     assert children, "expected the stage's temporary Prefect server"
-    deadline = time.time() + 15
+    deadline = time.time() + 30
     while any(map(_alive, children)) and time.time() < deadline:
         time.sleep(0.2)
     assert not any(map(_alive, children)), "Prefect server of the killed stage still running"
