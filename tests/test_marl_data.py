@@ -12,6 +12,7 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
+from test_hdf5 import raw_arrays as single_agent_arrays
 
 from cmt.data.hdf5 import DatasetError, read_hdf5, validate, write_hdf5
 from cmt.data.schema import SCHEMA_VERSION, TransitionData
@@ -51,13 +52,7 @@ def make_ma_data(n_episodes: int = 3, length: int = 4, seed: int = 0) -> Transit
 
 def raw_arrays(data: TransitionData) -> dict[str, Any]:
     return {
-        "observations": data.observations,
-        "actions": data.actions,
-        "rewards": data.rewards,
-        "terminals": data.terminals,
-        "timeouts": data.timeouts,
-        "next_observations": data.next_observations,
-        "task_id": data.task_ids,
+        **single_agent_arrays(data),
         "avail_actions": data.avail_actions,
         **{f"infos/{k}": v for k, v in data.infos.items()},
     }
