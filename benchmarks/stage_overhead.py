@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from machine import cpu_name  # benchmarks/, the script's own folder
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "stage_overhead.json"
 MARKS_ENV = "CMT_BENCH_MARKS"  # where the no-work stage writes its phase times
@@ -234,19 +236,11 @@ def measure_pipeline(work: Path) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import mlflow
     import prefect
 
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "prefect": prefect.__version__,

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_name  # benchmarks/, the script's own folder
 from torch.utils.flop_counter import FlopCounterMode
 
 from cmt.benchmarks import make_benchmark
@@ -65,16 +66,8 @@ def matmul_peak(repeats: int) -> dict[str, float]:
 
 
 def machine() -> dict[str, str | int]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -37,6 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
 from corl_dt import CorlDT, corl_step_fn  # noqa: E402
+from machine import cpu_name  # noqa: E402
 
 from cmt.config import ModelConfig, PretrainConfig, parse_params  # noqa: E402
 from cmt.data.dataset import Normalizer, OfflineDataset  # noqa: E402
@@ -268,16 +269,6 @@ def memory(sizes: list[int], batch_size: int, steps: int) -> dict:
         "sizes": out,
         "bytes_held_per_transition": round(per),
     }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from cmt.benchmarks import Benchmark
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def rollout(
     model: SequencePolicy,
     norm: Normalizer,

@@ -151,8 +151,27 @@ def test_incremental_decoding_equals_the_full_banded_forward(prompt_kind, rtg):
             action = model.decode_step(state, **{**step, "rtg": step["rtg"] if rtg else None})
             torch.testing.assert_close(action, full[:, t], rtol=1e-5, atol=1e-5)
     n = model.tokens_per_step
-    # Only the prompt and the last K steps (less the action of step T-1) stay cached.
-    assert len(state.cache) == (0 if prompt is None else prompt.shape[1]) + K * n - 1
+    # Memory stays bounded: the prompt, and a ring holding the (K + 1) * n newest history
+    # positions up to state T-1 (action T-1 is not known yet).
+    P = 0 if prompt is None else prompt.shape[1]
+    assert state.cache.k[0].shape[2] == P + (K + 1) * n
+    assert sorted(state.pos.tolist()) == list(range((T - K - 1) * n - 1, T * n - 1))
+
+
+@pytest.mark.parametrize("banded", [False, True])
+def test_last_layer_computes_only_the_rows_asked_for(banded):
+    """``out_rows`` skips outputs no one reads, without changing the ones kept."""
+    from cmt.models.gpt import GPT
+
+    torch.manual_seed(0)
+    gpt = GPT(3, 32, 2, 0.0).eval()
+    x = torch.randn(B, 12, 32)
+    mask = torch.rand(12, 12) > 0.3 if banded else None
+    if mask is not None:
+        mask |= torch.eye(12, dtype=torch.bool)  # every query sees at least itself
+    full = gpt(x, mask)
+    for rows in (slice(-1, None), slice(4, 9), slice(0, 12, 3)):
+        torch.testing.assert_close(gpt(x, mask, out_rows=rows), full[:, rows])
 
 
 @pytest.mark.parametrize("prompt_kind,rtg", BANDED)

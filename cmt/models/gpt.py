@@ -14,31 +14,30 @@ from cmt.models.ops import Dropout, attention
 class KVCache:
     """Keys and values of earlier tokens, per layer, for incremental decoding.
 
-    Each forward through the cache appends its tokens' keys and values; :meth:`keep` drops
-    tokens no later query may attend to (the rolling window of a banded mask)."""
+    Preallocated ring buffers of ``size`` slots per layer (allocated at the first write, when
+    batch, heads and dtype are known): each forward through the cache writes its tokens' keys
+    and values into the slots ``at`` names, and its queries read every slot, so the caller's
+    mask says which slots hold keys they may see. Writing in place instead of concatenating
+    and re-indexing saves two copies of the whole cache per layer and step."""
 
-    def __init__(self, n_layer: int) -> None:
+    def __init__(self, n_layer: int, size: int) -> None:
         self.k: list[torch.Tensor | None] = [None] * n_layer
         self.v: list[torch.Tensor | None] = [None] * n_layer
+        self.size = size
+        self.at = torch.zeros(0, dtype=torch.long)  # (T,) slots of the next forward's tokens
 
     def extend(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append new (B, nh, T, hs) keys and values; returns all cached ones, new last."""
-        if self.k[layer] is not None:
-            k = torch.cat([self.k[layer], k], dim=2)  # (B, nh, T_old + T, hs)
-            v = torch.cat([self.v[layer], v], dim=2)
-        self.k[layer], self.v[layer] = k, v
-        return k, v
-
-    def keep(self, index: torch.Tensor) -> None:
-        """Keep only the cached tokens at positions ``index`` (1-D, into the token axis)."""
-        for i, (k, v) in enumerate(zip(self.k, self.v, strict=True)):
-            if k is not None:
-                self.k[i], self.v[i] = k[:, :, index], v[:, :, index]
-
-    def __len__(self) -> int:
-        return 0 if self.k[0] is None else self.k[0].shape[2]
+        """Write new (B, nh, T, hs) keys and values at slots ``at``; returns all slots."""
+        if self.k[layer] is None:
+            shape = (*k.shape[:2], self.size, k.shape[3])
+            self.k[layer] = k.new_zeros(shape)  # (B, nh, size, hs)
+            self.v[layer] = v.new_zeros(shape)
+        ck, cv = self.k[layer], self.v[layer]
+        ck.index_copy_(2, self.at, k.to(ck.dtype))
+        cv.index_copy_(2, self.at, v.to(cv.dtype))
+        return ck, cv
 
 
 class SelfAttention(nn.Module):
@@ -55,17 +54,24 @@ class SelfAttention(nn.Module):
         mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         layer: int = 0,
+        rows: slice | None = None,
     ) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C); with ``rows``, only those tokens query: (B, T_rows, C)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
         # (B, T, C) -> (B, nh, T, hs)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if cache is not None:
-            k, v = cache.extend(layer, k, v)  # (B, nh, Tk, hs): cached tokens, then these
+            k, v = cache.extend(layer, k, v)  # (B, nh, Tk, hs): every slot of the cache
+        if rows is not None:
+            if mask is None:  # the causal mask, explicit before some queries are dropped
+                Tk = k.shape[2]
+                mask = torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(Tk - T)
+            q, mask = q[:, :, rows], mask[rows]  # (B, nh, Tq, hs), (Tq, Tk)
         y = attention(
             q, k, v, self.causal, self.dropout if self.training else 0.0, mask
-        )  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        )  # (B, nh, Tq, hs)
+        y = y.transpose(1, 2).reshape(B, q.shape[2], C)  # (B, Tq, C)
         return self.resid_drop(self.proj(y))
 
 
@@ -95,8 +101,10 @@ class Block(nn.Module):
         mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         layer: int = 0,
+        rows: slice | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), mask, cache, layer)
+        y = self.attn(self.ln1(x), mask, cache, layer, rows)
+        x = (x if rows is None else x[:, rows]) + y
         return x + self.mlp(self.ln2(x))
 
 
@@ -104,7 +112,9 @@ class GPT(nn.Module):
     """Causal transformer over token embeddings: (B, T, d) -> (B, T, d).
 
     ``mask`` (T, Tk) bool replaces the causal mask; with ``cache``, the T tokens attend to
-    the cached ones too (Tk = cached + T) and their keys and values join the cache."""
+    the cache's slots too (their keys and values are written there first). ``out_rows``
+    keeps only those tokens' outputs: the last layer then runs its attention queries, output
+    projection and MLP for them alone (every layer's keys and values need all tokens)."""
 
     def __init__(self, n_layer: int, d_model: int, n_head: int, dropout: float) -> None:
         super().__init__()
@@ -112,10 +122,15 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(d_model)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        out_rows: slice | None = None,
     ) -> torch.Tensor:
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(x, mask, cache, i)
+            x = block(x, mask, cache, i, out_rows if i == last else None)
         return self.ln_f(x)
 
 

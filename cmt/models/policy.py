@@ -40,9 +40,10 @@ class Outputs:
 class DecodeState:
     """A banded model's incremental decoding state for one batch of episodes."""
 
-    cache: KVCache  # keys and values of the prompt, then of the still-visible history
-    prompt_len: int  # P: cached prompt tokens, never dropped
-    pos: torch.Tensor  # (T,) stream positions (step * tokens_per_step + slot) of cached history
+    cache: KVCache  # keys and values: the prompt's P slots, then a ring of history slots
+    prompt_len: int  # P: cached prompt tokens, never overwritten
+    pos: torch.Tensor  # (ring,) stream position (step * tokens_per_step + token) of each
+    # history slot's token, -1 while empty
     t: int = 0  # the step the next decode_step predicts an action for
 
 
@@ -188,10 +189,11 @@ class SequencePolicy(nn.Module):
     # ------------------------------------------------------ banded attention
     def band_mask(self, q_pos: torch.Tensor, k_pos: torch.Tensor, prompt_len: int) -> torch.Tensor:
         """(Tq, P + Tk) bool: history tokens at stream positions ``q_pos`` attend to the whole
-        prompt, and to the earlier history tokens ``k_pos`` of their own and K-1 previous steps."""
+        prompt, and to the earlier history tokens ``k_pos`` of their own and K-1 previous steps
+        (a key position of -1 is an empty cache slot)."""
         n, K = self.tokens_per_step, self.cfg.context_len
         q, k = q_pos[:, None], k_pos[None, :]
-        band = (k <= q) & (k // n > q // n - K)  # (Tq, Tk)
+        band = (k <= q) & (k // n > q // n - K) & (k >= 0)  # (Tq, Tk)
         return torch.cat([band.new_ones(len(q_pos), prompt_len), band], dim=1)
 
     def full_mask(self, prompt_len: int, T: int, device: torch.device) -> torch.Tensor:
@@ -206,12 +208,17 @@ class SequencePolicy(nn.Module):
         if self.cfg.attention != "banded":
             raise ValueError("incremental decoding needs model.attention='banded'")
         device = self.embed_type.weight.device
-        cache = KVCache(self.cfg.n_layer)
-        P = 0
+        n, K = self.tokens_per_step, self.cfg.context_len
+        P = 0 if prompt is None else prompt.shape[1]
+        # History slots for K + 1 steps: the action of step t-1, decoded with step t, still
+        # sees step t-K, whose slots step t's own tokens would otherwise overwrite.
+        ring = (K + 1) * n
+        cache = KVCache(self.cfg.n_layer, P + ring)
         if prompt is not None:
-            P = prompt.shape[1]
-            self.backbone(prompt + self.embed_type.weight[0], None, cache)  # causal prompt
-        pos = torch.zeros(0, dtype=torch.long, device=device)
+            cache.at = torch.arange(P, device=device)
+            causal = torch.ones(P, P + ring, dtype=torch.bool, device=device).tril()
+            self.backbone(prompt + self.embed_type.weight[0], causal, cache)
+        pos = torch.full((ring,), -1, dtype=torch.long, device=device)
         return DecodeState(cache, P, pos)
 
     def decode_step(
@@ -228,11 +235,11 @@ class SequencePolicy(nn.Module):
 
         Takes the steps [t-1, t] (just [0] at t = 0) as (B, W, ...) tensors, like
         :meth:`forward`; action t is ignored. New tokens are action t-1, [return-to-go t] and
-        state t; afterwards the cache drops the tokens no later step attends to. Equal, to
-        float rounding, to the last action of a banded :meth:`forward` over the whole episode
-        (in eval mode: decoding applies no dropout).
+        state t; they overwrite the cache slots of the tokens K + 1 steps older, which no
+        query sees any more. Equal, to float rounding, to the last action of a banded
+        :meth:`forward` over the whole episode (in eval mode: decoding applies no dropout).
         """
-        n, K, t = self.tokens_per_step, self.cfg.context_len, state.t
+        n, t = self.tokens_per_step, state.t
         if states.shape[1] != min(t + 1, 2):
             raise ValueError(
                 f"decode_step at t={t} takes {min(t + 1, 2)} steps, got {states.shape[1]}"
@@ -240,16 +247,13 @@ class SequencePolicy(nn.Module):
         x = self.embed_steps(states, actions, rtg, timesteps, agents)  # (B, W * n, d)
         x = x[:, n - 1 : 2 * n - 1] if t > 0 else x[:, : n - 1]  # (B, n_new, d): [a], [r], s
         q_pos = torch.arange(t * n + n - 1 - x.shape[1], t * n + n - 1, device=x.device)
-        k_pos = torch.cat([state.pos, q_pos])  # (Tk,)
-        mask = self.band_mask(q_pos, k_pos, state.prompt_len)  # (n_new, P + Tk)
-        h = self.backbone(x, mask, state.cache)[:, -1]  # (B, d): the state token of step t
-        # The next queries (action t, step t + 1) see steps t-K+1 and later, never older ones.
-        visible = k_pos // n > t - K
-        if not bool(visible.all()):
-            P = state.prompt_len
-            index = torch.cat([torch.arange(P, device=x.device), P + visible.nonzero()[:, 0]])
-            state.cache.keep(index)
-        state.pos, state.t = k_pos[visible], t + 1
+        slots = q_pos % len(state.pos)
+        state.pos[slots] = q_pos  # (ring,) the position each history slot holds
+        state.cache.at = state.prompt_len + slots
+        mask = self.band_mask(q_pos, state.pos, state.prompt_len)  # (n_new, P + ring)
+        # Only the state token's output is read: the last layer skips the other queries.
+        h = self.backbone(x, mask, state.cache, slice(-1, None))[:, -1]  # (B, d): state t
+        state.t = t + 1
         return self.action_head(h)
 
     # ------------------------------------------------------------- utilities
