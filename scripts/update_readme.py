@@ -251,8 +251,7 @@ def targets_section() -> str:
             "peak memory",
             f"pretraining on {max(mem):,} transitions: {big['peak_rss_mb']:.0f} MB RSS, "
             f"{big['batch_build_peak_alloc_mb']} MB per batch built (the dataset is not copied); "
-            "evaluation, RSS growth: "
-            + ", ".join(f"{k} {v:.0f} MiB" for k, v in cached.items()),
+            "evaluation, RSS growth: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in cached.items()),
             "measured",
         )
     )
