@@ -13,7 +13,7 @@ import numpy as np
 
 from cmt.atomic import write_json, write_text
 from cmt.benchmarks import make_benchmark
-from cmt.benchmarks.base import REFERENCES_FILE
+from cmt.benchmarks.base import REFERENCES_FILE, Benchmark
 from cmt.config import Params
 from cmt.experiment import evaluate_method, load_data, make_prompts, pretrain_backbone
 from cmt.integrity import read_json, sealed_json
@@ -188,9 +188,10 @@ def markdown_table(summary: dict[str, Any], params: Params) -> str:
     """The comparison of one dataset: a row per method, per-task columns if there are several."""
     tasks = sorted({t for s in summary.values() for t in s["per_task_score"]})
     tasks = tasks if len(tasks) > 1 else []
-    head = "| method | normalised score | return | " + " | ".join(f"task {t}" for t in tasks)
+    bench = make_benchmark(params.data)
+    head = f"| method | {bench.score_name} | return | " + " | ".join(f"task {t}" for t in tasks)
     lines = [
-        make_benchmark(params.data).describe(params.evaluate.episodes),
+        bench.describe(params.evaluate.episodes),
         "",
         head.rstrip(" |") + " |",
         "|" + "---|" * (3 + len(tasks)),
@@ -204,7 +205,8 @@ def markdown_table(summary: dict[str, Any], params: Params) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_summary(summary: dict[str, Any], path: Path) -> None:
+def plot_summary(summary: dict[str, Any], path: Path, bench: Benchmark) -> None:
+    """Each method's mean score over seeds (bars) and its std (whiskers)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on servers and CI
@@ -223,7 +225,7 @@ def plot_summary(summary: dict[str, Any], path: Path) -> None:
     ax.axvline(100, color="k", lw=0.8, ls="--")
     lowest = min(s["score_mean"] - s["score_std"] for s in summary.values())
     ax.set_xlim(min(0.0, lowest - 5.0), 105.0)
-    ax.set_xlabel("normalised score on the test tasks (0 = random, 100 = expert)")
+    ax.set_xlabel(f"{bench.score_name} on the test tasks {bench.score_axis}")
     ax.invert_yaxis()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -231,13 +233,16 @@ def plot_summary(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(out_dir: str | Path, params: Params) -> dict[str, Any]:
-    """results.json, results.md and results.png from the run records in ``out_dir/runs``."""
+def write_report(
+    out_dir: str | Path, params: Params, records_dir: str | Path | None = None
+) -> dict[str, Any]:
+    """results.json, results.md and results.png in ``out_dir`` from the run records in
+    ``records_dir/runs`` (default: ``out_dir/runs``)."""
     out_dir = Path(out_dir)
-    summary = summarize(load_records(out_dir))
+    summary = summarize(load_records(out_dir if records_dir is None else records_dir))
     write_json(
         out_dir / "results.json", {"params": params.model_dump(mode="json"), "summary": summary}
     )
     write_text(out_dir / "results.md", markdown_table(summary, params))
-    plot_summary(summary, out_dir / "results.png")
+    plot_summary(summary, out_dir / "results.png", make_benchmark(params.data))
     return summary

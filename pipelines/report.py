@@ -36,14 +36,9 @@ RUN_PARAMS = (
 @stage_task(name="results table")
 def results(params: Params, evaluate_dir: str, out_dir: str) -> dict[str, Any]:
     """``results.{json,md,png}`` from the evaluate stage's run records (cmt.compare)."""
-    from cmt.compare import load_records, markdown_table, plot_summary, summarize
+    from cmt.compare import write_report
 
-    out = Path(out_dir)
-    summary = summarize(load_records(evaluate_dir))
-    write_json(out / "results.json", {"params": params.model_dump(mode="json"), "summary": summary})
-    write_text(out / "results.md", markdown_table(summary, params))
-    plot_summary(summary, out / "results.png")
-    return summary
+    return write_report(out_dir, params, records_dir=evaluate_dir)
 
 
 def _fmt(value: Any, digits: int = 2) -> str:

@@ -37,7 +37,8 @@ def results_section() -> str:
         if (benchmarks.parent / "results.md").exists():
             continue
         where = benchmarks.relative_to(ROOT)
-        parts.append(f"**All datasets** (`{where}`, from MLflow by the report stage)\n")
+        group = "All datasets" if benchmarks.parent == RESULTS else f"{benchmarks.parent.name}"
+        parts.append(f"**{group}** (`{where}`, from MLflow by the report stage)\n")
         parts.append(benchmarks.read_text().strip() + "\n")
     for md in sorted(RESULTS.glob("*/results.md")):
         cmd = md.parent / "COMMAND"
@@ -138,8 +139,8 @@ def decoding_section() -> str:
         "Measured by `python benchmarks/throughput.py --decoding-only` (with `--preset` for "
         f"each benchmark but the embedded default) on {m['cpu']} "
         f"({m['threads']} thread(s), torch {m['torch']}, {r['date']}, fp32, load average "
-        f"{r['load_average_before']:.0f} to {r['load_average_after']:.0f} on a shared "
-        "machine); JSON in `benchmarks/results/decoding.json`. Env steps over all episodes "
+        f"{r['load_average_before']:.1f} to {r['load_average_after']:.1f}); JSON in "
+        "`benchmarks/results/decoding.json`. Env steps over all episodes "
         "per second of wall time and per second of the process's CPU time (what one idle "
         "core would give); memory is the peak RSS growth during the rollouts (`getrusage` "
         "maxrss), one process per mode.",
@@ -176,22 +177,26 @@ def targets_section() -> str:
         return "_Not every benchmark JSON is committed yet._\n"
     dec, ts, ov = (json.loads(p.read_text()) for p in (DECODING, TRAIN_STEP, OVERHEAD))
     rows = []
-    speedups = {b["benchmark"]: b["cached_over_one_episode"] for b in dec["decoding"]}
-    rows.append(
-        (
-            "evaluation ≥ 20× the one-episode loop, 50 episodes",
-            ", ".join(f"{k} {v}×" for k, v in speedups.items()) + " (banded, cached; CPU time)",
-            _mark(min(speedups.values()) >= 20),
+    for b in dec["decoding"]:
+        rate = {m: v["steps_per_cpu_s"] for m, v in b["modes"].items()}
+        bound = rate["raw_env"] / rate["one_episode"]  # with a model that cost nothing
+        rows.append(
+            (
+                f"evaluation ≥ 20× the one-episode loop, {b['episodes']} episodes, "
+                f"{b['benchmark']}",
+                f"{b['cached_over_one_episode']}× (banded, cached; CPU time"
+                + (f"; the env alone caps it at {bound:.0f}×)" if bound < 100 else ")"),
+                _mark(b["cached_over_one_episode"] >= 20),
+            )
         )
-    )
-    env_share = {b["benchmark"]: b["cached_over_raw_env"] for b in dec["decoding"]}
-    rows.append(
-        (
-            "evaluation ≥ ½ the raw batched env's step rate",
-            ", ".join(f"{k} {100 * v:.0f}%" for k, v in env_share.items()),
-            _mark(min(env_share.values()) >= 0.5),
+        rows.append(
+            (
+                f"evaluation ≥ ½ the raw batched env's step rate, {b['benchmark']}",
+                f"{100 * b['cached_over_raw_env']:.1f}%"
+                + (" (the env is a few numpy operations)" if bound >= 100 else ""),
+                _mark(b["cached_over_raw_env"] >= 0.5),
+            )
         )
-    )
     sp = ts["speed"]
     gpu = json.loads(GPU.read_text()) if GPU.exists() else None
     gpu_text = ""

@@ -121,6 +121,9 @@ class Benchmark(ABC):
     kind: ClassVar[str]
     """The setting, for grouping results tables (datasets of one kind share their methods)."""
     score_caption: ClassVar[str] = "Score: 100 × (R − random) / (expert − random) per task."
+    score_name: ClassVar[str] = "normalised score"
+    """The score's name in table headers and plot axes."""
+    score_axis: ClassVar[str] = "(0 = random, 100 = expert)"
 
     def __init__(self, cfg: DataSection) -> None:
         self.cfg = cfg

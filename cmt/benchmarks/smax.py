@@ -76,6 +76,8 @@ class Smax(Benchmark):
     levels: ClassVar[tuple[str, ...]] = TIERS
     kind: ClassVar[str] = "Offline multi-agent RL (SMAX)"
     score_caption: ClassVar[str] = "Score: win rate (%); return: the team's SMAX reward."
+    score_name: ClassVar[str] = "win rate (%)"
+    score_axis: ClassVar[str] = "(greedy episodes won)"
     cfg: SmaxData
 
     @property
