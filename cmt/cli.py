@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from cmt.config import ConfigError, Params, load_params, preset_names
+from cmt.integrity import ArtifactError, NonFiniteError
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
@@ -112,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except (ArtifactError, NonFiniteError) as err:  # a bad file or a diverged run: no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -290,6 +290,20 @@ def test_corrupt_input_stops_the_stage_before_any_work(artifacts, tiny_data_dir,
     assert "Starting temporary server" not in out.stdout + out.stderr
 
 
+def test_cli_names_a_corrupt_dataset_without_a_traceback(tiny_data_dir, tmp_path, capsys):
+    """``cmt compare`` on a dataset with a flipped byte: exit 1, one line naming the file."""
+    from cmt.cli import main
+
+    shutil.copytree(tiny_data_dir, tmp_path / "data")
+    train = tmp_path / "data" / "train.hdf5"
+    _flip(train, train.stat().st_size // 2)
+    sets = [a for k, v in TINY.items() for f, x in v.items() for a in ("--set", f"{k}.{f}={x}")]
+    argv = ["compare", "--out", str(tmp_path / "out"), "--data", str(tmp_path / "data"), *sets]
+    assert main([*argv, "--params", str(ROOT / "params.yaml"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "train.hdf5" in err and "sha256" in err and "Traceback" not in err, err
+
+
 # ---------------------------------------------------------------------- registry
 
 
