@@ -141,9 +141,11 @@ def _env(code: Path, home: Path, **extra: str) -> dict[str, str]:
 
 def measure_modes(work: Path, repeats: int, baseline_rev: str) -> dict[str, Any]:
     """Per mode: the median of ``repeats`` no-work stages (and each run)."""
-    params = work / "params.yaml"
-    shutil.copy(ROOT / "params.yaml", params)
     base = _baseline_tree(baseline_rev, work / "baseline")
+    # Each code revision reads the params.yaml of its own time (new sections fail old code).
+    old_params = subprocess.run(
+        ["git", "show", f"{baseline_rev}:params.yaml"], cwd=ROOT, capture_output=True, check=True
+    ).stdout
     modes = {
         "baseline": (base, {}),
         "per_stage_server": (ROOT, {"CMT_PREFECT_SERVER_IDLE_S": "0"}),
@@ -155,7 +157,10 @@ def measure_modes(work: Path, repeats: int, baseline_rev: str) -> dict[str, Any]
         home = work / f"home_{mode}"
         run_dir = work / f"run_{mode}"
         run_dir.mkdir()
-        shutil.copy(params, run_dir / "params.yaml")
+        if code == base:
+            (run_dir / "params.yaml").write_bytes(old_params)
+        else:
+            shutil.copy(ROOT / "params.yaml", run_dir / "params.yaml")
         marks = work / f"marks_{mode}.json"
         env = _env(code, home, **extra, **{MARKS_ENV: str(marks)})
         cmd = [sys.executable, str(Path(__file__).resolve()), "--noop-stage"]

@@ -324,8 +324,8 @@ def main() -> None:
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "python": sys.version.split()[0],
-            "contention": "shared machine: other sessions were running; load average "
-            f"{loadavg_before[0]:.1f} before and {loadavg_after[0]:.1f} after the timing",
+            "load": f"load average {loadavg_before[0]:.1f} before and {loadavg_after[0]:.1f} "
+            "after the timing (above about 1, other work shared the cores)",
         },
         "date": time.strftime("%Y-%m-%d"),
         "precision": "fp32 (this CPU has no native bf16)"
