@@ -157,9 +157,20 @@ def decoding_section() -> str:
                 f"{mode['peak_rss_growth_mib']} |"
             )
     lines.append("")
+    two = DECODING.with_name("decoding_2threads.json")
+    if two.exists():
+        r2 = json.loads(two.read_text())
+        for b in r2["decoding"]:
+            wall = {m: v["steps_per_s"] for m, v in b["modes"].items()}
+            lines.append(
+                f"- {b['benchmark']}, {r2['machine']['threads']} threads (`{two.name}`, wall "
+                f"clock): cached {wall['banded_cached'] / wall['one_episode']:.1f}× the "
+                f"one-episode loop, {100 * wall['banded_cached'] / wall['raw_env']:.1f}% of the "
+                "raw env step rate."
+            )
     for b in r["decoding"]:
         lines.append(
-            f"- {b['benchmark']} (CPU time): cached {b['cached_over_one_episode']}× the "
+            f"- {b['benchmark']}, 1 thread (CPU time): cached {b['cached_over_one_episode']}× the "
             "one-episode loop, "
             f"{b['cached_over_window_batched']}× the batched window, "
             f"{100 * b['cached_over_raw_env']:.1f}% of the raw env step rate."
@@ -177,6 +188,12 @@ def targets_section() -> str:
         return "_Not every benchmark JSON is committed yet._\n"
     dec, ts, ov = (json.loads(p.read_text()) for p in (DECODING, TRAIN_STEP, OVERHEAD))
     rows = []
+    wall2 = {}  # the same modes with 2 threads, by the wall clock, where measured
+    two = DECODING.with_name("decoding_2threads.json")
+    if two.exists():
+        for b in json.loads(two.read_text())["decoding"]:
+            w = {m: v["steps_per_s"] for m, v in b["modes"].items()}
+            wall2[b["benchmark"]] = w["banded_cached"] / w["raw_env"]
     for b in dec["decoding"]:
         rate = {m: v["steps_per_cpu_s"] for m, v in b["modes"].items()}
         bound = rate["raw_env"] / rate["one_episode"]  # with a model that cost nothing
@@ -192,9 +209,19 @@ def targets_section() -> str:
         rows.append(
             (
                 f"evaluation ≥ ½ the raw batched env's step rate, {b['benchmark']}",
-                f"{100 * b['cached_over_raw_env']:.1f}%"
-                + (" (the env is a few numpy operations)" if bound >= 100 else ""),
-                _mark(b["cached_over_raw_env"] >= 0.5),
+                f"{100 * b['cached_over_raw_env']:.1f}% (1 thread, CPU time)"
+                + (" (the env is a few numpy operations)" if bound >= 100 else "")
+                + (
+                    f"; {100 * wall2[b['benchmark']]:.1f}% with 2 threads (wall clock)"
+                    if b["benchmark"] in wall2
+                    else ""
+                ),
+                _mark(b["cached_over_raw_env"] >= 0.5)
+                + (
+                    " with 1 thread, **met** with 2"
+                    if b["cached_over_raw_env"] < 0.5 <= wall2.get(b["benchmark"], 0.0)
+                    else ""
+                ),
             )
         )
     sp = ts["speed"]
