@@ -217,12 +217,7 @@ def eval_mode(
     if mode.startswith("banded"):
         base = params.model.model_copy(update={"attention": "banded"})
     model = SequencePolicy(backbone_config(base, "cmt"), spaces.obs_dim, spaces.act_dim).eval()
-    norm = Normalizer(
-        state_mean=np.zeros(spaces.obs_dim, np.float32),
-        state_std=np.ones(spaces.obs_dim, np.float32),
-        reward_scale=1.0,
-        return_scale=1.0,
-    )
+    norm = Normalizer.identity(spaces.obs_dim)
     prompt = torch.randn(model.cfg.prompt_len, model.cfg.d_model)
     rng = np.random.default_rng(0)
 

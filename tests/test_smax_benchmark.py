@@ -97,12 +97,7 @@ def test_team_policy_evaluates_on_batched_smax() -> None:
     torch.manual_seed(0)
     cfg = ModelConfig(n_layer=1, d_model=16, n_head=1, context_len=4, prompt="none")
     model = SequencePolicy(cfg, sp.obs_dim, sp.act_dim, True, sp.num_agents).eval()
-    norm = Normalizer(
-        state_mean=np.zeros(sp.obs_dim, np.float32),
-        state_std=np.ones(sp.obs_dim, np.float32),
-        reward_scale=1.0,
-        return_scale=1.0,
-    )
+    norm = Normalizer.identity(sp.obs_dim)
     out = evaluate_tasks(model, norm, bench, [0], episodes=6, seed=0)
     ep = out[0]
     assert ep.returns.shape == (6,) and ep.won.shape == (6,) and ep.won.dtype == bool
@@ -124,12 +119,7 @@ def test_banded_team_policy_decodes_exactly_with_the_cache() -> None:
         attention="banded", condition_on_rtg=True,
     )  # fmt: skip
     model = SequencePolicy(cfg, sp.obs_dim, sp.act_dim, True, sp.num_agents).eval()
-    norm = Normalizer(
-        state_mean=np.zeros(sp.obs_dim, np.float32),
-        state_std=np.ones(sp.obs_dim, np.float32),
-        reward_scale=1.0,
-        return_scale=1.0,
-    )
+    norm = Normalizer.identity(sp.obs_dim)
     out = {}
     for cache in (True, False):
         env = bench.make_batched_env(np.zeros(4, dtype=np.int64))

@@ -132,6 +132,16 @@ def test_bad_checkpoints_are_rejected(tmp_path, cmt_checkpoint):
     assert prompt_file.stat().st_size < 8_000, "a prompt artifact should be kilobytes"
 
 
+def task_prompts(model, norm, data, tasks: np.ndarray) -> torch.Tensor | None:
+    """One prompt per episode of ``tasks``, from each task's demonstrations (None without)."""
+    if model.cfg.prompt == "none":
+        return None
+    per_task = {
+        t: initial_prompt(model, norm, data.demos.select_tasks([t]), t) for t in set(tasks.tolist())
+    }
+    return torch.stack([per_task[int(t)] for t in tasks])
+
+
 @pytest.mark.parametrize("backbone", ["cmt", "prompt_dt", "dt", "bc"])
 def test_batched_rollout_equals_one_episode_at_a_time(
     backbone, tiny_params, tiny_data_dir, tmp_path
@@ -144,10 +154,7 @@ def test_batched_rollout_equals_one_episode_at_a_time(
     model, norm, _ = load_policy(ckpt)
     family = make_benchmark(params.data)
     tasks = np.array([1, 5, 5, 1])
-    prompts = None
-    if model.cfg.prompt != "none":
-        per_task = {t: initial_prompt(model, norm, data.demos.select_tasks([t]), t) for t in (1, 5)}
-        prompts = torch.stack([per_task[int(t)] for t in tasks])
+    prompts = task_prompts(model, norm, data, tasks)
     targets = np.array([-5.0, -6.0, -7.0, -8.0])
     batched, lengths = rollout(
         model, norm, family.make_batched_env(tasks), family.horizon, 0, prompts, targets
@@ -219,10 +226,7 @@ def test_cached_rollout_equals_uncached_banded_rollout(
     assert model.cfg.attention == "banded"
     family = make_benchmark(params.data)
     tasks = np.array([1, 5, 5, 1])
-    prompts = None
-    if model.cfg.prompt != "none":
-        per_task = {t: initial_prompt(model, norm, data.demos.select_tasks([t]), t) for t in (1, 5)}
-        prompts = torch.stack([per_task[int(t)] for t in tasks])
+    prompts = task_prompts(model, norm, data, tasks)
     targets = np.array([-5.0, -6.0, -7.0, -8.0])
     runs = {}
     for cache in (True, False):

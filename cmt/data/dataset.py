@@ -31,6 +31,16 @@ class Normalizer:
             return_scale=float(max(np.abs(returns).max(), 1e-6)),
         )
 
+    @classmethod
+    def identity(cls, obs_dim: int) -> Normalizer:
+        """Statistics that change nothing (speed and shape tests of untrained models)."""
+        return cls(
+            state_mean=np.zeros(obs_dim, np.float32),
+            state_std=np.ones(obs_dim, np.float32),
+            reward_scale=1.0,
+            return_scale=1.0,
+        )
+
     def states(self, x: np.ndarray) -> np.ndarray:
         return (x - self.state_mean) / self.state_std
 

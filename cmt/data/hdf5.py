@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import h5py
 import numpy as np
@@ -39,6 +40,8 @@ import numpy as np
 from cmt.atomic import atomic_path
 from cmt.data.schema import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, TransitionData
 from cmt.integrity import HASH_KEY, ArtifactError, hdf5_digest
+
+T = TypeVar("T")
 
 __all__ = [
     "DatasetError",
@@ -424,17 +427,7 @@ def read_hdf5(path: str | Path, *, default_task_id: int | None = None) -> Transi
     whose last transition ends no episode (D4RL files stop mid-episode) gets that transition
     marked as a timeout, with a warning.
     """
-    source = str(path)
-    if not Path(path).exists():
-        raise _err(source, None, "no such file")
-    try:
-        with h5py.File(path, "r") as f:
-            _check_digest(f, source)
-            return _read_open(f, source, default_task_id)
-    except DatasetError:
-        raise
-    except _H5_ERRORS as exc:  # not HDF5, truncated or corrupt
-        raise _err(source, None, f"cannot read as HDF5 ({type(exc).__name__}: {exc})") from exc
+    return _with_checked_file(path, lambda f: _read_open(f, str(path), default_task_id))
 
 
 def _check_digest(f: h5py.File, source: str) -> None:
@@ -453,15 +446,22 @@ def _check_digest(f: h5py.File, source: str) -> None:
 
 def verify_hdf5(path: str | Path) -> None:
     """Check a dataset file's content hash without loading it into memory."""
+    _with_checked_file(path, lambda f: None)
+
+
+def _with_checked_file(path: str | Path, use: Callable[[h5py.File], T]) -> T:
+    """``use(f)`` on the open file once its content hash checks out; every failure to open
+    or read it becomes a :class:`DatasetError` naming the file."""
     source = str(path)
     if not Path(path).exists():
         raise _err(source, None, "no such file")
     try:
         with h5py.File(path, "r") as f:
             _check_digest(f, source)
+            return use(f)
     except DatasetError:
         raise
-    except _H5_ERRORS as exc:
+    except _H5_ERRORS as exc:  # not HDF5, truncated or corrupt
         raise _err(source, None, f"cannot read as HDF5 ({type(exc).__name__}: {exc})") from exc
 
 
