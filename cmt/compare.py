@@ -205,6 +205,48 @@ def markdown_table(summary: dict[str, Any], params: Params) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def variants_table(results: dict[str, dict[str, Any]]) -> str:
+    """Markdown: one row per variant of one comparison (``{name: results.json content}``), with
+    the settings in which the variants differ and each method's score, mean ± std over seeds.
+    Variants must share the dataset and its test tasks: scores on other tasks do not compare."""
+    if not results:
+        raise ValueError("no variants to tabulate")
+    flat = {name: _flat(r["params"]) for name, r in results.items()}
+    for key in ("data.name", "data.test_tasks", "evaluate.episodes"):
+        if len({str(f.get(key)) for f in flat.values()}) > 1:
+            raise ValueError(f"variants differ in {key}: their scores do not compare")
+    keys = sorted({k for f in flat.values() for k in f})
+    differ = [k for k in keys if len({str(f.get(k)) for f in flat.values()}) > 1]
+    methods = [m for m in METHODS if any(m in r["summary"] for r in results.values())]
+    head = ["variant", "settings", *(METHODS[m].label for m in methods)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in results.items():
+        settings = ", ".join(f"{k}={flat[name].get(k)}" for k in differ) or "–"
+        cells = []
+        for m in methods:
+            s = r["summary"].get(m)
+            cells.append("–" if s is None else f"{s['score_mean']:.1f} ± {s['score_std']:.1f}")
+        lines.append(f"| {name} | {settings} | " + " | ".join(cells) + " |")
+    first = next(iter(flat.values()))
+    seeds = sorted({len(s["seeds"]) for r in results.values() for s in r["summary"].values()})
+    caption = (
+        f"{first['data.name']}, tasks {first['data.test_tasks']} held out of pretraining; "
+        f"score mean ± std over seeds ({' or '.join(map(str, seeds))} seeds per variant) of the "
+        f"mean over tasks, {first['evaluate.episodes']} episodes per task."
+    )
+    return caption + "\n\n" + "\n".join(lines) + "\n"
+
+
 def plot_summary(summary: dict[str, Any], path: Path, bench: Benchmark) -> None:
     """Each method's mean score over seeds (bars) and its std (whiskers)."""
     import matplotlib

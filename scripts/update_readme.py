@@ -6,6 +6,7 @@
 Sources: ``results/**/benchmarks.md`` (cross-dataset tables) and ``results/<name>/results.md``
 (written by the report stage, copied by ``scripts/save_results.py``; datasets of a group such
 as ``results/d4rl/<name>/`` appear only in their group's cross-dataset table) and
+``results/<group>/<study>/table.md`` (variant studies, written by ``scripts/variant_table.py``),
 ``benchmarks/results/throughput.json`` and ``decoding.json`` (written by
 ``benchmarks/throughput.py``) and ``benchmarks/results/stage_overhead.json`` (written by
 ``benchmarks/stage_overhead.py``).
@@ -45,6 +46,13 @@ def results_section() -> str:
         cmd = md.parent / "COMMAND"
         parts.append(f"**{md.parent.name}** (`results/{md.parent.name}/`)\n")
         parts.append(md.read_text().strip() + "\n")
+        if cmd.exists():
+            parts.append(f"Made by: `{cmd.read_text().strip()}`\n")
+    for table in sorted(RESULTS.glob("*/*/table.md")):  # variant studies (variant_table.py)
+        study = table.parent
+        cmd = study / "COMMAND"
+        parts.append(f"**{study.parent.name}: {study.name}** (`{study.relative_to(ROOT)}/`)\n")
+        parts.append(table.read_text().strip() + "\n")
         if cmd.exists():
             parts.append(f"Made by: `{cmd.read_text().strip()}`\n")
     return "\n".join(parts) if parts else "_No results committed yet._\n"

@@ -234,3 +234,26 @@ def test_d4rl_target_returns() -> None:
     assert params.evaluate.target_return == "max_train"
     bench = make_benchmark(params.data)
     assert bench.target_return(None, 0, "dt_paper") == 5000.0  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- variant studies
+
+
+def test_variants_table_shows_what_differs_and_refuses_other_tasks() -> None:
+    from cmt.compare import variants_table
+
+    def result(overrides: dict, score: float) -> dict:
+        params = parse_params(overrides).model_dump(mode="json")
+        summary = {"cmt_tuned": {"seeds": [0, 1, 2], "score_mean": score, "score_std": 1.25}}
+        return {"params": params, "summary": summary}
+
+    banded = {"model": {"attention": "banded", "train_len": 20}}
+    table = variants_table({"window": result({}, 94.71), "banded": result(banded, 93.5)})
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()[4:]}
+    assert "model.attention=banded, model.train_len=20" in rows["banded"]
+    assert "model.attention=window, model.train_len=40" in rows["window"]
+    assert rows["window"].endswith("| 94.7 ± 1.2 |") and rows["banded"].endswith("| 93.5 ± 1.2 |")
+    assert "3 seeds per variant" in table and "pretrain" not in table.split("\n\n")[1]
+    other_tasks = result({"data": {"test_tasks": [0, 10]}}, 90.0)
+    with pytest.raises(ValueError, match="data.test_tasks"):
+        variants_table({"window": result({}, 94.7), "validation": other_tasks})
