@@ -61,11 +61,11 @@ class ModelConfig(Section):
         "so evaluation decodes incrementally with a rolling key/value cache, exactly "
         "(docs/method.md).",
     )
-    train_len: int = Field(
-        40,
+    train_len: int | None = Field(
+        None,
         ge=1,
         description="L: timesteps per training segment under 'banded' attention (at least "
-        "context_len), so that layers learn to pass on what lies beyond the band; "
+        "context_len; null: context_len, chosen on validation tasks, docs/method.md); "
         "'window' trains on context_len-step segments.",
     )
 
@@ -73,7 +73,7 @@ class ModelConfig(Section):
     def _heads_divide_width(self) -> ModelConfig:
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
-        if self.attention == "banded" and self.train_len < self.context_len:
+        if self.attention == "banded" and self.sample_len < self.context_len:
             raise ValueError(
                 f"train_len={self.train_len} is shorter than context_len={self.context_len}"
             )
@@ -81,8 +81,10 @@ class ModelConfig(Section):
 
     @property
     def sample_len(self) -> int:
-        """Timesteps of a training segment: train_len (banded) or context_len (window)."""
-        return self.train_len if self.attention == "banded" else self.context_len
+        """Timesteps of a training segment: train_len (banded, if set) or context_len."""
+        if self.attention == "banded" and self.train_len is not None:
+            return self.train_len
+        return self.context_len
 
 
 class PretrainConfig(Section):

@@ -206,6 +206,7 @@ def test_banded_config_needs_segments_at_least_the_band():
         ModelConfig(context_len=6, attention="banded", train_len=4)
     assert ModelConfig(context_len=6, attention="banded", train_len=9).sample_len == 9
     assert ModelConfig(context_len=6, train_len=9).sample_len == 6
+    assert ModelConfig(context_len=6, attention="banded").sample_len == 6  # default L = K
 
 
 def test_decoding_needs_a_banded_model():
