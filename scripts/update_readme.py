@@ -200,6 +200,34 @@ def _mark(ok: bool) -> str:
     return "**met**" if ok else "not met"
 
 
+def _attention_rows() -> list[tuple[str, str, str]]:
+    """Cached (banded, L = K) evaluation's scores against the window model's, per test study of
+    ``results/attention/``: within one of the window run's standard deviations?"""
+    rows = []
+    for study in sorted((RESULTS / "attention").glob("*_test")):
+        runs = {v: study / v / "results.json" for v in ("window", "banded_L20")}
+        if not all(p.exists() for p in runs.values()):
+            continue
+        window, banded = (json.loads(p.read_text())["summary"] for p in runs.values())
+        parts, ok = [], []
+        for method, what in (("cmt_zero_shot", "zero-shot"), ("cmt_tuned", "tuned")):
+            w, b = window[method], banded[method]
+            ok.append(abs(b["score_mean"] - w["score_mean"]) <= w["score_std"])
+            parts.append(
+                f"{what} {b['score_mean']:.1f} vs {w['score_mean']:.1f} ± {w['score_std']:.1f}"
+            )
+        name = study.name.removesuffix("_test")
+        rows.append(
+            (
+                f"cached evaluation's scores within 1 std of the window model's, {name}",
+                f"banded L = K vs window, CMT {'; '.join(parts)} "
+                f"({len(window['cmt_tuned']['seeds'])} seeds, `{study.relative_to(ROOT)}/`)",
+                "**met**" if all(ok) else f"met for {sum(ok)} of {len(ok)}",
+            )
+        )
+    return rows
+
+
 def targets_section() -> str:
     """The speed targets of the performance work, each beside the committed measurement."""
     if not all(p.exists() for p in (DECODING, TRAIN_STEP, OVERHEAD)):
@@ -237,6 +265,7 @@ def targets_section() -> str:
                 ),
             )
         )
+    rows += _attention_rows()
     sp = ts["speed"]
     gpu = json.loads(GPU.read_text()) if GPU.exists() else None
     gpu_text = ""
