@@ -275,6 +275,39 @@ def plot_summary(summary: dict[str, Any], path: Path, bench: Benchmark) -> None:
     plt.close(fig)
 
 
+def plot_variants(results: dict[str, dict[str, Any]], path: Path) -> None:
+    """:func:`variants_table` as a plot: per method, a point per variant (mean score over
+    seeds) with its std as whiskers; points, not bars, so the axis can zoom on the gaps."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in METHODS if any(m in r["summary"] for r in results.values())]
+    step = 0.6 / max(len(results) - 1, 1)
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.3 * len(methods) * len(results)))
+    for j, (name, r) in enumerate(results.items()):
+        rows = [(i, r["summary"][m]) for i, m in enumerate(methods) if m in r["summary"]]
+        ax.errorbar(
+            [s["score_mean"] for _, s in rows],
+            [i - 0.3 + j * step for i, _ in rows],
+            xerr=[s["score_std"] for _, s in rows],
+            fmt="o",
+            capsize=3,
+            label=name,
+        )
+    ax.set_yticks(range(len(methods)))
+    ax.set_yticklabels([METHODS[m].label for m in methods])
+    ax.set_ylim(len(methods) - 0.5, -0.5)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_xlabel("score on the held-out tasks (mean ± std over seeds)")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def write_report(
     out_dir: str | Path, params: Params, records_dir: str | Path | None = None
 ) -> dict[str, Any]:

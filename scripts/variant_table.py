@@ -1,5 +1,6 @@
 """Tabulate variants of one comparison: ``DIR/<variant>/results.json`` (written by
-``cmt compare``) into ``DIR/table.md``, one row per variant with the settings they differ in.
+``cmt compare``) into ``DIR/table.md``, one row per variant with the settings they differ in,
+and ``DIR/table.png``, the same as bars.
 
     python scripts/variant_table.py results/attention/point_robot_test
 """
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 
 from cmt.atomic import write_text
-from cmt.compare import variants_table
+from cmt.compare import plot_variants, variants_table
 
 
 def main() -> int:
@@ -30,6 +31,7 @@ def main() -> int:
             return 1
     table = variants_table(results)
     write_text(args.study / "table.md", table)
+    plot_variants(results, args.study / "table.png")
     print(table)
     return 0
 

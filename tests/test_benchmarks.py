@@ -239,8 +239,8 @@ def test_d4rl_target_returns() -> None:
 # --------------------------------------------------------------------------- variant studies
 
 
-def test_variants_table_shows_what_differs_and_refuses_other_tasks() -> None:
-    from cmt.compare import variants_table
+def test_variants_table_shows_what_differs_and_refuses_other_tasks(tmp_path: Path) -> None:
+    from cmt.compare import plot_variants, variants_table
 
     def result(overrides: dict, score: float) -> dict:
         params = parse_params(overrides).model_dump(mode="json")
@@ -254,6 +254,8 @@ def test_variants_table_shows_what_differs_and_refuses_other_tasks() -> None:
     assert "model.attention=window, model.train_len=None" in rows["window"]
     assert rows["window"].endswith("| 94.7 ± 1.2 |") and rows["banded"].endswith("| 93.5 ± 1.2 |")
     assert "3 seeds per variant" in table and "pretrain" not in table.split("\n\n")[1]
+    plot_variants({"window": result({}, 94.7), "banded": result(banded, 93.5)}, tmp_path / "v.png")
+    assert (tmp_path / "v.png").read_bytes().startswith(b"\x89PNG")
     other_tasks = result({"data": {"test_tasks": [0, 10]}}, 90.0)
     with pytest.raises(ValueError, match="data.test_tasks"):
         variants_table({"window": result({}, 94.7), "validation": other_tasks})
