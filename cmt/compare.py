@@ -14,7 +14,7 @@ import numpy as np
 from cmt.atomic import write_json, write_text
 from cmt.benchmarks import make_benchmark
 from cmt.benchmarks.base import REFERENCES_FILE, Benchmark
-from cmt.config import Params
+from cmt.config import Params, flatten
 from cmt.experiment import evaluate_method, load_data, make_prompts, pretrain_backbone
 from cmt.integrity import read_json, sealed_json
 from cmt.methods import METHODS, backbones_for, get_method
@@ -205,23 +205,13 @@ def markdown_table(summary: dict[str, Any], params: Params) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def variants_table(results: dict[str, dict[str, Any]]) -> str:
     """Markdown: one row per variant of one comparison (``{name: results.json content}``), with
     the settings in which the variants differ and each method's score, mean ± std over seeds.
     Variants must share the dataset and its test tasks: scores on other tasks do not compare."""
     if not results:
         raise ValueError("no variants to tabulate")
-    flat = {name: _flat(r["params"]) for name, r in results.items()}
+    flat = {name: flatten(r["params"]) for name, r in results.items()}
     for key in ("data.name", "data.test_tasks", "evaluate.episodes"):
         if len({str(f.get(key)) for f in flat.values()}) > 1:
             raise ValueError(f"variants differ in {key}: their scores do not compare")
