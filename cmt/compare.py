@@ -205,6 +205,11 @@ def markdown_table(summary: dict[str, Any], params: Params) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _methods_in(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The methods any variant's summary holds, in the registry's order."""
+    return [m for m in METHODS if any(m in r["summary"] for r in results.values())]
+
+
 def variants_table(results: dict[str, dict[str, Any]]) -> str:
     """Markdown: one row per variant of one comparison (``{name: results.json content}``), with
     the settings in which the variants differ and each method's score, mean ± std over seeds.
@@ -217,7 +222,7 @@ def variants_table(results: dict[str, dict[str, Any]]) -> str:
             raise ValueError(f"variants differ in {key}: their scores do not compare")
     keys = sorted({k for f in flat.values() for k in f})
     differ = [k for k in keys if len({str(f.get(k)) for f in flat.values()}) > 1]
-    methods = [m for m in METHODS if any(m in r["summary"] for r in results.values())]
+    methods = _methods_in(results)
     head = ["variant", "settings", *(METHODS[m].label for m in methods)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results.items():
@@ -273,7 +278,7 @@ def plot_variants(results: dict[str, dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")  # files only; no display on servers and CI
     import matplotlib.pyplot as plt
 
-    methods = [m for m in METHODS if any(m in r["summary"] for r in results.values())]
+    methods = _methods_in(results)
     step = 0.6 / max(len(results) - 1, 1)
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.3 * len(methods) * len(results)))
     for j, (name, r) in enumerate(results.items()):

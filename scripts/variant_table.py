@@ -1,6 +1,6 @@
 """Tabulate variants of one comparison: ``DIR/<variant>/results.json`` (written by
 ``cmt compare``) into ``DIR/table.md``, one row per variant with the settings they differ in,
-and ``DIR/table.png``, the same as bars.
+and ``DIR/table.png``, the same as points with std whiskers.
 
     python scripts/variant_table.py results/attention/point_robot_test
 """
