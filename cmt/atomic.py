@@ -11,18 +11,29 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cmt.integrity import ArtifactError
+
+
+class WriteError(ArtifactError):
+    """An artifact could not be written (disk full, read-only, no permission); names the file."""
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path; on success it replaces ``path``, on error it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:
+        # A write to a full disk raises without the file's name (only errno 28): add it.
+        reason = err.strerror or str(err)
+        raise WriteError(f"{path}: cannot write ({reason})") from err
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from cmt.config import ConfigError, Params, load_params, preset_names
-from cmt.integrity import ArtifactError, NonFiniteError
+from cmt.failure import report
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
@@ -67,10 +67,21 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"results: {Path(args.out) / 'results.md'} (also .json, .png)")
 
 
+CHECK_MARK = "params valid\n"
+"""What ``cmt config --check FILE`` writes: always the same bytes, so the stages DVC orders
+after it do not rerun because it did."""
+
+
 def cmd_config(args: argparse.Namespace) -> None:
-    """Print the validated configuration, or the JSON schema with every field's description."""
+    """Print the validated configuration, or the JSON schema with every field's description;
+    with ``--check FILE``, only validate and write the mark ``FILE``."""
     if args.schema:
         print(json.dumps(Params.model_json_schema(), indent=2))
+    elif args.check:
+        from cmt.atomic import write_text
+
+        params_from_args(args)
+        write_text(args.check, CHECK_MARK)
     else:
         print(yaml.safe_dump(params_from_args(args).model_dump(mode="json"), sort_keys=False))
 
@@ -103,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p = add("config", cmd_config, "Show the validated configuration.")
     p.add_argument("--schema", action="store_true", help="print the JSON schema instead")
+    p.add_argument(
+        "--check",
+        metavar="FILE",
+        help="only validate, and write FILE (the mark of dvc.yaml's check stage)",
+    )
     return parser
 
 
@@ -113,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (ArtifactError, NonFiniteError) as err:  # a bad file or a diverged run: no traceback
-        print(f"error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:  # one line; a traceback only in the log file it names
+        report(f"cmt-{args.command}", err)
         return 1
     return 0
 

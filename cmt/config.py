@@ -16,9 +16,25 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from cmt.benchmarks import DATA_SECTIONS, DEFAULT_BENCHMARK, DataConfig
-from cmt.sections import SacConfig, Section
+from cmt.sections import (
+    NAME_RULE,
+    SacConfig,
+    SafeName,
+    Section,
+    Seed,
+    is_safe_name,
+)
 
-__all__ = ["ConfigError", "Params", "SacConfig", "Section", "load_params", "parse_params"]
+__all__ = [
+    "ConfigError",
+    "Params",
+    "SacConfig",
+    "SafeName",
+    "Section",
+    "Seed",
+    "load_params",
+    "parse_params",
+]
 
 PromptKind = Literal["none", "segment", "encoder"]
 MethodName = Literal[
@@ -146,7 +162,7 @@ class EvaluateConfig(Section):
     """Batched online evaluation on the held-out tasks."""
 
     episodes: int = Field(10, ge=1, description="Episodes per task, rolled out together.")
-    seed: int = Field(10_000, ge=0, description="Evaluation seed (separate from training seeds).")
+    seed: Seed = Field(10_000, description="Evaluation seed (separate from training seeds).")
     bf16: bool = Field(
         True,
         description="bfloat16 autocast in rollouts: 1.7x the steps/s on a 2-core CPU "
@@ -163,7 +179,9 @@ class EvaluateConfig(Section):
 class CompareConfig(Section):
     """The method comparison: seeds, methods, and the backbones they need."""
 
-    seeds: tuple[int, ...] = Field((0, 1, 2), min_length=1, description="Training seeds.")
+    seeds: tuple[Seed, ...] = Field(
+        (0, 1, 2), min_length=1, description="Training seeds: integers in [0, 2^32)."
+    )
     methods: tuple[MethodName, ...] = Field(
         ("mtdt", "prompt_dt", "cmt_zero_shot", "cmt_tuned"),
         min_length=1,
@@ -183,9 +201,11 @@ class CompareConfig(Section):
     def _distinct(cls, values: tuple[Any, ...]) -> tuple[Any, ...]:
         if len(set(values)) != len(values):
             raise ValueError("contains duplicates")
-        if any(isinstance(v, int) and v < 0 for v in values):
-            raise ValueError("seeds must be non-negative")
         return values
+
+
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9_{}-][A-Za-z0-9_.{}-]*$"
+"""A registered model name template: a safe name, with '{name}' for the dataset id."""
 
 
 class TrackingConfig(Section):
@@ -205,8 +225,10 @@ class TrackingConfig(Section):
     experiment: str = Field("cmt", min_length=1, description="MLflow experiment name.")
     registered_model: str = Field(
         "cmt-{name}",
-        min_length=1,
-        description="Registered model name; '{name}' is replaced by data.name (the dataset id).",
+        pattern=MODEL_NAME_PATTERN,
+        max_length=100,
+        description="Registered model name; '{name}' is replaced by data.name (the dataset "
+        f"id); otherwise {NAME_RULE}.",
     )
     registered_method: MethodName = Field(
         "cmt_tuned",
@@ -218,6 +240,14 @@ class TrackingConfig(Section):
         description="Metric (higher is better) that decides whether a new model version "
         "takes the 'champion' alias; otherwise it becomes 'challenger'.",
     )
+
+    @field_validator("registered_model")
+    @classmethod
+    def _only_name_field(cls, template: str) -> str:
+        # str.format would also resolve "{name.__class__}" or "{0}": allow '{name}' only.
+        if not is_safe_name(template.replace("{name}", "x")):
+            raise ValueError(f"only the field '{{name}}' may appear, otherwise {NAME_RULE}")
+        return template
 
     def model_name(self, name: str) -> str:
         """The registered model name of dataset ``name``."""
@@ -304,13 +334,35 @@ class Params(Section):
 
 
 class ConfigError(ValueError):
-    """A config file that cannot be used; the message names the file and each bad key."""
+    """A config that cannot be used; the message names each bad key and where it was set."""
 
 
-def _format_errors(source: str, err: ValidationError) -> str:
-    lines = [f"{source}: invalid configuration"]
+Origins = dict[str, str]
+"""Where config values came from: dotted key (or section) -> ``--set``, ``preset <file>``...
+Keys not in it come from the params file itself."""
+
+
+def _origin(path: str, origins: Origins, source: str) -> str:
+    """Where the value at dotted ``path`` was set: its longest prefix in ``origins`` (else
+    ``source``), and for a section also where each of its keys was set."""
+    parts = path.split(".")
+    own = source
+    for i in range(len(parts), 0, -1):
+        if (prefix := ".".join(parts[:i])) in origins:
+            own = origins[prefix]
+            break
+    inner = [where for key, where in origins.items() if key.startswith(path + ".")]
+    return ", ".join(dict.fromkeys([own, *inner]))
+
+
+def _format_errors(source: str, err: ValidationError, origins: Origins | None = None) -> str:
+    lines = ["invalid configuration"]
     tags = {t for section in DATA_SECTIONS for t in _benchmark_tags(section)}
-    for e in err.errors():
+    errors = err.errors()
+    items = {e["loc"][:-1] for e in errors if len(e["loc"]) > 1}
+    for e in errors:
+        if e["type"] == "too_short" and e["loc"] in items:
+            continue  # pydantic counts only the valid items; the bad item is reported
         loc = list(e["loc"])
         if len(loc) > 1 and loc[0] == "data" and loc[1] in tags:
             del loc[1]  # the union member pydantic tried: the path of the key is data.<key>
@@ -319,8 +371,13 @@ def _format_errors(source: str, err: ValidationError) -> str:
         # Section-level checks name their keys in the message; echoing the section is noise.
         suffix = "" if isinstance(got, dict) else f" (got {got!r})"
         msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "string_pattern_mismatch":  # only names have patterns
+            msg = f"not a safe name: {NAME_RULE}"
+        if e["type"] == "int_type" and isinstance(got, bool):
+            msg = "expected an integer, got a boolean"
+        where = _origin(path, origins or {}, source) if path else ""
         # Cross-section checks (no path) start their message with the keys they name.
-        lines.append(f"  {path}: {msg}{suffix}" if path else f"  {msg}")
+        lines.append(f"  {path}: {msg}{suffix} [{where}]" if path else f"  {msg}")
     return "\n".join(lines)
 
 
@@ -328,12 +385,17 @@ def _benchmark_tags(section: type) -> tuple[str, ...]:
     return get_args(section.model_fields["benchmark"].annotation)
 
 
-def parse_params(raw: dict[str, Any], source: str = "<params>") -> Params:
-    """Validate a raw mapping into :class:`Params`, raising :class:`ConfigError` on any problem."""
+def parse_params(
+    raw: dict[str, Any], source: str = "<params>", origins: Origins | None = None
+) -> Params:
+    """Validate a raw mapping into :class:`Params`, raising :class:`ConfigError` on any problem.
+
+    Each bad key is named with where it was set: ``origins`` (see :data:`Origins`), else
+    ``source``."""
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_errors(source, err)) from None
+        raise ConfigError(_format_errors(source, err, origins)) from None
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
@@ -349,15 +411,30 @@ def _read_mapping(path: Path) -> dict[str, Any]:
 
 
 def load_params(
-    path: str | Path, overrides: dict[str, Any] | None = None, preset: str | None = None
+    path: str | Path,
+    overrides: dict[str, Any] | None = None,
+    preset: str | None = None,
+    overrides_origin: str = "--set",
 ) -> Params:
     """Load ``params.yaml``, then apply a preset (``presets/<preset>.yaml``), then dotted-key
-    overrides such as ``{"pretrain.lr": 1e-3}``."""
+    overrides such as ``{"pretrain.lr": 1e-3}``; an error names the layer each bad value came
+    from (the file, the preset, or ``overrides_origin``)."""
     path = Path(path)
-    raw = apply_preset(_read_mapping(path), preset) if preset else _read_mapping(path)
-    for dotted, value in (overrides or {}).items():
+    origins: Origins = {}
+    raw = _read_mapping(path)
+    if preset:
+        raw = apply_preset(raw, preset, origins)
+    set_overrides(raw, overrides or {}, overrides_origin, origins)
+    return parse_params(raw, str(path), origins)
+
+
+def set_overrides(
+    raw: dict[str, Any], overrides: Mapping[str, Any], origin: str, origins: Origins
+) -> None:
+    """Set dotted-key ``overrides`` in ``raw``, recording ``origin`` for each in ``origins``."""
+    for dotted, value in overrides.items():
         set_dotted(raw, dotted, value)
-    return parse_params(raw, str(path))
+        origins[dotted] = f"{origin} {dotted}"
 
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
@@ -365,30 +442,41 @@ PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml") if is_safe_name(p.stem))
+
+
+def preset_path(name: str) -> Path:
+    """``presets/<name>.yaml`` of a known preset; :class:`ConfigError` for any other name."""
+    # Checked against the list, not joined blindly: "../params" must not reach another file.
+    if name not in preset_names():
+        raise ConfigError(f"unknown preset {name!r}; known: {preset_names()} (in {PRESETS_DIR})")
+    return PRESETS_DIR / f"{name}.yaml"
 
 
 def load_preset(name: str) -> dict[str, Any]:
     """The preset ``presets/<name>.yaml`` as a nested mapping."""
-    path = PRESETS_DIR / f"{name}.yaml"
-    if not path.exists():
-        raise ConfigError(f"unknown preset {name!r}; known: {preset_names()} (in {PRESETS_DIR})")
-    return _read_mapping(path)
+    return _read_mapping(preset_path(name))
 
 
-def apply_preset(raw: dict[str, Any], name: str) -> dict[str, Any]:
+def apply_preset(raw: dict[str, Any], name: str, origins: Origins | None = None) -> dict[str, Any]:
     """``raw`` (a params mapping) with the preset ``name`` applied.
 
     The preset's ``data`` section replaces the whole ``data`` section (it switches the
-    benchmark, and each benchmark has its own fields); its other keys override one by one."""
+    benchmark, and each benchmark has its own fields); its other keys override one by one.
+    ``origins`` records each key the preset set."""
     out = copy.deepcopy(raw)
     preset = load_preset(name)
+    where = f"preset {preset_path(name).relative_to(PRESETS_DIR.parent)}"
     for section, values in preset.items():
         if section == "data":
             out["data"] = copy.deepcopy(values)
+            if origins is not None:
+                origins["data"] = where
         else:
             for dotted, value in flatten({section: values}).items():
                 set_dotted(out, dotted, value)
+                if origins is not None:
+                    origins[dotted] = where
     return out
 
 

@@ -6,9 +6,30 @@ section (``cmt/benchmarks/``) without importing the config that collects them.
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
+"""What a name that reaches a path or a command may hold: letters, digits, ``_``, ``-`` and
+``.``, not first (no ``..``, no hidden files, no shell characters, no spaces)."""
+NAME_RULE = "letters, digits, '_', '-' and '.', not starting with '.'"
+MAX_NAME_LEN = 100
+
+SafeName = Annotated[
+    str, StringConstraints(pattern=NAME_PATTERN, min_length=1, max_length=MAX_NAME_LEN)
+]
+"""A dataset id, experiment name or preset: safe in a path, a DVC stage and a shell word."""
+
+MAX_SEED = 2**32
+Seed = Annotated[int, Strict(), Field(ge=0, lt=MAX_SEED)]
+"""A seed: an integer in [0, 2^32) (numpy's and torch's seeding range); booleans refused."""
+
+
+def is_safe_name(value: str) -> bool:
+    """Whether ``value`` is a :data:`SafeName`."""
+    return len(value) <= MAX_NAME_LEN and re.fullmatch(NAME_PATTERN, value) is not None
 
 
 class Section(BaseModel):

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cmt.config import Params, TrackingConfig, flatten
+from cmt.failure import describe
 from cmt.integrity import NonFiniteError
 from cmt.procs import is_dead, process_token
 
@@ -215,18 +216,20 @@ class StageRun:
 
 
 def reap_dead_runs(client: MlflowClient, experiment_id: str) -> list[str]:
-    """Mark ``KILLED`` every stage run still ``RUNNING`` whose process, on this host, has
-    ended (a SIGKILLed stage cannot end its run), and its pipeline run; returns their ids."""
+    """Mark ``KILLED`` every run still ``RUNNING`` whose process, on this host, has ended (a
+    SIGKILLed stage or pipeline cannot end its run): stage runs, and pipeline runs that
+    record the pipeline process that owns them (those the pipeline flow creates); a killed
+    stage's pipeline run too. Returns their ids."""
     running = client.search_runs(
-        [experiment_id],
-        filter_string=f"attributes.status = 'RUNNING' and tags.`{TAG_KIND}` = 'stage'",
-        max_results=1000,
+        [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000
     )
     reaped = []
     for run in running:
         token = run.data.tags.get(TAG_PROCESS, "")
-        if not token or not is_dead(token):
-            continue  # alive, on another host, or from before processes were recorded
+        if run.data.tags.get(TAG_KIND) not in ("stage", "pipeline") or not token:
+            continue  # not ours, or from before processes were recorded
+        if not is_dead(token):
+            continue  # alive, or on another host
         run_id = run.info.run_id
         client.set_tag(run_id, TAG_ERROR, f"killed: process {token} ended without ending the run")
         client.set_terminated(run_id, "KILLED")
@@ -259,7 +262,10 @@ def stage_run(
     reap_dead_runs(client, exp_id)
     key = pipeline_key(params)
     parent = find_pipeline_run(client, exp_id, params, key)
-    client.update_run(parent, status="RUNNING")
+    # A pipeline run named by the env var belongs to the pipeline flow, which ends it itself.
+    owned = bool(os.environ.get(PARENT_ENV))
+    if not owned:
+        client.update_run(parent, status="RUNNING")
     env_tags = {
         tag: os.environ[var]
         for tag, var in (
@@ -289,16 +295,19 @@ def stage_run(
         yield handle
     except BaseException as err:
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-        client.set_tag(handle.run_id, TAG_ERROR, f"{type(err).__name__}: {err}"[:5000])
-        client.log_text(handle.run_id, traceback.format_exc(), "error.txt")
+        message = describe(err)
+        client.set_tag(handle.run_id, TAG_ERROR, message[:5000])
+        # The message first: the artifact view shows the top of the file.
+        client.log_text(handle.run_id, f"{message}\n\n{traceback.format_exc()}", "error.txt")
         mlflow.end_run(status)
         client.set_tag(parent, TAG_ERROR, f"stage {run_name or stage} failed")
         client.set_terminated(parent, status)
         raise
     else:
         mlflow.end_run("FINISHED")
-        # The parent's status is that of its latest stage: FINISHED until a stage fails.
-        client.set_terminated(parent, "FINISHED")
+        if not owned:
+            # The parent's status is that of its latest stage: FINISHED until a stage fails.
+            client.set_terminated(parent, "FINISHED")
 
 
 # ---------------------------------------------------------------------- registry

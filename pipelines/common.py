@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import logging
 import os
 import sys
 import threading
-import traceback
+from collections import deque
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any, NoReturn
@@ -19,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from cmt.cli import add_config_options, params_from_args
 from cmt.config import ConfigError, Params
+from cmt.failure import report
 from cmt.integrity import ArtifactError
 
 PIPELINE_FLOW_RUN_ENV = "CMT_PREFECT_PIPELINE_RUN"  # set by the pipeline flow for its stages
@@ -68,6 +70,58 @@ def _prefect_tags() -> list[str]:
     return out
 
 
+class _NoTraceback(logging.Formatter):
+    """A console formatter that leaves tracebacks out: the stage's last line says what failed
+    and where its log file is; the Prefect UI and that file keep the tracebacks."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+class LogTail(logging.Handler):
+    """The last Prefect log lines (tracebacks included), for the log file of a failure."""
+
+    def __init__(self, size: int = 2000) -> None:
+        super().__init__()
+        self.lines: deque[str] = deque(maxlen=size)
+        self.setFormatter(
+            logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s")
+        )
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@contextlib.contextmanager
+def quiet_console_tracebacks(tail: LogTail) -> Iterator[None]:
+    """Prefect's console handlers print without tracebacks; ``tail`` records everything."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    prefect_logger = logging.getLogger("prefect")
+    # Prefect's console handler sits on the root logger (its logging.yml); look everywhere.
+    handlers = {h for name in ("", "prefect") for h in logging.getLogger(name).handlers}
+    consoles = [h for h in handlers if isinstance(h, PrefectConsoleHandler)]
+    saved = [h.formatter for h in consoles]
+    for handler in consoles:
+        handler.setFormatter(_NoTraceback(handler.formatter))
+    prefect_logger.addHandler(tail)
+    try:
+        yield
+    finally:
+        prefect_logger.removeHandler(tail)
+        for handler, formatter in zip(consoles, saved, strict=True):
+            handler.setFormatter(formatter)
+
+
 @contextlib.contextmanager
 def _prefect_context() -> Iterator[None]:
     from prefect.settings import (
@@ -114,10 +168,13 @@ def run_entry(
     ``inputs`` checks the files the stage consumes (:mod:`pipelines.preflight`): a corrupted
     one exits 1 with its path and the problem, before any MLflow run or Prefect server exists.
     A failing flow has already been reported by Prefect (Failed state, logs) and MLflow (run
-    FAILED); the exit status 1 makes DVC record no outputs for the stage.
+    FAILED); the exit status 1 makes DVC record no outputs for the stage. Every failure ends
+    with one line on stderr (:func:`cmt.failure.report`); tracebacks go to the log file it
+    names, not to the console.
     """
     from pipelines.watchdog import guard
 
+    prog = parser.prog.removesuffix(".py")
     args = parser.parse_args(argv)
     try:
         params = params_from_args(args)
@@ -133,17 +190,17 @@ def run_entry(
         print(f"error: {err}", file=sys.stderr)
         return 1
     guard()  # the stage's child processes (Prefect's server) end with it, even on SIGKILL
+    tail = LogTail()
     try:
-        with _prefect_context():
+        with _prefect_context(), quiet_console_tracebacks(tail):
             body(args, params)
     except KeyboardInterrupt:
         return 130
-    except ArtifactError as err:
+    except ConfigError as err:  # found inside the flow (a served run's overrides)
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     except Exception as err:
-        traceback.print_exc()
-        print(f"error: stage failed: {type(err).__name__}: {err}", file=sys.stderr)
+        report(prog, err, tail.lines)
         return 1
     return 0
 

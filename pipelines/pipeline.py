@@ -8,6 +8,10 @@ top and validated the same way; they are the short form for the command line. On
 that differ from the repository's ``params.yaml`` are passed to DVC, so the experiment records
 exactly what changed. Its stages report to one MLflow pipeline run (created here, passed down
 as ``CMT_MLFLOW_PARENT_RUN_ID``).
+
+A failed stage ends the flow run ``Failed`` with that stage's own one-line error; a killed
+pipeline is cleaned up by :mod:`pipelines.recovery` (``params.yaml`` restored, both runs
+ended).
 """
 
 # No `from __future__ import annotations` here: Prefect builds the parameter model from the
@@ -18,24 +22,41 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from prefect.states import Failed, State
 
 from cmt import tracking
-from cmt.config import Params, apply_preset, load_params, parse_params, set_dotted
+from cmt.config import (
+    Origins,
+    Params,
+    SafeName,
+    apply_preset,
+    load_params,
+    parse_params,
+    preset_names,
+    set_overrides,
+)
+from cmt.failure import Explained
+from cmt.procs import process_token
+from pipelines import recovery, watchdog
 from pipelines.common import PIPELINE_FLOW_RUN_ENV
 
 DEFAULT_PARAMS = Params()
+PresetName = Literal[tuple(preset_names())]  # type: ignore[valid-type]  # presets/*.yaml
 REPO_ENV = "CMT_PIPELINE_REPO"  # the repository the served deployment runs in
 METRICS_FILE = Path("outputs/evaluate/metrics.json")
 RESULTS_FILE = Path("outputs/report/results.md")
+FAILED_PREFIX = "pipeline failed in "
 
 
 def repo_root() -> Path:
@@ -83,20 +104,45 @@ def plan(params: Params, repo: Path) -> list[str]:
     return overrides
 
 
+@dataclass(frozen=True)
+class ExperimentOutcome:
+    """How ``dvc exp run`` ended: its exit code, the experiment's name, and on failure the
+    one line that says why (the failed stage's own error line where it printed one)."""
+
+    code: int
+    name: str | None
+    error: str
+
+
+def failure_line(lines: list[str], code: int) -> str:
+    """The line that explains a failed ``dvc exp run``: the failed stage (from DVC's
+    "failed to reproduce" line) and the last ``error:`` line before it."""
+    stage = next(
+        (m.group(1) for m in map(re.compile(r"failed to reproduce '([^']+)'").search, lines) if m),
+        None,
+    )
+    cut = next((i for i, line in enumerate(lines) if "failed to reproduce" in line), len(lines))
+    own = [line for line in lines[:cut] if line.startswith("error: ")]
+    why = own[-1].removeprefix("error: ") if own else (lines[-1] if lines else "")
+    where = f"stage '{stage}'" if stage else f"dvc exp run (exit {code})"
+    return f"{where}: {why}"
+
+
 @task(name="dvc exp run", cache_policy=NO_CACHE)
 def run_experiment(
     repo: Path, overrides: list[str], name: str | None, env: dict[str, str]
-) -> str | None:
-    """Run the DVC pipeline as an experiment in ``repo``; streams DVC's output to the log and
-    returns the experiment's name."""
+) -> ExperimentOutcome:
+    """Run the DVC pipeline as an experiment in ``repo``; streams DVC's output to the log.
+
+    The command is an argument list (no shell), and every value in it has been validated."""
     logger = get_run_logger()
     cmd = ["dvc", "exp", "run"]
     if name:
         cmd += ["--name", name]
     for item in overrides:
         cmd += ["--set-param", item]
-    logger.info("running: %s", " ".join(cmd))
-    tail: deque[str] = deque(maxlen=30)
+    logger.info("running: %s", cmd)
+    tail: deque[str] = deque(maxlen=200)
     with subprocess.Popen(
         cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as proc:
@@ -107,10 +153,10 @@ def run_experiment(
                 tail.append(line)
                 logger.info("%s", line)
         code = proc.wait()
-    if code != 0:
-        raise RuntimeError(f"dvc exp run failed (exit {code}):\n" + "\n".join(tail))
-    found = [m.group(1) for m in map(re.compile(r"Ran experiment\(s\): (\S+)").search, tail) if m]
-    return found[-1] if found else None
+    lines = list(tail)
+    found = [m.group(1) for m in map(re.compile(r"Ran experiment\(s\): (\S+)").search, lines) if m]
+    error = failure_line(lines, code) if code else ""
+    return ExperimentOutcome(code, found[-1] if found else None, error)
 
 
 @task(name="collect results", cache_policy=NO_CACHE)
@@ -126,35 +172,40 @@ def collect(repo: Path) -> dict[str, Any]:
     return metrics
 
 
-def apply_overrides(params: Params, overrides: dict[str, Any] | None) -> Params:
-    """``params`` with dotted-key overrides, validated (a bad key or value raises ConfigError)."""
-    if not overrides:
+def apply_overrides(
+    params: Params, overrides: dict[str, Any] | None, preset: str | None = None
+) -> Params:
+    """``params`` with the ``preset``, then dotted-key ``overrides``, validated: a bad key or
+    value raises ConfigError naming it and whether the preset or the overrides set it."""
+    if not overrides and not preset:
         return params
+    origins: Origins = {}
     raw = params.model_dump(mode="json")
-    for key, value in overrides.items():
-        set_dotted(raw, key, value)
-    return parse_params(raw, "overrides")
+    if preset:
+        raw = apply_preset(raw, preset, origins)
+    set_overrides(raw, overrides or {}, "overrides", origins)
+    return parse_params(raw, "params", origins)
 
 
 @flow(name="cmt-pipeline")
 def cmt_pipeline(
     params: Params = DEFAULT_PARAMS,
-    preset: str | None = None,
+    preset: PresetName | None = None,  # type: ignore[valid-type]
     overrides: dict[str, Any] | None = None,
-    experiment_name: str | None = None,
-) -> dict[str, Any]:
+    experiment_name: SafeName | None = None,
+) -> dict[str, Any] | State:
     """Run collect -> preprocess -> pretrain -> prompt_tune -> evaluate -> report with
     ``params``, then the benchmark ``preset`` (``presets/<preset>.yaml``: point_robot,
     cheetah_vel, cheetah_dir, ant_dir, <env>_<level> for D4RL), then ``overrides``, as a DVC
-    experiment; returns its name and metrics."""
+    experiment; returns its name and metrics, or a Failed state naming the failed stage."""
     import mlflow
     from mlflow.entities import Metric
 
-    if preset:
-        params = parse_params(apply_preset(params.model_dump(mode="json"), preset), preset)
-    params = apply_overrides(params, overrides)
+    params = apply_overrides(params, overrides, preset)
     repo = repo_root()
     os.chdir(repo)  # relative paths of the config (the SQLite store) are the repository's
+    for line in recovery.recover_all(repo):  # a killed earlier run the watchdog missed
+        get_run_logger().warning("earlier killed pipeline run: %s", line)
     changes = plan(params, repo)
     exp_id = tracking.configure(params.tracking)
     client = mlflow.MlflowClient()
@@ -163,29 +214,57 @@ def cmt_pipeline(
         client,
         exp_id,
         params,
-        tags={"prefect.flow_run_id": run_id, "cmt.overrides": " ".join(changes)[:5000]},
+        tags={
+            "prefect.flow_run_id": run_id,
+            "cmt.overrides": " ".join(changes)[:5000],
+            tracking.TAG_PROCESS: process_token(),
+        },
     )
+    uri = tracking.resolve_tracking_uri(params.tracking)
     env = {
         **os.environ,
         tracking.PARENT_ENV: parent,
         PIPELINE_FLOW_RUN_ENV: run_id,
-        "MLFLOW_TRACKING_URI": tracking.resolve_tracking_uri(params.tracking),
+        "MLFLOW_TRACKING_URI": uri,
     }
+    params_file = repo / "params.yaml"
+    record = recovery.begin(
+        recovery.new_record(
+            repo, params_file.read_text(), params.model_dump(mode="json"), uri, parent, run_id
+        )
+    )
+    watchdog.on_exit([sys.executable, "-m", "pipelines.recovery", str(record)])
     try:
-        exp = run_experiment(repo, changes, experiment_name, env)
+        outcome = run_experiment(repo, changes, experiment_name, env)
+        if outcome.code:
+            return _fail(client, parent, FAILED_PREFIX + outcome.error)
         metrics = collect(repo)
     except BaseException as err:
-        client.set_tag(parent, tracking.TAG_ERROR, f"{type(err).__name__}: {err}"[:5000])
-        client.set_terminated(parent, "FAILED")
+        _fail(client, parent, f"{type(err).__name__}: {err}")
         raise
-    client.set_tag(parent, "dvc.exp_name", exp or "")
+    finally:
+        watchdog.on_exit(None)
+        recovery.end(record)
+    client.set_tag(parent, "dvc.exp_name", outcome.name or "")
     flat = tracking.flatten(metrics, sep="/")
     now = int(time.time() * 1000)
     client.log_batch(
         parent, metrics=[Metric(f"eval/{k}", float(v), now, 0) for k, v in flat.items()]
     )
     client.set_terminated(parent, "FINISHED")
-    return {"experiment": exp, "mlflow_run_id": parent, "metrics": metrics}
+    return {"experiment": outcome.name, "mlflow_run_id": parent, "metrics": metrics}
+
+
+def _fail(client: Any, parent: str, message: str) -> State:
+    """End the MLflow pipeline run FAILED with ``message``; the flow's Failed state."""
+    client.set_tag(parent, tracking.TAG_ERROR, message[:5000])
+    client.log_text(parent, message + "\n", "error.txt")
+    client.set_terminated(parent, "FAILED")
+    return Failed(message=message)
+
+
+class PipelineFailed(Explained):
+    """The pipeline ran and a stage failed; the message names it and gives its error line."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,13 +273,32 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.common import run_entry, stage_parser
 
     parser = stage_parser(main.__doc__ or "")
-    parser.add_argument("--name", default=None, help="DVC experiment name (default: DVC's)")
+    parser.add_argument(
+        "--name", default=None, type=_experiment_name, help="DVC experiment name (default: DVC's)"
+    )
+
+    # Before params.yaml is read: a killed earlier run may have left its experiment's values
+    # there. Its Prefect flow runs are ended inside the flow, once a Prefect API is up.
+    for line in recovery.recover_all(repo_root(), prefect=False):
+        print(f"earlier killed pipeline run: {line}", file=sys.stderr)
 
     def body(args: argparse.Namespace, params: Params) -> None:
-        result = cmt_pipeline(params=params, experiment_name=args.name)
+        state = cmt_pipeline(params=params, experiment_name=args.name, return_state=True)
+        message = state.message or ""
+        if state.is_failed() and message.startswith(FAILED_PREFIX):
+            raise PipelineFailed(message)
+        result = state.result()  # re-raises what the flow raised
         print(json.dumps(result, indent=2, default=str))
 
     return run_entry(parser, body, argv)
+
+
+def _experiment_name(value: str) -> str:
+    from cmt.sections import NAME_RULE, is_safe_name
+
+    if not is_safe_name(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a safe name ({NAME_RULE})")
+    return value
 
 
 if __name__ == "__main__":

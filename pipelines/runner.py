@@ -26,5 +26,8 @@ def make_task_runner(cfg: OrchestrationConfig) -> TaskRunner[Any]:
             "processes": True,
             "host": "127.0.0.1",  # never listen beyond this machine
             "dashboard_address": None,
+            # The scheduler serves HTTP (health, metrics) even without a dashboard, on port
+            # 8787 unless told otherwise: a free port of 127.0.0.1, and no dashboard.
+            "scheduler_kwargs": {"dashboard": False, "dashboard_address": "127.0.0.1:0"},
         },
     )

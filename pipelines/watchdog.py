@@ -7,22 +7,47 @@ pipe whose write end only the stage holds. However the stage ends, the kernel cl
 end, the read returns end-of-file, and the watchdog stops the processes it last saw below the
 stage: SIGTERM, then SIGKILL after a grace period. Linux only (``/proc``); elsewhere
 :func:`guard` does nothing.
+
+A process may also leave the watchdog a command to run after a death it could not clean up
+after itself (:func:`on_exit`): the pipeline registers its recovery (:mod:`pipelines.recovery`)
+and withdraws it when it ends normally.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 POLL_S = 0.5  # how often the watchdog lists the stage's descendants
 GRACE_S = 5.0  # between SIGTERM and SIGKILL
+ON_EXIT_TIMEOUT_S = 300.0
 
 _write_end: list[int] = []  # held open for the life of the stage, never written
+
+
+def _on_exit_file(pid: int) -> Path:
+    """Where process ``pid`` leaves its watchdog a command (:func:`on_exit`)."""
+    return Path(tempfile.gettempdir()) / f"cmt-watchdog-{os.getuid()}-{pid}.json"
+
+
+def on_exit(cmd: list[str] | None) -> None:
+    """Have the watchdog run ``cmd`` (an argument list) if this process dies before calling
+    ``on_exit(None)``, which withdraws it. Starts the watchdog if needed."""
+    guard()
+    path = _on_exit_file(os.getpid())
+    if cmd is None:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"cmd": cmd, "cwd": str(Path.cwd())}))
+    tmp.replace(path)
 
 
 def guard() -> None:
@@ -91,6 +116,28 @@ def watch(stage_pid: int, fd: int) -> None:
             if pid != me and _same_session(pid, session)
         }
     _stop(seen)
+    _run_on_exit(stage_pid)
+
+
+def _run_on_exit(stage_pid: int) -> None:
+    """The command the stage left (:func:`on_exit`), once its processes have stopped."""
+    path = _on_exit_file(stage_pid)
+    try:
+        spec = json.loads(path.read_text())
+        path.unlink()
+    except (OSError, ValueError):
+        return  # none left: the process ended normally, or never asked
+    try:
+        subprocess.run(
+            spec["cmd"],
+            cwd=spec["cwd"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=ON_EXIT_TIMEOUT_S,
+        )
+    except (OSError, KeyError, TypeError, subprocess.TimeoutExpired):
+        pass  # the next start of the pipeline recovers what this could not
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import pytest
 
 from cmt.cli import main
 from cmt.config import ConfigError, Params, load_params, parse_params
+from cmt.sections import NAME_RULE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +45,7 @@ def test_every_field_has_a_description():
         ({"prompt_tune": {"lr": float("nan")}}, "prompt_tune.lr", "finite number"),
         ({"pretrain": {"w_dyn": float("inf")}}, "pretrain.w_dyn", "finite number"),
         ({"compare": {"seeds": [0, 0]}}, "compare.seeds", "duplicates"),
-        ({"compare": {"seeds": [-1]}}, "compare.seeds", "non-negative"),
+        ({"compare": {"seeds": [-1]}}, "compare.seeds.0", "greater than or equal to 0"),
         ({"compare": {"methods": ["cmt_magic"]}}, "compare.methods.0", "Input should be"),
         ({"prompt_tune": {"objective": "bc"}}, "prompt_tune.objective", "filtered_bc"),
     ],
@@ -53,8 +54,91 @@ def test_bad_values_name_their_key(raw, path, fragment):
     with pytest.raises(ConfigError) as err:
         parse_params(raw, "p.yaml")
     msg = str(err.value)
-    assert msg.startswith("p.yaml: invalid configuration")
+    assert msg.startswith("invalid configuration")
     assert f"  {path}: " in msg and fragment in msg, msg
+    assert msg.splitlines()[-1].endswith("[p.yaml]"), msg  # where the bad value came from
+
+
+def test_config_errors_name_where_the_value_came_from(tmp_path):
+    """params.yaml, a preset file and --set each named on the lines of their own values."""
+    path = tmp_path / "params.yaml"
+    path.write_text("pretrain:\n  lr: -1\n")
+    with pytest.raises(ConfigError) as err:
+        load_params(path, {"evaluate.episodes": 0}, preset="cheetah_vel")
+    lines = str(err.value).splitlines()
+    assert any(ln.startswith("  pretrain.lr: ") and ln.endswith(f"[{path}]") for ln in lines)
+    assert any(
+        ln.startswith("  evaluate.episodes: ") and ln.endswith("[--set evaluate.episodes]")
+        for ln in lines
+    ), lines
+    with pytest.raises(ConfigError) as err:
+        load_params(ROOT / "params.yaml", {"data.transitions": 5}, preset="hopper_medium")
+    assert "  data.transitions: " in str(err.value)
+    assert str(err.value).endswith("[--set data.transitions]")
+    with pytest.raises(ConfigError) as err:  # a whole section: every layer that set a key
+        load_params(ROOT / "params.yaml", {"data.source": "/x/...hdf5"}, preset="hopper_medium")
+    assert str(err.value).endswith("[preset presets/hopper_medium.yaml, --set data.source]")
+
+
+@pytest.mark.parametrize(
+    "override, path, fragment",
+    [
+        ({"compare.seeds": [True]}, "compare.seeds.0", "expected an integer, got a boolean"),
+        ({"data.seed": False}, "data.seed", "expected an integer, got a boolean"),
+        ({"evaluate.seed": 2**32}, "evaluate.seed", "Input should be less than 4294967296"),
+        (
+            {"compare.seeds": [99999999999999999999]},
+            "compare.seeds.0",
+            "Input should be less than 4294967296",
+        ),
+        ({"compare.seeds": ["1"]}, "compare.seeds.0", "Input should be a valid integer"),
+    ],
+)
+def test_seeds_are_integers_below_2_to_the_32(override, path, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_params(ROOT / "params.yaml", override)
+    msg = str(err.value)
+    assert f"  {path}: {fragment}" in msg, msg
+    assert "Tuple should have at least" not in msg  # the bad item alone is reported
+    assert load_params(ROOT / "params.yaml", {"compare.seeds": [2**32 - 1]}).compare.seeds
+
+
+@pytest.mark.parametrize(
+    "override, preset",
+    [
+        ({"data.name": "x;touch PWNED;"}, None),
+        ({"data.name": "../escape"}, None),
+        ({"data.name": ".."}, None),
+        ({"data.name": "a b"}, None),
+        ({"data.source": "/data/x;touch PWNED;.hdf5"}, "hopper_medium_replay"),
+        ({"data.source": "/data/...hdf5"}, "hopper_medium_replay"),
+        ({"data.source": "/data/$(id).hdf5"}, "hopper_medium_replay"),
+        ({"data.source": "/data/hopper medium.hdf5"}, "hopper_medium_replay"),
+        ({"tracking.registered_model": "cmt-{name.__class__}"}, None),
+        ({"tracking.registered_model": "x'; drop"}, None),
+    ],
+)
+def test_names_that_reach_paths_or_commands_are_refused(override, preset):
+    """Every value that names a directory, a DVC stage argument or a registry filter."""
+    with pytest.raises(ConfigError) as err:
+        load_params(ROOT / "params.yaml", override, preset)
+    msg = str(err.value)
+    assert "not a safe name" in msg or "may appear" in msg, msg
+    assert NAME_RULE in msg, msg
+    assert "--set " in msg, msg
+
+
+def test_names_are_at_most_100_characters():
+    with pytest.raises(ConfigError, match="data.name: String should have at most 100 char"):
+        load_params(ROOT / "params.yaml", {"data.name": "x" * 101})
+
+
+def test_presets_are_only_the_files_in_presets():
+    from cmt.config import load_preset
+
+    for name in ("../params", "/etc/passwd", "point_robot/../../params", ""):
+        with pytest.raises(ConfigError, match="unknown preset"):
+            load_preset(name)
 
 
 def test_yaml_problems_and_overrides(tmp_path):

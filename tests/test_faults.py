@@ -5,6 +5,7 @@ The tests that start many processes or a real stage with its Prefect server are 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import tempfile
 import textwrap
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -566,3 +568,259 @@ def test_stage_killed_mid_training_and_rerun(tiny_data_dir, tmp_path):
     assert (
         not (tmp_path / "ckpt" / "last.pt").exists() and (tmp_path / "ckpt" / "model.pt").exists()
     )
+
+
+# ---------------------------------------------------------------------- names as an attacker
+
+# Shell payloads in a dataset id: each would run `touch PWNED` if it reached a shell unquoted
+# (or, for the quote, even quoted).
+PAYLOADS = ["x;touch PWNED;", "x$(touch PWNED)", "x`touch PWNED`", "x'; touch PWNED; echo '"]
+ENTRY_POINTS = {
+    "cmt generate": [sys.executable, "-m", "cmt.cli", "generate"],
+    "collect stage": [sys.executable, "-m", "pipelines.collect", "--out", "d", "--behaviour", "b"],
+    "pipeline": [sys.executable, "-m", "pipelines.pipeline"],
+}
+
+
+def _run(cmd: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+def test_shell_payload_in_a_name_is_refused_and_nothing_runs(entry, tmp_path):
+    """A dataset id (given directly, or derived from a D4RL file name) that carries shell
+    syntax, a path escape or a space: exit 2 naming the key, nothing created, nothing run."""
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    probes = [(["--set", f"data.name={p}"], "data.name: not a safe name") for p in PAYLOADS[:2]] + [
+        (["--preset", "hopper_medium_replay", "--set", f"data.source={s}"], "data: the dataset id")
+        for s in ("x;touch PWNED;.hdf5", "/tmp/...hdf5", "/tmp/hopper medium.hdf5")
+    ]
+    for args, expected in probes:
+        out = _run([*ENTRY_POINTS[entry], "--params", "params.yaml", *args], tmp_path)
+        assert out.returncode == 2, (args, out.stderr[-2000:])
+        assert expected in out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.rstrip().endswith("]"), out.stderr  # names where the value came from
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"], args
+
+
+def test_every_payload_is_refused_by_the_config():
+    from cmt.config import load_params
+
+    for payload in PAYLOADS:
+        with pytest.raises(Exception, match="data.name: not a safe name"):
+            load_params(ROOT / "params.yaml", {"data.name": payload})
+
+
+def test_unsafe_experiment_name_and_preset_are_refused(tmp_path, capsys):
+    from pipelines.pipeline import cmt_pipeline, main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--params", str(ROOT / "params.yaml"), "--name", "x;touch PWNED;"])
+    assert exit_.value.code == 2 and "not a safe name" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    # The deployment's form: refused when submitted, before the flow starts.
+    for bad, key in (
+        ({"preset": "../params"}, "preset"),
+        ({"experiment_name": "a b"}, "experiment_name"),
+        ({"params": {"data": {"name": "x;touch PWNED;"}}}, "params.data.point_robot.name"),
+    ):
+        with pytest.raises(Exception, match="invalid parameters") as err:
+            cmt_pipeline.validate_parameters(bad)
+        assert f"- {key}: " in str(err.value), err.value
+    schema = cmt_pipeline.parameters.model_dump()["properties"]
+    from cmt.config import preset_names
+
+    assert set(preset_names()) <= set(json.dumps(schema["preset"]).split('"'))
+
+
+def test_failures_print_one_line_and_keep_the_traceback_in_a_log(tmp_path, monkeypatch, capsys):
+    """An unexpected error in ``cmt``: one line naming it and the log file, whose traceback
+    is complete; the line never recommends loading with weights_only=False."""
+    from cmt.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"PK\x03\x04 not a zip")
+    monkeypatch.setenv("CMT_LOG_DIR", str(tmp_path / "logs"))
+    sets = ["--set", "pretrain.steps=1", "--set", "evaluate.episodes=1"]
+    argv = ["compare", "--params", str(ROOT / "params.yaml"), "--quiet", "--out", "o", *sets]
+    # A data directory that is a file: the error is not one of ours (NotADirectoryError).
+    (tmp_path / "notadir").write_text("x")
+    code = main([*argv, "--data", str(tmp_path / "notadir")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith("error: cmt-compare failed: ") and "traceback in " in err[0], err
+    log = Path(err[0].rsplit("traceback in ", 1)[1].rstrip(")"))
+    assert "Traceback (most recent call last)" in log.read_text()
+
+
+def test_a_full_disk_is_named(tmp_path):
+    """A write that fills the disk fails naming the file, and leaves no partial file."""
+    from cmt.atomic import WriteError, write_bytes
+
+    mount = tmp_path / "full"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        target = mount / "data" / "train.hdf5"
+        with pytest.raises(WriteError, match=rf"{target}: cannot write \(No space left"):
+            write_bytes(target, b"x" * 200_000)
+        assert list((mount / "data").iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+# ---------------------------------------------------------------------- the whole pipeline
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A committed clone-like repository on the tiny config, with its own Prefect home and
+    the stages' shared Prefect server, stopped at the end."""
+    path = tmp_path_factory.mktemp("repo")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("cmt", "pipelines", "presets"):
+        shutil.copytree(ROOT / name, path / name, ignore=ignore)
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(ROOT / name, path / name)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in TINY.items():
+        raw[section].update(values)
+    (path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = {k: v for k, v in _env().items() if not k.startswith("PREFECT_")}
+    env.update(PYTHONPATH=str(path), PREFECT_HOME=str(path.parent / "prefect_home"))
+    env.update(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120")
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"],
+                [*git, "commit", "-qm", "tiny"]):  # fmt: skip
+        subprocess.run(cmd, cwd=path, env=env, check=True, capture_output=True)
+    yield path, env
+    subprocess.run([sys.executable, "-m", "pipelines.server", "stop"], cwd=path, env=env)
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_with_a_shell_payload_runs_nothing(tiny_repo):
+    """``dvc exp run -S`` writes the value into params.yaml before any of our code runs: the
+    check stage refuses it, and no stage command (which would interpolate it) ever runs."""
+    path, env = tiny_repo
+    for payload in ("'x;touch PWNED;'", "\"x'; touch PWNED; echo '\""):
+        out = subprocess.run(["dvc", "exp", "run", "-S", f"data.name={payload}"], cwd=path,
+                             env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert out.returncode != 0
+        assert "data.name: not a safe name" in out.stdout + out.stderr, out.stdout + out.stderr
+        assert "failed to reproduce 'check'" in out.stderr, out.stderr
+        assert not list(path.rglob("PWNED*"))
+        assert "Running stage 'collect'" not in out.stdout
+        subprocess.run(["git", "checkout", "-q", "params.yaml"], cwd=path, check=True)
+
+
+def _prefect_runs(env: dict[str, str]) -> list[tuple[str, str]]:
+    """(name, state type) of every flow run on the repository's shared Prefect server."""
+    code = textwrap.dedent(
+        """
+        import json
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from pipelines.server import shared_server
+        with shared_server(timeout=120) as url, temporary_settings({PREFECT_API_URL: url}):
+            with get_client(sync_client=True) as client:
+                runs = client.read_flow_runs()
+        print(json.dumps([(r.name, r.state.type.value) for r in runs]))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [tuple(r) for r in json.loads(out.stdout.splitlines()[-1])]
+
+
+def _pipeline_runs(path: Path) -> list:
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("cmt")
+    return client.search_runs([exp.experiment_id], "tags.`cmt.kind` = 'pipeline'")
+
+
+def _start_and_kill(path: Path, env: dict[str, str], watchdog_too: bool) -> int:
+    """Start the pipeline (a long pretraining), SIGKILL it once pretraining's flow runs."""
+    from cmt.procs import descendants
+
+    log = open(path / "killed.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.pipeline", "--set",
+                             "pretrain.steps=5000"], cwd=path, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.time() + 300
+    while "Beginning flow run 'pretrain/dt_seed0'" not in (path / "killed.log").read_text():
+        assert proc.poll() is None and time.time() < deadline, (path / "killed.log").read_text()
+        time.sleep(0.5)
+    assert list((path / ".cmt" / "pipeline").glob(f"{proc.pid}.json"))
+    assert "steps: 5000" in (path / "params.yaml").read_text()  # DVC wrote the experiment's
+    if watchdog_too:  # the watchdog is in a session of its own, not among the descendants
+        for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"pipelines.watchdog" in cmdline and str(proc.pid).encode() in cmdline:
+                os.kill(pid, signal.SIGKILL)
+    children = descendants(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    log.close()
+    if watchdog_too:
+        for pid in children:  # nobody stops them now: do it, as the test's own cleanup
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    return proc.pid
+
+
+@pytest.mark.slow
+def test_killed_pipeline_leaves_nothing_running_and_nothing_changed(tiny_repo):
+    """kill -9 of ``python -m pipelines.pipeline``: its watchdog restores params.yaml and
+    ends the MLflow pipeline run (KILLED) and the Prefect flow runs (CRASHED); with the
+    watchdog killed too, the next start does it. That next run fails in a stage: it ends with
+    one line naming the stage and its log, and prints no traceback."""
+    path, env = tiny_repo
+    before = (path / "params.yaml").read_bytes()
+    pid = _start_and_kill(path, env, watchdog_too=False)
+    deadline = time.time() + 120
+    while list((path / ".cmt" / "pipeline").glob("*.json")) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not list((path / ".cmt" / "pipeline").glob("*.json")), "not recovered"
+    assert (path / "params.yaml").read_bytes() == before
+    staged = subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=path)
+    assert staged.returncode == 0, "params.yaml left staged"
+    (run,) = _pipeline_runs(path)
+    assert run.info.status == "KILLED", run.info
+    assert (
+        run.data.tags["cmt.error"].startswith("killed: pipeline process ")
+        and str(pid) in (run.data.tags["cmt.error"])
+    )
+    states = _prefect_runs(env)
+    assert ("pretrain/dt_seed0", "CRASHED") in states, states  # the stage's flow run
+    assert [s for name, s in states if "/" not in name] == ["CRASHED"], states  # the pipeline
+
+    _start_and_kill(path, env, watchdog_too=True)
+    assert len(list((path / ".cmt" / "pipeline").glob("*.json"))) == 1  # nobody recovered
+    device = "cpu" if torch.cuda.is_available() else "cuda"  # fails at once without CUDA
+    out = subprocess.run([sys.executable, "-m", "pipelines.pipeline", "--set",
+                          f"pretrain.device={device}"], cwd=path, env=env, capture_output=True,
+                         text=True, timeout=600)  # fmt: skip
+    assert "earlier killed pipeline run: params.yaml restored" in out.stderr, out.stderr[-3000:]
+    assert not list((path / ".cmt" / "pipeline").glob("*.json"))
+    last_run = "FAILED" if device == "cuda" else "FINISHED"
+    assert sorted(r.info.status for r in _pipeline_runs(path)) == sorted(
+        [last_run, "KILLED", "KILLED"]
+    )
+    assert [s for _, s in _prefect_runs(env)].count("CRASHED") == 4  # 2 pipelines, 2 stages
+    if device == "cuda":
+        text = out.stdout + out.stderr
+        last = out.stderr.rstrip().splitlines()[-1]
+        assert out.returncode == 1 and "Traceback" not in text, text[-5000:]
+        assert last.startswith("error: pipeline failed in stage 'pretrain@dt-0': pretrain "
+                               "failed: RuntimeError: pretrain.device='cuda'"), last  # fmt: skip
+        log = path / last.rsplit("traceback in ", 1)[1].rstrip(")")
+        assert "Traceback (most recent call last)" in log.read_text()
+        assert len(text.splitlines()) < 100, text  # one pipeline run, not 330 lines

@@ -163,6 +163,8 @@ def test_stage_runs_grouped_and_failures_recorded(mlflow_store, monkeypatch):
     assert [m.step for m in client.get_metric_history(a.run_id, "x/y")] == [3]
     assert run_c.info.status == "FAILED"
     assert run_c.data.tags[tracking.TAG_ERROR] == "RuntimeError: boom"
+    error_txt = client.download_artifacts(c.run_id, "error.txt")
+    assert Path(error_txt).read_text().startswith("RuntimeError: boom\n\nTraceback")
     assert client.get_run(c.parent_id).info.status == "FAILED"
     assert "config" in [f.path for f in client.list_artifacts(a.run_id)]
 
@@ -175,6 +177,12 @@ def test_stage_runs_grouped_and_failures_recorded(mlflow_store, monkeypatch):
     with tracking.stage_run("collect", other) as e:
         pass
     assert e.parent_id == a.parent_id
+    # The env var's run belongs to the pipeline flow, which ends it: a stage leaves it alone.
+    assert client.get_run(a.parent_id).info.status == "FAILED"
+    monkeypatch.delenv(tracking.PARENT_ENV)
+    with tracking.stage_run("collect", params) as f:
+        pass
+    assert f.parent_id == a.parent_id
     assert client.get_run(a.parent_id).info.status == "FINISHED"  # status of its latest stage
 
 
@@ -306,6 +314,7 @@ def test_dvc_stage_graph(tmp_path):
     assert out.returncode == 0, out.stderr
     seeds = Params().compare.seeds
     assert out.stdout.split() == [
+        "check",
         "collect",
         "preprocess",
         *[f"pretrain@{b}-{s}" for b in Params().compare.backbones for s in seeds],

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from pydantic import Field, model_validator
 
-from cmt.sections import Section
+from cmt.sections import MAX_NAME_LEN, NAME_PATTERN, NAME_RULE, Section, Seed, is_safe_name
 
 if TYPE_CHECKING:
     from cmt.data.dataset import OfflineDataset
@@ -43,9 +43,13 @@ class DataSection(Section):
 
     benchmark: str
     name: str = Field(
-        "", description="Dataset id (data/<name>, registered model cmt-<name>); empty = derived."
+        "",
+        pattern=f"^$|{NAME_PATTERN}",
+        max_length=MAX_NAME_LEN,
+        description=f"Dataset id (data/<name>, registered model cmt-<name>): {NAME_RULE}; "
+        "empty = derived from the other fields.",
     )
-    seed: int = Field(0, ge=0, description="Seed of data generation (independent of train seeds).")
+    seed: Seed = Field(0, description="Seed of data generation (independent of train seeds).")
 
     methods: ClassVar[tuple[str, ...]]
     """Methods (``cmt.methods``) this benchmark compares."""
@@ -56,9 +60,19 @@ class DataSection(Section):
         """The dataset id these settings describe."""
         return self.benchmark
 
+    def name_origin(self) -> str:
+        """Where :meth:`expected_name` comes from, for the message that refuses it."""
+        return "these settings"
+
     @model_validator(mode="after")
     def _name_matches(self) -> DataSection:
         expected = self.expected_name()
+        if not is_safe_name(expected):
+            # It becomes a directory and a DVC stage argument: refuse before either exists.
+            raise ValueError(
+                f"the dataset id {expected!r} from {self.name_origin()} is not a safe name "
+                f"({NAME_RULE})"
+            )
         if not self.name:
             object.__setattr__(self, "name", expected)  # frozen model: fill the derived id
         elif self.name != expected:
