@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from cmt.models.policy import SequencePolicy
 
 FORMAT_VERSION = 1
 POLICY_KEYS = ("model_config", "obs_dim", "act_dim", "state_dict", "normalizer", "meta")
+NORMALIZER_DIVISORS = ("state_std", "reward_scale", "return_scale")
 
 
 class CheckpointError(ArtifactError):
@@ -44,11 +47,52 @@ def load_sealed(path: str | Path, map_location: str | torch.device = "cpu") -> d
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # corrupt zip, truncated file, disallowed type...
-        raise CheckpointError(f"{path}: cannot be loaded ({type(err).__name__}: {err})") from None
+        raise CheckpointError(
+            f"{path}: cannot be loaded ({type(err).__name__}: {_load_failure(err)})"
+        ) from None
     try:
         return verify(obj, path)
     except IntegrityError as err:
         raise CheckpointError(str(err)) from None
+
+
+def _load_failure(err: Exception) -> str:
+    """torch's reason in one sentence, without its advice: retrying with ``weights_only``
+    off would run whatever code the file holds, and allowlisting its classes likewise."""
+    text = str(err)
+    _, marker, rest = text.partition("WeightsUnpickler error:")
+    if marker:  # the reason follows torch's paragraph of advice
+        text = rest
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    reason = re.split(r"(?<=\.)\s", first, maxsplit=1)[0].rstrip(".")
+    if not reason or "weights_only" in reason:
+        return "not a file of tensors and plain values"
+    return reason
+
+
+def check_tensors(
+    path: str | Path, what: str, tensors: Any, positive: tuple[str, ...] = ()
+) -> None:
+    """Every entry of ``tensors`` a finite tensor, and those named in ``positive`` (which must
+    be there) > 0; the error names the entry, the index and the value."""
+    if not isinstance(tensors, Mapping):
+        raise CheckpointError(f"{path}: {what} is a {type(tensors).__name__}, expected a dict")
+    missing = [name for name in positive if name not in tensors]
+    if missing:
+        raise CheckpointError(f"{path}: {what} is missing {missing}")
+    for name, value in tensors.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: {what} {name!r} is a {type(value).__name__}")
+        flat = value.detach().reshape(-1)
+        bad, problem = ~torch.isfinite(flat), "non-finite"
+        if name in positive and not bool(bad.any()):
+            bad, problem = flat <= 0, "non-positive"
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise CheckpointError(
+                f"{path}: {problem} {what} {name!r} ({int(bad.sum())} values, first at index "
+                f"{i}: {flat[i].item()})"
+            )
 
 
 def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -89,9 +133,9 @@ def load_policy(
     missing = [k for k in POLICY_KEYS if k not in obj]
     if missing:
         raise CheckpointError(f"{path}: missing keys {missing}")
-    bad = [k for k, v in obj["state_dict"].items() if not bool(torch.isfinite(v).all())]
-    if bad:
-        raise CheckpointError(f"{path}: non-finite weights in {bad[:5]}")
+    check_tensors(path, "weights", obj["state_dict"])
+    # The statistics are divided by at every step: zero is as broken as inf.
+    check_tensors(path, "normaliser", obj["normalizer"], NORMALIZER_DIVISORS)
     try:
         cfg = ModelConfig.model_validate_json(obj["model_config"])
         model = SequencePolicy(
@@ -130,4 +174,5 @@ def load_prompt(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
     missing = [k for k in ("prompt", "meta") if k not in obj]
     if missing:
         raise CheckpointError(f"{path}: missing keys {missing}")
+    check_tensors(path, "prompt", {"prompt": obj["prompt"]})
     return obj["prompt"], json.loads(obj["meta"])

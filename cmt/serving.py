@@ -30,7 +30,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cmt.checkpoint import FORMAT_VERSION, CheckpointError, atomic_torch_save, safe_load
+from cmt.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    atomic_torch_save,
+    check_tensors,
+    safe_load,
+)
 
 PROMPT_SET_KIND = "prompt_set"
 ENTRY_FILE = Path(__file__).with_name("pyfunc_entry.py")
@@ -69,6 +75,8 @@ def load_prompt_set(
     obj = safe_load(path)
     if obj.get("kind") != PROMPT_SET_KIND:
         raise CheckpointError(f"{path}: not a prompt set (kind={obj.get('kind')!r})")
+    tensors = {k: obj[k] for k in ("prompts", "target_returns") if obj.get(k) is not None}
+    check_tensors(path, "prompt set", tensors)
     return obj["tasks"].tolist(), obj["prompts"], obj["target_returns"], json.loads(obj["meta"])
 
 

@@ -325,6 +325,44 @@ def test_flag_value_two(tmp_path: Path) -> None:
     expect_error(path, "terminals", re.escape("1 values not 0/1 (first at index 2: 2)"))
 
 
+def test_bool_flag_stored_as_byte_0xff(tmp_path: Path) -> None:
+    """numpy and h5py read any non-zero byte of a bool as True: the stored byte is checked."""
+    path = tmp_path / "flags.hdf5"
+    arrays = raw_arrays(make_data())
+    timeouts = arrays["timeouts"].copy()
+    timeouts.view(np.uint8)[6] = 0xFF
+    arrays["timeouts"] = timeouts
+    write_raw(path, arrays)
+    with h5py.File(path, "r") as f:  # the byte reached the file as it is
+        assert f["timeouts"][()].view(np.uint8)[6] == 0xFF
+    expect_error(
+        path, "timeouts", re.escape("1 values not 0/1 (first at index 6: stored byte 0xff)")
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "cell", "bad", "shown"),
+    [
+        ("observations", (5, 1), -1.95e37, "-1.95e+37 in column 1"),
+        ("rewards", (7,), 3e9, "3e+09"),
+        ("next_observations", (2, 2), 2e6, "2e+06 in column 2"),
+        ("actions", (4, 0), -1.5e6, "-1.5e+06 in column 0"),
+    ],
+)
+def test_values_beyond_the_absolute_bound(
+    tmp_path: Path, key: str, cell: tuple[int, ...], bad: float, shown: str
+) -> None:
+    path = tmp_path / "huge.hdf5"
+    arrays = raw_arrays(make_data())
+    arr = arrays[key].copy()
+    arr[cell] = bad
+    arrays[key] = arr
+    write_raw(path, arrays)
+    expect_error(
+        path, key, re.escape(f"1 values with |value| > 1e+06 (first at index {cell[0]}): {shown}")
+    )
+
+
 def test_task_id_changes_mid_episode(tmp_path: Path) -> None:
     path = tmp_path / "task.hdf5"
     arrays = raw_arrays(make_data())
@@ -383,6 +421,20 @@ def test_validate_rejects_in_memory_problems() -> None:
         validate(
             dataclasses.replace(data, next_observations=data.next_observations[:, :2]), "memory"
         )
+
+
+def test_writer_refuses_a_bool_holding_another_byte(tmp_path: Path) -> None:
+    """A bool array made from raw bytes (a view) would be copied byte for byte into the file."""
+    data = make_data()
+    terminals = data.terminals.copy()
+    terminals.view(np.uint8)[1] = 0xFF
+    path = tmp_path / "out.hdf5"
+    with pytest.raises(
+        DatasetError,
+        match=re.escape(f"{path}: key 'terminals': 1 values not 0/1 (first at index 1"),
+    ):
+        write_hdf5(path, dataclasses.replace(data, terminals=terminals))
+    assert not path.exists()
 
 
 def test_writer_refuses_invalid_data_atomically(tmp_path: Path) -> None:

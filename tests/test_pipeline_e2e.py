@@ -196,6 +196,13 @@ def test_failed_stage_is_recorded_and_rerun_continues(repo: Repo):
     # DVC recorded the stages that succeeded, and none of the failed one's outputs.
     assert {"collect", "preprocess"} <= set(repo.lock_after_failure["stages"])
     assert "pretrain@dt-0" not in repo.lock_after_failure["stages"]
+    # The stage said why in one line, with its traceback in the log file the line names.
+    text = repo.failed.stdout + repo.failed.stderr
+    assert "Traceback" not in text, text[-5000:]
+    line = next(ln for ln in text.splitlines() if ln.startswith("error: pretrain failed: "))
+    assert "RuntimeError: pretrain.device='cuda'" in line, line
+    log = repo.path / line.rsplit("traceback in ", 1)[1].rstrip(")")
+    assert "raise RuntimeError(" in log.read_text()
     # The rerun continued from there.
     out = repo.repro.stdout
     assert "Stage 'collect' didn't change, skipping" in out
@@ -392,12 +399,23 @@ def test_deployment_triggered_on_prefect_server(repo: Repo):
                 ).read_text()[-3000:]
                 time.sleep(1)
             # Rejected by the server's parameter schema before anything runs.
-            with pytest.raises(Exception, match="lr"):
-                run_deployment(
-                    "cmt-pipeline/cmt-pipeline",
-                    parameters={"params": {"pretrain": {"lr": -1}}},
-                    timeout=0,
-                )
+            for bad, key in (
+                ({"params": {"pretrain": {"lr": -1}}}, "lr"),
+                ({"params": {"data": {"name": "x;touch PWNED;"}}}, "name"),
+                ({"preset": "../params"}, "preset"),
+                ({"experiment_name": "x;touch PWNED;"}, "experiment_name"),
+            ):
+                with pytest.raises(Exception, match=key):
+                    run_deployment("cmt-pipeline/cmt-pipeline", parameters=bad, timeout=0)
+            # Overrides are free-form: the flow refuses them before anything runs.
+            injected = run_deployment(
+                "cmt-pipeline/cmt-pipeline",
+                parameters={
+                    "preset": "hopper_medium_replay",
+                    "overrides": {"data.source": "x;touch PWNED;.hdf5"},
+                },
+                timeout=300,
+            )
             run = run_deployment(
                 "cmt-pipeline/cmt-pipeline",
                 parameters={"overrides": {"prompt_tune.lr": 0.02}, "experiment_name": "lr02"},
@@ -407,6 +425,9 @@ def test_deployment_triggered_on_prefect_server(repo: Repo):
         _stop(serve)
         log.close()
     assert run.state.is_completed(), (repo.path.parent / "serve.log").read_text()[-5000:]
+    assert injected.state.is_failed(), injected.state
+    assert "not a safe name" in (repo.path.parent / "serve.log").read_text()
+    assert not list(repo.path.rglob("PWNED*"))
 
     shown = json.loads(repo.run("dvc", "exp", "show", "--json").stdout)
     exps = {}

@@ -18,7 +18,12 @@ import numpy as np
 import pytest
 
 from cmt.data.hdf5 import DatasetError, read_hdf5, write_hdf5
-from cmt.data.sources import read_d4rl_file, read_minari_dataset, read_source
+from cmt.data.sources import (
+    check_source_level,
+    read_d4rl_file,
+    read_minari_dataset,
+    read_source,
+)
 
 OBS_DIM, ACT_DIM = 11, 3  # Hopper's
 ENV_ID = "Hopper-v5"
@@ -144,10 +149,14 @@ def test_read_d4rl_file_directly(tmp_path: Path) -> None:
     assert data.metadata["source_kind"] == "d4rl_hdf5"
 
 
-def test_d4rl_file_name_of_another_environment_warns(tmp_path: Path) -> None:
+def test_d4rl_file_name_of_another_environment_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "walker2d-medium-v2.hdf5"
     write_d4rl(path)
-    with pytest.warns(UserWarning, match="suggests a Walker2d dataset"):
+    with pytest.raises(
+        DatasetError,
+        match=r"walker2d-medium-v2\.hdf5: the file name 'walker2d-medium-v2\.hdf5' says "
+        r"environment 'walker2d', but the data is read as environment 'hopper' \(Hopper-v5\)",
+    ):
         read_quietly(path)
 
 
@@ -192,11 +201,12 @@ def test_flipped_bytes_in_compressed_observations_fail(tmp_path: Path) -> None:
         read_quietly(path)
 
 
-def test_flipped_bytes_in_uncompressed_observations_are_reported(tmp_path: Path) -> None:
+def test_flipped_bytes_in_uncompressed_observations_are_refused(tmp_path: Path) -> None:
     """HDF5 keeps no checksum of uncompressed data, so it reads the flipped bytes as values.
 
-    They are finite floats, so dtype / shape / finite checks cannot see them; the loader
-    notices that observations no longer match the previous row's next_observations.
+    Here they are finite floats within the column's range, so no value check can see them;
+    the loader refuses them because the row before no longer leads to this one (its
+    next_observations differ in the two flipped columns).
     """
     path = tmp_path / "hopper.hdf5"
     arrays = write_d4rl(path, compression=None)
@@ -204,13 +214,28 @@ def test_flipped_bytes_in_uncompressed_observations_are_reported(tmp_path: Path)
         offset = f["observations"].id.get_offset()
     row = 30  # bytes in the middle of row 30 (mid-episode)
     flip_bytes(path, offset + row * OBS_DIM * 4 + 8, count=8)
-    with pytest.warns(
-        UserWarning, match=r"key 'next_observations': 1 transition\(s\) differ.*first at index 29"
+    corrupted = np.frombuffer(path.read_bytes()[offset + row * OBS_DIM * 4 + 8 :][:4], "<f4")[0]
+    with pytest.raises(
+        DatasetError,
+        match=rf"hopper\.hdf5: key 'next_observations': 1 rows differ .* \(first at index 29, "
+        rf"column 2: next_observations {arrays['next_observations'][29, 2]:.6g} != "
+        rf"observations\[30\] {corrupted:.6g}; 2 of 11 columns differ: looks like a corrupted",
     ):
-        data = read_quietly(path)
-    changed = np.flatnonzero(np.any(data.observations != arrays["observations"], axis=1))
-    assert changed.tolist() == [row]
-    assert np.isfinite(data.observations).all()  # garbage, but finite garbage
+        read_quietly(path)
+
+
+def test_unmarked_episode_boundary_is_refused(tmp_path: Path) -> None:
+    """The terminal of the first episode erased: its last row leads nowhere."""
+    arrays = d4rl_arrays()
+    arrays["terminals"][59] = False
+    path = tmp_path / "hopper.hdf5"
+    write_d4rl(path, arrays)
+    with pytest.raises(
+        DatasetError,
+        match=r"key 'next_observations': .*first at index 59, column 0.* 11 of 11 columns "
+        r"differ: looks like an unmarked episode boundary",
+    ):
+        read_quietly(path)
 
 
 def test_flipped_bytes_to_nan_are_rejected(tmp_path: Path) -> None:
@@ -562,9 +587,71 @@ def test_minari_non_finite_values(minari_dir: Path) -> None:
     with pytest.raises(
         DatasetError,
         match=r"main_data\.hdf5: key 'episode_1/observations': 1 non-finite values "
-        r"\(first at step 3\)",
+        r"\(first at index 3\): nan in column 2",
     ):
         read_minari_quietly(minari_dir)
+
+
+def test_minari_flag_stored_as_byte_0xff(minari_dir: Path) -> None:
+    with h5py.File(minari_dir / "data" / "main_data.hdf5", "r+") as f:
+        flags = f["episode_1/terminations"][()]
+        flags.view(np.uint8)[3] = 0xFF  # reads back as True
+        f["episode_1/terminations"][...] = flags
+    with pytest.raises(
+        DatasetError,
+        match=r"main_data\.hdf5: key 'episode_1/terminations': 1 values not 0/1 "
+        r"\(first at index 3: stored byte 0xff\)",
+    ):
+        read_minari_quietly(minari_dir)
+
+
+def test_minari_value_far_outside_its_column_names_episode_and_step(tmp_path: Path) -> None:
+    env = gym.make(ENV_ID, max_episode_steps=30)
+    try:
+        episodes = rollouts(env, seed=0) + rollouts(env, seed=100)
+        path = make_minari(tmp_path, "cmt/hopper-random-v0", env, episodes)
+    finally:
+        env.close()
+    assert sum(len(ep["rewards"]) for ep in episodes) >= 100  # enough rows for quantiles
+    with h5py.File(path / "data" / "main_data.hdf5", "r+") as f:
+        f["episode_2/observations"][5, 4] = 3e5  # below the absolute bound of 1e6
+    with pytest.raises(
+        DatasetError,
+        match=r"main_data\.hdf5: key 'episode_2/observations': 1 values far outside the file's "
+        r"own distribution \(first at step 5, column 4: 300000, ",
+    ):
+        read_minari_quietly(path)
+
+
+def test_minari_dataset_id_of_another_environment(minari_dir: Path) -> None:
+    edit_metadata(minari_dir, dataset_id="mujoco/walker2d/medium-v0")
+    with pytest.raises(
+        DatasetError,
+        match=r"metadata\.json: key 'dataset_id': the dataset_id 'mujoco/walker2d/medium-v0' says "
+        r"environment 'walker2d', but the data is read as environment 'hopper'",
+    ):
+        read_minari_quietly(minari_dir)
+
+
+@pytest.mark.parametrize(
+    ("dataset_id", "level", "recorded"),
+    [
+        ("cmt/hopper-random-v0", "medium", "random"),  # D4RL-style id
+        ("mujoco/hopper/expert-v0", "medium_replay", "expert"),
+        ("mujoco/hopper/medium-replay-v0", "medium", "medium_replay"),
+    ],
+)
+def test_minari_dataset_id_of_another_level(
+    minari_dir: Path, dataset_id: str, level: str, recorded: str
+) -> None:
+    edit_metadata(minari_dir, dataset_id=dataset_id)
+    data = read_minari_quietly(minari_dir)
+    with pytest.raises(
+        DatasetError,
+        match=rf"metadata\.json: key 'dataset_id': .* says level '{recorded}', but the data is "
+        rf"read as level '{level}' \(data\.env=hopper, data\.level={level}\)",
+    ):
+        check_source_level(data, env="hopper", level=level)
 
 
 def test_minari_episode_ending_early(minari_dir: Path) -> None:

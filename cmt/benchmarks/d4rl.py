@@ -117,6 +117,11 @@ class D4RLData(DataSection):
             return Path(self.source).name.removesuffix(".hdf5").removesuffix(".h5")
         return f"{self.env}_{self.level}"
 
+    def name_origin(self) -> str:
+        if self.source:
+            return "the file name of data.source (rename or link the file)"
+        return super().name_origin()
+
     def build(self) -> D4RL:
         return D4RL(self)
 
@@ -161,10 +166,10 @@ class D4RL(Benchmark):
         from cmt.data.hdf5 import write_hdf5
 
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if self.cfg.source:
+        if self.cfg.source:  # read and checked before anything is written
             data, behaviour_refs = self._read_source(), {}
         else:
+            out_dir.mkdir(parents=True, exist_ok=True)
             data, behaviour_refs = self._generate(out_dir, behaviour_root, on_metrics, progress)
         write_hdf5(out_dir / TRAIN_FILE, data)
         low, high = REF_RETURNS[self.cfg.env]
@@ -195,14 +200,17 @@ class D4RL(Benchmark):
         }
 
     def _read_source(self) -> TransitionData:
-        from cmt.data.sources import read_source
+        """``data.source``, refused unless it holds ``data.env`` at ``data.level``."""
+        from cmt.data.sources import check_source_level, read_source
 
-        return read_source(
+        data = read_source(
             self.cfg.source,
             env_id=self.family.env_id,
             obs_dim=self.family.obs_dim,
             act_dim=self.family.act_dim,
         )
+        check_source_level(data, env=self.cfg.env, level=self.cfg.level)
+        return data
 
     def _generate(
         self,

@@ -9,6 +9,7 @@ import torch
 
 from cmt.data.hdf5 import episode_bounds
 from cmt.data.schema import AGENT_ID, TransitionData
+from cmt.integrity import NonFiniteError
 
 
 @dataclass(frozen=True)
@@ -20,9 +21,26 @@ class Normalizer:
     reward_scale: float  # rewards are divided by this for the reward head and the encoder
     return_scale: float  # returns-to-go are divided by this
 
+    def __post_init__(self) -> None:
+        # Refused here, so no checkpoint can carry them: an inf std (data with a corrupted
+        # value far beyond float32's square root) silently zeroes that state dimension.
+        for name in ("state_mean", "state_std", "reward_scale", "return_scale"):
+            values = np.asarray(getattr(self, name), dtype=np.float64).reshape(-1)
+            bad = ~np.isfinite(values)
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise NonFiniteError(
+                    f"normaliser {name} is not finite ({int(bad.sum())} values, first at index "
+                    f"{i}: {values[i]}): the data's statistics overflow or hold NaN"
+                )
+            if name != "state_mean" and (values <= 0).any():
+                i = int(np.argmax(values <= 0))
+                raise ValueError(f"normaliser {name} must be > 0, got {values[i]} at index {i}")
+
     @classmethod
     def fit(cls, data: TransitionData, returns: np.ndarray) -> Normalizer:
-        std = data.observations.std(0)
+        with np.errstate(over="ignore"):  # an overflow is refused by name in __post_init__
+            std = data.observations.std(0)
         return cls(
             state_mean=data.observations.mean(0).astype(np.float32),
             # Constant dimensions (std 0) would blow up; 1e-6 keeps them at zero instead.

@@ -44,7 +44,10 @@ from cmt.integrity import HASH_KEY, ArtifactError, hdf5_digest
 T = TypeVar("T")
 
 __all__ = [
+    "MAX_ABS_VALUE",
     "DatasetError",
+    "as_flags",
+    "check_float_values",
     "episode_bounds",
     "read_hdf5",
     "validate",
@@ -55,6 +58,12 @@ __all__ = [
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 FLOAT_KEYS = ("observations", "actions", "rewards", "next_observations")
 FLAG_KEYS = ("terminals", "timeouts")
+
+# Largest magnitude any stored float may have. Positions, velocities (MuJoCo's are clipped to
+# +-10 or stay within a few tens), actions in [-1, 1] and per-step rewards (a few units) are
+# all far below it, and so is every feature of the point-robot and SMAX data; a float32 whose
+# high exponent bit flipped (x * 2**64, x * 2**128) lands far above it.
+MAX_ABS_VALUE = 1e6
 
 # TransitionData field -> on-disk key (only task ids differ). Messages always use the disk key.
 _FIELD_TO_KEY = {
@@ -139,21 +148,45 @@ def _first_cell(mask: np.ndarray) -> tuple[int, int, int]:
     return int(np.count_nonzero(mask)), int(i), int(a)
 
 
-def _check_finite(source: str, key: str, arr: np.ndarray) -> None:
+def _first_value(arr: np.ndarray, mask: np.ndarray) -> tuple[int, str]:
+    """Row of the first true cell of ``mask`` and ``"<value> in column <c>"`` (agent and
+    column for 3-D data; the value alone for 1-D)."""
+    cell = np.unravel_index(int(np.argmax(mask)), mask.shape)
+    value = f"{arr[cell]:.6g}" if arr.dtype.kind == "f" else str(arr[cell])
+    names = ("column",) if arr.ndim == 2 else ("agent", "column")  # (N, D) or (N, A, D)
+    where = ", ".join(f"{name} {int(i)}" for name, i in zip(names, cell[1:], strict=False))
+    return int(cell[0]), f"{value} in {where}" if where else value
+
+
+def check_float_values(source: str, key: str, arr: np.ndarray) -> None:
+    """Every value finite and at most :data:`MAX_ABS_VALUE` in magnitude; the error names the
+    first bad value, its index and (for 2-D data) its column."""
     bad = ~np.isfinite(arr)
     if bad.any():
-        count, first = _first_bad(bad)
-        raise _err(source, key, f"{count} non-finite values (first at index {first})")
+        row, value = _first_value(arr, bad)
+        raise _err(
+            source, key, f"{int(bad.sum())} non-finite values (first at index {row}): {value}"
+        )
+    huge = np.abs(arr) > MAX_ABS_VALUE
+    if huge.any():
+        row, value = _first_value(arr, huge)
+        raise _err(
+            source,
+            key,
+            f"{int(huge.sum())} values with |value| > {MAX_ABS_VALUE:g} (first at index {row}): "
+            f"{value}; no quantity of these environments comes near that, a corrupted value",
+        )
 
 
 def validate(data: TransitionData, source: str) -> None:
-    """Check dtypes, shapes, finite values, episode boundaries and task ids of ``data``.
+    """Check dtypes, shapes, values, episode boundaries and task ids of ``data``.
 
     ``source`` (a file name, or a description for in-memory data) prefixes every message.
-    Dtypes must already be the canonical ones (float32 / bool / int64). The last transition
-    must end an episode. Multi-agent data (``avail_actions`` set) must also agree on the
-    agent axis and take only available actions. Raises :class:`DatasetError` on the first
-    problem found.
+    Dtypes must already be the canonical ones (float32 / bool / int64); bools must hold the
+    bytes 0 or 1, floats be finite and at most :data:`MAX_ABS_VALUE` in magnitude. The last
+    transition must end an episode. Multi-agent data (``avail_actions`` set) must also agree
+    on the agent axis and take only available actions. Raises :class:`DatasetError` on the
+    first problem found.
     """
     multi = data.avail_actions is not None
     dtypes, ndims = (_MA_DTYPES, _MA_NDIMS) if multi else (_DTYPES, _NDIMS)
@@ -177,6 +210,9 @@ def validate(data: TransitionData, source: str) -> None:
             raise _err(source, key, f"length {arr.shape[0]} does not match observations length {n}")
     if n < 1:
         raise _err(source, "observations", "dataset is empty (N = 0)")
+    for key, arr in arrays.items():
+        if arr.dtype == np.bool_:  # a bool made from raw bytes (a view) may hold 0xFF
+            as_flags(source, key, arr)
     if multi:
         agents = arrays["observations"].shape[1]
         for key in ("next_observations", "actions", "avail_actions"):
@@ -204,7 +240,7 @@ def validate(data: TransitionData, source: str) -> None:
 
     for key in FLOAT_KEYS:
         if not (multi and key == "actions"):
-            _check_finite(source, key, arrays[key])
+            check_float_values(source, key, arrays[key])
     if multi:
         _check_actions(source, arrays["actions"], arrays["avail_actions"])
 
@@ -390,15 +426,24 @@ def _as_float(source: str, key: str, arr: np.ndarray) -> np.ndarray:
     return arr.astype(np.float32, copy=False)
 
 
-def _as_flags(source: str, key: str, arr: np.ndarray) -> np.ndarray:
+def as_flags(source: str, key: str, arr: np.ndarray) -> np.ndarray:
+    """``arr`` as bool, refused unless every stored value is 0 or 1.
+
+    A bool array is checked on its bytes: numpy (and h5py's bool enum) read any non-zero byte
+    as True, so a corrupted 0xFF would otherwise pass as a real episode end.
+    """
     if arr.dtype == np.bool_:
-        return arr
-    if not np.issubdtype(arr.dtype, np.integer):
+        stored = arr.view(np.uint8)
+    elif np.issubdtype(arr.dtype, np.integer):
+        stored = arr
+    else:
         raise _err(source, key, f"dtype {arr.dtype}, expected bool or integer 0/1")
-    bad = (arr != 0) & (arr != 1)
+    bad = (stored != 0) & (stored != 1)
     if bad.any():
         count, first = _first_bad(bad)
-        raise _err(source, key, f"{count} values not 0/1 (first at index {first}: {arr[bad][0]})")
+        value = stored[bad][0]
+        shown = f"stored byte {int(value):#04x}" if arr.dtype == np.bool_ else str(value)
+        raise _err(source, key, f"{count} values not 0/1 (first at index {first}: {shown})")
     return arr.astype(np.bool_)
 
 
@@ -505,7 +550,7 @@ def _read_open(f: h5py.File, source: str, default_task_id: int | None) -> Transi
         if key in raw and not (multi and key == "actions"):
             arrays[key] = _as_float(source, key, np.asarray(raw[key]))
     for key in (*FLAG_KEYS, "avail_actions") if multi else FLAG_KEYS:
-        arrays[key] = _as_flags(source, key, np.asarray(raw[key]))
+        arrays[key] = as_flags(source, key, np.asarray(raw[key]))
     if multi:
         actions = np.asarray(raw["actions"])
         if not np.issubdtype(actions.dtype, np.integer):

@@ -8,9 +8,13 @@ Two kinds of source, both single-task (task id 0 everywhere):
 
 Everything that can be checked from the files' metadata and array shapes (HDF5 readable,
 observation / action widths, environment, episode counts) is checked before any array is
-read; what can only be checked on the values (finite numbers, dtypes, episode boundaries)
-is checked right after, by :func:`validate`. Every problem raises :class:`DatasetError`
-naming the file, the key and what is wrong.
+read. The values are checked right after, key by key: flags stored as 0 or 1, every float
+finite and within :data:`~cmt.data.hdf5.MAX_ABS_VALUE` (:func:`validate`), no value far
+outside its column's own distribution (:func:`central_range`), actions inside the
+environment's action space, and in D4RL files ``next_observations[i] == observations[i + 1]``
+within every episode. :func:`check_source_level` then compares the level the user names with
+the file's names and returns. Every problem raises :class:`DatasetError` naming the file, the
+key, the index and the value.
 """
 
 from __future__ import annotations
@@ -18,25 +22,67 @@ from __future__ import annotations
 import json
 import re
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from cmt.data.d4rl import GYM_IDS
-from cmt.data.hdf5 import DatasetError, episode_bounds, read_hdf5, validate
+from cmt.data.d4rl import GYM_IDS, REF_RETURNS, level_mismatch
+from cmt.data.hdf5 import (
+    DatasetError,
+    as_flags,
+    check_float_values,
+    episode_bounds,
+    read_hdf5,
+    validate,
+)
 from cmt.data.schema import TransitionData
 
-__all__ = ["read_d4rl_file", "read_minari_dataset", "read_source"]
+__all__ = [
+    "central_range",
+    "check_source_level",
+    "read_d4rl_file",
+    "read_minari_dataset",
+    "read_source",
+]
 
 HDF5_SUFFIXES = (".hdf5", ".h5")
 _MINARI_DATA = "main_data.hdf5"
 _MINARI_META = "metadata.json"
 _EPISODE_RE = re.compile(r"episode_(\d+)")
 
-# D4RL dataset-name prefix -> Gymnasium environment name (only used for a warning).
-_D4RL_ENV_NAMES = {env: gym_id.split("-")[0] for env, gym_id in GYM_IDS.items()}
+# Outlier check of every float column against the file's own distribution; the numbers were
+# chosen by benchmarks/outlier_check.py (results/outlier_check.json): on 1.2M steps of
+# random-action and random-policy rollouts of Hopper, HalfCheetah and Walker2d v5 no value lies
+# more than 1.24 widths beyond its column's central range (10 leaves a margin of 8 for the
+# heavier tails of trained policies), while a flipped exponent bit 27 (x 65536) puts a value
+# thousands of widths beyond it (docs/d4rl.md, "What a source file must satisfy").
+OUTLIER_QUANTILE = 0.001
+"""The central range of a column runs from this quantile to 1 minus it (0.1% .. 99.9%)."""
+OUTLIER_MIN_TAIL = 3
+"""Rows each quantile leaves outside at least, so a small file's own outlier cannot define
+its range."""
+OUTLIER_FACTOR = 10.0
+"""A value further than this many widths beyond its column's central range is refused."""
+OUTLIER_FLOOR = 1.0
+"""Smallest width (in the data's units): a near-constant column still tolerates
+``OUTLIER_FACTOR`` units of deviation. It widens only the narrowest measured columns
+(0.3 to 0.9 wide) and costs no detection: x 65536 of any |x| >= 2 lands over 10**5 away."""
+OUTLIER_MIN_ROWS = 100
+"""Files with fewer rows have no quantiles worth the name: only the absolute bound applies."""
+ACTION_TOLERANCE = 1e-3
+"""How far an action may lie outside the action space (float rounding of a clipped action)."""
+
+# Names a file can give its environment and level by: D4RL's "<env>-<level>-v<N>".
+_D4RL_NAME_RE = re.compile(r"(?P<env>[a-z0-9]+)-(?P<level>[a-z]+(?:-[a-z]+)*)-v\d+", re.IGNORECASE)
+_VERSION_RE = re.compile(r"(?P<level>.+)-v\d+")
+_D4RL_ENVS = frozenset(REF_RETURNS) | frozenset(GYM_IDS)
+
+Locate = Callable[[str, int], tuple[str, str]]
+"""(key, flat row) -> (the key in the file, "index i" or "step t") for messages."""
 
 
 def _error(source: str | Path, key: str | None, what: str) -> DatasetError:
@@ -46,39 +92,245 @@ def _error(source: str | Path, key: str | None, what: str) -> DatasetError:
     return DatasetError(f"{source}: key '{key}': {what}")
 
 
+def _flat_index(key: str, row: int) -> tuple[str, str]:
+    return key, f"index {row}"
+
+
 # --------------------------------------------------------------------------- dispatch
 
 
 def read_source(path: str | Path, *, env_id: str, obs_dim: int, act_dim: int) -> TransitionData:
     """A real dataset on disk: a D4RL HDF5 file (path ends with .hdf5/.h5) or a Minari dataset
     directory (has data/main_data.hdf5). Validated, task id 0 everywhere, metadata records
-    'source' (the path) and 'source_kind' ('d4rl_hdf5' or 'minari')."""
+    'source' (the path) and 'source_kind' ('d4rl_hdf5' or 'minari').
+
+    The environment every name in the source gives (the D4RL file name, Minari's dataset id,
+    the ``env`` our own files record) must be ``env_id``'s, and every action must lie in
+    ``env_id``'s action space.
+    """
     path = Path(path)
     if not path.exists():
         raise _error(path, None, "no such file or directory")
+    wanted = _parse_env_id(env_id)[1].lower()  # D4RL's and Minari's spelling: hopper
     if path.is_dir():
-        return read_minari_dataset(path, env_id=env_id, obs_dim=obs_dim, act_dim=act_dim)
-    if path.suffix.lower() not in HDF5_SUFFIXES:
+        data = read_minari_dataset(path, env_id=env_id, obs_dim=obs_dim, act_dim=act_dim)
+        file = _minari_data_dir(path) / _MINARI_DATA
+        locate = _episode_locator(data)
+    else:
+        if path.suffix.lower() not in HDF5_SUFFIXES:
+            raise _error(
+                path,
+                None,
+                "not a dataset source: expected a D4RL file ending in .hdf5/.h5 "
+                "or a Minari dataset directory",
+            )
+        _check_names(_file_name(path), env=wanted, level=None, wanted_from=env_id)
+        data = read_d4rl_file(path, obs_dim=obs_dim, act_dim=act_dim)
+        file, locate = path, _flat_index
+    _check_names(_recorded_names(path, data), env=wanted, level=None, wanted_from=env_id)
+    _check_action_space(data.actions, env_id, str(file), locate)
+    return data
+
+
+# --------------------------------------------------------------------------- names and level
+
+
+@dataclass(frozen=True)
+class _Name:
+    """An environment and level that a file's name or metadata gives."""
+
+    file: str  # the file that holds the name
+    key: str | None  # where in it (None: the file's own name)
+    text: str  # the name as written
+    env: str | None
+    level: str | None  # in our spelling: medium_replay, not medium-replay
+
+
+def _from_d4rl_name(name: str) -> tuple[str | None, str | None]:
+    """(env, level) of ``hopper-medium-replay-v2``; (None, None) unless env is a D4RL one."""
+    match = _D4RL_NAME_RE.fullmatch(name)
+    if match is None or match["env"].lower() not in _D4RL_ENVS:
+        return None, None
+    return match["env"].lower(), match["level"].lower().replace("-", "_")
+
+
+def _from_dataset_id(dataset_id: str) -> tuple[str | None, str | None]:
+    """(env, level) of a Minari id: ``mujoco/hopper/medium-v0`` or ``d4rl/hopper-medium-v2``."""
+    parts = dataset_id.split("/")
+    if len(parts) >= 3:
+        match = _VERSION_RE.fullmatch(parts[-1])
+        level = (match["level"] if match else parts[-1]).lower().replace("-", "_")
+        return parts[-2].lower(), level
+    return _from_d4rl_name(parts[-1])
+
+
+def _file_name(path: Path) -> list[_Name]:
+    env, level = _from_d4rl_name(path.stem)
+    if env is None:
+        return []
+    return [_Name(str(path), None, f"file name {path.name!r}", env, level)]
+
+
+def _recorded_names(path: Path, data: TransitionData) -> list[_Name]:
+    """Every environment / level name the source gives: its D4RL file name, its Minari
+    dataset id, and the ``env`` / ``level`` metadata of files this project wrote."""
+    meta = data.metadata
+    names: list[_Name] = []
+    if meta.get("source_kind") == "minari":
+        meta_file = str(_minari_data_dir(path) / _MINARI_META)
+        env, level = _from_dataset_id(str(meta.get("dataset_id", "")))
+        if env is not None:
+            text = f"dataset_id {meta['dataset_id']!r}"
+            names.append(_Name(meta_file, "dataset_id", text, env, level))
+    else:
+        names += _file_name(path)
+    for key in ("env", "level"):
+        value = meta.get(key)
+        if isinstance(value, str) and value:
+            spelled = value.lower().replace("-", "_")
+            env, level = (spelled, None) if key == "env" else (None, spelled)
+            names.append(_Name(str(path), f"metadata/{key}", "metadata", env, level))
+    return names
+
+
+def _check_names(
+    names: list[_Name], *, env: str | None, level: str | None, wanted_from: str
+) -> None:
+    """Refuse the first name whose environment or level is not the wanted one."""
+    for name in names:
+        for what, got, want in (("environment", name.env, env), ("level", name.level, level)):
+            if got is not None and want is not None and got != want:
+                raise _error(
+                    name.file,
+                    name.key,
+                    f"the {name.text} says {what} {got!r}, but the data is read as {what} "
+                    f"{want!r} ({wanted_from}); pass a file of that {what} or name the "
+                    f"{what} this file holds",
+                )
+
+
+def check_source_level(data: TransitionData, *, env: str, level: str) -> None:
+    """Refuse a source whose names or episode returns say it is not ``env`` at ``level``.
+
+    ``data`` comes from :func:`read_source` (its metadata's ``source`` is the path). The file
+    name, Minari dataset id and recorded ``level`` must name ``level``; the episode returns
+    must fit it (:func:`cmt.data.d4rl.level_mismatch`: a *random* file must not score far
+    above a random policy, any other level must have episodes that score above one).
+    """
+    path = Path(str(data.metadata.get("source", "")))
+    wanted = f"data.env={env}, data.level={level}"
+    _check_names(_recorded_names(path, data), env=env, level=level, wanted_from=wanted)
+    starts, _ = episode_bounds(data.terminals, data.timeouts)
+    returns = np.add.reduceat(data.rewards.astype(np.float64), starts)
+    problem = level_mismatch(env, level, returns)
+    if problem is not None:
+        file = _minari_data_dir(path) / _MINARI_DATA if path.is_dir() else path
+        raise _error(file, "rewards", f"{problem}; the data is read as {wanted}")
+
+
+# --------------------------------------------------------------------------- values
+
+
+def central_range(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per column of (N,) or (N, D) data: the low and high quantile that bound its central
+    range (:data:`OUTLIER_QUANTILE`), and the range's width, at least :data:`OUTLIER_FLOOR`."""
+    x = arr.reshape(arr.shape[0], -1)
+    q = max(OUTLIER_QUANTILE, OUTLIER_MIN_TAIL / x.shape[0])
+    low, high = np.quantile(x, [q, 1.0 - q], axis=0)
+    return low, high, np.maximum(high - low, OUTLIER_FLOOR)
+
+
+def _check_outliers(source: str, key: str, arr: np.ndarray, locate: Locate) -> None:
+    """Refuse values more than :data:`OUTLIER_FACTOR` widths beyond their column's central
+    range: finite, within the absolute bound, and still no physical value of the file."""
+    if arr.shape[0] < OUTLIER_MIN_ROWS:
+        return
+    x = arr.reshape(arr.shape[0], -1)  # (N, D)
+    low, high, width = central_range(x)
+    excess = np.maximum(low - x, x - high) / width  # (N, D) widths beyond the range
+    bad = excess > OUTLIER_FACTOR
+    if not bad.any():
+        return
+    row, col = np.unravel_index(int(np.argmax(bad)), bad.shape)
+    name, index = locate(key, int(row))
+    column = f", column {col}" if arr.ndim > 1 else ""
+    raise _error(
+        source,
+        name,
+        f"{int(bad.sum())} values far outside the file's own distribution (first at {index}"
+        f"{column}: {x[row, col]:.6g}, {excess[row, col]:.3g} widths beyond the column's central "
+        f"range [{low[col]:.4g}, {high[col]:.4g}] of 0.1%-99.9% quantiles; the limit is "
+        f"{OUTLIER_FACTOR:g}): a corrupted value, not a physical one",
+    )
+
+
+def _check_action_space(actions: np.ndarray, env_id: str, source: str, locate: Locate) -> None:
+    """Every action inside ``env_id``'s Box action space, up to :data:`ACTION_TOLERANCE`."""
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    space = env.action_space
+    env.close()
+    if not isinstance(space, gym.spaces.Box):
+        return
+    low = np.broadcast_to(space.low, actions.shape[1:])
+    high = np.broadcast_to(space.high, actions.shape[1:])
+    for outside, bound, side in (
+        (actions < low - ACTION_TOLERANCE, low, "below the lower"),
+        (actions > high + ACTION_TOLERANCE, high, "above the upper"),
+    ):
+        if outside.any():
+            row, col = np.unravel_index(int(np.argmax(outside)), outside.shape)
+            name, index = locate("actions", int(row))
+            raise _error(
+                source,
+                name,
+                f"{int(outside.sum())} actions outside {env_id}'s action space (first at "
+                f"{index}, column {col}: {actions[row, col]:.6g}, {side} bound "
+                f"{bound[col]:g})",
+            )
+
+
+def _check_episode_boundaries(data: TransitionData, source: str) -> None:
+    """Within an episode ``next_observations[i] == observations[i + 1]``; at an episode end
+    they differ (the next row is a reset). Either way round, the flags or a value are wrong."""
+    ends = (data.terminals | data.timeouts)[:-1]
+    nxt, following = data.next_observations[:-1], data.observations[1:]  # (N - 1, D)
+    differs = nxt != following
+    width = differs.shape[1]
+    rows = np.flatnonzero(differs.any(axis=1) & ~ends)
+    if rows.size:
+        i = int(rows[0])
+        cols = np.flatnonzero(differs[i])
+        c = int(cols[0])
+        if cols.size * 2 < width:
+            verdict = "looks like a corrupted value"
+        else:
+            verdict = f"looks like an unmarked episode boundary (no terminal or timeout at {i})"
         raise _error(
-            path,
-            None,
-            "not a dataset source: expected a D4RL file ending in .hdf5/.h5 "
-            "or a Minari dataset directory",
+            source,
+            "next_observations",
+            f"{rows.size} rows differ from the next row's observations without an episode end "
+            f"(first at index {i}, column {c}: next_observations {nxt[i, c]:.6g} != "
+            f"observations[{i + 1}] {following[i, c]:.6g}; {cols.size} of {width} columns "
+            f"differ: {verdict})",
         )
-    _warn_d4rl_env_name(path, env_id)
-    return read_d4rl_file(path, obs_dim=obs_dim, act_dim=act_dim)
+    continues = np.flatnonzero(ends & ~differs.any(axis=1))
+    if continues.size:
+        i = int(continues[0])
+        key = "terminals" if data.terminals[i] else "timeouts"
+        raise _error(
+            source,
+            key,
+            f"{continues.size} episode ends where the episode goes on (first at index {i}: "
+            f"{key} is 1, but next_observations[{i}] equals observations[{i + 1}] in all "
+            f"{width} columns, no reset): a corrupted flag",
+        )
 
 
-def _warn_d4rl_env_name(path: Path, env_id: str) -> None:
-    """Warn when a D4RL file name ("walker2d-medium-v2.hdf5") names another environment."""
-    recorded = _D4RL_ENV_NAMES.get(path.stem.split("-", 1)[0].lower())
-    wanted = _parse_env_id(env_id)[1]
-    if recorded is not None and recorded.lower() != wanted.lower():
-        warnings.warn(
-            f"{path}: the file name suggests a {recorded} dataset, but env_id is {env_id!r}",
-            UserWarning,
-            stacklevel=3,
-        )
+def _check_float_outliers(data: TransitionData, source: str, locate: Locate) -> None:
+    for key in ("observations", "actions", "rewards", "next_observations"):
+        _check_outliers(source, key, getattr(data, key), locate)
 
 
 # --------------------------------------------------------------------------- D4RL
@@ -90,9 +342,10 @@ def read_d4rl_file(path: str | Path, *, obs_dim: int, act_dim: int) -> Transitio
     Widths are checked on the dataset shapes before anything is read. Metadata that is not a
     scalar, string or 1-D list (D4RL's ``metadata/policy/*/weight`` matrices) is dropped. A
     file whose last transition ends no episode gets it marked as a timeout, with a warning
-    (from :func:`read_hdf5`). Transitions whose ``next_observations`` differs from the
-    following row's ``observations`` without an episode end are reported in a warning:
-    they are unmarked episode boundaries or corrupted values.
+    (from :func:`read_hdf5`). Values far outside their column's distribution are refused; so
+    are, in a file with ``next_observations``, rows where they differ from the following
+    row's ``observations`` without an episode end (a corrupted value, or an unmarked episode
+    boundary) and episode ends where they do not differ (a corrupted flag).
     """
     path = Path(path)
     source = str(path)
@@ -103,6 +356,7 @@ def read_d4rl_file(path: str | Path, *, obs_dim: int, act_dim: int) -> Transitio
     try:
         with h5py.File(path, "r") as f:
             _check_d4rl_shapes(f, source, obs_dim, act_dim)
+            recorded_next = "next_observations" in f
     except OSError as exc:  # not HDF5, truncated or corrupt header
         raise _error(
             source, None, f"cannot read as HDF5, not HDF5 or truncated/corrupt ({exc})"
@@ -127,7 +381,9 @@ def read_d4rl_file(path: str | Path, *, obs_dim: int, act_dim: int) -> Transitio
             f"a real single-task dataset must have task id 0, found {data.task_ids[first]} "
             f"at index {first}; read multi-task files with cmt.data.hdf5.read_hdf5",
         )
-    _warn_next_observation_mismatch(data, source)
+    _check_float_outliers(data, source, _flat_index)
+    if recorded_next:  # derived ones agree by construction
+        _check_episode_boundaries(data, source)
 
     metadata = {k: v for k, v in data.metadata.items() if _is_flat_metadata(v)}
     metadata.update(source=source, source_kind="d4rl_hdf5")
@@ -187,20 +443,6 @@ def _find_unreadable(path: Path) -> tuple[str | None, OSError | None]:
     except OSError:
         return None, None
     return found[0] if found else (None, None)
-
-
-def _warn_next_observation_mismatch(data: TransitionData, source: str) -> None:
-    ends = data.terminals | data.timeouts
-    differs = np.any(data.next_observations[:-1] != data.observations[1:], axis=1) & ~ends[:-1]
-    if differs.any():
-        first = int(np.flatnonzero(differs)[0])
-        warnings.warn(
-            f"{source}: key 'next_observations': {int(differs.sum())} transition(s) differ from "
-            f"the next row's observations without an episode end (first at index {first}): "
-            "unmarked episode boundaries or corrupted values",
-            UserWarning,
-            stacklevel=3,
-        )
 
 
 def _is_flat_metadata(value: Any) -> bool:
@@ -267,8 +509,24 @@ def read_minari_dataset(
     if isinstance(meta.get("algorithm_name"), str):
         metadata["algorithm"] = meta["algorithm_name"]
     out = TransitionData(**data, metadata=metadata)
+    _check_float_outliers(out, str(main_path), _episode_locator(out))
     validate(out, str(main_path))
     return out
+
+
+def _episode_locator(data: TransitionData) -> Locate:
+    """Where a flat row of flattened Minari episodes is stored: ``episode_<e>/<key>`` at a
+    step (``next_observations[i]`` is the episode's observation one step later)."""
+    starts, _ = episode_bounds(data.terminals, data.timeouts)
+
+    def locate(key: str, row: int) -> tuple[str, str]:
+        episode = int(np.searchsorted(starts, row, side="right")) - 1
+        step = row - int(starts[episode])
+        if key == "next_observations":
+            key, step = "observations", step + 1
+        return f"episode_{episode}/{key}", f"step {step}"
+
+    return locate
 
 
 def _minari_data_dir(path: Path) -> Path:
@@ -517,23 +775,12 @@ def _episode_float(value: Any, main_path: Path, key: str) -> np.ndarray:
     arr = np.asarray(value)
     if not np.issubdtype(arr.dtype, np.floating):
         raise _error(main_path, key, f"dtype {arr.dtype}, expected a floating dtype")
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        first = int(np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))[0])
-        raise _error(main_path, key, f"{int(bad.sum())} non-finite values (first at step {first})")
-    out = arr.astype(np.float32)
-    if not np.isfinite(out).all():
-        raise _error(main_path, key, "values overflow float32")
-    return out
+    check_float_values(str(main_path), key, arr)  # bounded, so the float32 cast cannot overflow
+    return arr.astype(np.float32)
 
 
 def _episode_flags(value: Any, main_path: Path, key: str) -> np.ndarray:
-    arr = np.asarray(value)
-    if arr.dtype == np.bool_:
-        return arr
-    if not np.issubdtype(arr.dtype, np.integer) or np.any((arr != 0) & (arr != 1)):
-        raise _error(main_path, key, f"dtype {arr.dtype}, expected bool (or integer 0/1)")
-    return arr.astype(np.bool_)
+    return as_flags(str(main_path), key, np.asarray(value))
 
 
 def _flatten_info(infos: Any, prefix: str = "") -> dict[str, Any]:

@@ -34,7 +34,8 @@ import torch
 from stable_baselines3.common.vec_env import VecEnv
 from tqdm.auto import tqdm
 
-from cmt.atomic import atomic_path, write_json
+from cmt.atomic import write_json
+from cmt.checkpoint import CheckpointError, atomic_torch_save, load_sealed
 from cmt.data.schema import TransitionData
 from cmt.envs.generate import concat_transitions, random_streams, seed_from
 from cmt.envs.smax import (
@@ -211,6 +212,18 @@ def _same_training(stored: Any, fingerprint: str) -> bool:
     return json.dumps(old, sort_keys=True) == fingerprint
 
 
+def _load_state(path: Path | None) -> dict[str, Any] | None:
+    """The resumable PPO state at ``path``, or None (none, or corrupt: start over)."""
+    if path is None or not path.exists():
+        return None
+    try:
+        return load_sealed(path)
+    except CheckpointError as err:
+        # Only a cache of work done: a corrupt one costs a restart, not a blocked stage.
+        log.warning("%s; starting over", err)
+        return None
+
+
 def train_ppo(
     map_name: str,
     budgets: PpoConfig,
@@ -223,7 +236,7 @@ def train_ppo(
 
     Returns the model, the snapshots (``step``, ``win_rate``, ``mean_return``, CPU ``policy``
     state dict; the first is the untrained policy, the last the final one) and timings.
-    ``behaviour_dir/state.pt`` is the checkpoint (``torch.load(weights_only=True)``).
+    ``behaviour_dir/state.pt`` is the checkpoint (sealed with its content hash, ``cmt.checkpoint``).
     """
     from sb3_contrib import MaskablePPO
     from stable_baselines3.common.callbacks import BaseCallback
@@ -251,8 +264,8 @@ def train_ppo(
     state_path = None if behaviour_dir is None else Path(behaviour_dir) / "state.pt"
     snapshots: list[dict[str, Any]] = []
     start_step = 0
-    if state_path is not None and state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    state = _load_state(state_path)
+    if state is not None:
         steps = int(state.get("num_timesteps", -1))
         if state.get("format") == CHECKPOINT_FORMAT and _same_training(
             state.get("fingerprint"), fingerprint
@@ -283,17 +296,16 @@ def train_ppo(
         if on_metrics is not None:
             on_metrics(step, {"ppo/win_rate": win, "ppo/mean_return": ret})
         if state_path is not None:
-            with atomic_path(state_path) as tmp:
-                torch.save(
-                    {
-                        "format": CHECKPOINT_FORMAT,
-                        "fingerprint": fingerprint,
-                        "num_timesteps": step,
-                        "params": model.get_parameters(),
-                        "snapshots": snapshots,
-                    },
-                    tmp,
-                )
+            atomic_torch_save(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "fingerprint": fingerprint,
+                    "num_timesteps": step,
+                    "params": model.get_parameters(),
+                    "snapshots": snapshots,
+                },
+                state_path,
+            )
 
     class Snapshots(BaseCallback):
         def _on_training_start(self) -> None:
