@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, mo
 NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
 """What a name that reaches a path or a command may hold: letters, digits, ``_``, ``-`` and
 ``.``, not first (no ``..``, no hidden files, no shell characters, no spaces)."""
-NAME_RULE = "letters, digits, '_', '-' and '.', not starting with '.'"
+NAME_RULE = "letters, digits, '_', '-' and '.', not starting with '.', at most 100 characters"
 MAX_NAME_LEN = 100
 
 SafeName = Annotated[

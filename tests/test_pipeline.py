@@ -290,6 +290,33 @@ def test_task_runner_from_config():
     assert remote.address == "tcp://h:1"
 
 
+def test_local_dask_cluster_listens_on_loopback_free_ports_only():
+    """The local cluster the dask runner starts: no dashboard, nothing on Dask's default 8787,
+    every socket on 127.0.0.1."""
+    import psutil
+    from distributed import LocalCluster
+
+    from cmt.config import OrchestrationConfig
+    from pipelines.runner import make_task_runner
+
+    kwargs = make_task_runner(
+        OrchestrationConfig(task_runner="dask", dask_workers=1)
+    ).cluster_kwargs
+    cluster_class = kwargs.pop("cluster_class", None)
+    assert cluster_class in (None, "distributed.LocalCluster")
+    with LocalCluster(**kwargs) as cluster:
+        procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
+        listening = [
+            c.laddr
+            for proc in procs
+            for c in proc.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN
+        ]
+        assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening
+        assert 8787 not in {addr.port for addr in listening}, listening
+        assert "8787" not in (cluster.dashboard_link or "")
+
+
 @pytest.mark.parametrize("stage", STAGE_MODULES)
 def test_stage_commands_reject_bad_config_before_work(stage, tmp_path, capsys, monkeypatch):
     import importlib
