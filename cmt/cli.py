@@ -21,7 +21,11 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. pretrain.lr=1e-3")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:  # also a tag such as !!python/object, which is refused
+            problem = str(err).splitlines()[0]
+            raise ConfigError(f"--set {item!r}: the value is not plain YAML ({problem})") from None
     return out
 
 

@@ -241,6 +241,16 @@ def reap_dead_runs(client: MlflowClient, experiment_id: str) -> list[str]:
     return reaped
 
 
+def _dvc_tags() -> dict[str, str]:
+    """The DVC stage and experiment a stage runs in, from the variables DVC sets."""
+    names = (
+        ("dvc.stage", "DVC_STAGE"),
+        ("dvc.exp_name", "DVC_EXP_NAME"),
+        ("dvc.baseline_rev", "DVC_EXP_BASELINE_REV"),
+    )
+    return {tag: os.environ[var] for tag, var in names if os.environ.get(var)}
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -266,15 +276,6 @@ def stage_run(
     owned = bool(os.environ.get(PARENT_ENV))
     if not owned:
         client.update_run(parent, status="RUNNING")
-    env_tags = {
-        tag: os.environ[var]
-        for tag, var in (
-            ("dvc.stage", "DVC_STAGE"),
-            ("dvc.exp_name", "DVC_EXP_NAME"),
-            ("dvc.baseline_rev", "DVC_EXP_BASELINE_REV"),
-        )
-        if os.environ.get(var)
-    }
     run = client.create_run(
         exp_id,
         run_name=run_name or stage,
@@ -284,7 +285,7 @@ def stage_run(
             TAG_STAGE: stage,
             TAG_KEY: key,
             TAG_PROCESS: process_token(),
-            **env_tags,
+            **_dvc_tags(),
             **(tags or {}),
         },
     )

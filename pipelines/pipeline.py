@@ -18,6 +18,7 @@ ended).
 # flow's signature, and string annotations would leave `Params` unresolved in it.
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -198,61 +200,82 @@ def cmt_pipeline(
     ``params``, then the benchmark ``preset`` (``presets/<preset>.yaml``: point_robot,
     cheetah_vel, cheetah_dir, ant_dir, <env>_<level> for D4RL), then ``overrides``, as a DVC
     experiment; returns its name and metrics, or a Failed state naming the failed stage."""
-    import mlflow
-    from mlflow.entities import Metric
-
     params = apply_overrides(params, overrides, preset)
     repo = repo_root()
     os.chdir(repo)  # relative paths of the config (the SQLite store) are the repository's
     for line in recovery.recover_all(repo):  # a killed earlier run the watchdog missed
         get_run_logger().warning("earlier killed pipeline run: %s", line)
     changes = plan(params, repo)
+    client, parent, env = _start_pipeline_run(params, changes)
+    with _recoverable(repo, params, parent, env):
+        try:
+            outcome = run_experiment(repo, changes, experiment_name, env)
+            if outcome.code:
+                return _fail(client, parent, FAILED_PREFIX + outcome.error)
+            metrics = collect(repo)
+        except BaseException as err:
+            _fail(client, parent, f"{type(err).__name__}: {err}")
+            raise
+    _finish(client, parent, outcome.name, metrics)
+    return {"experiment": outcome.name, "mlflow_run_id": parent, "metrics": metrics}
+
+
+def _start_pipeline_run(params: Params, changes: list[str]) -> tuple[Any, str, dict[str, str]]:
+    """The MLflow pipeline run of this flow run (owned by this process, which ends it), and
+    the environment that makes the stages of ``dvc exp run`` report under it."""
+    import mlflow
+
     exp_id = tracking.configure(params.tracking)
     client = mlflow.MlflowClient()
     run_id = str(flow_run.id or "")
-    parent = tracking.start_pipeline_run(
-        client,
-        exp_id,
-        params,
-        tags={
-            "prefect.flow_run_id": run_id,
-            "cmt.overrides": " ".join(changes)[:5000],
-            tracking.TAG_PROCESS: process_token(),
-        },
-    )
-    uri = tracking.resolve_tracking_uri(params.tracking)
+    tags = {
+        "prefect.flow_run_id": run_id,
+        "cmt.overrides": " ".join(changes)[:5000],
+        tracking.TAG_PROCESS: process_token(),
+    }
+    parent = tracking.start_pipeline_run(client, exp_id, params, tags=tags)
     env = {
         **os.environ,
         tracking.PARENT_ENV: parent,
         PIPELINE_FLOW_RUN_ENV: run_id,
-        "MLFLOW_TRACKING_URI": uri,
+        "MLFLOW_TRACKING_URI": tracking.resolve_tracking_uri(params.tracking),
     }
-    params_file = repo / "params.yaml"
+    return client, parent, env
+
+
+@contextlib.contextmanager
+def _recoverable(repo: Path, params: Params, parent: str, env: dict[str, str]) -> Iterator[None]:
+    """While the body runs, a SIGKILL of this process is put right by the watchdog (or the
+    next start): the record of what to restore, and the watchdog's command to do it."""
     record = recovery.begin(
         recovery.new_record(
-            repo, params_file.read_text(), params.model_dump(mode="json"), uri, parent, run_id
+            repo,
+            (repo / "params.yaml").read_text(),
+            params.model_dump(mode="json"),
+            env["MLFLOW_TRACKING_URI"],
+            parent,
+            env[PIPELINE_FLOW_RUN_ENV],
         )
     )
     watchdog.on_exit([sys.executable, "-m", "pipelines.recovery", str(record)])
     try:
-        outcome = run_experiment(repo, changes, experiment_name, env)
-        if outcome.code:
-            return _fail(client, parent, FAILED_PREFIX + outcome.error)
-        metrics = collect(repo)
-    except BaseException as err:
-        _fail(client, parent, f"{type(err).__name__}: {err}")
-        raise
+        yield
     finally:
         watchdog.on_exit(None)
         recovery.end(record)
-    client.set_tag(parent, "dvc.exp_name", outcome.name or "")
-    flat = tracking.flatten(metrics, sep="/")
+
+
+def _finish(client: Any, parent: str, exp_name: str | None, metrics: dict[str, Any]) -> None:
+    """End the MLflow pipeline run FINISHED with the experiment's name and its metrics."""
+    from mlflow.entities import Metric
+
+    client.set_tag(parent, "dvc.exp_name", exp_name or "")
     now = int(time.time() * 1000)
+    flat = tracking.flatten(metrics, sep="/")
     client.log_batch(
         parent, metrics=[Metric(f"eval/{k}", float(v), now, 0) for k, v in flat.items()]
     )
     client.set_terminated(parent, "FINISHED")
-    return {"experiment": outcome.name, "mlflow_run_id": parent, "metrics": metrics}
 
 
 def _fail(client: Any, parent: str, message: str) -> State:

@@ -603,6 +603,19 @@ def test_shell_payload_in_a_name_is_refused_and_nothing_runs(entry, tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"], args
 
 
+def test_a_yaml_tag_in_set_is_refused_as_config(tmp_path, monkeypatch, capsys):
+    """``--set`` values are plain YAML: an object tag is a config error (exit 2), not a
+    crash, and constructs nothing."""
+    from cmt.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for item in ('a=!!python/object/apply:os.system ["touch PWNED"]', "pretrain.lr=[open"):
+        assert main(["config", "--params", str(ROOT / "params.yaml"), "--set", item]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --set {item!r}: the value is not plain YAML"), err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_every_payload_is_refused_by_the_config():
     from cmt.config import load_params
 

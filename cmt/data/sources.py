@@ -19,6 +19,7 @@ key, the index and the value.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import warnings
@@ -387,17 +388,7 @@ def read_d4rl_file(path: str | Path, *, obs_dim: int, act_dim: int) -> Transitio
 
     metadata = {k: v for k, v in data.metadata.items() if _is_flat_metadata(v)}
     metadata.update(source=source, source_kind="d4rl_hdf5")
-    out = TransitionData(
-        observations=data.observations,
-        actions=data.actions,
-        rewards=data.rewards,
-        terminals=data.terminals,
-        timeouts=data.timeouts,
-        next_observations=data.next_observations,
-        task_ids=data.task_ids,
-        infos=data.infos,
-        metadata=metadata,
-    )
+    out = dataclasses.replace(data, metadata=metadata)
     validate(out, source)
     return out
 
