@@ -47,3 +47,15 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, payload: Any) -> None:
     write_text(path, json.dumps(payload, indent=2) + "\n")
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> None:
+    """Write a matplotlib figure atomically (its format from the suffix) and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())

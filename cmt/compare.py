@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from cmt.atomic import write_json, write_text
+from cmt.atomic import save_figure, write_json, write_text
 from cmt.benchmarks import make_benchmark
 from cmt.benchmarks.base import REFERENCES_FILE, Benchmark
 from cmt.config import Params, flatten
@@ -265,9 +265,7 @@ def plot_summary(summary: dict[str, Any], path: Path, bench: Benchmark) -> None:
     ax.set_xlabel(f"{bench.score_name} on the test tasks {bench.score_axis}")
     ax.invert_yaxis()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def plot_variants(results: dict[str, dict[str, Any]], path: Path) -> None:
@@ -298,9 +296,7 @@ def plot_variants(results: dict[str, dict[str, Any]], path: Path) -> None:
     ax.set_xlabel("score on the held-out tasks (mean ± std over seeds)")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def write_report(

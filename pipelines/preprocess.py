@@ -11,7 +11,7 @@ import numpy as np
 from prefect import flow, get_run_logger
 
 from cmt import tracking
-from cmt.atomic import write_json, write_text
+from cmt.atomic import save_figure, write_json, write_text
 from cmt.config import Params
 from pipelines.common import dataset_dir, run_entry, run_tags, stage_parser, stage_task
 from pipelines.preflight import dataset_files, verify_inputs
@@ -84,9 +84,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylabel("episodes")
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 @flow(name="preprocess", flow_run_name="preprocess/{params.data.name}")

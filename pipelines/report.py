@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from cmt import tracking
-from cmt.atomic import write_json, write_text
+from cmt.atomic import save_figure, write_json, write_text
 from cmt.config import Params
 from pipelines.common import run_entry, run_tags, stage_parser, stage_task
 from pipelines.preflight import verify_inputs
@@ -199,9 +199,7 @@ def _plot_versions(versions: list[dict[str, Any]], metric: str, path: Path) -> N
     ax.set_xlabel("model version (orange: champion, green: challenger)")
     ax.set_ylabel(metric)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 @flow(name="report", flow_run_name="report/{params.data.name}")
