@@ -18,10 +18,10 @@ from typing import Any
 import torch
 
 from cmt.atomic import write_bytes
-from cmt.config import ModelConfig
 from cmt.data.dataset import Normalizer
 from cmt.integrity import ArtifactError, IntegrityError, seal, verify
 from cmt.models.policy import SequencePolicy
+from cmt.sections import ModelConfig
 
 FORMAT_VERSION = 1
 POLICY_KEYS = ("model_config", "obs_dim", "act_dim", "state_dict", "normalizer", "meta")

@@ -16,8 +16,11 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from cmt.benchmarks import DATA_SECTIONS, DEFAULT_BENCHMARK, DataConfig
+from cmt.methods import BackboneName, MethodName, backbones_for
 from cmt.sections import (
     NAME_RULE,
+    ModelConfig,
+    PromptKind,
     SacConfig,
     SafeName,
     Section,
@@ -26,7 +29,11 @@ from cmt.sections import (
 )
 
 __all__ = [
+    "BackboneName",
     "ConfigError",
+    "MethodName",
+    "ModelConfig",
+    "PromptKind",
     "Params",
     "SacConfig",
     "SafeName",
@@ -35,73 +42,6 @@ __all__ = [
     "load_params",
     "parse_params",
 ]
-
-PromptKind = Literal["none", "segment", "encoder"]
-MethodName = Literal[
-    "mtdt", "prompt_dt", "cmt_zero_shot", "cmt_tuned", "dt", "madt", "bc", "filtered_bc"
-]
-"""Every compared method (``cmt.methods.METHODS``)."""
-BackboneName = Literal["cmt", "prompt_dt", "dt", "bc", "filtered_bc"]
-"""Every pretrained backbone (``cmt.methods.BACKBONES``)."""
-
-
-class ModelConfig(Section):
-    """Sequence model: GPT backbone, prompt slot, context encoder and heads (docs/method.md)."""
-
-    n_layer: int = Field(3, ge=1, description="Transformer blocks in the backbone.")
-    n_head: int = Field(1, ge=1, description="Attention heads per block.")
-    d_model: int = Field(128, ge=8, description="Embedding width d of tokens and prompt vectors.")
-    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout probability.")
-    context_len: int = Field(20, ge=1, description="K: timesteps of history the policy sees.")
-    max_timestep: int = Field(1000, ge=1, description="Size of the timestep embedding table.")
-    condition_on_rtg: bool = Field(
-        False, description="Add a return-to-go token per step (Decision Transformer)."
-    )
-    prompt: PromptKind = Field(
-        "encoder",
-        description="Prompt source: 'encoder' = CMT (E(context)), 'segment' = Prompt-DT "
-        "(raw trajectory segment), 'none' = no prompt (multi-task DT).",
-    )
-    prompt_len: int = Field(5, ge=1, description="m: prompt vectors produced by the encoder.")
-    segment_len: int = Field(5, ge=1, description="K*: steps of the raw segment prompt.")
-    encoder_layers: int = Field(1, ge=0, description="Set-transformer layers in the encoder.")
-    context_size: int = Field(32, ge=1, description="C: transitions fed to the context encoder.")
-    dynamics_heads: bool = Field(
-        True, description="Predict next state and reward from action tokens (self-supervised)."
-    )
-    attention: Literal["window", "banded"] = Field(
-        "window",
-        description="'window': train on K-step segments with a causal mask and recompute the "
-        "last K steps at every evaluation step; 'banded': each token sees the prompt and the "
-        "tokens of its own and the K-1 previous steps, trained on train_len-step segments, "
-        "so evaluation decodes incrementally with a rolling key/value cache, exactly "
-        "(docs/method.md).",
-    )
-    train_len: int | None = Field(
-        None,
-        ge=1,
-        description="L: timesteps per training segment under 'banded' attention (at least "
-        "context_len; null: context_len, chosen on validation tasks, docs/method.md); "
-        "'window' trains on context_len-step segments.",
-    )
-
-    @model_validator(mode="after")
-    def _heads_divide_width(self) -> ModelConfig:
-        if self.d_model % self.n_head:
-            raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
-        if self.attention == "banded" and self.sample_len < self.context_len:
-            raise ValueError(
-                f"train_len={self.train_len} is shorter than context_len={self.context_len}"
-            )
-        return self
-
-    @property
-    def sample_len(self) -> int:
-        """Timesteps of a training segment: train_len (banded, if set) or context_len."""
-        if self.attention == "banded" and self.train_len is not None:
-            return self.train_len
-        return self.context_len
-
 
 class PretrainConfig(Section):
     """Self-supervised pretraining on all training tasks (docs/method.md)."""
@@ -305,8 +245,6 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _fits_the_benchmark(self) -> Params:
-        from cmt.methods import backbones_for
-
         data = self.data
         wrong = [m for m in self.compare.methods if m not in data.methods]
         if wrong:

@@ -167,32 +167,3 @@ def check_finite(values: Mapping[str, Any], where: str) -> None:
     }
     if bad:
         raise NonFiniteError(f"{where}: non-finite or missing values {bad}")
-
-
-# ------------------------------------------------------------------ any artifact
-
-
-def verify_file(path: str | Path) -> None:
-    """Check one artifact by its kind (``.pt``, ``.hdf5``, sealed ``.json``); raises
-    :class:`ArtifactError` naming the file and the problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{path}: file not found")
-    if path.suffix == ".pt":
-        from cmt.checkpoint import safe_load
-
-        safe_load(path)
-    elif path.suffix in (".hdf5", ".h5"):
-        from cmt.data.hdf5 import verify_hdf5
-
-        verify_hdf5(path)
-    elif path.suffix == ".json":
-        read_json(path)
-    else:
-        raise ArtifactError(f"{path}: no integrity check for '{path.suffix}' files")
-
-
-def verify_files(paths: Iterable[str | Path]) -> None:
-    """:func:`verify_file` on each path, in order; the first bad one raises."""
-    for path in paths:
-        verify_file(path)

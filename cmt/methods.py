@@ -9,9 +9,9 @@ compares (``DataSection.methods``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from cmt.config import BackboneName, ModelConfig
+from cmt.sections import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,10 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
+BackboneName = Literal[tuple(BACKBONES)]  # type: ignore[valid-type]
+"""Every pretrained backbone, from :data:`BACKBONES`."""
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -60,6 +64,10 @@ METHODS: dict[str, Method] = {
         Method("cmt_tuned", "cmt", True, "CMT + prompt tuning"),
     )
 }
+
+
+MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
+"""Every compared method, from :data:`METHODS`."""
 
 
 def get_method(name: str) -> Method:

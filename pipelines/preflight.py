@@ -9,8 +9,10 @@ from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
+from cmt.checkpoint import safe_load
 from cmt.config import ConfigError
-from cmt.integrity import verify_files
+from cmt.data.hdf5 import verify_hdf5
+from cmt.integrity import ArtifactError, read_json
 
 
 def require_member(option: str, value: Any, allowed: Collection[Any], key: str) -> None:
@@ -28,7 +30,24 @@ def dataset_files(data_dir: str | Path) -> list[Path]:
     return [data_dir / TRAIN_FILE, data_dir / REFERENCES_FILE, *([demos] if demos.exists() else [])]
 
 
+def verify_file(path: str | Path) -> None:
+    """Check one artifact by its kind (``.pt``, ``.hdf5``, sealed ``.json``) against its
+    recorded content hash; raises :class:`ArtifactError` naming the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: file not found")
+    if path.suffix == ".pt":
+        safe_load(path)
+    elif path.suffix in (".hdf5", ".h5"):
+        verify_hdf5(path)
+    elif path.suffix == ".json":
+        read_json(path)
+    else:
+        raise ArtifactError(f"{path}: no integrity check for '{path.suffix}' files")
+
+
 def verify_inputs(*groups: Iterable[str | Path]) -> None:
     """Check every input file against its recorded content hash; the first bad one raises."""
     for group in groups:
-        verify_files(group)
+        for path in group:
+            verify_file(path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -52,3 +54,26 @@ def tiny_data_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_data")
     make_benchmark(parse_params(TINY).data).build_datasets(out, progress=False)
     return out
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def clone_like_repo(path: Path, env: dict[str, str]) -> None:
+    """Make ``path`` a committed git + DVC repository of the project's code, ``dvc.yaml`` and
+    the ``params.yaml`` already written there (what a fresh clone has)."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("cmt", "pipelines", "presets"):
+        shutil.copytree(ROOT / name, path / name, ignore=ignore)
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(ROOT / name, path / name)
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "config", "user.name", "test"],
+        ["git", "config", "user.email", "test@example.com"],
+        ["dvc", "init", "-q"],
+        ["dvc", "config", "core.analytics", "false"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "tiny pipeline"],
+    ):
+        subprocess.run(cmd, cwd=path, env=env, check=True, capture_output=True)

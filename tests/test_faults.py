@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY
+from conftest import TINY, clone_like_repo
 
 from cmt.checkpoint import (
     CheckpointError,
@@ -695,11 +695,6 @@ def tiny_repo(tmp_path_factory) -> Iterator[tuple[Path, dict[str, str]]]:
     """A committed clone-like repository on the tiny config, with its own Prefect home and
     the stages' shared Prefect server, stopped at the end."""
     path = tmp_path_factory.mktemp("repo")
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("cmt", "pipelines", "presets"):
-        shutil.copytree(ROOT / name, path / name, ignore=ignore)
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy(ROOT / name, path / name)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section, values in TINY.items():
         raw[section].update(values)
@@ -707,10 +702,7 @@ def tiny_repo(tmp_path_factory) -> Iterator[tuple[Path, dict[str, str]]]:
     env = {k: v for k, v in _env().items() if not k.startswith("PREFECT_")}
     env.update(PYTHONPATH=str(path), PREFECT_HOME=str(path.parent / "prefect_home"))
     env.update(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120")
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"],
-                [*git, "commit", "-qm", "tiny"]):  # fmt: skip
-        subprocess.run(cmd, cwd=path, env=env, check=True, capture_output=True)
+    clone_like_repo(path, env)
     yield path, env
     subprocess.run([sys.executable, "-m", "pipelines.server", "stop"], cwd=path, env=env)
 

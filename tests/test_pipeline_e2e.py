@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import clone_like_repo
 
 pytestmark = pytest.mark.slow
 
@@ -154,25 +154,10 @@ def repo(tmp_path_factory, prefect_server) -> Repo:
     collect and preprocess succeeded; the second, with the device fixed, completes.
     """
     path = tmp_path_factory.mktemp("repo")
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("cmt", "pipelines", "presets"):
-        shutil.copytree(ROOT / name, path / name, ignore=ignore)
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy(ROOT / name, path / name)
     env = dict(prefect_server)
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
     cuda = torch.cuda.is_available()
     _write_params(path, None if cuda else {"pretrain": {**TINY["pretrain"], "device": "cuda"}})
-    for cmd in (
-        ["git", "init", "-q"],
-        ["dvc", "init", "-q"],
-        ["dvc", "config", "core.analytics", "false"],
-        ["git", "add", "-A"],
-        [*git, "commit", "-qm", "tiny pipeline"],
-    ):
-        subprocess.run(cmd, cwd=path, env=env, check=True, capture_output=True)
-    subprocess.run(["git", "config", "user.name", "test"], cwd=path, check=True)
-    subprocess.run(["git", "config", "user.email", "test@example.com"], cwd=path, check=True)
+    clone_like_repo(path, env)
 
     def repro() -> subprocess.CompletedProcess:
         return subprocess.run(

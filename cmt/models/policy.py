@@ -20,13 +20,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cmt.config import ModelConfig
 from cmt.data.dataset import OfflineDataset
 from cmt.data.sampler import Batch, feature_dim
 from cmt.models.encoder import ContextEncoder
 from cmt.models.gpt import GPT, KVCache, init_weights
 from cmt.models.heads import make_action_head
 from cmt.models.ops import Dropout
+from cmt.sections import ModelConfig
 
 
 @dataclass
