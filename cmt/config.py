@@ -43,6 +43,7 @@ __all__ = [
     "parse_params",
 ]
 
+
 class PretrainConfig(Section):
     """Self-supervised pretraining on all training tasks (docs/method.md)."""
 
