@@ -20,7 +20,9 @@ from cmt.methods import BackboneName, MethodName, backbones_for
 from cmt.sections import (
     NAME_RULE,
     ModelConfig,
+    PretrainConfig,
     PromptKind,
+    PromptTuneConfig,
     SacConfig,
     SafeName,
     Section,
@@ -33,7 +35,9 @@ __all__ = [
     "ConfigError",
     "MethodName",
     "ModelConfig",
+    "PretrainConfig",
     "PromptKind",
+    "PromptTuneConfig",
     "Params",
     "SacConfig",
     "SafeName",
@@ -42,61 +46,6 @@ __all__ = [
     "load_params",
     "parse_params",
 ]
-
-
-class PretrainConfig(Section):
-    """Self-supervised pretraining on all training tasks (docs/method.md)."""
-
-    steps: int = Field(600, ge=1, description="Optimizer steps.")
-    batch_size: int = Field(64, ge=1, description="Segments per batch.")
-    lr: float = Field(6e-4, gt=0.0, description="Peak learning rate of AdamW.")
-    weight_decay: float = Field(0.1, ge=0.0, description="AdamW decay on matrices only.")
-    warmup_steps: int = Field(50, ge=0, description="Linear warm-up steps before cosine decay.")
-    grad_clip: float = Field(1.0, gt=0.0, description="Max global gradient norm.")
-    w_dyn: float = Field(0.5, ge=0.0, description="Weight of next-state + reward prediction.")
-    w_con: float = Field(0.1, ge=0.0, description="Weight of the InfoNCE context loss.")
-    temperature: float = Field(0.1, gt=0.0, description="InfoNCE temperature.")
-    context_source: Literal["same_trajectory", "same_task"] = Field(
-        "same_trajectory",
-        description="Where a segment's context comes from: a disjoint window of the same "
-        "trajectory (prompt encodes task and behaviour) or another trajectory of the same task.",
-    )
-    checkpoint_every: int = Field(200, ge=1, description="Steps between resumable checkpoints.")
-    log_every: int = Field(20, ge=1, description="Steps between logged metrics.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' picks CUDA if any.")
-    bf16: bool = Field(
-        True,
-        description="bfloat16 autocast for matmuls (CUDA, and CPUs with native bf16; other "
-        "CPUs run fp32, since emulated bf16 is far slower).",
-    )
-    compile: bool = Field(False, description="torch.compile the model (helps on GPU only).")
-    cuda_graph: bool = Field(
-        False,
-        description="Capture the whole training step (forward, backward, clipping, AdamW) as "
-        "one CUDA graph and replay it (CUDA only; not with compile or distributed).",
-    )
-    distributed: bool = Field(
-        False,
-        description="DistributedDataParallel over the processes torchrun starts (gloo on CPU, "
-        "NCCL on CUDA); batch_size is the global batch, split evenly (docs/scale.md).",
-    )
-
-
-class PromptTuneConfig(Section):
-    """Per-task prompt tuning with the backbone and encoder frozen (docs/method.md)."""
-
-    steps: int = Field(200, ge=1, description="Max Adam steps on the prompt.")
-    batch_size: int = Field(32, ge=1, description="Segments per batch.")
-    lr: float = Field(1e-2, gt=0.0, description="Adam learning rate of the prompt.")
-    objective: Literal["filtered_bc", "return_weighted"] = Field(
-        "filtered_bc", description="Action loss on target data, or return-weighted over all data."
-    )
-    beta: float = Field(3.0, ge=0.0, description="Temperature of return weights (return_weighted).")
-    val_fraction: float = Field(
-        0.25, gt=0.0, lt=1.0, description="Share of target episodes held out for early stopping."
-    )
-    patience: int = Field(4, ge=1, description="Validation checks without improvement to stop.")
-    eval_every: int = Field(20, ge=1, description="Steps between validation checks.")
 
 
 class EvaluateConfig(Section):

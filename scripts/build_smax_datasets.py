@@ -1,5 +1,5 @@
 """Build the SMAX datasets of one map outside the pipeline (the ``collect`` stage calls the
-same :func:`cmt.envs.marl_data.build_smax_datasets`).
+same :func:`cmt.behaviour.ppo.build_smax_datasets`).
 
     python scripts/build_smax_datasets.py --map 3m --out /work/smax_data/3m \
         --behaviour /work/smax_data/behaviour/3m
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from cmt.atomic import write_json
-from cmt.envs.marl_data import build_smax_datasets
+from cmt.behaviour.ppo import build_smax_datasets
 from cmt.sections import PpoConfig
 
 

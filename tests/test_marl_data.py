@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from test_hdf5 import raw_arrays as single_agent_arrays
 
+from cmt.behaviour.ppo import TIERS, SmaxVecEnv, build_smax_datasets, select_tiers
+from cmt.behaviour.rollout import concat_transitions
 from cmt.data.hdf5 import DatasetError, read_hdf5, validate, write_hdf5
 from cmt.data.schema import SCHEMA_VERSION, TransitionData
-from cmt.envs.generate import concat_transitions
-from cmt.envs.marl_data import TIERS, SmaxVecEnv, build_smax_datasets, select_tiers
 from cmt.integrity import HASH_KEY, hdf5_digest
 from cmt.sections import PpoConfig
 

@@ -13,11 +13,16 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
+from cmt.behaviour.rollout import LEVELS
+from cmt.behaviour.sac import (
+    TaskConditionedEnv,
+    replay_transitions,
+    select_medium,
+)
 from cmt.benchmarks import make_benchmark
 from cmt.benchmarks.mujoco_meta import MujocoMeta, MujocoMetaData
 from cmt.config import ConfigError, SacConfig, parse_params
 from cmt.data.hdf5 import episode_bounds, read_hdf5
-from cmt.envs.generate import LEVELS
 from cmt.envs.mujoco_tasks import (
     ANT_DIR_TEST_TASKS,
     CHEETAH_VEL_TEST_TASKS,
@@ -30,11 +35,6 @@ from cmt.envs.mujoco_tasks import (
     ant_directions,
     cheetah_velocities,
     mujoco_family,
-)
-from cmt.envs.sac_data import (
-    TaskConditionedEnv,
-    replay_transitions,
-    select_medium,
 )
 
 FAMILIES = ("cheetah_vel", "cheetah_dir", "ant_dir")

@@ -85,7 +85,7 @@ def test_imports_have_no_side_effects(tmp_path):
         f"""
         import os, sys, importlib
         library = ["cmt", "cmt.config", "cmt.experiment", "cmt.compare", "cmt.cli",
-                   "cmt.evaluate", "cmt.checkpoint", "cmt.envs.generate", "cmt.methods"]
+                   "cmt.evaluate", "cmt.checkpoint", "cmt.behaviour.rollout", "cmt.methods"]
         for m in library:
             importlib.import_module(m)
         assert "mlflow" not in sys.modules and "prefect" not in sys.modules, "library"

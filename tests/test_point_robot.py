@@ -11,17 +11,16 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
+from cmt.behaviour.rollout import rollout
+from cmt.behaviour.scripted import random_actions, scripted_expert
 from cmt.benchmarks import make_benchmark
 from cmt.benchmarks.point_robot import PointRobot, PointRobotData
 from cmt.data.schema import TransitionData
-from cmt.envs.generate import rollout
 from cmt.envs.point_robot import (
     BatchedPointRobot,
     PointRobotEnv,
     PointRobotFamily,
     goal_positions,
-    random_actions,
-    scripted_expert,
 )
 
 SMALL = PointRobotData(

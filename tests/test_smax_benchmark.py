@@ -28,7 +28,7 @@ def test_map_names_are_the_environment_registry() -> None:
     from cmt.envs.smax import SMAX_MAPS
 
     assert set(typing.get_args(MapName)) == set(SMAX_MAPS)
-    from cmt.envs.marl_data import TIERS as DATA_TIERS
+    from cmt.behaviour.ppo import TIERS as DATA_TIERS
 
     assert tuple(DATA_TIERS) == TIERS
 

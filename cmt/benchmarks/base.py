@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from pydantic import Field, model_validator
 
+from cmt.data.dataset import PromptData
 from cmt.sections import MAX_NAME_LEN, NAME_PATTERN, NAME_RULE, Section, Seed, is_safe_name
 
 if TYPE_CHECKING:
@@ -106,17 +107,6 @@ class Data:
         OfflineDataset | None
     )  # few-shot demonstrations of unseen tasks, if the benchmark has any
     references: dict[int, tuple[float, float]]  # task -> (random, expert) return of its score
-
-
-@dataclass(frozen=True)
-class PromptData:
-    """The data of one task's prompt: the zero-shot prompt and tuning use ``fit``, early
-    stopping uses ``val`` (never seen by any prompt), and the ``return_weighted`` objective
-    samples ``pool`` (``fit`` when None)."""
-
-    fit: OfflineDataset
-    val: OfflineDataset
-    pool: OfflineDataset | None = None
 
 
 @dataclass(frozen=True)

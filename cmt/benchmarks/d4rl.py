@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import Field
 
 from cmt.atomic import write_json
+from cmt.behaviour.rollout import LEVELS
 from cmt.benchmarks.base import (
     REFERENCES_FILE,
     TRAIN_FILE,
@@ -33,15 +34,14 @@ from cmt.benchmarks.base import (
     Spaces,
 )
 from cmt.data.d4rl import REF_RETURNS
-from cmt.envs.generate import LEVELS
 from cmt.integrity import sealed_json
 from cmt.sections import SacConfig
 
 if TYPE_CHECKING:
+    from cmt.behaviour.sac import Behaviour
     from cmt.data.dataset import OfflineDataset
     from cmt.data.schema import TransitionData
     from cmt.envs.mujoco_tasks import BatchedTaskEnv, MujocoTaskFamily
-    from cmt.envs.sac_data import Behaviour
 
 Env = Literal["halfcheetah", "hopper", "walker2d"]
 Level = Literal["random", "medium", "medium_replay", "medium_expert", "expert"]
@@ -219,8 +219,8 @@ class D4RL(Benchmark):
         on_metrics: MetricsCallback | None,
         progress: bool,
     ) -> tuple[TransitionData, dict[str, Any]]:
-        from cmt.envs.generate import concat_transitions
-        from cmt.envs.sac_data import train_behaviour
+        from cmt.behaviour.rollout import concat_transitions
+        from cmt.behaviour.sac import train_behaviour
 
         cfg = self.cfg
         ckpt = None if behaviour_root is None else Path(behaviour_root) / cfg.env
@@ -259,7 +259,7 @@ class D4RL(Benchmark):
 
     def _episodes(self, behaviour: Behaviour, level: str) -> TransitionData:
         """Whole episodes of ``level`` until at least ``cfg.transitions`` transitions."""
-        from cmt.envs.generate import concat_transitions
+        from cmt.behaviour.rollout import concat_transitions
 
         batch = max(1, math.ceil(self.cfg.transitions / self.horizon))
         pieces, total = [], 0

@@ -2,7 +2,7 @@
 
 Task families on Gymnasium v5 (``cmt/envs/mujoco_tasks.py``); the offline data comes from one
 task-conditioned SAC policy per family, trained in the ``collect`` stage
-(``cmt/envs/sac_data.py``, docs/mujoco.md).
+(``cmt/behaviour/sac.py``, docs/mujoco.md).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from cmt.behaviour.rollout import LEVELS
 from cmt.benchmarks.base import MetricsCallback
 from cmt.benchmarks.meta import MetaBenchmark, MetaData
-from cmt.envs.generate import LEVELS
 from cmt.sections import SacConfig
 
 
@@ -67,7 +67,7 @@ class MujocoMeta(MetaBenchmark):
         on_metrics: MetricsCallback | None = None,
         progress: bool = True,
     ) -> dict[str, Any]:
-        from cmt.envs.sac_data import generate_mujoco
+        from cmt.behaviour.sac import generate_mujoco
 
         ckpt = None if behaviour_root is None else Path(behaviour_root) / self.family.name
         return generate_mujoco(self.family, self.cfg, out_dir, ckpt, on_metrics, progress)

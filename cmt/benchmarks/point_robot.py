@@ -14,10 +14,7 @@ from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from cmt.atomic import write_json
-from cmt.benchmarks.base import MetricsCallback
-from cmt.benchmarks.meta import MetaBenchmark, MetaData
-from cmt.data.schema import TransitionData
-from cmt.envs.generate import (
+from cmt.behaviour.rollout import (
     LEVELS,
     Policy,
     concat_transitions,
@@ -26,7 +23,11 @@ from cmt.envs.generate import (
     seed_from,
     with_level,
 )
-from cmt.envs.point_robot import PointRobotFamily, random_actions, scripted_expert
+from cmt.behaviour.scripted import random_actions, scripted_expert
+from cmt.benchmarks.base import MetricsCallback
+from cmt.benchmarks.meta import MetaBenchmark, MetaData
+from cmt.data.schema import TransitionData
+from cmt.envs.point_robot import PointRobotFamily
 from cmt.integrity import sealed_json
 
 # One independent random stream per (purpose, level), spawned from data.seed in this order.

@@ -3,7 +3,7 @@
 One map is one dataset and one task (task id 0). Allies are our agents; SMAX's heuristic
 controls the enemies. The data of a map mixes behaviour tiers named as in OG-MARL (good,
 medium, poor), written by the ``collect`` stage with a parameter-shared MaskablePPO policy and
-its snapshots (``cmt/envs/marl_data.py``). Agents share one policy: a team's trajectories are
+its snapshots (``cmt/behaviour/ppo.py``). Agents share one policy: a team's trajectories are
 folded into one sequence per agent (:mod:`cmt.data.agents`), and evaluation folds the team
 environment the same way (:mod:`cmt.envs.team`).
 
@@ -41,7 +41,7 @@ MapName = Literal["3m", "2s3z", "5m_vs_6m", "8m", "3s_vs_5z"]
 loading a config does not import jax."""
 
 TIERS = ("poor", "medium", "good", "heuristic")
-"""Behaviour tiers; ``infos/level`` indexes this tuple (``cmt.envs.marl_data.TIERS``)."""
+"""Behaviour tiers; ``infos/level`` indexes this tuple (``cmt.behaviour.ppo.TIERS``)."""
 
 
 class SmaxData(DataSection):
@@ -116,7 +116,7 @@ class Smax(Benchmark):
         progress: bool = True,
     ) -> dict[str, Any]:
         from cmt.atomic import write_json
-        from cmt.envs.marl_data import build_smax_datasets
+        from cmt.behaviour.ppo import build_smax_datasets
         from cmt.integrity import sealed_json
 
         cfg = self.cfg

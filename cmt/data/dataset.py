@@ -164,3 +164,14 @@ class OfflineDataset:
             self.select_episodes(np.sort(perm[n_val:]), seed=seed),
             self.select_episodes(np.sort(perm[:n_val]), seed=seed + 1),
         )
+
+
+@dataclass(frozen=True)
+class PromptData:
+    """The data of one task's prompt: the zero-shot prompt and tuning use ``fit``, early
+    stopping uses ``val`` (never seen by any prompt), and the ``return_weighted`` objective
+    samples ``pool`` (``fit`` when None)."""
+
+    fit: OfflineDataset
+    val: OfflineDataset
+    pool: OfflineDataset | None = None

@@ -1,1 +1,1 @@
-"""Environments: task families, batched envs and behaviour-data generation."""
+"""Environments: task families and batched envs (behaviour policies live in ``cmt.behaviour``)."""

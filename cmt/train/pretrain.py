@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from cmt.checkpoint import CheckpointError, atomic_torch_save, policy_state, safe_load, save_policy
-from cmt.config import ModelConfig, PretrainConfig
 from cmt.data.dataset import Normalizer, OfflineDataset
 from cmt.data.sampler import Batch, SegmentSampler
 from cmt.device import autocast, pick_device
 from cmt.integrity import NonFiniteError
 from cmt.models.policy import SequencePolicy
+from cmt.sections import ModelConfig, PretrainConfig
 from cmt.seeding import seed_everything
 from cmt.train import distributed
 

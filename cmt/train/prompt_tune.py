@@ -9,12 +9,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cmt.benchmarks.base import PromptData
-from cmt.config import PromptTuneConfig
-from cmt.data.dataset import Normalizer, OfflineDataset
+from cmt.data.dataset import Normalizer, OfflineDataset, PromptData
 from cmt.data.sampler import Batch, SegmentSampler
 from cmt.integrity import NonFiniteError
 from cmt.models.policy import SequencePolicy
+from cmt.sections import PromptTuneConfig
 from cmt.train.pretrain import MetricsCallback, masked_mean
 
 VAL_SEGMENTS = 256  # fixed validation batch size: enough windows to make early stopping stable

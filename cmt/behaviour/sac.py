@@ -35,9 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cmt.atomic import atomic_path, write_json
-from cmt.checkpoint import CheckpointError, atomic_torch_save, load_sealed
-from cmt.data.schema import TransitionData
-from cmt.envs.generate import (
+from cmt.behaviour.rollout import (
     LEVELS,
     Policy,
     concat_transitions,
@@ -46,6 +44,8 @@ from cmt.envs.generate import (
     seed_from,
     with_level,
 )
+from cmt.checkpoint import CheckpointError, atomic_torch_save, load_sealed
+from cmt.data.schema import TransitionData
 from cmt.envs.mujoco_tasks import MujocoTaskFamily
 from cmt.integrity import sealed_json
 from cmt.sections import SacConfig

@@ -35,9 +35,9 @@ from stable_baselines3.common.vec_env import VecEnv
 from tqdm.auto import tqdm
 
 from cmt.atomic import write_json
+from cmt.behaviour.rollout import concat_transitions, random_streams, seed_from
 from cmt.checkpoint import CheckpointError, atomic_torch_save, load_sealed
 from cmt.data.schema import TransitionData
-from cmt.envs.generate import concat_transitions, random_streams, seed_from
 from cmt.envs.smax import (
     EpisodeBatch,
     MultiAgentPolicy,
