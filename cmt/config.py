@@ -56,7 +56,7 @@ class EvaluateConfig(Section):
     bf16: bool = Field(
         True,
         description="bfloat16 autocast in rollouts: 1.7x the steps/s on a 2-core CPU "
-        "(benchmarks/throughput.py); off gives bit-exact fp32 actions.",
+        "(perf/throughput.py); off gives bit-exact fp32 actions.",
     )
     target_return: Literal["demo", "max_train", "dt_paper"] = Field(
         "demo",

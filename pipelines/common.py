@@ -209,7 +209,7 @@ def exit_stage(code: int) -> NoReturn:
     """End a stage process with ``code``, skipping the interpreter's teardown of its modules.
 
     The teardown (freeing the modules of Prefect, MLflow, SQLAlchemy, torch) took seconds per
-    stage on a busy 2-core machine (benchmarks/stage_overhead.py) and does nothing a finished
+    stage on a busy 2-core machine (perf/stage_overhead.py) and does nothing a finished
     stage needs. What a normal exit does before it still runs: non-daemon threads are joined
     and the exit handlers (Prefect's log and event flush, MLflow's) run; the outputs are
     already written (atomically) and closed.

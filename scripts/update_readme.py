@@ -7,9 +7,9 @@ Sources: ``results/**/benchmarks.md`` (cross-dataset tables) and ``results/<name
 (written by the report stage, copied by ``scripts/save_results.py``; datasets of a group such
 as ``results/d4rl/<name>/`` appear only in their group's cross-dataset table) and
 ``results/<group>/<study>/table.md`` (variant studies, written by ``scripts/variant_table.py``),
-``benchmarks/results/throughput.json`` and ``decoding.json`` (written by
-``benchmarks/throughput.py``) and ``benchmarks/results/stage_overhead.json`` (written by
-``benchmarks/stage_overhead.py``).
+``perf/results/throughput.json`` and ``decoding.json`` (written by
+``perf/throughput.py``) and ``perf/results/stage_overhead.json`` (written by
+``perf/stage_overhead.py``).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 RESULTS = ROOT / "results"
-THROUGHPUT = ROOT / "benchmarks" / "results" / "throughput.json"
-OVERHEAD = ROOT / "benchmarks" / "results" / "stage_overhead.json"
+THROUGHPUT = ROOT / "perf" / "results" / "throughput.json"
+OVERHEAD = ROOT / "perf" / "results" / "stage_overhead.json"
 DECODING = THROUGHPUT.with_name("decoding.json")
 DECODING_2THREADS = THROUGHPUT.with_name("decoding_2threads.json")
 TRAIN_STEP = THROUGHPUT.with_name("train_step.json")
@@ -64,8 +64,8 @@ def perf_section() -> str:
     r = json.loads(THROUGHPUT.read_text())
     m, peak = r["machine"], r["matmul_peak_gflops"]
     lines = [
-        f"Measured by `python benchmarks/throughput.py` on {m['cpu']} ({m['threads']} threads, "
-        f"torch {m['torch']}, {r['date']}); JSON in `benchmarks/results/throughput.json`. "
+        f"Measured by `python perf/throughput.py` on {m['cpu']} ({m['threads']} threads, "
+        f"torch {m['torch']}, {r['date']}); JSON in `perf/results/throughput.json`. "
         f"This CPU's own matmul peak: {peak['fp32']} GFLOP/s fp32, {peak['bf16']} GFLOP/s bf16.",
         "",
         "| backbone | precision | batch | samples/s | MFLOP/sample | GFLOP/s | of peak |",
@@ -101,10 +101,10 @@ def overhead_section() -> str:
         "shared_server": "now, every later stage",
     }
     lines = [
-        f"Start-up overhead of a stage, measured by `python benchmarks/stage_overhead.py` on "
+        f"Start-up overhead of a stage, measured by `python perf/stage_overhead.py` on "
         f"{m['cpu']} ({m['cores']} cores, Prefect {m['prefect']}, MLflow {m['mlflow']}, "
         f"{r['date']}) on a stage that does no work, median wall seconds; JSON in "
-        f"`benchmarks/results/stage_overhead.json`. *MLflow run* includes importing MLflow and "
+        f"`perf/results/stage_overhead.json`. *MLflow run* includes importing MLflow and "
         f"SQLAlchemy; *CPU* counts the stage process and its own temporary server, not the "
         f"shared one." + (f" {r['note']}" if r.get("note") else ""),
         "",
@@ -124,7 +124,7 @@ def overhead_section() -> str:
         lines += [
             "",
             "The default pipeline's wall time with these changes is not measured yet "
-            "(`python benchmarks/stage_overhead.py --pipeline --no-stage`).",
+            "(`python perf/stage_overhead.py --pipeline --no-stage`).",
         ]
     elif p := r["pipeline"]:
         lines += [
@@ -145,11 +145,11 @@ def decoding_section() -> str:
     r = json.loads(DECODING.read_text())
     m = r["machine"]
     lines = [
-        "Measured by `python benchmarks/throughput.py --decoding-only` (with `--preset` for "
+        "Measured by `python perf/throughput.py --decoding-only` (with `--preset` for "
         f"each benchmark but the embedded default) on {m['cpu']} "
         f"({m['threads']} thread(s), torch {m['torch']}, {r['date']}, fp32, load average "
         f"{r['load_average_before']:.1f} to {r['load_average_after']:.1f}); JSON in "
-        "`benchmarks/results/decoding.json`. Env steps over all episodes "
+        "`perf/results/decoding.json`. Env steps over all episodes "
         "per second of wall time and per second of the process's CPU time (what one idle "
         "core would give); memory is the peak RSS growth during the rollouts (`getrusage` "
         "maxrss), one process per mode.",

@@ -55,7 +55,7 @@ def test_benchmark_names_appear_only_in_their_modules() -> None:
     allowed = ("cmt/benchmarks/", "cmt/envs/", "cmt/behaviour/")
     offenders = [
         f"{path.relative_to(ROOT)}:{i}"
-        for folder in ("cmt", "pipelines", "scripts", "benchmarks")
+        for folder in ("cmt", "pipelines", "scripts", "perf")
         for path in (ROOT / folder).rglob("*.py")
         if not str(path.relative_to(ROOT)).startswith(allowed)
         for i, line in enumerate(path.read_text().splitlines(), 1)

@@ -71,7 +71,7 @@ def normalized_score(env: str, returns: np.ndarray | float) -> np.ndarray | floa
 @dataclass(frozen=True)
 class RandomBand:
     """D4RL normalised scores that random-policy data stays within on one environment, with
-    a margin: measured by ``benchmarks/outlier_check.py`` (uniform actions and randomly
+    a margin: measured by ``perf/outlier_check.py`` (uniform actions and randomly
     initialised tanh-Gaussian MLP policies on the v5 environment, D4RL's *random* level)."""
 
     mean_max: float
@@ -80,7 +80,7 @@ class RandomBand:
     """A file of any other level whose best episode scores no higher is refused."""
 
 
-# Measured (benchmarks/results/outlier_check.json, 200k steps per env and policy kind): the
+# Measured (perf/results/outlier_check.json, 200k steps per env and policy kind): the
 # highest mean score of one random policy was 1.8 (hopper), 1.0 (halfcheetah), 0.2 (walker2d);
 # the best single episode of about 18k / 400 / 21k episodes scored 8.8, 1.8 and 1.8.
 # mean_max leaves 3+ points above every policy's mean; best_max is the best episode + ~10%,

@@ -56,7 +56,7 @@ _MINARI_META = "metadata.json"
 _EPISODE_RE = re.compile(r"episode_(\d+)")
 
 # Outlier check of every float column against the file's own distribution; the numbers were
-# chosen by benchmarks/outlier_check.py (results/outlier_check.json): on 1.2M steps of
+# chosen by perf/outlier_check.py (results/outlier_check.json): on 1.2M steps of
 # random-action and random-policy rollouts of Hopper, HalfCheetah and Walker2d v5 no value lies
 # more than 1.24 widths beyond its column's central range (10 leaves a margin of 8 for the
 # heavier tails of trained policies), while a flipped exponent bit 27 (x 65536) puts a value

@@ -1,4 +1,4 @@
-"""Attention and dropout tuned per device (measured in benchmarks/throughput.py).
+"""Attention and dropout tuned per device (measured in perf/throughput.py).
 
 On a 2-core CPU, PyTorch's flash-attention kernel is 2.6x slower than plain batched
 matmuls at our sequence lengths (~60 tokens), and ``F.dropout`` spends most of its time

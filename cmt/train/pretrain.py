@@ -166,7 +166,7 @@ class GraphedStep:
     replayed (``pretrain.cuda_graph``).
 
     At the default size an eager step is mostly kernel launches (16 ms on an H100 for a few ms
-    of GPU work, benchmarks/gpu_pretrain.py); a replay launches them all at once. Each batch is
+    of GPU work, perf/gpu_pretrain.py); a replay launches them all at once. Each batch is
     copied into fixed input tensors. Capture needs warm-up steps first (AdamW creates its state
     lazily); they run on the first batch, after which weights and optimizer state are put back,
     so training starts from the same state as without the graph.

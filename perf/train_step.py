@@ -1,12 +1,12 @@
 """Training-step speed against CORL's Decision Transformer, where the step's time goes, and the
 memory of pretraining on datasets up to D4RL's size (a million transitions).
 
-    python benchmarks/train_step.py          # writes benchmarks/results/train_step.json
-    python benchmarks/train_step.py --quick  # fewer repetitions, smaller data (smoke check)
+    python perf/train_step.py          # writes perf/results/train_step.json
+    python perf/train_step.py --quick  # fewer repetitions, smaller data (smoke check)
 
 The compared steps, all at batch 256 on the same data (obs 17, act 6: HalfCheetah's sizes):
 
-- ``corl_dt``: CORL's model and step (benchmarks/corl_dt.py) on pre-built batches, so its
+- ``corl_dt``: CORL's model and step (perf/corl_dt.py) on pre-built batches, so its
   data loading (a per-sample Python loop in DataLoader workers) is not counted against it;
 - ``dt``: this project's Decision Transformer mode (``backbone: dt``), the step of
   :func:`cmt.train.pretrain.train_step` *including* drawing the batch with the sampler;

@@ -2,15 +2,15 @@
 at the default model size and at a model about 10x larger, with and without fused AdamW and
 ``torch.compile`` (its ``reduce-overhead`` mode captures CUDA graphs).
 
-    python benchmarks/gpu_pretrain.py --out benchmarks/results/gpu_pretrain.json
-    python benchmarks/gpu_pretrain.py --device cpu --quick --out /tmp/x.json  # smoke check
+    python perf/gpu_pretrain.py --out perf/results/gpu_pretrain.json
+    python perf/gpu_pretrain.py --device cpu --quick --out /tmp/x.json  # smoke check
 
 Every configuration is timed twice: the full step as :func:`cmt.train.pretrain.pretrain` runs
 it (batch drawn on the CPU, copied, then forward, backward, clip, AdamW) and the step alone on
 batches already on the device, which shows how much the CPU-side sampler costs. The JSON is
 rewritten after every configuration, so a run cut short keeps what it measured. FLOPs are
 counted by ``torch.utils.flop_counter`` on the real step; CORL's Decision Transformer
-(benchmarks/corl_dt.py) is timed on the same device for reference.
+(perf/corl_dt.py) is timed on the same device for reference.
 """
 
 from __future__ import annotations

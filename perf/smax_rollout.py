@@ -2,8 +2,8 @@
 per step for all episodes, :class:`cmt.envs.smax.SmaxBatchedEnv`) against stepping the same
 episodes one at a time with the same jitted single-episode step.
 
-    python benchmarks/smax_rollout.py          # writes benchmarks/results/smax_rollout.json
-    python benchmarks/smax_rollout.py --quick  # 3m only, fewer episodes
+    python perf/smax_rollout.py          # writes perf/results/smax_rollout.json
+    python perf/smax_rollout.py --quick  # 3m only, fewer episodes
 
 Both loops play the *same* episodes: the same PRNG key per episode and step, and the same
 random available actions (scores drawn up front), so their returns must agree; the JSON

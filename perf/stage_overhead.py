@@ -1,10 +1,10 @@
 """Start-up overhead of a pipeline stage, and the default pipeline's wall time.
 
-    python benchmarks/stage_overhead.py              # writes benchmarks/results/stage_overhead.json
-    python benchmarks/stage_overhead.py --repeats 1  # a quicker, noisier run
-    python benchmarks/stage_overhead.py --pipeline   # also `dvc repro` of params.yaml in a fresh
+    python perf/stage_overhead.py              # writes perf/results/stage_overhead.json
+    python perf/stage_overhead.py --repeats 1  # a quicker, noisier run
+    python perf/stage_overhead.py --pipeline   # also `dvc repro` of params.yaml in a fresh
                                                      # clone of HEAD (tens of minutes)
-    python benchmarks/stage_overhead.py --pipeline --no-stage   # only that
+    python perf/stage_overhead.py --pipeline --no-stage   # only that
 
 Each part keeps the other's last results in the JSON.
 
@@ -40,10 +40,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from machine import cpu_name  # benchmarks/, the script's own folder
+from machine import cpu_name  # perf/, the script's own folder
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "benchmarks" / "results" / "stage_overhead.json"
+OUT = ROOT / "perf" / "results" / "stage_overhead.json"
 MARKS_ENV = "CMT_BENCH_MARKS"  # where the no-work stage writes its phase times
 PHASES = ("imports", "flow_start", "tracking_start", "tracking_end", "flow_end", "exit")
 

@@ -1,5 +1,5 @@
 """An independent re-implementation of CORL's Decision Transformer model and training step,
-the reference for training speed (benchmarks/train_step.py, benchmarks/gpu_pretrain.py).
+the reference for training speed (perf/train_step.py, perf/gpu_pretrain.py).
 
 Written from a reading of CORL's ``algorithms/offline/dt.py`` (github.com/tinkoff-ai/CORL,
 commit 2c308c8), not copied from it; what matters for speed is kept as there:

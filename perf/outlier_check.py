@@ -2,8 +2,8 @@
 environments, so their thresholds are chosen by data (``cmt/data/sources.py``,
 ``cmt/data/d4rl.py``; docs/d4rl.md, "What a source file must satisfy").
 
-    python benchmarks/outlier_check.py          # writes benchmarks/results/outlier_check.json
-    python benchmarks/outlier_check.py --quick  # 12k steps per dataset, no file written
+    python perf/outlier_check.py          # writes perf/results/outlier_check.json
+    python perf/outlier_check.py --quick  # 12k steps per dataset, no file written
 
 For Hopper-v5, HalfCheetah-v5 and Walker2d-v5 it rolls out uniform random actions and
 randomly initialised tanh-Gaussian MLP policies (D4RL's *random* level is such a policy;
@@ -38,7 +38,7 @@ from typing import Any  # noqa: E402
 
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
-from machine import cpu_name  # noqa: E402  # benchmarks/, the script's own folder
+from machine import cpu_name  # noqa: E402  # perf/, the script's own folder
 
 from cmt.atomic import write_json  # noqa: E402
 from cmt.data.d4rl import GYM_IDS, RANDOM_BANDS, normalized_score  # noqa: E402
@@ -241,7 +241,7 @@ def main() -> None:
         results[env] = per_env
         print(f"{env}: {time.perf_counter() - t0:.0f} s")
     report = {
-        "what": "import checks of a dataset source on random data (benchmarks/outlier_check.py)",
+        "what": "import checks of a dataset source on random data (perf/outlier_check.py)",
         "machine": {
             "cpu": cpu_name(),
             "python": platform.python_version(),

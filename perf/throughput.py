@@ -2,9 +2,9 @@
 the batch builder against a per-sample loop, and batched evaluation against the
 one-episode-at-a-time loop of public Decision Transformer code.
 
-    python benchmarks/throughput.py            # writes benchmarks/results/throughput.json
-    python benchmarks/throughput.py --quick    # fewer repetitions, for a smoke check
-    python benchmarks/throughput.py --decoding-only --preset cheetah_vel
+    python perf/throughput.py            # writes perf/results/throughput.json
+    python perf/throughput.py --quick    # fewer repetitions, for a smoke check
+    python perf/throughput.py --decoding-only --preset cheetah_vel
         # evaluation modes only (point robot and cheetah-vel): decoding.json
 
 FLOPs are counted by ``torch.utils.flop_counter`` on the real training step (forward and
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from machine import cpu_name  # benchmarks/, the script's own folder
+from machine import cpu_name  # perf/, the script's own folder
 from torch.utils.flop_counter import FlopCounterMode
 
 from cmt.benchmarks import make_benchmark
