@@ -20,6 +20,7 @@ from cmt.methods import BackboneName, MethodName, backbones_for
 from cmt.sections import (
     NAME_RULE,
     ModelConfig,
+    ModelParams,
     PretrainConfig,
     PromptKind,
     PromptTuneConfig,
@@ -35,6 +36,7 @@ __all__ = [
     "ConfigError",
     "MethodName",
     "ModelConfig",
+    "ModelParams",
     "PretrainConfig",
     "PromptKind",
     "PromptTuneConfig",
@@ -171,7 +173,11 @@ class Params(Section):
         default_factory=DATA_SECTIONS[0],
         description="The benchmark and its data (data.benchmark picks the section's fields).",
     )
-    model: ModelConfig = Field(default_factory=ModelConfig, description="Sequence model.")
+    model: ModelParams = Field(
+        default_factory=ModelParams,
+        description="Sizes of the sequence model, shared by every backbone (what a backbone "
+        "is comes from cmt/methods.py).",
+    )
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig, description="Pretraining.")
     prompt_tune: PromptTuneConfig = Field(
         default_factory=PromptTuneConfig, description="Prompt tuning."

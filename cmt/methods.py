@@ -8,18 +8,21 @@ compares (``DataSection.methods``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
-from cmt.sections import ModelConfig
+from cmt.sections import ModelConfig, ModelParams, PromptKind
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """Model fields a backbone fixes on top of ``params.yaml``'s ``model`` section, and the
-    share of highest-return training episodes it is trained on (1.0 = all)."""
+    """What a backbone is: its prompt, whether it conditions on the return-to-go, whether it
+    trains the self-supervised heads, and the share of highest-return training episodes it is
+    trained on (1.0 = all). The sizes come from ``params.yaml``'s ``model`` section."""
 
-    overrides: dict[str, Any] = field(default_factory=dict)
+    prompt: PromptKind
+    condition_on_rtg: bool
+    dynamics_heads: bool
     data_fraction: float = 1.0
 
 
@@ -27,14 +30,12 @@ class BackboneSpec:
 # heads. Filtered BC keeps the top 10% of episodes by return, as in the Decision Transformer
 # paper's %BC baseline.
 BACKBONES: dict[str, BackboneSpec] = {
-    "cmt": BackboneSpec({"prompt": "encoder", "condition_on_rtg": False}),
-    "prompt_dt": BackboneSpec(
-        {"prompt": "segment", "condition_on_rtg": True, "dynamics_heads": False}
-    ),
-    "dt": BackboneSpec({"prompt": "none", "condition_on_rtg": True, "dynamics_heads": False}),
-    "bc": BackboneSpec({"prompt": "none", "condition_on_rtg": False, "dynamics_heads": False}),
+    "cmt": BackboneSpec("encoder", condition_on_rtg=False, dynamics_heads=True),
+    "prompt_dt": BackboneSpec("segment", condition_on_rtg=True, dynamics_heads=False),
+    "dt": BackboneSpec("none", condition_on_rtg=True, dynamics_heads=False),
+    "bc": BackboneSpec("none", condition_on_rtg=False, dynamics_heads=False),
     "filtered_bc": BackboneSpec(
-        {"prompt": "none", "condition_on_rtg": False, "dynamics_heads": False}, data_fraction=0.1
+        "none", condition_on_rtg=False, dynamics_heads=False, data_fraction=0.1
     ),
 }
 
@@ -77,9 +78,16 @@ def get_method(name: str) -> Method:
         raise KeyError(f"unknown method {name!r}; known: {sorted(METHODS)}") from None
 
 
-def backbone_config(base: ModelConfig, backbone: BackboneName) -> ModelConfig:
-    """``params.yaml``'s model section with the backbone's fixed fields applied."""
-    return ModelConfig.model_validate({**base.model_dump(), **BACKBONES[backbone].overrides})
+def backbone_config(base: ModelParams, backbone: BackboneName) -> ModelConfig:
+    """The model of ``backbone``: ``params.yaml``'s sizes and what the backbone is."""
+    spec = BACKBONES[backbone]
+    fixed = {
+        "prompt": spec.prompt,
+        "condition_on_rtg": spec.condition_on_rtg,
+        "dynamics_heads": spec.dynamics_heads,
+    }
+    sizes = base.model_dump(exclude=set(fixed))  # a full ModelConfig passes as sizes too
+    return ModelConfig.model_validate({**sizes, **fixed})
 
 
 def backbones_for(methods: tuple[str, ...]) -> list[BackboneName]:

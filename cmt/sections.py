@@ -179,8 +179,10 @@ class PpoConfig(Section):
 PromptKind = Literal["none", "segment", "encoder"]
 
 
-class ModelConfig(Section):
-    """Sequence model: GPT backbone, prompt slot, context encoder and heads (docs/method.md)."""
+class ModelParams(Section):
+    """``params.yaml``'s ``model`` section: the sizes every backbone shares (docs/method.md).
+    What makes a backbone CMT, Prompt-DT, DT or BC is the method registry's
+    (``cmt/methods.py``), not a setting here."""
 
     n_layer: int = Field(3, ge=1, description="Transformer blocks in the backbone.")
     n_head: int = Field(1, ge=1, description="Attention heads per block.")
@@ -188,21 +190,10 @@ class ModelConfig(Section):
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout probability.")
     context_len: int = Field(20, ge=1, description="K: timesteps of history the policy sees.")
     max_timestep: int = Field(1000, ge=1, description="Size of the timestep embedding table.")
-    condition_on_rtg: bool = Field(
-        False, description="Add a return-to-go token per step (Decision Transformer)."
-    )
-    prompt: PromptKind = Field(
-        "encoder",
-        description="Prompt source: 'encoder' = CMT (E(context)), 'segment' = Prompt-DT "
-        "(raw trajectory segment), 'none' = no prompt (multi-task DT).",
-    )
     prompt_len: int = Field(5, ge=1, description="m: prompt vectors produced by the encoder.")
     segment_len: int = Field(5, ge=1, description="K*: steps of the raw segment prompt.")
     encoder_layers: int = Field(1, ge=0, description="Set-transformer layers in the encoder.")
     context_size: int = Field(32, ge=1, description="C: transitions fed to the context encoder.")
-    dynamics_heads: bool = Field(
-        True, description="Predict next state and reward from action tokens (self-supervised)."
-    )
     attention: Literal["window", "banded"] = Field(
         "window",
         description="'window': train on K-step segments with a causal mask and recompute the "
@@ -220,7 +211,7 @@ class ModelConfig(Section):
     )
 
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> ModelConfig:
+    def _heads_divide_width(self) -> ModelParams:
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
         if self.attention == "banded" and self.sample_len < self.context_len:
@@ -235,6 +226,23 @@ class ModelConfig(Section):
         if self.attention == "banded" and self.train_len is not None:
             return self.train_len
         return self.context_len
+
+
+class ModelConfig(ModelParams):
+    """Everything the sequence model is built from: the shared sizes and what its backbone
+    fixes (``cmt.methods.backbone_config``); saved in every checkpoint."""
+
+    prompt: PromptKind = Field(
+        "encoder",
+        description="Prompt source: 'encoder' = CMT (E(context)), 'segment' = Prompt-DT "
+        "(raw trajectory segment), 'none' = no prompt (multi-task DT).",
+    )
+    condition_on_rtg: bool = Field(
+        False, description="Add a return-to-go token per step (Decision Transformer)."
+    )
+    dynamics_heads: bool = Field(
+        True, description="Predict next state and reward from action tokens (self-supervised)."
+    )
 
 
 class PretrainConfig(Section):

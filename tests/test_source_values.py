@@ -40,6 +40,7 @@ from cmt.data.dataset import Normalizer
 from cmt.data.hdf5 import DatasetError, write_hdf5
 from cmt.data.schema import TransitionData
 from cmt.integrity import NonFiniteError
+from cmt.methods import backbone_config
 from cmt.models.policy import SequencePolicy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -332,7 +333,7 @@ def test_cli_generate_refuses_a_corrupt_source_in_one_line(tmp_path, rollout) ->
 
 @pytest.fixture(scope="module")
 def policy() -> SequencePolicy:
-    return SequencePolicy(parse_params(TINY).model, 3, 2)
+    return SequencePolicy(backbone_config(parse_params(TINY).model, "cmt"), 3, 2)
 
 
 @pytest.mark.parametrize(
