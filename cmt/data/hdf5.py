@@ -189,7 +189,40 @@ def validate(data: TransitionData, source: str) -> None:
     first problem found.
     """
     multi = data.avail_actions is not None
-    dtypes, ndims = (_MA_DTYPES, _MA_NDIMS) if multi else (_DTYPES, _NDIMS)
+    arrays = _canonical_arrays(data, source, multi)
+    n = check_shapes(arrays, _MA_NDIMS if multi else _NDIMS, source)
+    for key, arr in arrays.items():
+        if arr.dtype == np.bool_:  # a bool made from raw bytes (a view) may hold 0xFF
+            as_flags(source, key, arr)
+    _check_widths(arrays, multi, source)
+    _check_infos(data.infos, n, source)
+    for key in FLOAT_KEYS:
+        if not (multi and key == "actions"):
+            check_float_values(source, key, arrays[key])
+    if multi:
+        _check_actions(source, arrays["actions"], arrays["avail_actions"])
+    ends = arrays["terminals"] | arrays["timeouts"]
+    if not ends[-1]:
+        raise _err(
+            source,
+            "timeouts",
+            f"last transition (index {n - 1}) ends no episode: neither terminal nor timeout",
+        )
+    if multi:
+        _check_wins(data.infos.get("won"), ends, source)
+    _check_task_ids(arrays["task_id"], ends, data.metadata, source)
+    version = data.metadata.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise _err(
+            source,
+            "metadata/schema_version",
+            f"schema version {version!r}, expected {SCHEMA_VERSION}",
+        )
+
+
+def _canonical_arrays(data: TransitionData, source: str, multi: bool) -> dict[str, np.ndarray]:
+    """The arrays of ``data`` by on-disk key, each a numpy array of its canonical dtype."""
+    dtypes = _MA_DTYPES if multi else _DTYPES
     arrays: dict[str, np.ndarray] = {}
     for field, key in _FIELD_TO_KEY.items():
         arr = getattr(data, field)
@@ -200,7 +233,11 @@ def validate(data: TransitionData, source: str) -> None:
         if arr.dtype != dtypes[key]:
             raise _err(source, key, f"dtype {arr.dtype}, expected {dtypes[key]}")
         arrays[key] = arr
+    return arrays
 
+
+def check_shapes(arrays: dict[str, np.ndarray], ndims: dict[str, int], source: str) -> int:
+    """Every array of its expected rank and of one length N >= 1; returns N."""
     for key, arr in arrays.items():
         if arr.ndim != ndims[key]:
             raise _err(source, key, f"expected {ndims[key]}-D array, got shape {arr.shape}")
@@ -210,9 +247,11 @@ def validate(data: TransitionData, source: str) -> None:
             raise _err(source, key, f"length {arr.shape[0]} does not match observations length {n}")
     if n < 1:
         raise _err(source, "observations", "dataset is empty (N = 0)")
-    for key, arr in arrays.items():
-        if arr.dtype == np.bool_:  # a bool made from raw bytes (a view) may hold 0xFF
-            as_flags(source, key, arr)
+    return n
+
+
+def _check_widths(arrays: dict[str, np.ndarray], multi: bool, source: str) -> None:
+    """One agent axis (multi-agent data) and one observation width throughout."""
     if multi:
         agents = arrays["observations"].shape[1]
         for key in ("next_observations", "actions", "avail_actions"):
@@ -231,39 +270,35 @@ def validate(data: TransitionData, source: str) -> None:
             f"width {arrays['next_observations'].shape[-1]} does not match observations "
             f"width {obs_dim}",
         )
-    for name, arr in data.infos.items():
+
+
+def _check_infos(infos: dict[str, Any], n: int, source: str) -> None:
+    for name, arr in infos.items():
         key = f"infos/{name}"
         if not isinstance(arr, np.ndarray):
             raise _err(source, key, f"expected a numpy array, got {type(arr).__name__}")
         if arr.ndim < 1 or arr.shape[0] != n:
             raise _err(source, key, f"shape {arr.shape}, expected first dimension {n}")
 
-    for key in FLOAT_KEYS:
-        if not (multi and key == "actions"):
-            check_float_values(source, key, arrays[key])
-    if multi:
-        _check_actions(source, arrays["actions"], arrays["avail_actions"])
 
-    ends = arrays["terminals"] | arrays["timeouts"]
-    if not ends[-1]:
+def _check_wins(won: np.ndarray | None, ends: np.ndarray, source: str) -> None:
+    """``infos/won`` of multi-agent data: bool, and true only where an episode ends."""
+    if won is None:
+        return
+    if won.dtype != np.bool_ or won.ndim != 1:
+        raise _err(source, "infos/won", f"{won.dtype} {won.shape}, expected bool ({ends.size},)")
+    early = won & ~ends
+    if early.any():
+        count, first = _first_bad(early)
         raise _err(
-            source,
-            "timeouts",
-            f"last transition (index {n - 1}) ends no episode: neither terminal nor timeout",
+            source, "infos/won", f"{count} wins at steps that end no episode (first {first})"
         )
 
-    won = data.infos.get("won")
-    if multi and won is not None:
-        if won.dtype != np.bool_ or won.ndim != 1:
-            raise _err(source, "infos/won", f"{won.dtype} {won.shape}, expected bool ({n},)")
-        early = won & ~ends
-        if early.any():
-            count, first = _first_bad(early)
-            raise _err(
-                source, "infos/won", f"{count} wins at steps that end no episode (first {first})"
-            )
 
-    task = arrays["task_id"]
+def _check_task_ids(
+    task: np.ndarray, ends: np.ndarray, metadata: dict[str, Any], source: str
+) -> None:
+    """Task ids constant within an episode, non-negative, below ``metadata/num_tasks``."""
     # A task id may only change right after an episode end.
     changes = np.flatnonzero((task[1:] != task[:-1]) & ~ends[:-1]) + 1
     if changes.size:
@@ -279,25 +314,19 @@ def validate(data: TransitionData, source: str) -> None:
         raise _err(
             source, "task_id", f"{count} negative task ids (first at index {first}: {task[first]})"
         )
-    if "num_tasks" in data.metadata:
-        num_tasks = data.metadata["num_tasks"]
-        if isinstance(num_tasks, bool) or not isinstance(num_tasks, int | np.integer):
-            raise _err(source, "metadata/num_tasks", f"expected an integer, got {num_tasks!r}")
-        too_big = task >= num_tasks
-        if too_big.any():
-            count, first = _first_bad(too_big)
-            raise _err(
-                source,
-                "task_id",
-                f"{count} task ids >= metadata num_tasks={int(num_tasks)} "
-                f"(first at index {first}: {task[first]})",
-            )
-    version = data.metadata.get("schema_version", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
+    if "num_tasks" not in metadata:
+        return
+    num_tasks = metadata["num_tasks"]
+    if isinstance(num_tasks, bool) or not isinstance(num_tasks, int | np.integer):
+        raise _err(source, "metadata/num_tasks", f"expected an integer, got {num_tasks!r}")
+    too_big = task >= num_tasks
+    if too_big.any():
+        count, first = _first_bad(too_big)
         raise _err(
             source,
-            "metadata/schema_version",
-            f"schema version {version!r}, expected {SCHEMA_VERSION}",
+            "task_id",
+            f"{count} task ids >= metadata num_tasks={int(num_tasks)} "
+            f"(first at index {first}: {task[first]})",
         )
 
 
@@ -510,12 +539,13 @@ def _with_checked_file(path: str | Path, use: Callable[[h5py.File], T]) -> T:
         raise _err(source, None, f"cannot read as HDF5 ({type(exc).__name__}: {exc})") from exc
 
 
-def _read_open(f: h5py.File, source: str, default_task_id: int | None) -> TransitionData:
+def _read_metadata(f: h5py.File, source: str, multi: bool) -> dict[str, Any]:
+    """``metadata/*`` as plain values, its schema version checked and removed.
+
+    A file we wrote always has ``schema_version``; a foreign D4RL file has none and is
+    accepted."""
     meta_ds = _collect(f["metadata"]) if isinstance(f.get("metadata"), h5py.Group) else {}
     metadata = {name: _read_metadata_value(ds) for name, ds in meta_ds.items()}
-
-    # A file we wrote always has schema_version; a foreign D4RL file has none and is accepted.
-    multi = "avail_actions" in f
     if "schema_version" in metadata:
         version = metadata.pop("schema_version")
         if version not in READABLE_SCHEMA_VERSIONS:
@@ -531,51 +561,47 @@ def _read_open(f: h5py.File, source: str, default_task_id: int | None) -> Transi
                 "metadata/schema_version",
                 f"schema version {version} has no agent axis, but the file has avail_actions",
             )
-    ndims = _MA_NDIMS if multi else _NDIMS
+    return metadata
 
+
+def _read_arrays(
+    f: h5py.File, source: str, multi: bool, default_task_id: int | None
+) -> dict[str, np.ndarray]:
+    """The datasets of the file cast to their canonical dtypes, refusing anything that is
+    not the right kind (shapes are checked by the caller)."""
     for key in REQUIRED_KEYS:
         if key not in f:
             raise _err(source, key, "missing required dataset")
     if "task_id" not in f and default_task_id is None:
         raise _err(source, "task_id", "missing; pass default_task_id for single-task D4RL files")
-
     raw = {key: _dataset(source, f, key)[()] for key in REQUIRED_KEYS}
     for key in ("next_observations", "task_id", "avail_actions"):
         if key in f:
             raw[key] = _dataset(source, f, key)[()]
-
-    # dtypes: cast to the canonical ones, refusing anything that is not the right kind.
     arrays: dict[str, np.ndarray] = {}
     for key in FLOAT_KEYS:
         if key in raw and not (multi and key == "actions"):
             arrays[key] = _as_float(source, key, np.asarray(raw[key]))
     for key in (*FLAG_KEYS, "avail_actions") if multi else FLAG_KEYS:
         arrays[key] = as_flags(source, key, np.asarray(raw[key]))
-    if multi:
-        actions = np.asarray(raw["actions"])
-        if not np.issubdtype(actions.dtype, np.integer):
-            raise _err(source, "actions", f"dtype {actions.dtype}, expected an integer dtype")
-        arrays["actions"] = actions.astype(np.int64, copy=False)
-    if "task_id" in raw:
-        task = np.asarray(raw["task_id"])
-        if not np.issubdtype(task.dtype, np.integer):
-            raise _err(source, "task_id", f"dtype {task.dtype}, expected an integer dtype")
-        arrays["task_id"] = task.astype(np.int64, copy=False)
+    integer_keys = ("actions", "task_id") if multi else ("task_id",)
+    for key in integer_keys:
+        if key in raw:
+            arr = np.asarray(raw[key])
+            if not np.issubdtype(arr.dtype, np.integer):
+                raise _err(source, key, f"dtype {arr.dtype}, expected an integer dtype")
+            arrays[key] = arr.astype(np.int64, copy=False)
+    return arrays
 
+
+def _read_open(f: h5py.File, source: str, default_task_id: int | None) -> TransitionData:
+    multi = "avail_actions" in f
+    metadata = _read_metadata(f, source, multi)
+    arrays = _read_arrays(f, source, multi, default_task_id)
     # shapes: check what the derivations below rely on before deriving anything.
-    for key, arr in arrays.items():
-        if arr.ndim != ndims[key]:
-            raise _err(source, key, f"expected {ndims[key]}-D array, got shape {arr.shape}")
-    n = arrays["observations"].shape[0]
-    for key, arr in arrays.items():
-        if arr.shape[0] != n:
-            raise _err(source, key, f"length {arr.shape[0]} does not match observations length {n}")
-    if n < 1:
-        raise _err(source, "observations", "dataset is empty (N = 0)")
-
+    n = check_shapes(arrays, _MA_NDIMS if multi else _NDIMS, source)
     if "task_id" not in arrays:
         arrays["task_id"] = np.full(n, default_task_id, dtype=np.int64)
-
     terminals, timeouts = arrays["terminals"], arrays["timeouts"]
     if not (terminals[-1] or timeouts[-1]):
         # Real D4RL files stop mid-episode: the cut is a truncation, not a termination.
@@ -592,7 +618,6 @@ def _read_open(f: h5py.File, source: str, default_task_id: int | None) -> Transi
         arrays["next_observations"] = _derive_next_observations(
             arrays["observations"], terminals, timeouts
         )
-
     infos: dict[str, np.ndarray] = {}
     if "infos" in f:
         if not isinstance(f["infos"], h5py.Group):
