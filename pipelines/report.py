@@ -59,25 +59,41 @@ def registry(params: Params, out_dir: str, max_runs: int = 20) -> dict[str, Any]
     name = cfg.model_name(params.data.name)
     versions = tracking.registry_rows(client, name)
     metric = f"eval/{cfg.registered_method}/{cfg.primary_metric}"
-    runs = []
-    for r in client.search_runs(
+    runs = _evaluation_runs(client, exp_id, metric, max_runs)
+    out = Path(out_dir)
+    payload = {"model": name, "versions": versions, "runs": runs}
+    write_json(out / "registry.json", payload)
+    write_text(out / "registry.md", _registry_markdown(cfg, name, versions, runs, metric))
+    _plot_versions(versions, cfg.primary_metric, out / "registry.png")
+    return payload
+
+
+def _evaluation_runs(client: Any, exp_id: str, metric: str, max_runs: int) -> list[dict]:
+    """The latest evaluate runs: status, experiment, model version, key params, ``metric``."""
+    found = client.search_runs(
         [exp_id],
         filter_string=f"tags.`{tracking.TAG_STAGE}` = 'evaluate'",
         order_by=["attributes.start_time DESC"],
         max_results=max_runs,
-    ):
-        runs.append(
-            {
-                "run_id": r.info.run_id,
-                "status": r.info.status,
-                "start_time": r.info.start_time,
-                "dvc_exp": r.data.tags.get("dvc.exp_name", ""),
-                "model_version": r.data.tags.get("cmt.model_version", ""),
-                "alias": r.data.tags.get("cmt.model_alias", ""),
-                metric: r.data.metrics.get(metric),
-                **{k: r.data.params.get(k) for k in RUN_PARAMS},
-            }
-        )
+    )
+    return [
+        {
+            "run_id": r.info.run_id,
+            "status": r.info.status,
+            "start_time": r.info.start_time,
+            "dvc_exp": r.data.tags.get("dvc.exp_name", ""),
+            "model_version": r.data.tags.get("cmt.model_version", ""),
+            "alias": r.data.tags.get("cmt.model_alias", ""),
+            metric: r.data.metrics.get(metric),
+            **{k: r.data.params.get(k) for k in RUN_PARAMS},
+        }
+        for r in found
+    ]
+
+
+def _registry_markdown(
+    cfg: Any, name: str, versions: list[dict], runs: list[dict], metric: str
+) -> str:
     lines = [
         f"## Registered versions of `{name}`",
         "",
@@ -105,12 +121,7 @@ def registry(params: Params, out_dir: str, max_runs: int = 20) -> dict[str, Any]
             f"| {r['run_id'][:8]} | {r['status']} | {r['dvc_exp']} | {r['model_version']} "
             f"| {r['alias']} | {cells} | {_fmt(r[metric])} |"
         )
-    out = Path(out_dir)
-    payload = {"model": name, "versions": versions, "runs": runs}
-    write_json(out / "registry.json", payload)
-    write_text(out / "registry.md", "\n".join(lines) + "\n")
-    _plot_versions(versions, cfg.primary_metric, out / "registry.png")
-    return payload
+    return "\n".join(lines) + "\n"
 
 
 @stage_task(name="benchmark table")
@@ -134,49 +145,51 @@ def benchmarks(params: Params, out_dir: str) -> list[dict[str, Any]]:
         max_results=500,
     ):
         latest.setdefault(r.data.params.get("data.name", "?"), r)
-    rows = []
-    for name, r in sorted(latest.items()):
-        # The prompt_tune runs of the same pipeline run: the cost of a tuned prompt.
-        siblings = client.search_runs(
-            [exp_id],
-            filter_string=(
-                f"tags.`mlflow.parentRunId` = '{r.data.tags.get('mlflow.parentRunId', '')}' "
-                f"and tags.`{tracking.TAG_STAGE}` = 'prompt_tune'"
-            ),
-        )
-        costs = [s.data.metrics for s in siblings if "tune/seconds_mean" in s.data.metrics]
-        metrics: dict[str, dict[str, float]] = {}
-        for key, value in r.data.metrics.items():
-            parts = key.split("/")  # eval/<method>/<statistic>
-            if len(parts) == 3 and parts[0] == "eval" and not parts[2].startswith("seed"):
-                metrics.setdefault(parts[1], {})[parts[2]] = value
-        rows.append(
-            {
-                "name": name,
-                "kind": r.data.tags.get("cmt.benchmark_kind", "?"),
-                "run_id": r.info.run_id,
-                "dvc_exp": r.data.tags.get("dvc.exp_name", ""),
-                "seeds": r.data.params.get("compare.seeds", ""),
-                "caption": r.data.tags.get("cmt.caption", ""),
-                "published": json.loads(r.data.tags.get("cmt.published", "null")),
-                "dataset": {
-                    k.removeprefix("dataset/"): v
-                    for k, v in r.data.metrics.items()
-                    if k.startswith("dataset/")
-                },
-                "metrics": metrics,
-                "prompt": {
-                    "seconds": sum(c["tune/seconds_mean"] for c in costs) / len(costs),
-                    "bytes": sum(c["tune/prompt_bytes_mean"] for c in costs) / len(costs),
-                }
-                if costs
-                else None,
-            }
-        )
+    rows = [_benchmark_row(client, exp_id, name, r) for name, r in sorted(latest.items())]
     out = Path(out_dir)
     write_json(out / "benchmarks.json", rows)
     write_text(out / "benchmarks.md", benchmark_tables(rows))
     return rows
+
+
+def _benchmark_row(client: Any, exp_id: str, name: str, run: Any) -> dict[str, Any]:
+    """One dataset's row: the evaluate ``run``'s per-method metrics, its published result,
+    the data's score distribution and the cost of a tuned prompt."""
+    tags, values = run.data.tags, run.data.metrics
+    # The prompt_tune runs of the same pipeline run: the cost of a tuned prompt.
+    siblings = client.search_runs(
+        [exp_id],
+        filter_string=(
+            f"tags.`mlflow.parentRunId` = '{tags.get('mlflow.parentRunId', '')}' "
+            f"and tags.`{tracking.TAG_STAGE}` = 'prompt_tune'"
+        ),
+    )
+    costs = [s.data.metrics for s in siblings if "tune/seconds_mean" in s.data.metrics]
+    metrics: dict[str, dict[str, float]] = {}
+    for key, value in values.items():
+        parts = key.split("/")  # eval/<method>/<statistic>
+        if len(parts) == 3 and parts[0] == "eval" and not parts[2].startswith("seed"):
+            metrics.setdefault(parts[1], {})[parts[2]] = value
+    prompt = None
+    if costs:
+        prompt = {
+            "seconds": sum(c["tune/seconds_mean"] for c in costs) / len(costs),
+            "bytes": sum(c["tune/prompt_bytes_mean"] for c in costs) / len(costs),
+        }
+    return {
+        "name": name,
+        "kind": tags.get("cmt.benchmark_kind", "?"),
+        "run_id": run.info.run_id,
+        "dvc_exp": tags.get("dvc.exp_name", ""),
+        "seeds": run.data.params.get("compare.seeds", ""),
+        "caption": tags.get("cmt.caption", ""),
+        "published": json.loads(tags.get("cmt.published", "null")),
+        "dataset": {
+            k.removeprefix("dataset/"): v for k, v in values.items() if k.startswith("dataset/")
+        },
+        "metrics": metrics,
+        "prompt": prompt,
+    }
 
 
 def _plot_versions(versions: list[dict[str, Any]], metric: str, path: Path) -> None:
