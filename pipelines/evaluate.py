@@ -164,9 +164,6 @@ def register_policy(
 ) -> tracking.Promotion | None:
     """Log the registered method's best-seed policy (backbone + prompts of every test task)
     as a pyfunc model, register it as a new version and move the alias."""
-    from cmt.benchmarks import make_benchmark
-    from cmt.checkpoint import load_policy
-    from cmt.experiment import load_data, target_returns
     from cmt.serving import log_policy_model, save_prompt_set
 
     cfg = params.tracking
@@ -180,16 +177,9 @@ def register_policy(
     seed, value = best["seed"], float(best[cfg.primary_metric])
     check_finite({cfg.primary_metric: value}, f"registering {method} seed {seed}")
     ckpt = checkpoint_path(checkpoints, method, seed)
-    bench = make_benchmark(params.data)
-    data = load_data(params, data_dir)
-    model, _, _ = load_policy(ckpt)
-    tasks = bench.eval_tasks
-    prompts = method_prompts(params, method, ckpt, data, seed, prompts_dir, tasks)
-    targets = None  # the same targets as cmt.experiment.evaluate_method
-    if model.cfg.condition_on_rtg:
-        targets = target_returns(params, bench, data, list(tasks))
-    # Input example: the first step of each task's first prompt-data episode.
-    example = pd.DataFrame([example_row(bench.prompt_target(data, t), t) for t in tasks])
+    model, prompts, targets, example, tasks = _policy_inputs(
+        params, method, seed, ckpt, data_dir, prompts_dir
+    )
     name = cfg.model_name(params.data.name)
     with tempfile.TemporaryDirectory() as tmp:
         prompt_set = Path(tmp) / "prompts.pt"
@@ -211,10 +201,8 @@ def register_policy(
         "cmt.checkpoint": str(ckpt),
         "cmt.pipeline_run_id": run.parent_id,
         "cmt.test_tasks": str(list(tasks)),
+        **{key: os.environ[var] for key, var in DVC_TAGS if os.environ.get(var)},
     }
-    for key, var in (("dvc.exp_name", "DVC_EXP_NAME"), ("dvc.stage", "DVC_STAGE")):
-        if os.environ.get(var):
-            tags[key] = os.environ[var]
     for k, v in tags.items():
         run.client.set_model_version_tag(name, version, k, v)
     promotion = tracking.promote(run.client, name, version, cfg.primary_metric, value)
@@ -222,15 +210,35 @@ def register_policy(
     run.log_metrics({f"registry/{cfg.primary_metric}": value})
     logger.info(
         "registered %s version %s (%s = %.3f, previous champion %s = %s): alias %s",
-        name,
-        version,
-        cfg.primary_metric,
-        value,
-        promotion.previous_champion,
-        promotion.previous_value,
-        promotion.alias,
+        *(name, version, cfg.primary_metric, value),
+        *(promotion.previous_champion, promotion.previous_value, promotion.alias),
     )
     return promotion
+
+
+DVC_TAGS = (("dvc.exp_name", "DVC_EXP_NAME"), ("dvc.stage", "DVC_STAGE"))
+
+
+def _policy_inputs(
+    params: Params, method: str, seed: int, ckpt: Path, data_dir: str, prompts_dir: str
+) -> tuple[Any, dict[int, Any], dict[int, float] | None, pd.DataFrame, tuple[int, ...]]:
+    """What the registered policy is made of: the model, the prompt and return target of
+    every evaluated task (as evaluation used them), and an input example."""
+    from cmt.benchmarks import make_benchmark
+    from cmt.checkpoint import load_policy
+    from cmt.experiment import load_data, target_returns
+
+    bench = make_benchmark(params.data)
+    data = load_data(params, data_dir)
+    model, _, _ = load_policy(ckpt)
+    tasks = bench.eval_tasks
+    prompts = method_prompts(params, method, ckpt, data, seed, prompts_dir, tasks)
+    targets = None  # the same targets as cmt.experiment.evaluate_method
+    if model.cfg.condition_on_rtg:
+        targets = target_returns(params, bench, data, list(tasks))
+    # Input example: the first step of each task's first prompt-data episode.
+    example = pd.DataFrame([example_row(bench.prompt_target(data, t), t) for t in tasks])
+    return model, prompts, targets, example, tasks
 
 
 @flow(name="evaluate", flow_run_name="evaluate/{params.data.name}")
@@ -238,13 +246,12 @@ def evaluate_flow(
     params: Params, data_dir: str, checkpoints: str, prompts_dir: str, out_dir: str
 ) -> dict[str, Any]:
     """``out_dir``: ``runs/<method>_seed<k>.json``, ``metrics.json``, ``per_task.csv``."""
+    from cmt.benchmarks import make_benchmark
     from cmt.compare import summarize
 
     out = Path(out_dir)
     tasks = eval_tasks(params)
     grid = list(itertools.product(params.compare.methods, params.compare.seeds, tasks))
-    from cmt.benchmarks import make_benchmark
-
     bench = make_benchmark(params.data)
     # What the report's cross-dataset table needs, without rebuilding the benchmark from MLflow.
     about = {
@@ -268,19 +275,7 @@ def evaluate_flow(
                 {k: r[k] for k in METRIC_KEYS},
                 f"evaluate {r['method']} seed {r['seed']} task {r['task']}",
             )
-        data = bench.load(data_dir)
-        scores = bench.episode_scores(data, data.train)
-        run.log_metrics(
-            {
-                "dataset/score_mean": float(scores.mean()),
-                "dataset/score_p90": float(np.percentile(scores, 90)),
-                "dataset/score_max": float(scores.max()),
-                **{
-                    f"dataset/level/{level}": float(scores[mine].mean())
-                    for level, mine in bench.level_episodes(data.train).items()
-                },
-            }
-        )
+        _log_dataset_scores(run, bench, data_dir)
         records = build_records(params, results, checkpoints, prompts_dir)
         for rec in records:
             write_json(out / "runs" / f"{rec['method']}_seed{rec['seed']}.json", sealed_json(rec))
@@ -291,21 +286,7 @@ def evaluate_flow(
         }
         write_json(out / "metrics.json", metrics)
         write_text(out / "per_task.csv", per_task_csv(summary, records))
-        run.log_metrics({f"eval/{m}/{k}": v for m, s in metrics.items() for k, v in s.items()})
-        for m in summary:  # per task, mean over seeds
-            rows = [r for r in results if r["method"] == m]
-            for t in tasks:
-                mine = [r for r in rows if r["task"] == t]
-                run.log_metrics(
-                    {
-                        f"eval/{m}/task_{t}/return": float(
-                            np.mean([r["return_mean"] for r in mine])
-                        ),
-                        f"eval/{m}/task_{t}/score": float(np.mean([r["score_mean"] for r in mine])),
-                    }
-                )
-        for rec in records:  # per seed, stepped by the seed
-            run.log_metrics({f"eval/{rec['method']}/seed_score": rec["score_mean"]}, rec["seed"])
+        _log_evaluation(run, metrics, results, records, tasks)
         run.log_artifact(out / "runs", "evaluate/runs")
         run.log_artifact(out / "metrics.json", "evaluate")
         run.log_artifact(out / "per_task.csv", "evaluate")
@@ -314,6 +295,45 @@ def evaluate_flow(
             "scores: %s", {m: round(s["score_mean"], 2) for m, s in metrics.items()}
         )
     return metrics
+
+
+def _log_dataset_scores(run: tracking.StageRun, bench: Any, data_dir: str) -> None:
+    """The training data's own score distribution (the report's table shows it)."""
+    data = bench.load(data_dir)
+    scores = bench.episode_scores(data, data.train)
+    run.log_metrics(
+        {
+            "dataset/score_mean": float(scores.mean()),
+            "dataset/score_p90": float(np.percentile(scores, 90)),
+            "dataset/score_max": float(scores.max()),
+            **{
+                f"dataset/level/{level}": float(scores[mine].mean())
+                for level, mine in bench.level_episodes(data.train).items()
+            },
+        }
+    )
+
+
+def _log_evaluation(
+    run: tracking.StageRun,
+    metrics: dict[str, dict[str, float]],
+    results: list[dict[str, Any]],
+    records: list[dict[str, Any]],
+    tasks: tuple[int, ...],
+) -> None:
+    """Per method: the summary, each task's mean over seeds, and each seed's score."""
+    run.log_metrics({f"eval/{m}/{k}": v for m, s in metrics.items() for k, v in s.items()})
+    for m in metrics:
+        for t in tasks:
+            mine = [r for r in results if r["method"] == m and r["task"] == t]
+            run.log_metrics(
+                {
+                    f"eval/{m}/task_{t}/return": float(np.mean([r["return_mean"] for r in mine])),
+                    f"eval/{m}/task_{t}/score": float(np.mean([r["score_mean"] for r in mine])),
+                }
+            )
+    for rec in records:  # stepped by the seed
+        run.log_metrics({f"eval/{rec['method']}/seed_score": rec["score_mean"]}, rec["seed"])
 
 
 def main(argv: list[str] | None = None) -> int:
