@@ -53,6 +53,25 @@ def return_weights(batch: Batch, ds: OfflineDataset, beta: float) -> torch.Tenso
     return w / w.mean()
 
 
+def _prompt_step(
+    model: SequencePolicy,
+    prompt: torch.nn.Parameter,
+    opt: torch.optim.Optimizer,
+    batch: Batch,
+    weights: torch.Tensor | None,
+    step: int,
+) -> float:
+    """One Adam step on the prompt; its loss. A non-finite loss or gradient stops tuning."""
+    loss = action_loss(model, batch, prompt, weights)
+    loss_value = float(loss.detach())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if not (math.isfinite(loss_value) and bool(torch.isfinite(prompt.grad).all())):
+        raise NonFiniteError(f"prompt tuning: non-finite loss or gradient at step {step}")
+    opt.step()
+    return loss_value
+
+
 def tune_prompt(
     model: SequencePolicy,
     norm: Normalizer,
@@ -90,18 +109,9 @@ def tune_prompt(
     bar = tqdm(range(1, cfg.steps + 1), desc="prompt-tune", disable=not progress, leave=False)
     for step in bar:
         batch = train_sampler.sample(cfg.batch_size, rng).to(device)
-        w = (
-            return_weights(batch, train_ds, cfg.beta)
-            if cfg.objective == "return_weighted"
-            else None
-        )
-        loss = action_loss(model, batch, prompt, w)
-        loss_value = float(loss.detach())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if not (math.isfinite(loss_value) and bool(torch.isfinite(prompt.grad).all())):
-            raise NonFiniteError(f"prompt tuning: non-finite loss or gradient at step {step}")
-        opt.step()
+        weighted = cfg.objective == "return_weighted"
+        w = return_weights(batch, train_ds, cfg.beta) if weighted else None
+        loss_value = _prompt_step(model, prompt, opt, batch, w, step)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             v = val_loss()
             history.append((step, loss_value, v))
