@@ -9,36 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 from pydantic import Field, model_validator
-from tqdm.auto import tqdm
 
-from cmt.atomic import write_json
-from cmt.behaviour.rollout import (
-    LEVELS,
-    Policy,
-    concat_transitions,
-    random_streams,
-    rollout,
-    seed_from,
-    with_level,
-)
-from cmt.behaviour.scripted import random_actions, scripted_expert
+from cmt.behaviour.rollout import LEVELS
+from cmt.behaviour.scripted import PointRobotPlan, build_point_robot
 from cmt.benchmarks.base import MetricsCallback
 from cmt.benchmarks.meta import MetaBenchmark, MetaData
-from cmt.data.schema import TransitionData
 from cmt.envs.point_robot import PointRobotFamily
-from cmt.integrity import sealed_json
-
-# One independent random stream per (purpose, level), spawned from data.seed in this order.
-_STREAMS: tuple[str, ...] = (
-    "train/random",
-    "train/medium",
-    "train/expert",
-    "demos/expert",
-    "reference/random",
-    "reference/expert",
-)
 
 
 class PointRobotData(MetaData):
@@ -95,94 +72,17 @@ class PointRobot(MetaBenchmark):
         on_metrics: MetricsCallback | None = None,
         progress: bool = True,
     ) -> dict[str, Any]:
-        """Write ``train.hdf5``, ``demos.hdf5`` and ``references.json`` for the point robot.
-
-        Train tasks get ``cfg.episodes_per_level`` episodes of each level (random, medium,
-        expert); test tasks get ``cfg.demo_episodes`` expert demonstrations; every task gets its
-        random and expert reference returns. The output depends only on ``cfg``.
-        """
-        from cmt.data.hdf5 import write_hdf5  # lazy: keeps env imports free of h5py
-
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        cfg, family = self.cfg, self.family
-        rngs = random_streams(cfg.seed, _STREAMS)
-        train_tasks = np.asarray(cfg.train_tasks, dtype=np.int64)
-        test_tasks = np.asarray(cfg.test_tasks, dtype=np.int64)
-        noise = {"medium": cfg.medium_noise, "expert": cfg.expert_noise}
-
-        def policy_for(level: str, rng: np.random.Generator) -> Policy:
-            if level == "random":
-                return lambda obs, ids: random_actions(obs.shape[0], rng)
-            return lambda obs, ids: scripted_expert(obs, family.goals[ids], noise[level], rng)
-
-        def run(stream: str, task_ids: np.ndarray) -> tuple[TransitionData, np.ndarray]:
-            level = stream.split("/")[1]
-            rng = rngs[stream]
-            data, returns = rollout(family, task_ids, policy_for(level, rng), seed_from(rng))
-            return with_level(data, level), returns
-
-        base_meta: dict[str, Any] = {
-            "family": family.name,
-            "num_tasks": cfg.num_tasks,
-            "horizon": cfg.horizon,
-            "seed": cfg.seed,
-            "levels": list(self.levels),
-            "train_tasks": train_tasks.tolist(),
-            "test_tasks": test_tasks.tolist(),
-        }
-        summary: dict[str, Any] = {"family": family.name}
-        with tqdm(
-            total=len(self.levels) + 3, desc=f"generate {family.name}", disable=not progress
-        ) as bar:
-            parts, level_means = [], {}
-            for level in self.levels:
-                bar.set_postfix_str(f"train/{level}")
-                data, returns = run(
-                    f"train/{level}", np.repeat(train_tasks, cfg.episodes_per_level)
-                )
-                parts.append(data)
-                level_means[level] = float(returns.mean())
-                bar.update()
-            train = concat_transitions(parts, {**base_meta, "split": "train"})
-            write_hdf5(out_dir / "train.hdf5", train)
-            summary["train"] = {
-                "episodes": len(self.levels) * len(train_tasks) * cfg.episodes_per_level,
-                "transitions": len(train),
-                "mean_return": level_means,
-            }
-
-            bar.set_postfix_str("demos")
-            demos, demo_returns = run("demos/expert", np.repeat(test_tasks, cfg.demo_episodes))
-            demos = concat_transitions([demos], {**base_meta, "split": "demos"})
-            write_hdf5(out_dir / "demos.hdf5", demos)
-            summary["demos"] = {
-                "episodes": len(test_tasks) * cfg.demo_episodes,
-                "transitions": len(demos),
-                "mean_return": float(demo_returns.mean()),
-            }
-            bar.update()
-
-            # Reference returns of every task, for normalised scores.
-            all_tasks = np.repeat(np.arange(cfg.num_tasks), cfg.reference_episodes)
-            refs: dict[str, np.ndarray] = {}
-            for level in ("random", "expert"):
-                bar.set_postfix_str(f"reference/{level}")
-                _, returns = run(f"reference/{level}", all_tasks)
-                refs[level] = returns.reshape(cfg.num_tasks, cfg.reference_episodes).mean(axis=1)
-                bar.update()
-            references: dict[str, Any] = {
-                "family": family.name,
-                "train_tasks": train_tasks.tolist(),
-                "test_tasks": test_tasks.tolist(),
-            }
-            for task in range(cfg.num_tasks):
-                references[str(task)] = {
-                    "random": float(refs["random"][task]),
-                    "expert": float(refs["expert"][task]),
-                }
-            write_json(out_dir / "references.json", sealed_json(references))
-            summary["references"] = {
-                level: float(refs[level].mean()) for level in ("random", "expert")
-            }
-        return summary
+        """Write ``train.hdf5``, ``demos.hdf5`` and ``references.json`` for the point robot
+        (``cmt.behaviour.scripted.build_point_robot``); the output depends only on ``cfg``."""
+        cfg = self.cfg
+        plan = PointRobotPlan(
+            seed=cfg.seed,
+            train_tasks=cfg.train_tasks,
+            test_tasks=tuple(cfg.test_tasks),
+            levels=self.levels,
+            episodes_per_level=cfg.episodes_per_level,
+            demo_episodes=cfg.demo_episodes,
+            reference_episodes=cfg.reference_episodes,
+            noise={"medium": cfg.medium_noise, "expert": cfg.expert_noise},
+        )
+        return build_point_robot(self.family, plan, out_dir, progress)
