@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -578,6 +579,37 @@ class Behaviour:
             "seconds": float(self.stats["seconds"]),
             "steps_per_s": float(self.stats["steps_per_s"]),
         }
+
+
+D4RL_LEVEL_PARTS: dict[str, tuple[str, ...]] = {
+    "random": ("random",),
+    "medium": ("medium",),
+    "expert": ("expert",),
+    "medium_replay": ("medium_replay",),
+    "medium_expert": ("medium", "expert"),
+}
+"""What each D4RL level holds: episodes of these snapshots (medium-replay: the replay buffer)."""
+
+
+def d4rl_level(
+    behaviour: Behaviour, level: str, transitions: int, horizon: int, metadata: dict[str, Any]
+) -> TransitionData:
+    """A D4RL level of a single-task family's behaviour, with ``metadata``: the replay buffer
+    up to the medium snapshot, or whole episodes of each snapshot of :data:`D4RL_LEVEL_PARTS`
+    until at least ``transitions`` transitions each."""
+    pieces = []
+    for part in D4RL_LEVEL_PARTS[level]:
+        if part == "medium_replay":
+            pieces.append(behaviour.replay())
+            continue
+        batch = max(1, math.ceil(transitions / horizon))
+        episodes, total = [], 0
+        while total < transitions:
+            data, _ = behaviour.run(f"train/{part}", np.zeros(batch, dtype=np.int64))
+            episodes.append(data)
+            total += len(data)
+        pieces.append(concat_transitions(episodes))
+    return concat_transitions(pieces, metadata)
 
 
 def train_behaviour(

@@ -13,7 +13,6 @@ episodes (``top_fraction``), and tuning early-stops on held-out ones.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -38,7 +37,6 @@ from cmt.integrity import sealed_json
 from cmt.sections import SacConfig
 
 if TYPE_CHECKING:
-    from cmt.behaviour.sac import Behaviour
     from cmt.data.dataset import OfflineDataset
     from cmt.data.schema import TransitionData
     from cmt.envs.mujoco_tasks import BatchedTaskEnv, MujocoTaskFamily
@@ -219,25 +217,13 @@ class D4RL(Benchmark):
         on_metrics: MetricsCallback | None,
         progress: bool,
     ) -> tuple[TransitionData, dict[str, Any]]:
-        from cmt.behaviour.rollout import concat_transitions
-        from cmt.behaviour.sac import train_behaviour
+        from cmt.behaviour.sac import d4rl_level, train_behaviour
 
         cfg = self.cfg
         ckpt = None if behaviour_root is None else Path(behaviour_root) / cfg.env
         behaviour = train_behaviour(
             self.family, cfg.sac, cfg.seed, cfg.reference_episodes, ckpt, on_metrics, progress
         )
-        parts = {
-            "random": ["random"],
-            "medium": ["medium"],
-            "expert": ["expert"],
-            "medium_replay": ["medium_replay"],
-            "medium_expert": ["medium", "expert"],
-        }[cfg.level]
-        pieces = [
-            behaviour.replay() if p == "medium_replay" else self._episodes(behaviour, p)
-            for p in parts
-        ]
         meta = {
             "env": cfg.env,
             "env_id": self.family.env_id,
@@ -247,7 +233,7 @@ class D4RL(Benchmark):
             "num_tasks": 1,
             **behaviour.metadata(),
         }
-        data = concat_transitions(pieces, meta)
+        data = d4rl_level(behaviour, cfg.level, cfg.transitions, self.horizon, meta)
         behaviour.save(out_dir)
         refs = {
             "random": float(behaviour.random_ref[0]),
@@ -256,18 +242,6 @@ class D4RL(Benchmark):
             "sac": behaviour.summary(),
         }
         return data, refs
-
-    def _episodes(self, behaviour: Behaviour, level: str) -> TransitionData:
-        """Whole episodes of ``level`` until at least ``cfg.transitions`` transitions."""
-        from cmt.behaviour.rollout import concat_transitions
-
-        batch = max(1, math.ceil(self.cfg.transitions / self.horizon))
-        pieces, total = [], 0
-        while total < self.cfg.transitions:
-            data, _ = behaviour.run(f"train/{level}", np.zeros(batch, dtype=np.int64))
-            pieces.append(data)
-            total += len(data)
-        return concat_transitions(pieces)
 
     # ------------------------------------------------------------------ prompts and scores
     def prompt_target(self, data: Data, task: int) -> OfflineDataset:
