@@ -18,7 +18,6 @@ from cmt.checkpoint import load_policy, load_prompt, save_prompt
 from cmt.config import BackboneName, Params
 from cmt.data.dataset import Normalizer, OfflineDataset
 from cmt.data.sampler import segment_tensors, transition_features
-from cmt.evaluate import evaluate_tasks
 from cmt.methods import BACKBONES, backbone_config, get_method
 from cmt.models.policy import SequencePolicy
 from cmt.train.pretrain import MetricsCallback, pretrain
@@ -148,52 +147,3 @@ def load_tuned_prompts(prompt_dir: str | Path, tasks: tuple[int, ...]) -> dict[i
 
 def _prefixed(cb: MetricsCallback, prefix: str) -> MetricsCallback:
     return lambda step, m: cb(step, {k.replace("/", f"/{prefix}", 1): v for k, v in m.items()})
-
-
-def evaluate_method(
-    params: Params,
-    checkpoint: str | Path,
-    prompts: dict[int, torch.Tensor | None],
-    data: Data,
-    seed: int,
-    tasks: tuple[int, ...] | None = None,
-) -> dict[str, Any]:
-    """Roll out a backbone with given per-task prompts on the evaluated tasks (or ``tasks``),
-    all in one batch; returns per-task and mean returns and scores."""
-    bench = make_benchmark(params.data)
-    model, norm, _ = load_policy(checkpoint)
-    tasks = list(bench.eval_tasks if tasks is None else tasks)
-    targets = target_returns(params, bench, data, tasks) if model.cfg.condition_on_rtg else None
-    use_prompts = None if model.cfg.prompt == "none" else {t: prompts[t] for t in tasks}
-    episodes = evaluate_tasks(
-        model,
-        norm,
-        bench,
-        tasks,
-        params.evaluate.episodes,
-        params.evaluate.seed + seed,
-        use_prompts,
-        targets,
-        params.evaluate.bf16,
-    )
-    per_task = {}
-    for t in tasks:
-        score = bench.score(data, t, episodes[t])
-        per_task[t] = {
-            "return_mean": float(episodes[t].returns.mean()),
-            "return_std": float(episodes[t].returns.std()),
-            "score_mean": float(score.mean()),
-            "score_std": float(score.std()),
-        }
-    return {
-        "return_mean": float(np.mean([v["return_mean"] for v in per_task.values()])),
-        "score_mean": float(np.mean([v["score_mean"] for v in per_task.values()])),
-        "per_task": per_task,
-    }
-
-
-def target_returns(
-    params: Params, bench: Benchmark, data: Data, tasks: list[int]
-) -> dict[int, float]:
-    """Return-to-go target of each task for return-conditioned methods."""
-    return {t: bench.target_return(data, t, params.evaluate.target_return) for t in tasks}

@@ -82,7 +82,7 @@ def load_prompt_set(
 
 class ReplayEnv:
     """A :class:`~cmt.envs.registry.BatchedEnv` that replays given observations and records
-    the actions it is sent, so that :func:`cmt.evaluate.rollout` (the same windowing,
+    the actions it is sent, so that :func:`cmt.evaluation.rollout.rollout` (the same windowing,
     normalisation and return-to-go bookkeeping as in evaluation) computes the actions."""
 
     def __init__(self, obs: np.ndarray, lengths: np.ndarray, rewards: np.ndarray) -> None:
@@ -160,7 +160,7 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
     def act(self, df: pd.DataFrame) -> np.ndarray:
         """Actions (N, act_dim) for the rows of ``df`` (one-hot for discrete actions), all
         episodes (and agents) in one batch."""
-        from cmt.evaluate import rollout
+        from cmt.evaluation.rollout import rollout
 
         episode = (
             df["episode"].astype(np.int64).to_numpy()

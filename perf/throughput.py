@@ -31,7 +31,7 @@ from cmt.benchmarks import make_benchmark
 from cmt.config import Params, apply_preset, parse_params, preset_names
 from cmt.data.dataset import Normalizer
 from cmt.device import autocast
-from cmt.evaluate import rollout
+from cmt.evaluation.rollout import rollout
 from cmt.experiment import initial_prompt, load_data
 from cmt.methods import backbone_config
 from cmt.models.policy import SequencePolicy

@@ -19,6 +19,7 @@ from prefect import flow, get_run_logger, unmapped
 from cmt import tracking
 from cmt.atomic import write_json, write_text
 from cmt.config import Params
+from cmt.evaluation.records import METRIC_KEYS, seed_record
 from cmt.integrity import check_finite, sealed_json
 from cmt.methods import get_method
 from pipelines.common import (
@@ -31,8 +32,6 @@ from pipelines.common import (
 )
 from pipelines.preflight import dataset_files, verify_inputs
 from pipelines.runner import make_task_runner
-
-METRIC_KEYS = ("return_mean", "return_std", "score_mean", "score_std")
 
 
 def checkpoint_path(checkpoints: str | Path, method: str, seed: int) -> Path:
@@ -81,7 +80,8 @@ def evaluate_task(
     prompts_dir: str,
 ) -> dict[str, Any]:
     """Episodes of one (method, seed, task); returns that task's return and score stats."""
-    from cmt.experiment import evaluate_method, load_data
+    from cmt.evaluation.records import evaluate_method
+    from cmt.experiment import load_data
 
     data = load_data(params, data_dir)
     ckpt = checkpoint_path(checkpoints, method, seed)
@@ -112,31 +112,9 @@ def build_records(
                     for k in ("val_loss_zero_shot", "val_loss_tuned", "best_step", "steps_run")
                     if k in meta
                 }
-        records.append(
-            {
-                "method": method,
-                "seed": seed,
-                "checkpoint": str(checkpoint_path(checkpoints, method, seed)),
-                # Means over tasks, as cmt.experiment.evaluate_method computes them.
-                "return_mean": float(np.mean([v["return_mean"] for v in per_task.values()])),
-                "score_mean": float(np.mean([v["score_mean"] for v in per_task.values()])),
-                "per_task": per_task,
-                "tuning": tuning,
-            }
-        )
+        ckpt = checkpoint_path(checkpoints, method, seed)
+        records.append(seed_record(method, seed, ckpt, per_task, tuning))
     return records
-
-
-def per_task_csv(summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
-    """Per-task returns and scores (mean over seeds) of every method, for ``dvc plots``."""
-    lines = ["label,method,task,return_mean,score_mean"]
-    for method in summary:
-        runs = [r for r in records if r["method"] == method]
-        for t in sorted({int(t) for r in runs for t in r["per_task"]}):
-            ret = float(np.mean([r["per_task"][str(t)]["return_mean"] for r in runs]))
-            score = summary[method]["per_task_score"][t]
-            lines.append(f"task {t} | {method},{method},{t},{ret:.6g},{score:.6g}")
-    return "\n".join(lines) + "\n"
 
 
 def example_row(target: Any, task: int) -> dict[str, Any]:
@@ -226,7 +204,8 @@ def _policy_inputs(
     every evaluated task (as evaluation used them), and an input example."""
     from cmt.benchmarks import make_benchmark
     from cmt.checkpoint import load_policy
-    from cmt.experiment import load_data, target_returns
+    from cmt.evaluation.records import target_returns
+    from cmt.experiment import load_data
 
     bench = make_benchmark(params.data)
     data = load_data(params, data_dir)
@@ -247,7 +226,7 @@ def evaluate_flow(
 ) -> dict[str, Any]:
     """``out_dir``: ``runs/<method>_seed<k>.json``, ``metrics.json``, ``per_task.csv``."""
     from cmt.benchmarks import make_benchmark
-    from cmt.compare import summarize
+    from cmt.evaluation.records import per_task_csv, summarize
 
     out = Path(out_dir)
     tasks = eval_tasks(params)

@@ -17,8 +17,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from cmt import tracking
-from cmt.atomic import save_figure, write_json, write_text
+from cmt.atomic import write_json, write_text
 from cmt.config import Params
+from cmt.evaluation.figures import plot_versions
 from pipelines.common import run_entry, run_tags, stage_parser, stage_task
 from pipelines.preflight import verify_inputs
 
@@ -36,7 +37,7 @@ RUN_PARAMS = (
 @stage_task(name="results table")
 def results(params: Params, evaluate_dir: str, out_dir: str) -> dict[str, Any]:
     """``results.{json,md,png}`` from the evaluate stage's run records (cmt.compare)."""
-    from cmt.compare import write_report
+    from cmt.evaluation.report import write_report
 
     return write_report(out_dir, params, records_dir=evaluate_dir)
 
@@ -64,7 +65,8 @@ def registry(params: Params, out_dir: str, max_runs: int = 20) -> dict[str, Any]
     payload = {"model": name, "versions": versions, "runs": runs}
     write_json(out / "registry.json", payload)
     write_text(out / "registry.md", _registry_markdown(cfg, name, versions, runs, metric))
-    _plot_versions(versions, cfg.primary_metric, out / "registry.png")
+    colors = {tracking.CHAMPION: "tab:orange", tracking.CHALLENGER: "tab:green"}
+    plot_versions(versions, cfg.primary_metric, out / "registry.png", colors)
     return payload
 
 
@@ -131,7 +133,7 @@ def benchmarks(params: Params, out_dir: str) -> list[dict[str, Any]]:
     distribution; one table per kind of benchmark."""
     import mlflow
 
-    from cmt.compare import benchmark_tables
+    from cmt.evaluation.tables import benchmark_tables
 
     exp_id = tracking.configure(params.tracking)
     client = mlflow.MlflowClient()
@@ -190,29 +192,6 @@ def _benchmark_row(client: Any, exp_id: str, name: str, run: Any) -> dict[str, A
         "metrics": metrics,
         "prompt": prompt,
     }
-
-
-def _plot_versions(versions: list[dict[str, Any]], metric: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3))
-    shown = [v for v in versions if v["value"] is not None]
-    colors = [
-        "tab:orange"
-        if tracking.CHAMPION in v["aliases"]
-        else "tab:green"
-        if tracking.CHALLENGER in v["aliases"]
-        else "tab:gray"
-        for v in shown
-    ]
-    ax.bar([str(v["version"]) for v in shown], [v["value"] for v in shown], color=colors)
-    ax.set_xlabel("model version (orange: champion, green: challenger)")
-    ax.set_ylabel(metric)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=100)
 
 
 @flow(name="report", flow_run_name="report/{params.data.name}")

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from cmt.atomic import write_text
-from cmt.compare import plot_variants, variants_table
+from cmt.evaluation.figures import plot_variants
+from cmt.evaluation.tables import variants_table
 
 
 def main() -> int:

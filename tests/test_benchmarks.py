@@ -241,7 +241,8 @@ def test_d4rl_target_returns() -> None:
 
 
 def test_variants_table_shows_what_differs_and_refuses_other_tasks(tmp_path: Path) -> None:
-    from cmt.compare import plot_variants, variants_table
+    from cmt.evaluation.figures import plot_variants
+    from cmt.evaluation.tables import variants_table
 
     def result(overrides: dict, score: float) -> dict:
         params = parse_params(overrides).model_dump(mode="json")

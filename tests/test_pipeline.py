@@ -85,7 +85,8 @@ def test_imports_have_no_side_effects(tmp_path):
         f"""
         import os, sys, importlib
         library = ["cmt", "cmt.config", "cmt.experiment", "cmt.compare", "cmt.cli",
-                   "cmt.evaluate", "cmt.checkpoint", "cmt.behaviour.rollout", "cmt.methods"]
+                   "cmt.evaluation.rollout", "cmt.evaluation.report", "cmt.checkpoint",
+                   "cmt.behaviour.rollout", "cmt.methods"]
         for m in library:
             importlib.import_module(m)
         assert "mlflow" not in sys.modules and "prefect" not in sys.modules, "library"
@@ -116,7 +117,8 @@ def test_library_runs_without_prefect_or_mlflow(tmp_path):
         sys.meta_path.insert(0, Block())
         from cmt.benchmarks import make_benchmark
         from cmt.config import parse_params
-        from cmt.experiment import evaluate_method, load_data, make_prompts, pretrain_backbone
+        from cmt.evaluation.records import evaluate_method
+        from cmt.experiment import load_data, make_prompts, pretrain_backbone
         p = parse_params({
             "data": {"num_tasks": 4, "test_tasks": [1], "horizon": 10, "episodes_per_level": 2,
                      "demo_episodes": 3, "reference_episodes": 2},

@@ -15,7 +15,7 @@ from cmt.benchmarks.smax import TIERS, MapName, SmaxData
 from cmt.config import ConfigError, ModelConfig, parse_params
 from cmt.data.agents import fold_agents
 from cmt.data.dataset import Normalizer, OfflineDataset
-from cmt.evaluate import evaluate_tasks
+from cmt.evaluation.rollout import evaluate_tasks
 from cmt.models.policy import SequencePolicy
 
 SMAX_METHODS = {
@@ -109,7 +109,7 @@ def test_team_policy_evaluates_on_batched_smax() -> None:
 def test_banded_team_policy_decodes_exactly_with_the_cache() -> None:
     """Under banded attention, the cached rollout of a team policy (agent ids, masked discrete
     actions) takes the same actions as recomputing the whole history: same returns and wins."""
-    from cmt.evaluate import rollout
+    from cmt.evaluation.rollout import rollout
 
     bench = make_benchmark(SmaxData(benchmark="smax", map="3m"))
     sp = bench.spaces

@@ -8,7 +8,7 @@ import torch
 
 from cmt.benchmarks import make_benchmark
 from cmt.checkpoint import CheckpointError, load_policy, load_prompt, save_prompt
-from cmt.evaluate import rollout
+from cmt.evaluation.rollout import rollout
 from cmt.experiment import initial_prompt, load_data, make_prompts, pretrain_backbone, prompt_data
 from cmt.train.prompt_tune import tune_prompt
 

@@ -1,0 +1,133 @@
+"""Results tables in Markdown: one comparison, every dataset of a kind, variants of one
+comparison."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cmt.benchmarks import make_benchmark
+from cmt.config import Params, flatten
+from cmt.methods import METHODS
+
+
+def benchmark_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one row per dataset with each method's return (mean ± std over seeds), its
+    normalised score, and a published result for context. ``rows`` hold ``name``,
+    ``seeds``, ``metrics`` (``{method: {return_mean, ...}}``) and ``published`` (``{label,
+    value, metric}`` or None); rows of one benchmark kind share a table."""
+    methods = [m for m in METHODS if any(m in r["metrics"] for r in rows)]
+    published = next((r["published"]["label"] for r in rows if r.get("published")), None)
+    with_data = any(r.get("dataset") for r in rows)
+    head = ["dataset", "seeds", *(METHODS[m].label for m in methods)]
+    head += [published] if published else []
+    head += ["the data's own score: mean / p90 / max"] if with_data else []
+    with_levels = any(k.startswith("level/") for r in rows for k in r.get("dataset") or {})
+    head += ["the data's score per behaviour level"] if with_levels else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = []
+        for m in methods:
+            s = r["metrics"].get(m)
+            cells.append(
+                "–"
+                if s is None
+                else f"{s['score_mean']:.1f} ± {s['score_std']:.1f} "
+                f"(return {s['return_mean']:.1f} ± {s['return_std']:.1f})"
+            )
+        if published:
+            p = r.get("published")
+            cells.append("–" if not p else f"{p['value']:.1f} ({p['metric'].split('_')[0]})")
+        if with_data:
+            d = r.get("dataset") or {}
+            cells.append(
+                " / ".join(f"{d[k]:.1f}" for k in ("score_mean", "score_p90", "score_max"))
+                if all(k in d for k in ("score_mean", "score_p90", "score_max"))
+                else "–"
+            )
+        if with_levels:
+            levels = {
+                k.removeprefix("level/"): v
+                for k, v in (r.get("dataset") or {}).items()
+                if k.startswith("level/")
+            }
+            ordered = sorted(levels.items(), key=lambda kv: kv[1])  # lowest level first
+            cells.append(", ".join(f"{k} {v:.1f}" for k, v in ordered) or "–")
+        lines.append(f"| {r['name']} | {r['seeds']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def benchmark_tables(rows: list[dict[str, Any]]) -> str:
+    """:func:`benchmark_table` per kind of benchmark (``row["kind"]``), each with a caption."""
+    parts = []
+    for kind in sorted({r["kind"] for r in rows}):
+        group = [r for r in rows if r["kind"] == kind]
+        parts += [f"**{kind}**", "", benchmark_table(group)]
+        for r in group:
+            cost = r.get("prompt")
+            note = (
+                f" Tuned prompt: {cost['bytes'] / 1024:.1f} KB, {cost['seconds']:.1f} s of "
+                "tuning per prompt (mean over seeds and tasks)."
+                if cost
+                else ""
+            )
+            parts.append(f"- {r['name']}: {r.get('caption', '')}{note}")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def markdown_table(summary: dict[str, Any], params: Params) -> str:
+    """The comparison of one dataset: a row per method, per-task columns if there are several."""
+    tasks = sorted({t for s in summary.values() for t in s["per_task_score"]})
+    tasks = tasks if len(tasks) > 1 else []
+    bench = make_benchmark(params.data)
+    head = f"| method | {bench.score_name} | return | " + " | ".join(f"task {t}" for t in tasks)
+    lines = [
+        bench.describe(params.evaluate.episodes),
+        "",
+        head.rstrip(" |") + " |",
+        "|" + "---|" * (3 + len(tasks)),
+    ]
+    for s in summary.values():
+        cells = "".join(f" {s['per_task_score'][t]:.1f} |" for t in tasks)
+        lines.append(
+            f"| {s['label']} | {s['score_mean']:.1f} ± {s['score_std']:.1f} | "
+            f"{s['return_mean']:.2f} ± {s['return_std']:.2f} |{cells}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _methods_in(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The methods any variant's summary holds, in the registry's order."""
+    return [m for m in METHODS if any(m in r["summary"] for r in results.values())]
+
+
+def variants_table(results: dict[str, dict[str, Any]]) -> str:
+    """Markdown: one row per variant of one comparison (``{name: results.json content}``), with
+    the settings in which the variants differ and each method's score, mean ± std over seeds.
+    Variants must share the dataset and its test tasks: scores on other tasks do not compare."""
+    if not results:
+        raise ValueError("no variants to tabulate")
+    flat = {name: flatten(r["params"]) for name, r in results.items()}
+    for key in ("data.name", "data.test_tasks", "evaluate.episodes"):
+        if len({str(f.get(key)) for f in flat.values()}) > 1:
+            raise ValueError(f"variants differ in {key}: their scores do not compare")
+    keys = sorted({k for f in flat.values() for k in f})
+    differ = [k for k in keys if len({str(f.get(k)) for f in flat.values()}) > 1]
+    methods = _methods_in(results)
+    head = ["variant", "settings", *(METHODS[m].label for m in methods)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in results.items():
+        settings = ", ".join(f"{k}={flat[name].get(k)}" for k in differ) or "–"
+        cells = []
+        for m in methods:
+            s = r["summary"].get(m)
+            cells.append("–" if s is None else f"{s['score_mean']:.1f} ± {s['score_std']:.1f}")
+        lines.append(f"| {name} | {settings} | " + " | ".join(cells) + " |")
+    first = next(iter(flat.values()))
+    seeds = sorted({len(s["seeds"]) for r in results.values() for s in r["summary"].values()})
+    caption = (
+        f"{first['data.name']}, tasks {first['data.test_tasks']} held out of pretraining; "
+        f"score mean ± std over seeds ({' or '.join(map(str, seeds))} seeds per variant) of the "
+        f"mean over tasks, {first['evaluate.episodes']} episodes per task."
+    )
+    return caption + "\n\n" + "\n".join(lines) + "\n"
