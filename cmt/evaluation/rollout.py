@@ -15,7 +15,7 @@ from cmt.data.dataset import Normalizer
 from cmt.device import autocast
 from cmt.envs.registry import BatchedEnv
 from cmt.envs.team import TeamRows
-from cmt.models.policy import SequencePolicy
+from cmt.models.policy import DecodeState, SequencePolicy
 
 if TYPE_CHECKING:
     from cmt.benchmarks import Benchmark
@@ -45,7 +45,7 @@ def rollout(
     """
     model.eval()
     device = next(model.parameters()).device
-    B, K = env.num_envs, model.cfg.context_len
+    B = env.num_envs
     obs = env.reset(seed=seed)
     team = env if isinstance(env, TeamRows) else None
     agents = None if team is None else torch.as_tensor(team.agent_ids, device=device)
@@ -66,21 +66,8 @@ def rollout(
         for t in range(horizon):
             states[:, t] = (torch.as_tensor(obs, dtype=torch.float32, device=device) - mean) / std
             rtg[:, t] = torch.as_tensor(togo / norm.return_scale, dtype=torch.float32)
-            # The steps the model call needs; the last action is unknown (and unused).
-            if decoding is not None:
-                lo = max(0, t - 1)  # action t-1 and step t are new to the cache
-            else:
-                lo = 0 if banded else max(0, t - K + 1)  # the whole history, or the K-window
-            window = (
-                states[:, lo : t + 1],
-                actions[:, lo : t + 1],
-                rtg[:, lo : t + 1] if model.cfg.condition_on_rtg else None,
-                timesteps[lo : t + 1].expand(B, -1),
-            )
-            if decoding is not None:
-                pred = model.decode_step(decoding, *window, agents)  # (B, act)
-            else:
-                pred = model(*window, prompts, agents).actions[:, -1]  # (B, act)
+            history = (states, actions, rtg, timesteps)
+            pred = _predict(model, history, t, decoding, prompts, agents)  # (B, act)
             avail = None if team is None else torch.as_tensor(team.action_mask(), device=device)
             act = model.action_head.choose(pred, avail)  # (B, act)
             actions[:, t] = act
@@ -92,6 +79,39 @@ def rollout(
             if not alive.any():
                 break
     return returns, lengths
+
+
+def _predict(
+    model: SequencePolicy,
+    history: tuple[torch.Tensor, ...],
+    t: int,
+    decoding: DecodeState | None,
+    prompts: torch.Tensor | None,
+    agents: torch.Tensor | None,
+) -> torch.Tensor:
+    """The model's action output for step ``t`` of every episode; (B, act).
+
+    ``history`` is (states, actions, rtg, timesteps) up to the horizon. The model sees the
+    steps it needs: the new ones of a decoding cache, the whole history of a banded model, or
+    the last K steps."""
+    states, actions, rtg, timesteps = history
+    B, K = states.shape[0], model.cfg.context_len
+    # The last action is unknown (and unused).
+    if decoding is not None:
+        lo = max(0, t - 1)  # action t-1 and step t are new to the cache
+    elif model.cfg.attention == "banded":
+        lo = 0  # the whole history
+    else:
+        lo = max(0, t - K + 1)  # the K-window
+    window = (
+        states[:, lo : t + 1],
+        actions[:, lo : t + 1],
+        rtg[:, lo : t + 1] if model.cfg.condition_on_rtg else None,
+        timesteps[lo : t + 1].expand(B, -1),
+    )
+    if decoding is not None:
+        return model.decode_step(decoding, *window, agents)
+    return model(*window, prompts, agents).actions[:, -1]
 
 
 def evaluate_tasks(
