@@ -125,74 +125,77 @@ class _Kernels:
 
     def __init__(self, name: str) -> None:
         self.spec = smax_map(name)
-        env = self.env = make_smax(name)
-        agents = env.agents
-        n_allies = env.num_allies
-
-        def observe(state: Any) -> tuple[jax.Array, jax.Array]:
-            obs = env.get_obs(state)
-            avail = env.get_avail_actions(state)
-            return (
-                jnp.stack([obs[a] for a in agents]).astype(jnp.float32),  # (A, O)
-                jnp.stack([avail[a] for a in agents]).astype(bool),  # (A, N)
-            )
-
-        def reset_one(key: jax.Array) -> tuple[Any, jax.Array, jax.Array]:
-            _, state = env.reset(key)
-            # Strong dtypes, as step returns them: a weak-typed leaf would compile step twice.
-            state = jax.tree.map(lambda x: jnp.asarray(x, dtype=x.dtype), state)
-            return (state, *observe(state))
-
-        def outcome(state: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
-            alive = state.state.unit_alive
-            allies_alive, enemies_alive = alive[:n_allies].any(), alive[n_allies:].any()
-            done = state.state.done
-            # SMAX ends an episode when a side is wiped out or at max_steps; only the time
-            # limit with both sides standing is a truncation. A win is SMAX's own rule for
-            # its win bonus: every enemy dead and an ally alive (both dead is a draw).
-            truncated = done & allies_alive & enemies_alive
-            return done & ~truncated, truncated, done & allies_alive & ~enemies_alive
-
-        def step_one(key: jax.Array, state: Any, actions: jax.Array) -> tuple[Any, ...]:
-            was_done = state.state.done
-            _, new, rewards, _, _ = env.step_env(
-                key, state, {a: actions[i] for i, a in enumerate(agents)}
-            )
-            # A finished episode stays frozen (no auto-reset): its outputs repeat the end.
-            new = jax.tree.map(lambda old, nxt: jnp.where(was_done, old, nxt), state, new)
-            reward = jnp.where(was_done, 0.0, rewards[agents[0]]).astype(jnp.float32)
-            return (new, *observe(new), reward, *outcome(new))
-
-        # Batched kernels take and return the PRNG key, so splitting it costs no extra
-        # dispatch: (key, ...) -> (next key, state, ...), one sub-key per episode.
-        def split(key: jax.Array, b: int) -> tuple[jax.Array, jax.Array]:
-            keys = jax.random.split(key, b + 1)
-            return keys[0], keys[1:]
-
-        def reset(key: jax.Array, b: int) -> tuple[Any, ...]:
-            key, keys = split(key, b)
-            return (key, *jax.vmap(reset_one)(keys))
-
-        def step(key: jax.Array, state: Any, actions: jax.Array) -> tuple[Any, ...]:
-            key, keys = split(key, actions.shape[0])
-            return (key, *jax.vmap(step_one)(keys, state, actions))
-
-        def reset_where(key: jax.Array, mask: jax.Array, state: Any) -> tuple[Any, ...]:
-            key, keys = split(key, mask.shape[0])
-            fresh, _, _ = jax.vmap(reset_one)(keys)
-            merged = jax.tree.map(
-                lambda f, s: jnp.where(mask.reshape((-1,) + (1,) * (f.ndim - 1)), f, s),
-                fresh,
-                state,
-            )
-            return (key, merged, *jax.vmap(observe)(merged))
-
-        self.reset = jax.jit(reset, static_argnums=1)
-        self.step = jax.jit(step)
-        self.reset_where = jax.jit(reset_where)
+        self.env = make_smax(name)
+        self.agents = self.env.agents
+        self.n_allies = self.env.num_allies
+        self.reset = jax.jit(self._reset, static_argnums=1)
+        self.step = jax.jit(self._step)
+        self.reset_where = jax.jit(self._reset_where)
         # The same step for one episode, for the one-at-a-time baseline of the benchmark.
-        self.reset_single = jax.jit(reset_one)
-        self.step_single = jax.jit(step_one)
+        self.reset_single = jax.jit(self._reset_one)
+        self.step_single = jax.jit(self._step_one)
+
+    # ------------------------------------------------------------------ one episode
+    def _observe(self, state: Any) -> tuple[jax.Array, jax.Array]:
+        obs = self.env.get_obs(state)
+        avail = self.env.get_avail_actions(state)
+        return (
+            jnp.stack([obs[a] for a in self.agents]).astype(jnp.float32),  # (A, O)
+            jnp.stack([avail[a] for a in self.agents]).astype(bool),  # (A, N)
+        )
+
+    def _reset_one(self, key: jax.Array) -> tuple[Any, jax.Array, jax.Array]:
+        _, state = self.env.reset(key)
+        # Strong dtypes, as step returns them: a weak-typed leaf would compile step twice.
+        state = jax.tree.map(lambda x: jnp.asarray(x, dtype=x.dtype), state)
+        return (state, *self._observe(state))
+
+    def _outcome(self, state: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+        alive = state.state.unit_alive
+        allies_alive = alive[: self.n_allies].any()
+        enemies_alive = alive[self.n_allies :].any()
+        done = state.state.done
+        # SMAX ends an episode when a side is wiped out or at max_steps; only the time
+        # limit with both sides standing is a truncation. A win is SMAX's own rule for
+        # its win bonus: every enemy dead and an ally alive (both dead is a draw).
+        truncated = done & allies_alive & enemies_alive
+        return done & ~truncated, truncated, done & allies_alive & ~enemies_alive
+
+    def _step_one(self, key: jax.Array, state: Any, actions: jax.Array) -> tuple[Any, ...]:
+        was_done = state.state.done
+        _, new, rewards, _, _ = self.env.step_env(
+            key, state, {a: actions[i] for i, a in enumerate(self.agents)}
+        )
+        # A finished episode stays frozen (no auto-reset): its outputs repeat the end.
+        new = jax.tree.map(lambda old, nxt: jnp.where(was_done, old, nxt), state, new)
+        reward = jnp.where(was_done, 0.0, rewards[self.agents[0]]).astype(jnp.float32)
+        return (new, *self._observe(new), reward, *self._outcome(new))
+
+    # ------------------------------------------------------------------ batched
+    # Batched kernels take and return the PRNG key, so splitting it costs no extra
+    # dispatch: (key, ...) -> (next key, state, ...), one sub-key per episode.
+    @staticmethod
+    def _split(key: jax.Array, b: int) -> tuple[jax.Array, jax.Array]:
+        keys = jax.random.split(key, b + 1)
+        return keys[0], keys[1:]
+
+    def _reset(self, key: jax.Array, b: int) -> tuple[Any, ...]:
+        key, keys = self._split(key, b)
+        return (key, *jax.vmap(self._reset_one)(keys))
+
+    def _step(self, key: jax.Array, state: Any, actions: jax.Array) -> tuple[Any, ...]:
+        key, keys = self._split(key, actions.shape[0])
+        return (key, *jax.vmap(self._step_one)(keys, state, actions))
+
+    def _reset_where(self, key: jax.Array, mask: jax.Array, state: Any) -> tuple[Any, ...]:
+        key, keys = self._split(key, mask.shape[0])
+        fresh, _, _ = jax.vmap(self._reset_one)(keys)
+        merged = jax.tree.map(
+            lambda f, s: jnp.where(mask.reshape((-1,) + (1,) * (f.ndim - 1)), f, s),
+            fresh,
+            state,
+        )
+        return (key, merged, *jax.vmap(self._observe)(merged))
 
 
 _KERNELS: dict[str, _Kernels] = {}
