@@ -24,7 +24,6 @@ KNOWN: dict[tuple[str, str], int] = {
     ("cmt/behaviour/ppo.py", "build_smax_datasets"): 78,
     ("cmt/behaviour/sac.py", "train_sac"): 145,
     ("cmt/behaviour/sac.py", "generate_mujoco"): 100,
-    ("cmt/train/pretrain.py", "_pretrain"): 104,
 }
 """Functions over the limit when the rule came in (issue 18), and their length then."""
 

@@ -7,6 +7,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -261,7 +262,6 @@ def _pretrain(ds, mcfg, pcfg, out_dir, seed, on_metrics, progress, job, device) 
         raise ValueError(
             f"pretrain.batch_size={pcfg.batch_size} does not split over {job.world} processes"
         )
-    local_batch = pcfg.batch_size // job.world
     seed_everything(seed)  # the same initial weights on every rank
     norm = Normalizer.fit(ds.data, ds.ep_return)
     model = SequencePolicy.for_dataset(mcfg, ds).to(device)
@@ -275,6 +275,33 @@ def _pretrain(ds, mcfg, pcfg, out_dir, seed, on_metrics, progress, job, device) 
     if not job.is_main:
         torch.manual_seed(seed * 1_000_003 + job.rank)
     sampler = make_sampler(ds, norm, mcfg, pcfg)
+    fingerprint = _fingerprint(ds, mcfg, pcfg, seed, job)
+    start, history = _maybe_resume(out_dir, fingerprint, model, opt, sched, rng, job)
+    if start and not job.is_main:
+        rng = np.random.default_rng([seed, job.rank, start])
+    if pcfg.compile:
+        # In place, so that the losses' calls through batch_prompt/forward_batch reach the
+        # compiled forward, and state_dict keys stay those of the plain module.
+        model.compile()
+    for step, metrics in history:
+        if on_metrics is not None:
+            on_metrics(step, metrics)
+    run = _Run(model, norm, opt, sched, sampler, rng, pcfg, job, device, out_dir, fingerprint)
+    _train_loop(run, start, history, on_metrics, progress, graphed)
+    model.eval()
+    final = out_dir / "model.pt"
+    if job.is_main:
+        save_policy(
+            final, model, norm, {"seed": seed, "steps": pcfg.steps, "pretrain": pcfg.model_dump()}
+        )
+        for name in RESUME_FILES:
+            (out_dir / name).unlink(missing_ok=True)
+    distributed.barrier(job)  # nobody returns a path before the file is there
+    return final
+
+
+def _fingerprint(ds, mcfg, pcfg, seed, job) -> str:
+    """What makes a run this run: a resume state of another fingerprint is not resumed."""
     setup = {
         "model": mcfg.model_dump(),
         # Settings that change only speed or placement do not make a run a different one.
@@ -285,47 +312,58 @@ def _pretrain(ds, mcfg, pcfg, out_dir, seed, on_metrics, progress, job, device) 
     }
     if job.world > 1:  # other ranks' batches depend on the number of processes
         setup["world_size"] = job.world
-    fingerprint = json.dumps(setup, sort_keys=True)
-    start, history = _maybe_resume(out_dir, fingerprint, model, opt, sched, rng, job)
-    if start and not job.is_main:
-        rng = np.random.default_rng([seed, job.rank, start])
-    if pcfg.compile:
-        # In place, so that the losses' calls through batch_prompt/forward_batch reach the
-        # compiled forward, and state_dict keys stay those of the plain module.
-        model.compile()
-    meta = {"seed": seed, "steps": pcfg.steps, "pretrain": pcfg.model_dump()}
+    return json.dumps(setup, sort_keys=True)
 
-    for step, metrics in history:
-        if on_metrics is not None:
-            on_metrics(step, metrics)
-    # First step with a non-finite loss or gradient norm, kept on the device so that the loop
-    # does not wait for the accelerator every step; read where the loop syncs anyway.
-    first_bad = torch.full((), -1, dtype=torch.long, device=device)
 
-    def check_finite() -> None:
-        bad = int(first_bad)
-        if bad >= 0:
-            raise NonFiniteError(
-                f"pretraining: non-finite loss or gradient norm at step {bad} "
-                f"(lr {sched.get_last_lr()[0]:.3g}); nothing was saved from this state"
-            )
+@dataclass
+class _Run:
+    """What the training loop works on."""
 
+    model: SequencePolicy
+    norm: Normalizer
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    sampler: SegmentSampler
+    rng: np.random.Generator
+    pcfg: PretrainConfig
+    job: distributed.Dist
+    device: torch.device
+    out_dir: Path
+    fingerprint: str
+
+
+def _train_loop(
+    run: _Run,
+    start: int,
+    history: list,
+    on_metrics: MetricsCallback | None,
+    progress: bool,
+    graphed: bool,
+) -> None:
+    """Steps ``start`` to the end: log every ``log_every``, save a resume state every
+    ``checkpoint_every``, and stop at the first non-finite loss or gradient norm."""
+    model, opt, sched, pcfg, job, device = (
+        run.model,
+        run.opt,
+        run.sched,
+        run.pcfg,
+        run.job,
+        run.device,
+    )
+    local_batch = pcfg.batch_size // job.world
+    watch = _NonFiniteWatch(device, sched)
     model.train()
     objective: torch.nn.Module = PretrainObjective(model, pcfg)
     if job.world > 1:
         # Broadcasts rank 0's weights, then averages gradients during backward. The graph is
         # the same every step (static), which also covers heads that no loss term reads.
         objective = torch.nn.parallel.DistributedDataParallel(objective, static_graph=True)
-    bar = tqdm(
-        range(start, pcfg.steps),
-        desc="pretrain",
-        disable=not (progress and job.is_main),
-        initial=start,
-        total=pcfg.steps,
-    )
+    shown = progress and job.is_main
+    bar = tqdm(range(start, pcfg.steps), desc="pretrain", disable=not shown, initial=start,
+               total=pcfg.steps)  # fmt: skip
     graph: GraphedStep | None = None
     for step in bar:
-        batch = sampler.sample(local_batch, rng)
+        batch = run.sampler.sample(local_batch, run.rng)
         if graphed:
             if graph is None:
                 graph = GraphedStep(objective, opt, pcfg, batch.to(device))
@@ -333,32 +371,51 @@ def _pretrain(ds, mcfg, pcfg, out_dir, seed, on_metrics, progress, job, device) 
             sched.step()
         else:
             terms, grad_norm = train_step(objective, opt, sched, batch.to(device), pcfg, device)
-        finite = torch.isfinite(terms["total"].detach().float() + grad_norm.float())
-        first_bad = torch.where(finite | (first_bad >= 0), first_bad, step)
+        watch.update(step, terms["total"], grad_norm)
         if step % pcfg.log_every == 0 or step == pcfg.steps - 1:
-            check_finite()
-            values = {f"train/{k}": float(v.detach()) for k, v in terms.items()}
-            metrics = distributed.mean_across(job, values, device)
-            metrics["train/lr"] = sched.get_last_lr()[0]
-            metrics["train/grad_norm"] = float(grad_norm)
+            watch.check()
+            metrics = _step_metrics(terms, grad_norm, sched, job, device)
             bar.set_postfix(loss=f"{metrics['train/total']:.4f}")
             history.append((step, metrics))
             if on_metrics is not None and job.is_main:
                 on_metrics(step, metrics)
         if (step + 1) % pcfg.checkpoint_every == 0 and step + 1 < pcfg.steps:
-            check_finite()
+            watch.check()
             if job.is_main:
-                _save_resume(out_dir, fingerprint, step + 1, model, norm, opt, sched, rng, history)
+                _save_resume(run.out_dir, run.fingerprint, step + 1, model, run.norm, opt, sched,
+                             run.rng, history)  # fmt: skip
     bar.close()
-    check_finite()
-    model.eval()
-    final = out_dir / "model.pt"
-    if job.is_main:
-        save_policy(final, model, norm, meta)
-        for name in RESUME_FILES:
-            (out_dir / name).unlink(missing_ok=True)
-    distributed.barrier(job)  # nobody returns a path before the file is there
-    return final
+    watch.check()
+
+
+class _NonFiniteWatch:
+    """The first step with a non-finite loss or gradient norm, kept on the device so that the
+    loop does not wait for the accelerator every step; read where the loop syncs anyway."""
+
+    def __init__(self, device: torch.device, sched: torch.optim.lr_scheduler.LRScheduler):
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.sched = sched
+
+    def update(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        finite = torch.isfinite(loss.detach().float() + grad_norm.float())
+        self.first_bad = torch.where(finite | (self.first_bad >= 0), self.first_bad, step)
+
+    def check(self) -> None:
+        bad = int(self.first_bad)
+        if bad >= 0:
+            raise NonFiniteError(
+                f"pretraining: non-finite loss or gradient norm at step {bad} "
+                f"(lr {self.sched.get_last_lr()[0]:.3g}); nothing was saved from this state"
+            )
+
+
+def _step_metrics(terms, grad_norm, sched, job, device) -> dict[str, float]:
+    """The logged metrics of a step: every loss term (averaged over ranks), lr, grad norm."""
+    values = {f"train/{k}": float(v.detach()) for k, v in terms.items()}
+    metrics = distributed.mean_across(job, values, device)
+    metrics["train/lr"] = sched.get_last_lr()[0]
+    metrics["train/grad_norm"] = float(grad_norm)
+    return metrics
 
 
 def _save_resume(out_dir, fingerprint, step, model, norm, opt, sched, rng, history) -> None:
