@@ -712,30 +712,11 @@ def generate_mujoco(
     }
     summary: dict[str, Any] = {"family": family.name}
     with tqdm(total=4, desc=f"datasets {family.name}", disable=not progress) as bar:
-        parts, level_means, level_episodes = [], {}, {}
-        for level in ("medium", "expert"):
-            bar.set_postfix_str(f"train/{level}")
-            data, returns = behaviour.run(
-                f"train/{level}", np.repeat(train_tasks, cfg.episodes_per_level)
-            )
-            parts.append(data)
-            level_means[level] = float(returns.mean())
-            level_episodes[level] = int(returns.size)
-        replay = behaviour.replay()
-        parts.append(replay)
-        ends = replay.terminals | replay.timeouts
-        level_episodes["medium_replay"] = int(ends.sum())
-        level_means["medium_replay"] = float(replay.rewards.sum() / max(1, ends.sum()))
-        train = concat_transitions(parts, {**base_meta, "split": "train"})
-        write_hdf5(out_dir / "train.hdf5", train)
-        summary["train"] = {
-            "episodes": sum(level_episodes.values()),
-            "transitions": len(train),
-            "episodes_per_level": level_episodes,
-            "mean_return": level_means,
-        }
+        train, summary["train"] = _meta_train_split(behaviour, train_tasks, cfg, bar)
+        write_hdf5(
+            out_dir / "train.hdf5", concat_transitions(train, {**base_meta, "split": "train"})
+        )
         bar.update()
-
         bar.set_postfix_str("demos")
         demos, demo_returns = behaviour.run(
             "demos/expert", np.repeat(test_tasks, cfg.demo_episodes)
@@ -749,28 +730,59 @@ def generate_mujoco(
             "mean_return": float(demo_returns.mean()),
         }
         bar.update()
-
         bar.set_postfix_str("reference/expert")
-        expert_ref = behaviour.expert_reference(cfg.reference_episodes)
-        references: dict[str, Any] = {
-            "family": family.name,
-            "train_tasks": train_tasks.tolist(),
-            "test_tasks": test_tasks.tolist(),
-        }
-        for task in range(family.num_tasks):
-            references[str(task)] = {
-                "random": float(behaviour.random_ref[task]),
-                "expert": float(expert_ref[task]),
-            }
+        references, summary["references"] = _meta_references(behaviour, family, cfg)
         write_json(out_dir / "references.json", sealed_json(references))
-        summary["references"] = {
-            "random": float(behaviour.random_ref.mean()),
-            "expert": float(expert_ref.mean()),
-        }
         bar.update()
-
         bar.set_postfix_str("policies")
         behaviour.save(out_dir)
         bar.update()
     summary["sac"] = behaviour.summary()
     return summary
+
+
+def _meta_train_split(
+    behaviour: Behaviour, train_tasks: np.ndarray, cfg: Any, bar: Any
+) -> tuple[list[TransitionData], dict[str, Any]]:
+    """Medium and expert episodes of every training task, then the replay buffer; and their
+    summary."""
+    parts, level_means, level_episodes = [], {}, {}
+    for level in ("medium", "expert"):
+        bar.set_postfix_str(f"train/{level}")
+        data, returns = behaviour.run(
+            f"train/{level}", np.repeat(train_tasks, cfg.episodes_per_level)
+        )
+        parts.append(data)
+        level_means[level] = float(returns.mean())
+        level_episodes[level] = int(returns.size)
+    replay = behaviour.replay()
+    parts.append(replay)
+    ends = replay.terminals | replay.timeouts
+    level_episodes["medium_replay"] = int(ends.sum())
+    level_means["medium_replay"] = float(replay.rewards.sum() / max(1, ends.sum()))
+    summary = {
+        "episodes": sum(level_episodes.values()),
+        "transitions": sum(len(p) for p in parts),
+        "episodes_per_level": level_episodes,
+        "mean_return": level_means,
+    }
+    return parts, summary
+
+
+def _meta_references(
+    behaviour: Behaviour, family: MujocoTaskFamily, cfg: Any
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Every task's random and expert reference return, and their means."""
+    expert_ref = behaviour.expert_reference(cfg.reference_episodes)
+    references: dict[str, Any] = {
+        "family": family.name,
+        "train_tasks": np.asarray(family.train_tasks, dtype=np.int64).tolist(),
+        "test_tasks": np.asarray(cfg.test_tasks, dtype=np.int64).tolist(),
+    }
+    for task in range(family.num_tasks):
+        references[str(task)] = {
+            "random": float(behaviour.random_ref[task]),
+            "expert": float(expert_ref[task]),
+        }
+    means = {"random": float(behaviour.random_ref.mean()), "expert": float(expert_ref.mean())}
+    return references, means
