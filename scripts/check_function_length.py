@@ -22,7 +22,6 @@ PACKAGES = ("cmt", "pipelines")
 KNOWN: dict[tuple[str, str], int] = {
     ("cmt/behaviour/ppo.py", "train_ppo"): 132,
     ("cmt/behaviour/ppo.py", "build_smax_datasets"): 78,
-    ("cmt/behaviour/sac.py", "train_sac"): 145,
 }
 """Functions over the limit when the rule came in (issue 18), and their length then."""
 

@@ -323,6 +323,20 @@ class _Checkpoint:
 # --------------------------------------------------------------------------- generation
 
 
+_SAC_RUN_SETTINGS = {
+    "learning_starts",
+    "batch_size",
+    "net_arch",
+    "learning_rate",
+    "gamma",
+    "eval_every",
+    "eval_episodes",
+    "stochastic",
+}
+"""The SAC settings that make a run a different one (``sac_steps`` is left out: a finished
+shorter run continues to a larger budget)."""
+
+
 def train_sac(
     family: MujocoTaskFamily,
     budgets: SacConfig,
@@ -338,48 +352,13 @@ def train_sac(
     ``actor`` state dict; the last one is the expert) and timing statistics.
     ``random_return`` is only used to report normalised progress.
     """
-    from stable_baselines3 import SAC
-    from stable_baselines3.common.callbacks import BaseCallback
-
     rngs = random_streams(seed, _STREAMS)
     sac_seed, eval_seed = seed_from(rngs["sac"]), seed_from(rngs["eval"])
-    train_tasks = np.asarray(family.train_tasks, dtype=np.int64)
     env = TaskConditionedEnv(family, family.train_tasks)
-    model = SAC(
-        "MlpPolicy",
-        env,
-        learning_rate=budgets.learning_rate,
-        buffer_size=budgets.sac_steps + 1,  # never wraps: buffer row i is SAC step i
-        learning_starts=budgets.learning_starts,
-        batch_size=budgets.batch_size,
-        gamma=budgets.gamma,
-        policy_kwargs={"net_arch": list(budgets.net_arch)},
-        seed=sac_seed,
-        device=budgets.device,
-        verbose=0,
-    )
-    fingerprint = json.dumps(
-        {
-            "family": family.name,
-            "num_tasks": family.num_tasks,
-            "seed": seed,
-            # sac_steps is left out: a finished shorter run continues to a larger budget.
-            **budgets.model_dump(
-                include={
-                    "learning_starts",
-                    "batch_size",
-                    "net_arch",
-                    "learning_rate",
-                    "gamma",
-                    "eval_every",
-                    "eval_episodes",
-                    "stochastic",
-                }
-            ),
-        },
-        sort_keys=True,
-        default=list,
-    )
+    model = _sac_model(env, budgets, sac_seed)
+    setup = {"family": family.name, "num_tasks": family.num_tasks, "seed": seed}
+    setup.update(budgets.model_dump(include=_SAC_RUN_SETTINGS))
+    fingerprint = json.dumps(setup, sort_keys=True, default=list)
     ckpt = None if checkpoint_dir is None else _Checkpoint(checkpoint_dir, fingerprint)
     snapshots: list[dict[str, Any]] = []
     if ckpt is not None:
@@ -390,75 +369,16 @@ def train_sac(
             snapshots = restored
             log.info("%s: resuming SAC at step %d", family.name, model.num_timesteps)
     start_step = int(model.num_timesteps)
-
-    def snapshot(step: int) -> None:
-        actor = model.actor
-        rng = np.random.default_rng(eval_seed) if budgets.stochastic else None
-        returns = _mean_returns(
-            family,
-            train_tasks,
-            budgets.eval_episodes,
-            actor_policy(actor, family.task_params, rng),
-            eval_seed,
-        )
-        snapshots.append({"step": step, "returns": returns, "actor": _cpu_state(actor)})
-        if ckpt is not None:
-            ckpt.save(model, snapshots)
-        elapsed = time.perf_counter() - t0
-        rate = (step - start_step) / max(elapsed, 1e-9)
-        first = snapshots[0]["returns"].mean()
-        metrics = {
-            "sac/eval_return": float(returns.mean()),
-            "sac/steps_per_s": rate,
-            "sac/return_over_random": float(returns.mean() - random_return),
-        }
-        log.info(
-            "%s SAC step %d/%d (%.0f steps/s, ETA %.0f min): mean train-task return %.1f "
-            "(random %.1f, first snapshot %.1f)",
-            family.name,
-            step,
-            budgets.sac_steps,
-            rate,
-            (budgets.sac_steps - step) / max(rate, 1e-9) / 60,
-            returns.mean(),
-            random_return,
-            first,
-        )
-        if on_metrics is not None:
-            on_metrics(step, metrics)
-
-    class Snapshots(BaseCallback):
-        # Snapshots at the end of a rollout, when this step's transition is in the buffer.
-        def _on_training_start(self) -> None:
-            self.bar = tqdm(
-                total=budgets.sac_steps,
-                initial=start_step,
-                desc=f"SAC {family.name}",
-                disable=not progress,
-                mininterval=1.0,
-            )
-
-        def _on_step(self) -> bool:
-            self.bar.update(1)
-            return True
-
-        def _on_rollout_end(self) -> None:
-            step = int(self.num_timesteps)
-            if step % budgets.eval_every == 0 or step == budgets.sac_steps:
-                snapshot(step)
-                self.bar.set_postfix(eval_return=f"{snapshots[-1]['returns'].mean():.1f}")
-
-        def _on_training_end(self) -> None:
-            self.bar.close()
-
-    t0 = time.perf_counter()
+    snapshotter = _SacSnapshots(
+        family, budgets, model, snapshots, ckpt, eval_seed, random_return, start_step, on_metrics
+    )
     if start_step < budgets.sac_steps:
         model.learn(
             total_timesteps=budgets.sac_steps - start_step,
-            callback=Snapshots(),
+            callback=snapshotter.callback(progress),
             reset_num_timesteps=start_step == 0,
         )
-    elapsed = time.perf_counter() - t0
+    elapsed = time.perf_counter() - snapshotter.t0
     env.close()
     if not snapshots or snapshots[-1]["step"] != budgets.sac_steps:
         raise RuntimeError(f"SAC ended at step {model.num_timesteps} without a final snapshot")
@@ -468,6 +388,108 @@ def train_sac(
         "steps_per_s": (budgets.sac_steps - start_step) / elapsed if elapsed > 0 else 0.0,
     }
     return model, snapshots, stats
+
+
+def _sac_model(env: gym.Env, budgets: SacConfig, seed: int) -> Any:
+    """SB3's SAC with the budgets' settings, on ``env``."""
+    from stable_baselines3 import SAC
+
+    return SAC(
+        "MlpPolicy",
+        env,
+        learning_rate=budgets.learning_rate,
+        buffer_size=budgets.sac_steps + 1,  # never wraps: buffer row i is SAC step i
+        learning_starts=budgets.learning_starts,
+        batch_size=budgets.batch_size,
+        gamma=budgets.gamma,
+        policy_kwargs={"net_arch": list(budgets.net_arch)},
+        seed=seed,
+        device=budgets.device,
+        verbose=0,
+    )
+
+
+class _SacSnapshots:
+    """SAC's snapshots: every ``eval_every`` steps the actor is evaluated on the training
+    tasks, kept, checkpointed and reported."""
+
+    def __init__(
+        self,
+        family: MujocoTaskFamily,
+        budgets: SacConfig,
+        model: Any,
+        snapshots: list[dict[str, Any]],
+        ckpt: _Checkpoint | None,
+        eval_seed: int,
+        random_return: float,
+        start_step: int,
+        on_metrics: MetricsCallback | None,
+    ) -> None:
+        self.family, self.budgets, self.model, self.snapshots = family, budgets, model, snapshots
+        self.ckpt, self.eval_seed, self.random_return = ckpt, eval_seed, random_return
+        self.start_step, self.on_metrics = start_step, on_metrics
+        self.train_tasks = np.asarray(family.train_tasks, dtype=np.int64)
+        self.t0 = time.perf_counter()
+
+    def take(self, step: int) -> None:
+        family, budgets, actor = self.family, self.budgets, self.model.actor
+        rng = np.random.default_rng(self.eval_seed) if budgets.stochastic else None
+        policy = actor_policy(actor, family.task_params, rng)
+        returns = _mean_returns(
+            family, self.train_tasks, budgets.eval_episodes, policy, self.eval_seed
+        )
+        self.snapshots.append({"step": step, "returns": returns, "actor": _cpu_state(actor)})
+        if self.ckpt is not None:
+            self.ckpt.save(self.model, self.snapshots)
+        rate = (step - self.start_step) / max(time.perf_counter() - self.t0, 1e-9)
+        log.info(
+            "%s SAC step %d/%d (%.0f steps/s, ETA %.0f min): mean train-task return %.1f "
+            "(random %.1f, first snapshot %.1f)",
+            *(family.name, step, budgets.sac_steps, rate),
+            (budgets.sac_steps - step) / max(rate, 1e-9) / 60,
+            *(returns.mean(), self.random_return, self.snapshots[0]["returns"].mean()),
+        )
+        if self.on_metrics is not None:
+            self.on_metrics(
+                step,
+                {
+                    "sac/eval_return": float(returns.mean()),
+                    "sac/steps_per_s": rate,
+                    "sac/return_over_random": float(returns.mean() - self.random_return),
+                },
+            )
+
+    def callback(self, progress: bool) -> Any:
+        """An SB3 callback that snapshots at the end of a rollout, when the step's transition
+        is in the buffer, and shows a progress bar."""
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        owner, budgets = self, self.budgets
+
+        class Snapshots(BaseCallback):
+            def _on_training_start(self) -> None:
+                self.bar = tqdm(
+                    total=budgets.sac_steps,
+                    initial=owner.start_step,
+                    desc=f"SAC {owner.family.name}",
+                    disable=not progress,
+                    mininterval=1.0,
+                )
+
+            def _on_step(self) -> bool:
+                self.bar.update(1)
+                return True
+
+            def _on_rollout_end(self) -> None:
+                step = int(self.num_timesteps)
+                if step % budgets.eval_every == 0 or step == budgets.sac_steps:
+                    owner.take(step)
+                    self.bar.set_postfix(eval_return=f"{owner.snapshots[-1]['returns'].mean():.1f}")
+
+            def _on_training_end(self) -> None:
+                self.bar.close()
+
+        return Snapshots()
 
 
 @dataclass
@@ -700,16 +722,7 @@ def generate_mujoco(
     )
     train_tasks = np.asarray(family.train_tasks, dtype=np.int64)
     test_tasks = np.asarray(cfg.test_tasks, dtype=np.int64)
-    base_meta: dict[str, Any] = {
-        "family": family.name,
-        "num_tasks": family.num_tasks,
-        "horizon": family.horizon,
-        "seed": cfg.seed,
-        "levels": list(LEVELS),
-        "train_tasks": train_tasks.tolist(),
-        "test_tasks": test_tasks.tolist(),
-        **behaviour.metadata(),
-    }
+    base_meta = _family_metadata(family, cfg.seed, train_tasks, test_tasks, behaviour)
     summary: dict[str, Any] = {"family": family.name}
     with tqdm(total=4, desc=f"datasets {family.name}", disable=not progress) as bar:
         train, summary["train"] = _meta_train_split(behaviour, train_tasks, cfg, bar)
@@ -739,6 +752,26 @@ def generate_mujoco(
         bar.update()
     summary["sac"] = behaviour.summary()
     return summary
+
+
+def _family_metadata(
+    family: MujocoTaskFamily,
+    seed: int,
+    train_tasks: np.ndarray,
+    test_tasks: np.ndarray,
+    behaviour: Behaviour,
+) -> dict[str, Any]:
+    """What every dataset file of a meta-RL family records about its making."""
+    return {
+        "family": family.name,
+        "num_tasks": family.num_tasks,
+        "horizon": family.horizon,
+        "seed": seed,
+        "levels": list(LEVELS),
+        "train_tasks": train_tasks.tolist(),
+        "test_tasks": test_tasks.tolist(),
+        **behaviour.metadata(),
+    }
 
 
 def _meta_train_split(
