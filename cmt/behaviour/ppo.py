@@ -236,106 +236,19 @@ def train_ppo(
 
     Returns the model, the snapshots (``step``, ``win_rate``, ``mean_return``, CPU ``policy``
     state dict; the first is the untrained policy, the last the final one) and timings.
-    ``behaviour_dir/state.pt`` is the checkpoint (sealed with its content hash, ``cmt.checkpoint``).
+    ``behaviour_dir/state.pt`` is the checkpoint (sealed with its content hash,
+    ``cmt.checkpoint``).
     """
-    from sb3_contrib import MaskablePPO
-    from stable_baselines3.common.callbacks import BaseCallback
-
     rngs = random_streams(seed, _STREAMS)
     ppo_seed, eval_seed, env_seed = (seed_from(rngs[k]) for k in ("ppo", "eval", "env"))
     venv = SmaxVecEnv(map_name, budgets.n_envs, env_seed)
-    model = MaskablePPO(
-        "MlpPolicy",
-        venv,
-        learning_rate=budgets.learning_rate,
-        n_steps=budgets.n_steps,
-        batch_size=budgets.batch_size,
-        n_epochs=budgets.n_epochs,
-        gamma=budgets.gamma,
-        gae_lambda=budgets.gae_lambda,
-        clip_range=budgets.clip_range,
-        ent_coef=budgets.ent_coef,
-        policy_kwargs={"net_arch": list(budgets.net_arch)},
-        seed=ppo_seed,
-        device=budgets.device,
-        verbose=0,
-    )
+    model = _ppo_model(venv, budgets, ppo_seed)
     fingerprint = _fingerprint(map_name, budgets, seed)
     state_path = None if behaviour_dir is None else Path(behaviour_dir) / "state.pt"
-    snapshots: list[dict[str, Any]] = []
-    start_step = 0
-    state = _load_state(state_path)
-    if state is not None:
-        steps = int(state.get("num_timesteps", -1))
-        if state.get("format") == CHECKPOINT_FORMAT and _same_training(
-            state.get("fingerprint"), fingerprint
-        ):
-            model.set_parameters(state["params"], exact_match=True, device=model.device)
-            model.num_timesteps = start_step = steps
-            snapshots = [
-                {
-                    "step": int(s["step"]),
-                    "win_rate": float(s["win_rate"]),
-                    "mean_return": float(s["mean_return"]),
-                    "policy": s["policy"],
-                }
-                for s in state["snapshots"]
-            ]
-            log.info("%s: resuming PPO from step %d", state_path, steps)
-        else:
-            log.warning("%s: checkpoint of other settings, starting over", state_path)
-
-    def snapshot() -> None:
-        step = int(model.num_timesteps)
-        if snapshots and snapshots[-1]["step"] == step:
-            return
-        win, ret = _evaluate(map_name, model.policy, budgets.eval_episodes, eval_seed)
-        snapshots.append(
-            {"step": step, "win_rate": win, "mean_return": ret, "policy": _cpu_state(model.policy)}
-        )
-        if on_metrics is not None:
-            on_metrics(step, {"ppo/win_rate": win, "ppo/mean_return": ret})
-        if state_path is not None:
-            atomic_torch_save(
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "fingerprint": fingerprint,
-                    "num_timesteps": step,
-                    "params": model.get_parameters(),
-                    "snapshots": snapshots,
-                },
-                state_path,
-            )
-
-    class Snapshots(BaseCallback):
-        def _on_training_start(self) -> None:
-            self.bar = tqdm(
-                total=budgets.total_steps,
-                initial=start_step,
-                desc=f"ppo {map_name}",
-                disable=not progress,
-            )
-            self.next = (start_step // budgets.snapshot_every + 1) * budgets.snapshot_every
-            snapshot()  # step 0: the untrained policy (a no-op when resuming)
-
-        def _on_rollout_start(self) -> None:
-            # Between PPO updates: the policy is the one the last rollout was trained into.
-            self.bar.n = min(int(self.model.num_timesteps), budgets.total_steps)
-            self.bar.refresh()
-            if self.model.num_timesteps >= self.next and (
-                self.model.num_timesteps < budgets.total_steps
-            ):
-                snapshot()
-                self.next += budgets.snapshot_every
-                self.bar.set_postfix(win_rate=f"{snapshots[-1]['win_rate']:.2f}")
-
-        def _on_step(self) -> bool:
-            return True
-
-        def _on_training_end(self) -> None:
-            snapshot()  # the final policy
-            self.bar.close()
-
+    snapshots = _resume(model, state_path, fingerprint)
+    start_step = int(model.num_timesteps) if snapshots else 0
+    snaps = _PpoSnapshots(map_name, budgets, model, snapshots, eval_seed, fingerprint)
+    snaps.save_to(state_path, on_metrics)
     threads = torch.get_num_threads()
     if budgets.torch_threads:
         torch.set_num_threads(budgets.torch_threads)
@@ -344,7 +257,7 @@ def train_ppo(
         if start_step < budgets.total_steps:
             model.learn(
                 total_timesteps=budgets.total_steps - start_step,
-                callback=Snapshots(),
+                callback=snaps.callback(start_step, progress),
                 reset_num_timesteps=start_step == 0,
             )
     finally:
@@ -356,6 +269,143 @@ def train_ppo(
         "steps_per_s": (model.num_timesteps - start_step) / elapsed if elapsed > 0 else 0.0,
     }
     return model, snapshots, stats
+
+
+def _ppo_model(venv: VecEnv, budgets: PpoConfig, seed: int) -> Any:
+    """sb3-contrib's MaskablePPO with the budgets' settings, on ``venv``."""
+    from sb3_contrib import MaskablePPO
+
+    return MaskablePPO(
+        "MlpPolicy",
+        venv,
+        learning_rate=budgets.learning_rate,
+        n_steps=budgets.n_steps,
+        batch_size=budgets.batch_size,
+        n_epochs=budgets.n_epochs,
+        gamma=budgets.gamma,
+        gae_lambda=budgets.gae_lambda,
+        clip_range=budgets.clip_range,
+        ent_coef=budgets.ent_coef,
+        policy_kwargs={"net_arch": list(budgets.net_arch)},
+        seed=seed,
+        device=budgets.device,
+        verbose=0,
+    )
+
+
+def _resume(model: Any, state_path: Path | None, fingerprint: str) -> list[dict[str, Any]]:
+    """Restore ``model`` from the checkpoint of the same training, if any; its snapshots
+    (empty when starting over)."""
+    state = _load_state(state_path)
+    if state is None:
+        return []
+    steps = int(state.get("num_timesteps", -1))
+    if state.get("format") != CHECKPOINT_FORMAT or not _same_training(
+        state.get("fingerprint"), fingerprint
+    ):
+        log.warning("%s: checkpoint of other settings, starting over", state_path)
+        return []
+    model.set_parameters(state["params"], exact_match=True, device=model.device)
+    model.num_timesteps = steps
+    log.info("%s: resuming PPO from step %d", state_path, steps)
+    return [
+        {
+            "step": int(s["step"]),
+            "win_rate": float(s["win_rate"]),
+            "mean_return": float(s["mean_return"]),
+            "policy": s["policy"],
+        }
+        for s in state["snapshots"]
+    ]
+
+
+class _PpoSnapshots:
+    """PPO's snapshots: the policy evaluated for win rate every ``snapshot_every`` agent
+    steps (and untrained, and final), kept and checkpointed."""
+
+    def __init__(
+        self,
+        map_name: str,
+        budgets: PpoConfig,
+        model: Any,
+        snapshots: list[dict[str, Any]],
+        eval_seed: int,
+        fingerprint: str,
+    ) -> None:
+        self.map_name, self.budgets, self.model, self.snapshots = (
+            map_name,
+            budgets,
+            model,
+            snapshots,
+        )
+        self.eval_seed, self.fingerprint = eval_seed, fingerprint
+        self.state_path: Path | None = None
+        self.on_metrics: MetricsCallback | None = None
+
+    def save_to(self, state_path: Path | None, on_metrics: MetricsCallback | None) -> None:
+        """Checkpoint every snapshot to ``state_path`` and report it to ``on_metrics``."""
+        self.state_path, self.on_metrics = state_path, on_metrics
+
+    def take(self) -> None:
+        model, snapshots = self.model, self.snapshots
+        step = int(model.num_timesteps)
+        if snapshots and snapshots[-1]["step"] == step:
+            return
+        win, ret = _evaluate(
+            self.map_name, model.policy, self.budgets.eval_episodes, self.eval_seed
+        )
+        snapshots.append(
+            {"step": step, "win_rate": win, "mean_return": ret, "policy": _cpu_state(model.policy)}
+        )
+        if self.on_metrics is not None:
+            self.on_metrics(step, {"ppo/win_rate": win, "ppo/mean_return": ret})
+        if self.state_path is not None:
+            atomic_torch_save(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "fingerprint": self.fingerprint,
+                    "num_timesteps": step,
+                    "params": model.get_parameters(),
+                    "snapshots": snapshots,
+                },
+                self.state_path,
+            )
+
+    def callback(self, start_step: int, progress: bool) -> Any:
+        """An SB3 callback: a snapshot at the start, between updates, and at the end."""
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        owner, budgets = self, self.budgets
+
+        class Snapshots(BaseCallback):
+            def _on_training_start(self) -> None:
+                self.bar = tqdm(
+                    total=budgets.total_steps,
+                    initial=start_step,
+                    desc=f"ppo {owner.map_name}",
+                    disable=not progress,
+                )
+                self.next = (start_step // budgets.snapshot_every + 1) * budgets.snapshot_every
+                owner.take()  # step 0: the untrained policy (a no-op when resuming)
+
+            def _on_rollout_start(self) -> None:
+                # Between PPO updates: the policy is the one the last rollout was trained into.
+                steps = int(self.model.num_timesteps)
+                self.bar.n = min(steps, budgets.total_steps)
+                self.bar.refresh()
+                if steps >= self.next and steps < budgets.total_steps:
+                    owner.take()
+                    self.next += budgets.snapshot_every
+                    self.bar.set_postfix(win_rate=f"{owner.snapshots[-1]['win_rate']:.2f}")
+
+            def _on_step(self) -> bool:
+                return True
+
+            def _on_training_end(self) -> None:
+                owner.take()  # the final policy
+                self.bar.close()
+
+        return Snapshots()
 
 
 def select_tiers(
@@ -438,6 +488,53 @@ def _first_episodes(batch: EpisodeBatch, n: int) -> EpisodeBatch:
     return EpisodeBatch(**{k: v[:n] if k in per_episode else v[:, :n] for k, v in fields.items()})
 
 
+def _tier_data(
+    map_name: str,
+    tier: str,
+    model: Any,
+    snapshot: dict[str, Any] | None,
+    episodes: int,
+    seed: int,
+) -> tuple[TransitionData, dict[str, Any]]:
+    """The episodes of one tier (a PPO ``snapshot``, or SMAX's heuristic) and their summary."""
+    rng = np.random.default_rng(seed)
+    if tier == "heuristic":
+        policy = heuristic_policy(map_name, seed_from(rng))
+    else:
+        assert snapshot is not None
+        net = copy.deepcopy(model.policy).cpu()
+        net.load_state_dict(snapshot["policy"])
+        net.eval()
+        policy = ppo_policy(net, rng)
+    data, returns, won = record_tier(map_name, policy, episodes, seed_from(rng), tier)
+    summary = {
+        "level": TIERS.index(tier),
+        "snapshot_step": int(snapshot["step"]) if snapshot is not None else None,
+        "episodes": int(returns.size),
+        "transitions": len(data),
+        "mean_return": float(returns.mean()),
+        "win_rate": float(won.mean()),
+    }
+    return data, summary
+
+
+def _smax_metadata(map_name: str, seed: int, ppo_steps: int) -> dict[str, Any]:
+    """What a SMAX dataset file records about the map and its making."""
+    spec = smax_map(map_name)
+    return {
+        "benchmark": "smax",
+        "map": map_name,
+        "num_agents": spec.num_agents,
+        "num_actions": spec.num_actions,
+        "horizon": spec.horizon,
+        "num_tasks": 1,
+        "seed": seed,
+        "levels": list(TIERS),
+        "behaviour": "maskable_ppo",
+        "ppo_steps": ppo_steps,
+    }
+
+
 def build_smax_datasets(
     map_name: str,
     out_dir: Path,
@@ -455,7 +552,6 @@ def build_smax_datasets(
     """
     from cmt.data.hdf5 import write_hdf5  # lazy: keeps env imports free of h5py
 
-    spec = smax_map(map_name)
     out_dir = Path(out_dir)
     rngs = random_streams(seed, _STREAMS)
     tier_seeds = {t: seed_from(rngs[f"tier/{t}"]) for t in TIERS}
@@ -469,37 +565,12 @@ def build_smax_datasets(
     tiers = [t for t in TIERS if t != "heuristic" or ppo_cfg.heuristic_tier]
     parts, tier_summary = [], {}
     for tier in tqdm(tiers, desc=f"tiers {map_name}", disable=not progress):
-        rng = np.random.default_rng(tier_seeds[tier])
-        if tier == "heuristic":
-            policy = heuristic_policy(map_name, seed_from(rng))
-        else:
-            net = copy.deepcopy(model.policy).cpu()
-            net.load_state_dict(snapshots[chosen[tier]]["policy"])
-            net.eval()
-            policy = ppo_policy(net, rng)
-        data, returns, won = record_tier(map_name, policy, episodes_per_tier, seed_from(rng), tier)
+        snapshot = snapshots[chosen[tier]] if tier in chosen else None
+        data, tier_summary[tier] = _tier_data(
+            map_name, tier, model, snapshot, episodes_per_tier, tier_seeds[tier]
+        )
         parts.append(data)
-        tier_summary[tier] = {
-            "level": TIERS.index(tier),
-            "snapshot_step": int(snapshots[chosen[tier]]["step"]) if tier in chosen else None,
-            "episodes": int(returns.size),
-            "transitions": len(data),
-            "mean_return": float(returns.mean()),
-            "win_rate": float(won.mean()),
-        }
-    metadata = {
-        "benchmark": "smax",
-        "map": map_name,
-        "num_agents": spec.num_agents,
-        "num_actions": spec.num_actions,
-        "horizon": spec.horizon,
-        "num_tasks": 1,
-        "seed": seed,
-        "levels": list(TIERS),
-        "behaviour": "maskable_ppo",
-        "ppo_steps": int(snapshots[-1]["step"]),
-    }
-    train = concat_transitions(parts, metadata)
+    train = concat_transitions(parts, _smax_metadata(map_name, seed, int(snapshots[-1]["step"])))
     write_hdf5(out_dir / "train.hdf5", train)
     record = {
         "map": map_name,
