@@ -9,7 +9,7 @@ them; the trainers their pretraining and prompt-tuning sections (docs/architectu
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, model_validator
 
@@ -179,6 +179,10 @@ class PpoConfig(Section):
 PromptKind = Literal["none", "segment", "encoder"]
 
 
+BACKBONE_FIELDS = frozenset({"prompt", "condition_on_rtg", "dynamics_heads"})
+"""Model fields the method registry fixes per backbone (:class:`ModelConfig`)."""
+
+
 class ModelParams(Section):
     """``params.yaml``'s ``model`` section: the sizes every backbone shares (docs/method.md).
     What makes a backbone CMT, Prompt-DT, DT or BC is the method registry's
@@ -209,6 +213,18 @@ class ModelParams(Section):
         "context_len; null: context_len, chosen on validation tasks, docs/method.md); "
         "'window' trains on context_len-step segments.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_backbone_fields(cls, raw: Any) -> Any:
+        # params.yaml of before the registry owned them: say where they went.
+        if cls is ModelParams and isinstance(raw, dict):
+            moved = sorted(set(raw) & BACKBONE_FIELDS)
+            if moved:
+                raise ValueError(
+                    f"{moved} are fixed per backbone by cmt/methods.py now: remove them"
+                )
+        return raw
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelParams:

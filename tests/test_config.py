@@ -36,7 +36,7 @@ def test_every_field_has_a_description():
         ({"pretrain": {"lr": "fast"}}, "pretrain.lr", "valid number"),
         ({"pretrain": {"lr": -1}}, "pretrain.lr", "greater than 0"),
         ({"model": {"dropout": 1.5}}, "model.dropout", "less than 1"),
-        ({"model": {"prompt": "encoder"}}, "model.prompt", "Extra inputs"),  # cmt/methods.py
+        ({"model": {"prompt": "encoder"}}, "model", "fixed per backbone by cmt/methods.py"),
         ({"model": {"n_head": 3}}, "model", "not divisible"),
         ({"data": {"test_tasks": [50]}}, "data", "outside"),
         ({"data": {"test_tasks": [1, 1]}}, "data.test_tasks", "duplicates"),
