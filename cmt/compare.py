@@ -43,7 +43,7 @@ def run_comparison(
     """
     out_dir = Path(out_dir)
     data_dir = Path(data_dir) if data_dir is not None else out_dir / "data"
-    ensure_data(params, data_dir, behaviour_root and Path(behaviour_root), progress)
+    ensure_data(params, data_dir, Path(behaviour_root) if behaviour_root else None, progress)
     data = load_data(params, data_dir)
     for seed in params.compare.seeds:
         for backbone in backbones_for(params.compare.methods):

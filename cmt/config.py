@@ -275,7 +275,7 @@ def _format_errors(source: str, err: ValidationError, origins: Origins | None = 
     return "\n".join(lines)
 
 
-def _benchmark_tags(section: type) -> tuple[str, ...]:
+def _benchmark_tags(section: type[Section]) -> tuple[str, ...]:
     return get_args(section.model_fields["benchmark"].annotation)
 
 

@@ -9,7 +9,7 @@ compares (``DataSection.methods``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from cmt.sections import ModelConfig, ModelParams, PromptKind
 
@@ -40,7 +40,10 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
-BackboneName = Literal[tuple(BACKBONES)]  # type: ignore[valid-type]
+if TYPE_CHECKING:  # type checkers see a plain string; pydantic sees the registry's names
+    BackboneName = str
+else:
+    BackboneName = Literal[tuple(BACKBONES)]
 """Every pretrained backbone, from :data:`BACKBONES`."""
 
 
@@ -67,7 +70,10 @@ METHODS: dict[str, Method] = {
 }
 
 
-MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
+if TYPE_CHECKING:
+    MethodName = str
+else:
+    MethodName = Literal[tuple(METHODS)]
 """Every compared method, from :data:`METHODS`."""
 
 

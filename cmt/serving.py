@@ -29,6 +29,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.pyfunc.model import PythonModel
 
 from cmt.checkpoint import (
     FORMAT_VERSION,
@@ -56,7 +57,9 @@ def save_prompt_set(
             "format": FORMAT_VERSION,
             "kind": PROMPT_SET_KIND,
             "tasks": torch.tensor(tasks, dtype=torch.long),
-            "prompts": torch.stack([prompts[t].detach().cpu().float() for t in tasks])
+            "prompts": torch.stack(
+                [p.detach().cpu().float() for t in tasks if (p := prompts[t]) is not None]
+            )
             if has_prompt
             else None,
             "target_returns": None
@@ -95,7 +98,7 @@ class ReplayEnv:
         self.t = 0
         return self.obs[:, 0]
 
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, ...]:
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if self.actions.shape[-1] == 0:
             self.actions = np.zeros((*self.obs.shape[:2], actions.shape[-1]), dtype=np.float32)
         self.actions[:, self.t] = actions
@@ -121,7 +124,7 @@ class ReplayTeamEnv(ReplayEnv):
         return self.avail[:, min(self.t, self.avail.shape[1] - 1)]
 
 
-class PolicyModel(mlflow.pyfunc.PythonModel):
+class PolicyModel(PythonModel):
     """pyfunc wrapper: artifacts ``checkpoint`` (a policy) and ``prompts`` (a prompt set)."""
 
     def load_context(self, context: Any) -> None:

@@ -98,7 +98,10 @@ def configure(cfg: TrackingConfig) -> str:
                 cfg.experiment, artifact_location=_artifact_location(cfg, uri)
             )
         except MlflowException:  # created by a concurrent process in the meantime
-            exp_id = client.get_experiment_by_name(cfg.experiment).experiment_id
+            created = client.get_experiment_by_name(cfg.experiment)
+            if created is None:
+                raise
+            exp_id = created.experiment_id
     else:
         exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)

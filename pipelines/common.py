@@ -12,7 +12,6 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from functools import partial
 from typing import Any, NoReturn
 
 from prefect import tags, task
@@ -26,8 +25,11 @@ from cmt.integrity import ArtifactError
 PIPELINE_FLOW_RUN_ENV = "CMT_PREFECT_PIPELINE_RUN"  # set by the pipeline flow for its stages
 EPHEMERAL_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 
-# DVC decides what reruns; Prefect's own input caching would only hide work from it.
-stage_task = partial(task, cache_policy=NO_CACHE)
+
+def stage_task(**kwargs: Any) -> Any:
+    """Prefect's ``@task(...)`` without input caching: DVC decides what reruns, and Prefect's
+    own caching would only hide work from it."""
+    return task(cache_policy=NO_CACHE, **kwargs)
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:

@@ -103,7 +103,7 @@ def build_records(
             str(r["task"]): {k: r[k] for k in METRIC_KEYS}
             for r in sorted(rows, key=lambda r: r["task"])
         }
-        tuning = {}
+        tuning: dict[str, dict[str, Any]] = {}
         if get_method(method).tuned:
             for t in eval_tasks(params):
                 _, meta = load_prompt(Path(prompts_dir) / f"seed{seed}" / f"task_{t}.pt")

@@ -79,7 +79,7 @@ def pretrain_flow(
         ckpt = train(params, backbone, seed, data_dir, out_dir, on_metrics)
         seconds = time.perf_counter() - start
         final = history[-1] if history else {}
-        metrics = {
+        metrics: dict[str, Any] = {
             "loss": final.get("train/total"),
             "action_loss": final.get("train/action"),
             "steps": params.pretrain.steps,

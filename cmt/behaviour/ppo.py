@@ -136,7 +136,7 @@ class SmaxVecEnv(VecEnv):
         pass
 
     def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
-        return [getattr(self, attr_name)] * len(self._get_indices(indices))
+        return [getattr(self, attr_name)] * len(list(self._get_indices(indices)))
 
     def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
         raise AttributeError(f"SmaxVecEnv entries share one environment; cannot set {attr_name}")
@@ -149,13 +149,13 @@ class SmaxVecEnv(VecEnv):
         return list(self._avail[list(self._get_indices(indices))])
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: Any = None) -> list[bool]:
-        return [False] * len(self._get_indices(indices))
+        return [False] * len(list(self._get_indices(indices)))
 
 
 # --------------------------------------------------------------------------- policies
 
 
-def ppo_policy(policy: torch.nn.Module, rng: np.random.Generator) -> MultiAgentPolicy:
+def ppo_policy(policy: Any, rng: np.random.Generator) -> MultiAgentPolicy:
     """Batched sampling policy of a MaskablePPO policy network, shared by all agents.
 
     Actions are sampled from the masked categorical with noise from ``rng`` (Gumbel-max), so

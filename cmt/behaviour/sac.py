@@ -128,9 +128,7 @@ class TaskConditionedEnv(gym.Env[np.ndarray, np.ndarray]):
 # --------------------------------------------------------------------------- behaviour policies
 
 
-def actor_policy(
-    actor: torch.nn.Module, task_params: np.ndarray, rng: np.random.Generator | None
-) -> Policy:
+def actor_policy(actor: Any, task_params: np.ndarray, rng: np.random.Generator | None) -> Policy:
     """Batched policy of an SB3 SAC actor fed ``[obs, task_params[task]]``.
 
     With ``rng`` actions are sampled from the squashed Gaussian (noise from ``rng``, so runs

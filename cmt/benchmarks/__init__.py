@@ -6,7 +6,7 @@ entry in :data:`DATA_SECTIONS` and one preset (docs/architecture.md).
 
 from __future__ import annotations
 
-from typing import Annotated, Union
+from typing import TYPE_CHECKING, Annotated, Union
 
 from pydantic import Field
 
@@ -24,7 +24,10 @@ DATA_SECTIONS: tuple[type[DataSection], ...] = (
 )
 """Every benchmark's ``data`` section; ``data.benchmark`` picks one."""
 
-DataConfig = Annotated[Union[DATA_SECTIONS], Field(discriminator="benchmark")]  # noqa: UP007
+if TYPE_CHECKING:  # the fields every section has; pydantic sees the union
+    DataConfig = DataSection
+else:
+    DataConfig = Annotated[Union[DATA_SECTIONS], Field(discriminator="benchmark")]  # noqa: UP007
 """The ``data`` section of ``params.yaml``: a discriminated union over the benchmarks, so each
 holds only its own fields."""
 

@@ -165,7 +165,7 @@ class D4RL(Benchmark):
 
         out_dir = Path(out_dir)
         if self.cfg.source:  # read and checked before anything is written
-            data, behaviour_refs = self._read_source(), {}
+            data, behaviour_refs = self._read_source(), dict[str, Any]()
         else:
             out_dir.mkdir(parents=True, exist_ok=True)
             data, behaviour_refs = self._generate(out_dir, behaviour_root, on_metrics, progress)
@@ -201,6 +201,7 @@ class D4RL(Benchmark):
         """``data.source``, refused unless it holds ``data.env`` at ``data.level``."""
         from cmt.data.sources import check_source_level, read_source
 
+        assert self.cfg.source is not None
         data = read_source(
             self.cfg.source,
             env_id=self.family.env_id,

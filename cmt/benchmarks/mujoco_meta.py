@@ -8,7 +8,7 @@ task-conditioned SAC policy per family, trained in the ``collect`` stage
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -16,6 +16,9 @@ from cmt.behaviour.rollout import LEVELS
 from cmt.benchmarks.base import MetricsCallback
 from cmt.benchmarks.meta import MetaBenchmark, MetaData
 from cmt.sections import SacConfig
+
+if TYPE_CHECKING:
+    from cmt.envs.mujoco_tasks import MujocoTaskFamily
 
 
 class MujocoMetaData(MetaData):
@@ -53,6 +56,7 @@ class MujocoMeta(MetaBenchmark):
     """A MuJoCo task family with SAC-generated medium, expert and medium-replay data."""
 
     cfg: MujocoMetaData
+    family: MujocoTaskFamily
     levels: ClassVar[tuple[str, ...]] = LEVELS
 
     def __init__(self, cfg: MujocoMetaData) -> None:

@@ -78,5 +78,5 @@ def unfold_agents(folded: TransitionData) -> TransitionData:
         task_ids=folded.task_ids[step_rows],
         infos={k: v[step_rows] for k, v in folded.infos.items() if k != AGENT_ID},
         metadata=metadata,
-        avail_actions=gather(folded.avail_actions),
+        avail_actions=None if folded.avail_actions is None else gather(folded.avail_actions),
     )

@@ -127,7 +127,10 @@ class SegmentSampler:
         """All random numbers one batch needs."""
         rng = self.ds.rng if rng is None else rng
         B = batch_size
-        draws = {"start": rng.integers(0, len(self.ds), size=B), "other": rng.random(B)}
+        draws: dict[str, np.ndarray] = {
+            "start": rng.integers(0, len(self.ds), size=B),
+            "other": rng.random(B),
+        }
         if self.context == "set":
             draws["ctx"] = rng.random((B, self.C), dtype=np.float32)
             if self.contrastive:
@@ -177,6 +180,7 @@ class SegmentSampler:
 
         ctx_ep = ep if self.source == "same_trajectory" else self._other_episode(ep, draws["other"])
         if self.context == "set":
+            assert self._features is not None  # built for set contexts
             idx1 = self._set_index(ep, ctx_ep, offset, seg_len, draws["ctx"])
             batch.context = torch.from_numpy(rows(self._features, idx1))
             if self.contrastive:

@@ -483,9 +483,9 @@ def read_minari_dataset(
     try:
         data = _flatten_episodes(dataset, main_path, meta_path)
     except OSError as exc:  # a data block HDF5 could not read back
-        key, cause = _find_unreadable(main_path)
+        bad_key, cause = _find_unreadable(main_path)
         raise _error(
-            main_path, key, f"cannot read the data, corrupt or truncated file ({cause or exc})"
+            main_path, bad_key, f"cannot read the data, corrupt or truncated file ({cause or exc})"
         ) from exc
 
     metadata: dict[str, Any] = {
@@ -745,7 +745,7 @@ def _flatten_episodes(dataset: Any, main_path: Path, meta_path: Path) -> dict[st
             UserWarning,
             stacklevel=3,
         )
-    data = {
+    data: dict[str, Any] = {
         "observations": np.concatenate(parts["observations"]),
         "actions": np.concatenate(parts["actions"]),
         "rewards": np.concatenate(parts["rewards"]),

@@ -156,7 +156,7 @@ class BatchedTaskEnv:
             raise ValueError("a batched env needs at least one environment")
         self.envs = list(envs)
         self.num_envs = len(self.envs)
-        self.obs_dim = int(np.prod(self.envs[0].observation_space.shape))
+        self.obs_dim = int(np.prod(self.envs[0].observation_space.shape or ()))
         self._obs = np.zeros((self.num_envs, self.obs_dim), dtype=np.float32)
         self._terminated = np.zeros(self.num_envs, dtype=bool)
         self._truncated = np.zeros(self.num_envs, dtype=bool)

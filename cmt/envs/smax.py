@@ -39,13 +39,18 @@ def _quiet_stdout() -> Iterator[None]:
     resets ``sys.stdout`` and ``sys.stderr`` to ``sys.__stdout__`` / ``sys.__stderr__``, which
     would also undo any redirection the host set up (pytest's capture, a notebook's), so
     all four are swapped and restored."""
-    saved = sys.stdout, sys.__stdout__, sys.stderr, sys.__stderr__
-    sys.stdout = sys.__stdout__ = io.StringIO()
-    sys.__stderr__ = sys.stderr  # mabrax resets stderr to this: keep the host's stream
+    names = ("stdout", "__stdout__", "stderr", "__stderr__")
+    saved = {name: getattr(sys, name) for name in names}
+    swallow = io.StringIO()
+    # setattr: the double-underscore streams are final to type checkers, not to Python.
+    setattr(sys, "stdout", swallow)  # noqa: B010
+    setattr(sys, "__stdout__", swallow)  # noqa: B010
+    setattr(sys, "__stderr__", sys.stderr)  # noqa: B010  # mabrax resets stderr to this
     try:
         yield
     finally:
-        sys.stdout, sys.__stdout__, sys.stderr, sys.__stderr__ = saved
+        for name, stream in saved.items():
+            setattr(sys, name, stream)
 
 
 with _quiet_stdout():
@@ -320,6 +325,19 @@ def heuristic_policy(map_name: str, seed: int) -> MultiAgentPolicy:
     return act
 
 
+STEP_FIELDS = (
+    "observations",
+    "avail_actions",
+    "actions",
+    "rewards",
+    "terminated",
+    "truncated",
+    "won",
+    "next_observations",
+)
+"""The per-step fields of :class:`EpisodeBatch`, in the order a rollout records them."""
+
+
 @dataclass
 class EpisodeBatch:
     """Per-step arrays of a batched rollout, time-major (T, B, ...), and per-episode results."""
@@ -380,4 +398,5 @@ def run_episodes(
     if alive.any():
         raise RuntimeError(f"{int(alive.sum())} SMAX episodes did not end within {t_max} steps")
     fields = [np.stack(x) for x in zip(*steps, strict=True)] if record else [np.empty(0)] * 8
-    return EpisodeBatch(*fields, returns=returns, episode_won=won, lengths=lengths)
+    per_step = dict(zip(STEP_FIELDS, fields, strict=True))
+    return EpisodeBatch(**per_step, returns=returns, episode_won=won, lengths=lengths)

@@ -4,6 +4,7 @@ seeds. Every mean over tasks is computed here, once."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,7 @@ def seed_record(
 def evaluate_method(
     params: Params,
     checkpoint: str | Path,
-    prompts: dict[int, torch.Tensor | None],
+    prompts: Mapping[int, torch.Tensor | None],
     data: Data,
     seed: int,
     tasks: tuple[int, ...] | None = None,
@@ -73,21 +74,31 @@ def evaluate_method(
     all in one batch; returns per-task and mean returns and scores."""
     bench = make_benchmark(params.data)
     model, norm, _ = load_policy(checkpoint)
-    tasks = list(bench.eval_tasks if tasks is None else tasks)
-    targets = target_returns(params, bench, data, tasks) if model.cfg.condition_on_rtg else None
-    use_prompts = None if model.cfg.prompt == "none" else {t: prompts[t] for t in tasks}
+    task_list = list(bench.eval_tasks if tasks is None else tasks)
+    rtg = model.cfg.condition_on_rtg
+    targets = target_returns(params, bench, data, task_list) if rtg else None
+    use_prompts = None if model.cfg.prompt == "none" else _given(prompts, task_list)
     episodes = evaluate_tasks(
         model,
         norm,
         bench,
-        tasks,
+        task_list,
         params.evaluate.episodes,
         params.evaluate.seed + seed,
         use_prompts,
         targets,
         params.evaluate.bf16,
     )
-    return over_tasks({t: task_stats(bench, data, t, episodes[t]) for t in tasks})
+    return over_tasks({t: task_stats(bench, data, t, episodes[t]) for t in task_list})
+
+
+def _given(prompts: Mapping[int, torch.Tensor | None], tasks: list[int]) -> dict[int, torch.Tensor]:
+    """The prompt of every task, which a prompted model needs."""
+    given = {t: p for t in tasks if (p := prompts[t]) is not None}
+    if len(given) != len(tasks):
+        missing = sorted(set(tasks) - set(given))
+        raise ValueError(f"a prompted model needs a prompt for tasks {missing}")
+    return given
 
 
 def target_returns(

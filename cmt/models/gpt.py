@@ -35,6 +35,7 @@ class KVCache:
             self.k[layer] = k.new_zeros(shape)  # (B, nh, size, hs)
             self.v[layer] = v.new_zeros(shape)
         ck, cv = self.k[layer], self.v[layer]
+        assert ck is not None and cv is not None
         ck.index_copy_(2, self.at, k.to(ck.dtype))
         cv.index_copy_(2, self.at, v.to(cv.dtype))
         return ck, cv

@@ -17,7 +17,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class TanhHead(nn.Linear):
+class ActionHead(nn.Linear):
+    """What every action head provides beyond its linear map."""
+
+    discrete: bool
+
+    def error(
+        self, pred: torch.Tensor, target: torch.Tensor, avail: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Per-step training error of predictions against targets: (B, K, act) -> (B, K)."""
+        raise NotImplementedError
+
+    def choose(self, pred: torch.Tensor, avail: torch.Tensor | None) -> torch.Tensor:
+        """The action to take from one step's prediction: (B, act) -> (B, act)."""
+        raise NotImplementedError
+
+
+class TanhHead(ActionHead):
     """Continuous actions in [-1, 1]: ``tanh(W h)``, trained by mean squared error."""
 
     discrete = False
@@ -36,7 +52,7 @@ class TanhHead(nn.Linear):
         return pred.float()
 
 
-class MaskedLogitsHead(nn.Linear):
+class MaskedLogitsHead(ActionHead):
     """Discrete actions: logits over ``act_dim`` actions, unavailable ones masked out;
     trained by cross-entropy against the one-hot target, acted on by masked argmax."""
 
@@ -67,5 +83,5 @@ class MaskedLogitsHead(nn.Linear):
         return F.one_hot(best, pred.shape[-1]).float()
 
 
-def make_action_head(d_model: int, act_dim: int, discrete: bool) -> nn.Linear:
+def make_action_head(d_model: int, act_dim: int, discrete: bool) -> ActionHead:
     return (MaskedLogitsHead if discrete else TanhHead)(d_model, act_dim)

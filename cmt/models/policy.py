@@ -24,7 +24,7 @@ from cmt.data.dataset import OfflineDataset
 from cmt.data.sampler import Batch, feature_dim
 from cmt.models.encoder import ContextEncoder
 from cmt.models.gpt import GPT, KVCache, init_weights
-from cmt.models.heads import make_action_head
+from cmt.models.heads import ActionHead, make_action_head
 from cmt.models.ops import Dropout
 from cmt.sections import ModelConfig
 
@@ -87,7 +87,7 @@ class SequencePolicy(nn.Module):
             else None
         )
         self.backbone = GPT(cfg.n_layer, d, cfg.n_head, cfg.dropout)
-        self.action_head = make_action_head(d, act_dim, discrete)
+        self.action_head: ActionHead = make_action_head(d, act_dim, discrete)
         self.next_state_head = nn.Linear(d, obs_dim) if cfg.dynamics_heads else None
         self.reward_head = nn.Linear(d, 1) if cfg.dynamics_heads else None
         init_weights(self, cfg.n_layer)
@@ -119,6 +119,7 @@ class SequencePolicy(nn.Module):
         types = self.embed_type.weight
         tokens = [self.embed_state(states) + types[2], self.embed_action(actions) + types[3]]
         if self.embed_rtg is not None:
+            assert rtg is not None  # a return-conditioned model is always given one
             tokens.insert(0, self.embed_rtg(rtg.unsqueeze(-1)) + types[1])
         x = torch.stack(tokens, dim=2) + time.unsqueeze(2)  # (B, T, n_tok, d)
         return x.reshape(B, T * self.tokens_per_step, -1)  # (B, T * n_tok, d)
@@ -138,8 +139,10 @@ class SequencePolicy(nn.Module):
     def batch_prompt(self, batch: Batch) -> torch.Tensor | None:
         """The prompt a training batch implies under this model's prompt mode."""
         if self.cfg.prompt == "encoder":
+            assert batch.context is not None  # the sampler draws contexts for encoder models
             return self.prompt_from_context(batch.context)
         if self.cfg.prompt == "segment":
+            assert batch.segment is not None
             return self.prompt_from_segment(batch.segment)
         return None
 

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from cmt.checkpoint import CheckpointError, atomic_torch_save, policy_state, safe_load, save_policy
 from cmt.data.dataset import Normalizer, OfflineDataset
-from cmt.data.sampler import Batch, SegmentSampler
+from cmt.data.sampler import Batch, ContextKind, SegmentSampler
 from cmt.device import autocast, pick_device
 from cmt.integrity import NonFiniteError
 from cmt.models.policy import SequencePolicy
@@ -33,7 +33,8 @@ def make_sampler(
     ds: OfflineDataset, norm: Normalizer, mcfg: ModelConfig, pcfg: PretrainConfig
 ) -> SegmentSampler:
     """The sampler a model's prompt mode needs: context set, raw segment, or nothing."""
-    kind = {"encoder": "set", "segment": "segment", "none": "none"}[mcfg.prompt]
+    kinds: dict[str, ContextKind] = {"encoder": "set", "segment": "segment", "none": "none"}
+    kind = kinds[mcfg.prompt]
     return SegmentSampler(
         ds,
         norm,
@@ -74,13 +75,13 @@ def pretrain_loss(
     l_act = masked_mean(model.action_error(out, batch), batch.mask)
     terms = {"action": l_act}
     loss = l_act
-    if out.next_states is not None and cfg.w_dyn > 0:
+    if out.next_states is not None and out.rewards is not None and cfg.w_dyn > 0:
         terms["next_state"] = masked_mean(
             (out.next_states.float() - batch.next_states).pow(2).mean(-1), batch.mask
         )
         terms["reward"] = masked_mean((out.rewards.float() - batch.rewards).pow(2), batch.mask)
         loss = loss + cfg.w_dyn * (terms["next_state"] + terms["reward"])
-    if batch.context2 is not None and cfg.w_con > 0:
+    if batch.context2 is not None and prompt is not None and cfg.w_con > 0:
         # The second view is a fixed key, as in MoCo: no backward through it, which saves
         # a fifth of the step's FLOPs; the gradient still shapes E through the first view.
         with torch.no_grad():
@@ -153,7 +154,7 @@ def train_step(
 
 
 def _tensors(batch: Batch) -> list[torch.Tensor]:
-    out = []
+    out: list[torch.Tensor] = []
     for v in batch.__dict__.values():
         if isinstance(v, dict):
             out.extend(v[k] for k in sorted(v))
@@ -195,8 +196,8 @@ class GraphedStep:
                 self._step()
         torch.cuda.current_stream().wait_stream(side)
         with torch.no_grad():
-            for p, s in zip(params, saved, strict=True):
-                p.copy_(s)
+            for param, s in zip(params, saved, strict=True):
+                param.copy_(s)
             for p, st in opt.state.items():
                 for k, v in st.items():
                     if not torch.is_tensor(v):

@@ -66,7 +66,8 @@ def _prompt_step(
     loss_value = float(loss.detach())
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    if not (math.isfinite(loss_value) and bool(torch.isfinite(prompt.grad).all())):
+    grad = prompt.grad
+    if not (math.isfinite(loss_value) and grad is not None and bool(torch.isfinite(grad).all())):
         raise NonFiniteError(f"prompt tuning: non-finite loss or gradient at step {step}")
     opt.step()
     return loss_value
