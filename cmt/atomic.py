@@ -36,6 +36,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
 
 
+def make_dir(path: str | Path) -> Path:
+    """``path`` and its parents, created if missing; a failure names the directory."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WriteError(f"{path}: cannot create the directory ({err.strerror or err})") from err
+    return path
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

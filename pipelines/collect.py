@@ -16,6 +16,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from cmt import tracking
+from cmt.atomic import make_dir
 from cmt.config import Params
 from pipelines.common import dataset_dir, run_entry, run_tags, stage_parser, stage_task
 
@@ -43,7 +44,7 @@ def collect_flow(params: Params, out_dir: str, behaviour_dir: str | None = None)
     if behaviour_dir:
         # Exists for every benchmark, so that DVC finds the declared output (empty when the
         # behaviour is scripted).
-        Path(behaviour_dir).mkdir(parents=True, exist_ok=True)
+        make_dir(behaviour_dir)
     with tracking.stage_run("collect", params, tags=run_tags()) as run:
         summary = build(params, out_dir, behaviour_dir, run)
         numbers = {

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cmt.atomic import atomic_path, write_json
+from cmt.atomic import atomic_path, make_dir, write_json
 from cmt.behaviour.rollout import (
     LEVELS,
     Policy,
@@ -714,7 +714,7 @@ def generate_mujoco(
     from cmt.data.hdf5 import write_hdf5  # lazy: keeps env imports free of h5py
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     behaviour = train_behaviour(
         family, cfg.sac, cfg.seed, cfg.reference_episodes, checkpoint_dir, on_metrics, progress
     )

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from cmt.atomic import write_json
+from cmt.atomic import make_dir, write_json
 from cmt.behaviour.rollout import (
     Policy,
     concat_transitions,
@@ -96,7 +96,7 @@ def build_point_robot(
     from cmt.data.hdf5 import write_hdf5  # lazy: keeps env imports free of h5py
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     run = _runner(family, plan)
     base_meta: dict[str, Any] = {
         "family": family.name,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from cmt.atomic import write_json
+from cmt.atomic import make_dir, write_json
 from cmt.behaviour.rollout import LEVELS
 from cmt.benchmarks.base import (
     REFERENCES_FILE,
@@ -167,7 +167,7 @@ class D4RL(Benchmark):
         if self.cfg.source:  # read and checked before anything is written
             data, behaviour_refs = self._read_source(), dict[str, Any]()
         else:
-            out_dir.mkdir(parents=True, exist_ok=True)
+            make_dir(out_dir)
             data, behaviour_refs = self._generate(out_dir, behaviour_root, on_metrics, progress)
         write_hdf5(out_dir / TRAIN_FILE, data)
         low, high = REF_RETURNS[self.cfg.env]
