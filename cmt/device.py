@@ -5,10 +5,26 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 
 import torch
 
 log = logging.getLogger(__name__)
+
+JAX_CPU_ENV = {
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+}
+"""How SMAX's jax runs here: on the CPU (PyTorch owns any accelerator), one XLA compute
+thread, so that jax does not take every core from the torch and SB3 code beside it."""
+
+
+def jax_on_cpu() -> None:
+    """Set :data:`JAX_CPU_ENV` where not set already; jax reads it once, when it starts its
+    backend, so call this before SMAX is first used (before importing ``cmt.envs.smax``).
+    Entry points and the SMAX benchmark call it; importing a module never does."""
+    for name, value in JAX_CPU_ENV.items():
+        os.environ.setdefault(name, value)
 
 
 def pick_device(name: str) -> torch.device:

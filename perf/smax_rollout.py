@@ -24,7 +24,10 @@ import jax
 import numpy as np
 
 from cmt.atomic import write_json
-from cmt.envs.smax import SmaxBatchedEnv, kernels, smax_map
+from cmt.device import jax_on_cpu
+
+jax_on_cpu()  # before jax's first import
+from cmt.envs.smax import SmaxBatchedEnv, kernels, smax_map  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "smax_rollout.json"
 

@@ -19,8 +19,11 @@ import time
 from pathlib import Path
 
 from cmt.atomic import write_json
-from cmt.behaviour.ppo import build_smax_datasets
-from cmt.sections import PpoConfig
+from cmt.device import jax_on_cpu
+
+jax_on_cpu()  # before jax's first import
+from cmt.behaviour.ppo import build_smax_datasets  # noqa: E402
+from cmt.sections import PpoConfig  # noqa: E402
 
 
 def main() -> None:

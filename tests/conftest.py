@@ -12,6 +12,9 @@ import pytest
 import torch
 
 from cmt.config import Params, parse_params
+from cmt.device import jax_on_cpu
+
+jax_on_cpu()  # as the pipeline's SMAX benchmark does, before any test imports jax
 
 # jax (under SMAX) creates absl's logging handler on the stderr of the moment, which inside a
 # test is pytest's capture stream; when Prefect later reconfigures logging, absl closes that

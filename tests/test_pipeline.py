@@ -80,16 +80,23 @@ def test_pipeline_sections_in_params_yaml():
 
 def test_imports_have_no_side_effects(tmp_path):
     """Importing the library, the tracking module and every flow module creates no files,
-    sets no tracking URI, and the library pulls in neither MLflow nor Prefect."""
+    sets no tracking URI and no environment variable, and the library pulls in neither
+    MLflow nor Prefect."""
     out = _python(
         f"""
         import os, sys, importlib
+        for name in ("JAX_PLATFORMS", "XLA_FLAGS"):  # what an import used to set
+            os.environ.pop(name, None)
+        before = dict(os.environ)
         library = ["cmt", "cmt.config", "cmt.experiment", "cmt.compare", "cmt.cli",
                    "cmt.evaluation.rollout", "cmt.evaluation.report", "cmt.checkpoint",
-                   "cmt.behaviour.rollout", "cmt.methods"]
+                   "cmt.behaviour.rollout", "cmt.methods", "cmt.envs.smax", "cmt.behaviour.ppo"]
         for m in library:
             importlib.import_module(m)
         assert "mlflow" not in sys.modules and "prefect" not in sys.modules, "library"
+        changed = {{k for k in {{*before, *os.environ}} if before.get(k) != os.environ.get(k)}}
+        changed = {{k for k in changed if not k.startswith(("TPU_", "TF_"))}}  # jax's own
+        assert not changed, f"importing the library changed the environment: {{changed}}"
         for m in ["cmt.tracking", "cmt.serving", "pipelines.runner", "pipelines.pipeline",
                   "pipelines.serve"] + ["pipelines." + s for s in {STAGE_MODULES!r}]:
             importlib.import_module(m)

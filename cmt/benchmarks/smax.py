@@ -30,6 +30,7 @@ from cmt.benchmarks.base import (
     PromptData,
     Spaces,
 )
+from cmt.device import jax_on_cpu
 from cmt.sections import PpoConfig
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ class Smax(Benchmark):
 
     @property
     def _map(self) -> Any:
+        jax_on_cpu()
         from cmt.envs.smax import smax_map
 
         return smax_map(self.cfg.map)
@@ -100,6 +102,7 @@ class Smax(Benchmark):
         return int(self._map.horizon)
 
     def make_batched_env(self, task_ids: np.ndarray) -> FoldedTeamEnv:
+        jax_on_cpu()
         from cmt.envs.smax import SmaxBatchedEnv
         from cmt.envs.team import FoldedTeamEnv
 
@@ -116,6 +119,8 @@ class Smax(Benchmark):
         progress: bool = True,
     ) -> dict[str, Any]:
         from cmt.atomic import write_json
+
+        jax_on_cpu()
         from cmt.behaviour.ppo import build_smax_datasets
         from cmt.integrity import sealed_json
 

@@ -13,24 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+# Callers configure jax before importing this module (cmt.device.jax_on_cpu: CPU only, one
+# XLA thread); importing it sets nothing.
+import jax
+import jax.numpy as jnp
 import numpy as np
-
-# Before jax's first import (it reads these once): CPU only, and one XLA compute thread, so
-# that jax does not take every core from the torch and SB3 code running beside it.
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault(
-    "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-)
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 
 
 @contextlib.contextmanager
