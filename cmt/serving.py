@@ -38,6 +38,7 @@ from cmt.checkpoint import (
     check_tensors,
     safe_load,
 )
+from cmt.tracking import Promotion, promote
 
 PROMPT_SET_KIND = "prompt_set"
 ENTRY_FILE = Path(__file__).with_name("pyfunc_entry.py")
@@ -280,3 +281,50 @@ def log_policy_model(
             pip_requirements=_requirements(),
             registered_model_name=registered_model_name,
         )
+
+
+def example_row(target: Any, task: int) -> dict[str, Any]:
+    """One input row of the served policy: the first step of ``target``'s first
+    episode, with its agent id and available actions for team policies."""
+    i = int(target.ep_start[0])
+    d = target.data
+    row: dict[str, Any] = {"task": task}
+    if target.agent_of is not None:
+        row["agent"] = int(target.agent_of[i])
+    row.update({f"obs_{j}": float(x) for j, x in enumerate(d.observations[i])})
+    if d.avail_actions is not None:
+        row.update({f"avail_{j}": int(x) for j, x in enumerate(d.avail_actions[i])})
+    return row
+
+
+def register_version(
+    client: Any,
+    name: str,
+    policy: dict[str, Any],
+    tags: dict[str, str],
+    metric: str,
+    value: float,
+) -> tuple[str, Promotion]:
+    """Log a policy as a pyfunc model, register it as a new version of ``name`` with
+    ``tags``, and move the ``champion`` / ``challenger`` alias by ``metric`` = ``value``.
+
+    ``policy`` holds ``checkpoint`` (path), ``model`` (the loaded policy), ``prompts`` and
+    ``targets`` (per task, as evaluation used them), ``example`` (input rows) and ``meta``."""
+    model = policy["model"]
+    with tempfile.TemporaryDirectory() as tmp:
+        prompt_set = Path(tmp) / "prompts.pt"
+        save_prompt_set(prompt_set, policy["prompts"], policy["targets"], policy["meta"])
+        info = log_policy_model(
+            policy["checkpoint"],
+            prompt_set,
+            model.obs_dim,
+            model.act_dim,
+            policy["example"],
+            registered_model_name=name,
+            discrete=model.discrete,
+            team=model.num_agents > 1,
+        )
+    version = str(info.registered_model_version)
+    for key, tag in tags.items():
+        client.set_model_version_tag(name, version, key, tag)
+    return version, promote(client, name, version, metric, value)

@@ -8,7 +8,6 @@ import argparse
 import itertools
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -117,20 +116,6 @@ def build_records(
     return records
 
 
-def example_row(target: Any, task: int) -> dict[str, Any]:
-    """One input row of the served policy (cmt.serving): the first step of ``target``'s first
-    episode, with its agent id and available actions for team policies."""
-    i = int(target.ep_start[0])
-    d = target.data
-    row: dict[str, Any] = {"task": task}
-    if target.agent_of is not None:
-        row["agent"] = int(target.agent_of[i])
-    row.update({f"obs_{j}": float(x) for j, x in enumerate(d.observations[i])})
-    if d.avail_actions is not None:
-        row.update({f"avail_{j}": int(x) for j, x in enumerate(d.avail_actions[i])})
-    return row
-
-
 @stage_task(name="register policy")
 def register_policy(
     params: Params,
@@ -142,7 +127,7 @@ def register_policy(
 ) -> tracking.Promotion | None:
     """Log the registered method's best-seed policy (backbone + prompts of every test task)
     as a pyfunc model, register it as a new version and move the alias."""
-    from cmt.serving import log_policy_model, save_prompt_set
+    from cmt.serving import register_version
 
     cfg = params.tracking
     logger = get_run_logger()
@@ -155,35 +140,17 @@ def register_policy(
     seed, value = best["seed"], float(best[cfg.primary_metric])
     check_finite({cfg.primary_metric: value}, f"registering {method} seed {seed}")
     ckpt = checkpoint_path(checkpoints, method, seed)
-    model, prompts, targets, example, tasks = _policy_inputs(
-        params, method, seed, ckpt, data_dir, prompts_dir
-    )
-    name = cfg.model_name(params.data.name)
-    with tempfile.TemporaryDirectory() as tmp:
-        prompt_set = Path(tmp) / "prompts.pt"
-        save_prompt_set(prompt_set, prompts, targets, {"method": method, "seed": seed})
-        info = log_policy_model(
-            ckpt,
-            prompt_set,
-            model.obs_dim,
-            model.act_dim,
-            example,
-            registered_model_name=name,
-            discrete=model.discrete,
-            team=model.num_agents > 1,
-        )
-    version = str(info.registered_model_version)
+    policy = _policy_inputs(params, method, seed, ckpt, data_dir, prompts_dir)
     tags = {
         "cmt.method": method,
         "cmt.seed": str(seed),
         "cmt.checkpoint": str(ckpt),
         "cmt.pipeline_run_id": run.parent_id,
-        "cmt.test_tasks": str(list(tasks)),
+        "cmt.test_tasks": str(list(policy["tasks"])),
         **{key: os.environ[var] for key, var in DVC_TAGS if os.environ.get(var)},
     }
-    for k, v in tags.items():
-        run.client.set_model_version_tag(name, version, k, v)
-    promotion = tracking.promote(run.client, name, version, cfg.primary_metric, value)
+    name = cfg.model_name(params.data.name)
+    version, promotion = register_version(run.client, name, policy, tags, cfg.primary_metric, value)
     run.set_tags({"cmt.model_version": version, "cmt.model_alias": promotion.alias})
     run.log_metrics({f"registry/{cfg.primary_metric}": value})
     logger.info(
@@ -199,25 +166,29 @@ DVC_TAGS = (("dvc.exp_name", "DVC_EXP_NAME"), ("dvc.stage", "DVC_STAGE"))
 
 def _policy_inputs(
     params: Params, method: str, seed: int, ckpt: Path, data_dir: str, prompts_dir: str
-) -> tuple[Any, dict[int, Any], dict[int, float] | None, pd.DataFrame, tuple[int, ...]]:
-    """What the registered policy is made of: the model, the prompt and return target of
-    every evaluated task (as evaluation used them), and an input example."""
+) -> dict[str, Any]:
+    """What the registered policy is made of (``cmt.serving.register_version``): the model,
+    the prompt and return target of every evaluated task (as evaluation used them), and an
+    input example."""
     from cmt.benchmarks import make_benchmark
     from cmt.checkpoint import load_policy
     from cmt.evaluation.records import target_returns
     from cmt.experiment import load_data
+    from cmt.serving import example_row
 
     bench = make_benchmark(params.data)
     data = load_data(params, data_dir)
     model, _, _ = load_policy(ckpt)
     tasks = bench.eval_tasks
     prompts = method_prompts(params, method, ckpt, data, seed, prompts_dir, tasks)
-    targets = None  # the same targets as cmt.experiment.evaluate_method
+    targets = None  # the same targets as cmt.evaluation.records.evaluate_method
     if model.cfg.condition_on_rtg:
         targets = target_returns(params, bench, data, list(tasks))
     # Input example: the first step of each task's first prompt-data episode.
     example = pd.DataFrame([example_row(bench.prompt_target(data, t), t) for t in tasks])
-    return model, prompts, targets, example, tasks
+    meta = {"method": method, "seed": seed}
+    return {"checkpoint": ckpt, "model": model, "prompts": prompts, "targets": targets,
+            "example": example, "meta": meta, "tasks": tasks}  # fmt: skip
 
 
 @flow(name="evaluate", flow_run_name="evaluate/{params.data.name}")

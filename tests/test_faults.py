@@ -657,9 +657,9 @@ def test_failures_print_one_line_and_keep_the_traceback_in_a_log(tmp_path, monke
     monkeypatch.setenv("CMT_LOG_DIR", str(tmp_path / "logs"))
     sets = ["--set", "pretrain.steps=1", "--set", "evaluate.episodes=1"]
     argv = ["compare", "--params", str(ROOT / "params.yaml"), "--quiet", "--out", "o", *sets]
-    # A data directory that is a file: the error is not one of ours (NotADirectoryError).
-    (tmp_path / "notadir").write_text("x")
-    code = main([*argv, "--data", str(tmp_path / "notadir")])
+    # A references.json that is a directory: not an error we foresee (IsADirectoryError).
+    (tmp_path / "data" / "references.json").mkdir(parents=True)
+    code = main([*argv, "--data", str(tmp_path / "data")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1, err
     assert err[0].startswith("error: cmt-compare failed: ") and "traceback in " in err[0], err
