@@ -646,7 +646,9 @@ def test_unsafe_experiment_name_and_preset_are_refused(tmp_path, capsys):
     assert set(preset_names()) <= set(json.dumps(schema["preset"]).split('"'))
 
 
-def test_failures_print_one_line_and_keep_the_traceback_in_a_log(tmp_path, monkeypatch, capsys):
+def test_failures_print_one_line_and_keep_the_traceback_in_a_log(
+    tiny_data_dir, tmp_path, monkeypatch, capsys
+):
     """An unexpected error in ``cmt``: one line naming it and the log file, whose traceback
     is complete; the line never recommends loading with weights_only=False."""
     from cmt.cli import main
@@ -658,7 +660,9 @@ def test_failures_print_one_line_and_keep_the_traceback_in_a_log(tmp_path, monke
     sets = ["--set", "pretrain.steps=1", "--set", "evaluate.episodes=1"]
     argv = ["compare", "--params", str(ROOT / "params.yaml"), "--quiet", "--out", "o", *sets]
     # A references.json that is a directory: not an error we foresee (IsADirectoryError).
-    (tmp_path / "data" / "references.json").mkdir(parents=True)
+    shutil.copytree(tiny_data_dir, tmp_path / "data")
+    (tmp_path / "data" / "references.json").unlink()
+    (tmp_path / "data" / "references.json").mkdir()
     code = main([*argv, "--data", str(tmp_path / "data")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1, err
