@@ -8,7 +8,7 @@ from typing import Any
 
 from cmt.atomic import save_figure
 from cmt.benchmarks import Benchmark
-from cmt.evaluation.tables import _methods_in
+from cmt.evaluation.tables import methods_in
 from cmt.methods import METHODS
 
 
@@ -46,7 +46,7 @@ def plot_variants(results: dict[str, dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")  # files only; no display on servers and CI
     import matplotlib.pyplot as plt
 
-    methods = _methods_in(results)
+    methods = methods_in(results)
     step = 0.6 / max(len(results) - 1, 1)
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.3 * len(methods) * len(results)))
     for j, (name, r) in enumerate(results.items()):

@@ -96,7 +96,7 @@ def markdown_table(summary: dict[str, Any], params: Params) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _methods_in(results: dict[str, dict[str, Any]]) -> list[str]:
+def methods_in(results: dict[str, dict[str, Any]]) -> list[str]:
     """The methods any variant's summary holds, in the registry's order."""
     return [m for m in METHODS if any(m in r["summary"] for r in results.values())]
 
@@ -113,7 +113,7 @@ def variants_table(results: dict[str, dict[str, Any]]) -> str:
             raise ValueError(f"variants differ in {key}: their scores do not compare")
     keys = sorted({k for f in flat.values() for k in f})
     differ = [k for k in keys if len({str(f.get(k)) for f in flat.values()}) > 1]
-    methods = _methods_in(results)
+    methods = methods_in(results)
     head = ["variant", "settings", *(METHODS[m].label for m in methods)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results.items():
