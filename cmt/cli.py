@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,28 @@ def cmd_generate(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def cmd_behaviour(args: argparse.Namespace) -> None:
+    """Train (or resume) the benchmark's behaviour learner and commit-ready publish it."""
+    from cmt.behaviour.committed import publish_progress, train_and_publish
+    from cmt.benchmarks import make_benchmark
+
+    data = params_from_args(args).data
+    bench = make_benchmark(data)
+    family, sac = getattr(bench, "family", None), getattr(data, "sac", None)
+    if family is None or sac is None:
+        raise ConfigError(f"data.benchmark={data.benchmark} has no trained behaviour policies")
+    checkpoint_dir = Path(args.checkpoints) / family.name
+    if args.save_progress:
+        print(publish_progress(family, sac, data.seed, checkpoint_dir))
+        return
+    command = shlex.join(["python", "-m", "cmt.cli", *sys.argv[1:]])
+    episodes = int(data.reference_episodes)  # every MuJoCo data section has it
+    out = train_and_publish(
+        family, sac, data.seed, episodes, checkpoint_dir, command, not args.quiet
+    )
+    print(out)
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
     from cmt.compare import run_comparison
 
@@ -107,6 +130,23 @@ def build_parser() -> argparse.ArgumentParser:
         default="outputs/sac",
         help="root of trained behaviour policies' checkpoints (default: %(default)s)",
     )
+    p = add(
+        "behaviour",
+        cmd_behaviour,
+        "Train (or resume) a MuJoCo benchmark's behaviour policies and write them to "
+        "behaviour/<env or family>/ for committing (docs/behaviour.md).",
+    )
+    p.add_argument(
+        "--checkpoints",
+        default="outputs/sac",
+        help="root of the learners' resumable checkpoints (default: %(default)s)",
+    )
+    p.add_argument(
+        "--save-progress",
+        action="store_true",
+        help="only copy the learner's current state to behaviour/<name>/learner.pt",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p = add("compare", cmd_compare, "Run the method comparison and write the results table.")
     p.add_argument("--out", default="outputs/compare", help="output directory")
     p.add_argument("--data", default=None, help="dataset directory (default: OUT/data)")

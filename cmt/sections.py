@@ -48,8 +48,25 @@ class SacConfig(Section):
     CPU cores (the presets set each benchmark's budget; the full GPU budgets are in the docs).
     """
 
+    learner: Literal["sbx_sac", "sbx_tqc", "sb3_sac"] = Field(
+        "sbx_sac",
+        description="Who trains the behaviour policy: SBX's SAC or TQC (JAX, about 2.4x SB3's "
+        "steps/s on one CPU core, perf/results/learners.json) or Stable-Baselines3's SAC.",
+    )
+    policies: Literal["committed", "train"] = Field(
+        "committed",
+        description="'committed': roll out the behaviour policies committed under behaviour/ "
+        "(refused unless they were trained with these settings); 'train': train (or resume) "
+        "the learner here.",
+    )
     sac_steps: int = Field(
         150_000, ge=1, description="Environment steps of SAC training (one gradient step each)."
+    )
+    train_freq: int = Field(
+        4,
+        ge=1,
+        description="Environment steps between learner updates, each update doing as many "
+        "gradient steps (one per environment step either way; fewer, larger calls are faster).",
     )
     learning_starts: int = Field(
         5_000, ge=1, description="Uniform-random steps that fill the replay buffer before updates."
@@ -102,6 +119,13 @@ class SacConfig(Section):
             raise ValueError(
                 f"learning_starts={self.learning_starts} must be < sac_steps={self.sac_steps}"
             )
+        for name in ("eval_every", "sac_steps"):
+            if getattr(self, name) % self.train_freq:
+                # Snapshots land where an update ends, so the buffer row is the step.
+                raise ValueError(
+                    f"{name}={getattr(self, name)} must be a multiple of train_freq="
+                    f"{self.train_freq}"
+                )
         if 2 * self.eval_every > self.sac_steps:
             # The medium snapshot must come before the final (expert) one.
             raise ValueError(

@@ -36,6 +36,8 @@ import torch
 from tqdm.auto import tqdm
 
 from cmt.atomic import atomic_path, make_dir, write_json
+from cmt.behaviour.actor import ActorWeights, act, from_tensors, to_tensors
+from cmt.behaviour.learners import Learner, make_learner
 from cmt.behaviour.rollout import (
     LEVELS,
     Policy,
@@ -56,7 +58,7 @@ log = logging.getLogger(__name__)
 MetricsCallback = Callable[[int, dict[str, float]], None]
 """Called at every snapshot with the step and metrics such as ``sac/eval_return``."""
 
-_STREAMS: tuple[str, ...] = (
+STREAMS: tuple[str, ...] = (
     "sac",
     "eval",
     "train/medium",
@@ -68,7 +70,7 @@ _STREAMS: tuple[str, ...] = (
 )
 # Spawned from the seed in this order; append new streams to keep old datasets identical.
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: learner-neutral state, actors as plain weights
 
 
 # --------------------------------------------------------------------------- SAC training env
@@ -128,29 +130,34 @@ class TaskConditionedEnv(gym.Env[np.ndarray, np.ndarray]):
 # --------------------------------------------------------------------------- behaviour policies
 
 
-def actor_policy(actor: Any, task_params: np.ndarray, rng: np.random.Generator | None) -> Policy:
-    """Batched policy of an SB3 SAC actor fed ``[obs, task_params[task]]``.
+def actor_policy(
+    actor: ActorWeights, task_params: np.ndarray, rng: np.random.Generator | None
+) -> Policy:
+    """Batched policy of a SAC actor fed ``[obs, task_params[task]]``.
 
     With ``rng`` actions are sampled from the squashed Gaussian (noise from ``rng``, so runs
-    are reproducible whatever torch's global RNG did); without it, the mean action.
+    are reproducible whatever the learner's own random state did); without it, the mean action.
     """
-    device = next(actor.parameters()).device
 
-    def act(obs: np.ndarray, task_ids: np.ndarray) -> np.ndarray:
+    def policy(obs: np.ndarray, task_ids: np.ndarray) -> np.ndarray:
         x = np.concatenate([np.asarray(obs, dtype=np.float32), task_params[task_ids]], axis=1)
-        with torch.no_grad():
-            mean, log_std, _ = actor.get_action_dist_params(torch.as_tensor(x, device=device))
-        pre = mean.cpu().double().numpy()  # (B, act_dim), before the tanh squashing
-        if rng is not None:
-            pre = pre + np.exp(log_std.cpu().double().numpy()) * rng.standard_normal(pre.shape)
-        return np.tanh(pre).astype(np.float32)
+        return act(actor, x, rng)
 
-    return act
+    return policy
 
 
 def random_policy(act_dim: int, rng: np.random.Generator) -> Policy:
     """Uniform actions in [-1, 1]: the random reference."""
     return lambda obs, ids: rng.uniform(-1.0, 1.0, size=(obs.shape[0], act_dim)).astype(np.float32)
+
+
+def random_reference(
+    family: MujocoTaskFamily, rngs: dict[str, np.random.Generator], episodes: int
+) -> np.ndarray:
+    """Mean return of uniform actions on every task; (num_tasks,)."""
+    rng = rngs["reference/random"]
+    policy = random_policy(family.act_dim, rng)
+    return _mean_returns(family, np.arange(family.num_tasks), episodes, policy, seed_from(rng))
 
 
 def _mean_returns(
@@ -222,32 +229,35 @@ def replay_transitions(buffer: Any, rows: int, family: MujocoTaskFamily) -> Tran
     )
 
 
-def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-
-
 # --------------------------------------------------------------------------- checkpoints
 
 _BUFFER_KEYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 
 
 class _Checkpoint:
-    """Resumable SAC state in ``directory``: ``state.pt`` (weights, optimizers, counters,
-    snapshots; ``torch.load(weights_only=True)``) and the replay buffer as ``.npz`` chunks,
-    one per checkpoint interval, so each save writes only the new rows."""
+    """Resumable learner state in ``directory``: ``state.pt`` (weights, optimisers, counters,
+    snapshot returns and the actors that can still become medium or expert; a few MB, small
+    enough to commit) and the replay buffer as ``.npz`` chunks, one per snapshot, so each save
+    writes only the new rows. Without the chunks (a fresh clone of a committed ``state.pt``)
+    the learner resumes on an empty buffer, refilled by ``learning_starts`` random steps, and
+    medium-replay cannot come from it any more."""
 
     def __init__(self, directory: Path, fingerprint: str) -> None:
         self.dir = Path(directory)
         self.fingerprint = fingerprint
         self.chunks: list[str] = []
         self.saved_rows = 0
+        self.buffer_from = 0  # the SAC step of the buffer's row 0
 
-    def save(self, model: Any, snapshots: list[dict[str, Any]]) -> None:
-        rb, rows = model.replay_buffer, int(model.num_timesteps)
+    def save(self, learner: Learner, snapshots: list[dict[str, Any]]) -> None:
+        model = learner.model
+        rb, step = model.replay_buffer, int(model.num_timesteps)
+        rows = step - self.buffer_from
         if rb.full or rb.pos != rows:
-            raise RuntimeError(f"replay buffer at row {rb.pos} (full={rb.full}) at step {rows}")
+            raise RuntimeError(f"replay buffer at row {rb.pos} (full={rb.full}) at step {step}")
         if rows > self.saved_rows:
-            name = f"buffer_{self.saved_rows:09d}_{rows:09d}.npz"
+            first = self.buffer_from + self.saved_rows
+            name = f"buffer_{first:09d}_{step:09d}.npz"
             with atomic_path(self.dir / name) as tmp:
                 with open(tmp, "wb") as f:
                     np.savez(f, **{k: getattr(rb, k)[self.saved_rows : rows] for k in _BUFFER_KEYS})
@@ -256,20 +266,19 @@ class _Checkpoint:
         state = {
             "format": CHECKPOINT_FORMAT,
             "fingerprint": self.fingerprint,
-            "num_timesteps": int(model.num_timesteps),
+            "num_timesteps": step,
             "n_updates": int(model._n_updates),
-            "params": model.get_parameters(),
-            "log_ent_coef": model.log_ent_coef.detach().cpu().clone(),
+            "learner": learner.state(),
+            "buffer_from": self.buffer_from,
             "chunks": list(self.chunks),
-            "snapshots": [
-                {"step": s["step"], "returns": torch.as_tensor(s["returns"]), "actor": s["actor"]}
-                for s in snapshots
-            ],
+            "snapshots": [_stored_snapshot(s) for s in snapshots],
         }
         atomic_torch_save(state, self.dir / "state.pt")
 
-    def load(self, model: Any, max_steps: int) -> list[dict[str, Any]] | None:
-        """Restore ``model`` and return the snapshots, or None (nothing usable: start over)."""
+    def load(
+        self, learner: Learner, max_steps: int, learning_starts: int
+    ) -> list[dict[str, Any]] | None:
+        """Restore ``learner`` and return the snapshots, or None (nothing usable: start over)."""
         path = self.dir / "state.pt"
         if not path.exists():
             return None
@@ -287,41 +296,88 @@ class _Checkpoint:
         ):
             log.warning("%s: checkpoint of other settings, starting over", self.dir)
             return None
-        model.set_parameters(state["params"], exact_match=True, device=model.device)
-        with torch.no_grad():
-            model.log_ent_coef.copy_(state["log_ent_coef"].to(model.device))
+        model = learner.model
+        learner.load_state(state["learner"])
         model.num_timesteps = steps
         model._n_updates = int(state["n_updates"])
+        if self._load_buffer(model, state, steps, max_steps):
+            self.chunks, self.saved_rows = list(state["chunks"]), steps - self.buffer_from
+        else:
+            log.warning(
+                "%s: no replay buffer beside state.pt; resuming at step %d on an empty one",
+                self.dir,
+                steps,
+            )
+            for chunk in self.dir.glob("buffer_*.npz"):
+                chunk.unlink()
+            self.chunks, self.saved_rows, self.buffer_from = [], 0, steps
+            model.learning_starts = steps + learning_starts  # refill before updating again
+        return [_loaded_snapshot(s) for s in state["snapshots"]]
+
+    def _load_buffer(self, model: Any, state: dict[str, Any], steps: int, max_steps: int) -> bool:
+        """Fill the replay buffer from the chunks; False when any is missing."""
+        names = list(state["chunks"])
+        if not all((self.dir / name).exists() for name in names):
+            return False
+        self.buffer_from = int(state.get("buffer_from", 0))
         rb, start = model.replay_buffer, 0
-        for name in state["chunks"]:
+        for name in names:
             with np.load(self.dir / name, allow_pickle=False) as chunk:
                 n = chunk["rewards"].shape[0]
                 for key in _BUFFER_KEYS:
                     getattr(rb, key)[start : start + n] = chunk[key]
             start += n
-        if start != steps:
+        if start != steps - self.buffer_from:
             raise ValueError(f"{self.dir}: buffer chunks hold {start} rows, expected {steps}")
-        rb.pos = steps
-        if steps < max_steps and rb.dones[steps - 1, 0] < 0.5:
+        rb.pos = start
+        if steps < max_steps and start and rb.dones[start - 1, 0] < 0.5:
             # The interrupted episode ends here: a truncation, so SAC still bootstraps from it.
-            rb.dones[steps - 1, 0] = 1.0
-            rb.timeouts[steps - 1, 0] = 1.0
-        self.chunks, self.saved_rows = list(state["chunks"]), steps
-        return [
-            {"step": int(s["step"]), "returns": s["returns"].numpy(), "actor": s["actor"]}
-            for s in state["snapshots"]
-        ]
+            rb.dones[start - 1, 0] = 1.0
+            rb.timeouts[start - 1, 0] = 1.0
+        return True
 
     def clear(self) -> None:
         for path in [self.dir / "state.pt", *self.dir.glob("buffer_*.npz")]:
             path.unlink(missing_ok=True)
-        self.chunks, self.saved_rows = [], 0
+        self.chunks, self.saved_rows, self.buffer_from = [], 0, 0
+
+
+def _stored_snapshot(snap: dict[str, Any]) -> dict[str, Any]:
+    actor = snap["actor"]
+    return {
+        "step": snap["step"],
+        "returns": torch.as_tensor(snap["returns"]),
+        "actor": None if actor is None else to_tensors(actor),
+    }
+
+
+def _loaded_snapshot(snap: dict[str, Any]) -> dict[str, Any]:
+    actor = snap["actor"]
+    return {
+        "step": int(snap["step"]),
+        "returns": snap["returns"].numpy(),
+        "actor": None if actor is None else from_tensors(actor),
+    }
+
+
+def keep_candidate_actors(snapshots: list[dict[str, Any]]) -> None:
+    """Drop the actor of the next-to-last snapshot unless its mean return beat every earlier
+    one. The medium snapshot (the first to reach a threshold, or the best below it) and the
+    expert (the best, or the last) are always such records, so nothing choosable is lost,
+    and a checkpoint of a million steps keeps a few dozen actors instead of hundreds."""
+    if len(snapshots) < 2:
+        return
+    means = [float(np.mean(s["returns"])) for s in snapshots[:-1]]
+    if len(means) > 1 and means[-1] <= max(means[:-1]):
+        snapshots[-2]["actor"] = None
 
 
 # --------------------------------------------------------------------------- generation
 
 
 _SAC_RUN_SETTINGS = {
+    "learner",
+    "train_freq",
     "learning_starts",
     "batch_size",
     "net_arch",
@@ -335,6 +391,13 @@ _SAC_RUN_SETTINGS = {
 shorter run continues to a larger budget)."""
 
 
+def sac_fingerprint(family: MujocoTaskFamily, budgets: SacConfig, seed: int) -> str:
+    """What makes a training run a different one (:data:`_SAC_RUN_SETTINGS`, family, seed)."""
+    setup = {"family": family.name, "num_tasks": family.num_tasks, "seed": seed}
+    setup.update(budgets.model_dump(include=_SAC_RUN_SETTINGS))
+    return json.dumps(setup, sort_keys=True, default=list)
+
+
 def train_sac(
     family: MujocoTaskFamily,
     budgets: SacConfig,
@@ -346,21 +409,20 @@ def train_sac(
 ) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
     """Train the task-conditioned SAC policy on the family's training tasks.
 
-    Returns the SB3 model, the snapshots (``step``, per-training-task mean ``returns``, CPU
-    ``actor`` state dict; the last one is the expert) and timing statistics.
+    Returns the learner, the snapshots (``step``, per-training-task mean ``returns``, ``actor``
+    weights or None where :func:`keep_candidate_actors` dropped them) and timing statistics.
     ``random_return`` is only used to report normalised progress.
     """
-    rngs = random_streams(seed, _STREAMS)
+    rngs = random_streams(seed, STREAMS)
     sac_seed, eval_seed = seed_from(rngs["sac"]), seed_from(rngs["eval"])
     env = TaskConditionedEnv(family, family.train_tasks)
-    model = _sac_model(env, budgets, sac_seed)
-    setup = {"family": family.name, "num_tasks": family.num_tasks, "seed": seed}
-    setup.update(budgets.model_dump(include=_SAC_RUN_SETTINGS))
-    fingerprint = json.dumps(setup, sort_keys=True, default=list)
+    learner = make_learner(env, budgets, sac_seed)
+    model = learner.model
+    fingerprint = sac_fingerprint(family, budgets, seed)
     ckpt = None if checkpoint_dir is None else _Checkpoint(checkpoint_dir, fingerprint)
     snapshots: list[dict[str, Any]] = []
     if ckpt is not None:
-        restored = ckpt.load(model, budgets.sac_steps)
+        restored = ckpt.load(learner, budgets.sac_steps, budgets.learning_starts)
         if restored is None:
             ckpt.clear()
         else:
@@ -368,7 +430,7 @@ def train_sac(
             log.info("%s: resuming SAC at step %d", family.name, model.num_timesteps)
     start_step = int(model.num_timesteps)
     snapshotter = _SacSnapshots(
-        family, budgets, model, snapshots, ckpt, eval_seed, random_return, start_step, on_metrics
+        family, budgets, learner, snapshots, ckpt, eval_seed, random_return, start_step, on_metrics
     )
     if start_step < budgets.sac_steps:
         model.learn(
@@ -385,26 +447,8 @@ def train_sac(
         "seconds": elapsed,
         "steps_per_s": (budgets.sac_steps - start_step) / elapsed if elapsed > 0 else 0.0,
     }
-    return model, snapshots, stats
-
-
-def _sac_model(env: gym.Env, budgets: SacConfig, seed: int) -> Any:
-    """SB3's SAC with the budgets' settings, on ``env``."""
-    from stable_baselines3 import SAC
-
-    return SAC(
-        "MlpPolicy",
-        env,
-        learning_rate=budgets.learning_rate,
-        buffer_size=budgets.sac_steps + 1,  # never wraps: buffer row i is SAC step i
-        learning_starts=budgets.learning_starts,
-        batch_size=budgets.batch_size,
-        gamma=budgets.gamma,
-        policy_kwargs={"net_arch": list(budgets.net_arch)},
-        seed=seed,
-        device=budgets.device,
-        verbose=0,
-    )
+    stats["buffer_from"] = ckpt.buffer_from if ckpt is not None else 0
+    return learner, snapshots, stats
 
 
 class _SacSnapshots:
@@ -415,7 +459,7 @@ class _SacSnapshots:
         self,
         family: MujocoTaskFamily,
         budgets: SacConfig,
-        model: Any,
+        learner: Learner,
         snapshots: list[dict[str, Any]],
         ckpt: _Checkpoint | None,
         eval_seed: int,
@@ -423,22 +467,24 @@ class _SacSnapshots:
         start_step: int,
         on_metrics: MetricsCallback | None,
     ) -> None:
-        self.family, self.budgets, self.model, self.snapshots = family, budgets, model, snapshots
+        self.family, self.budgets, self.snapshots = family, budgets, snapshots
+        self.learner, self.model = learner, learner.model
         self.ckpt, self.eval_seed, self.random_return = ckpt, eval_seed, random_return
         self.start_step, self.on_metrics = start_step, on_metrics
         self.train_tasks = np.asarray(family.train_tasks, dtype=np.int64)
         self.t0 = time.perf_counter()
 
     def take(self, step: int) -> None:
-        family, budgets, actor = self.family, self.budgets, self.model.actor
+        family, budgets, actor = self.family, self.budgets, self.learner.actor()
         rng = np.random.default_rng(self.eval_seed) if budgets.stochastic else None
         policy = actor_policy(actor, family.task_params, rng)
         returns = _mean_returns(
             family, self.train_tasks, budgets.eval_episodes, policy, self.eval_seed
         )
-        self.snapshots.append({"step": step, "returns": returns, "actor": _cpu_state(actor)})
+        self.snapshots.append({"step": step, "returns": returns, "actor": actor})
+        keep_candidate_actors(self.snapshots)
         if self.ckpt is not None:
-            self.ckpt.save(self.model, self.snapshots)
+            self.ckpt.save(self.learner, self.snapshots)
         rate = (step - self.start_step) / max(time.perf_counter() - self.t0, 1e-9)
         log.info(
             "%s SAC step %d/%d (%.0f steps/s, ETA %.0f min): mean train-task return %.1f "
@@ -490,21 +536,25 @@ class _SacSnapshots:
         return Snapshots()
 
 
+class MissingHistory(RuntimeError):
+    """Medium-replay was asked of a learner whose replay buffer does not start at step 0."""
+
+
 @dataclass
 class Behaviour:
     """Trained SAC behaviour of a family: the random reference, the snapshots, the chosen
-    medium and expert actors, and one random stream per dataset part (:data:`_STREAMS`)."""
+    medium and expert actors, and one random stream per dataset part (:data:`STREAMS`)."""
 
     family: MujocoTaskFamily
     budgets: SacConfig
     seed: int
-    model: Any  # the SB3 SAC model (its replay buffer holds medium-replay)
+    replay_buffer: Any  # the learner's SB3 replay buffer (medium-replay), None if not trained
     snapshots: list[dict[str, Any]]
     random_ref: np.ndarray  # (num_tasks,) mean return of uniform actions
     medium_index: int
     medium_rule: str
     expert_index: int
-    actors: dict[str, torch.nn.Module]  # "medium", "expert"
+    actors: dict[str, ActorWeights]  # "medium", "expert"
     rngs: dict[str, np.random.Generator]
     stats: dict[str, float]
 
@@ -533,9 +583,16 @@ class Behaviour:
 
     def replay(self) -> TransitionData:
         """Medium-replay: SAC's replay buffer up to the medium snapshot."""
+        if self.replay_buffer is None or self.stats.get("buffer_from", 0) != 0:
+            raise MissingHistory(
+                f"{self.family.name}: medium-replay is the learner's own replay buffer up to "
+                "the medium snapshot, and this learner's buffer does not reach back to step 0 "
+                "(committed policies, or a resume on a fresh clone). Set "
+                "data.sac.policies=train and remove outputs/sac/<env> to retrain it."
+            )
         rows = int(self.medium["step"])
         return with_level(
-            replay_transitions(self.model.replay_buffer, rows, self.family), "medium_replay"
+            replay_transitions(self.replay_buffer, rows, self.family), "medium_replay"
         )
 
     def expert_reference(self, episodes: int) -> np.ndarray:
@@ -568,10 +625,11 @@ class Behaviour:
                 "obs_dim": family.obs_dim,
                 "task_param_dim": int(family.task_params.shape[1]),
                 "net_arch": list(budgets.net_arch),
+                "learner": budgets.learner,
                 "seed": self.seed,
             }
             atomic_torch_save(
-                {"actor": snap["actor"], "meta": json.dumps(meta)},
+                {"actor": to_tensors(snap["actor"]), "meta": json.dumps(meta)},
                 out_dir / "policies" / f"{level}.pt",
             )
         train_tasks = list(family.train_tasks)
@@ -644,27 +702,37 @@ def train_behaviour(
     """Measure the random reference, train (or resume) SAC on the family's training tasks and
     pick the medium snapshot. Deterministic given ``seed`` as far as SB3 and torch are (same
     device and thread count, no resume)."""
-    rngs = random_streams(seed, _STREAMS)
+    rngs = random_streams(seed, STREAMS)
     train_tasks = np.asarray(family.train_tasks, dtype=np.int64)
     # Random reference first: it measures SAC's progress and picks the medium snapshot.
-    rng = rngs["reference/random"]
-    random_ref = _mean_returns(
-        family,
-        np.arange(family.num_tasks),
-        reference_episodes,
-        random_policy(family.act_dim, rng),
-        seed_from(rng),
-    )
+    random_ref = random_reference(family, rngs, reference_episodes)
     random_train = float(random_ref[train_tasks].mean())
     threads = torch.get_num_threads()
     if budgets.torch_threads:
         torch.set_num_threads(budgets.torch_threads)
     try:
-        model, snapshots, stats = train_sac(
+        learner, snapshots, stats = train_sac(
             family, budgets, seed, random_train, checkpoint_dir, on_metrics, progress
         )
     finally:
         torch.set_num_threads(threads)
+    return choose_snapshots(
+        family, budgets, seed, snapshots, random_ref, rngs, stats, learner.model.replay_buffer
+    )
+
+
+def choose_snapshots(
+    family: MujocoTaskFamily,
+    budgets: SacConfig,
+    seed: int,
+    snapshots: list[dict[str, Any]],
+    random_ref: np.ndarray,
+    rngs: dict[str, np.random.Generator],
+    stats: dict[str, float],
+    replay_buffer: Any,
+) -> Behaviour:
+    """The behaviour of a finished training: its expert and medium snapshots chosen."""
+    random_train = float(random_ref[np.asarray(family.train_tasks, dtype=np.int64)].mean())
     curve = np.array([s["returns"].mean() for s in snapshots])
     # The expert is the final snapshot, or the best one: with short training the last
     # evaluation can land on a dip. The medium one is chosen among those before it.
@@ -672,17 +740,14 @@ def train_behaviour(
     if expert_i == 0:
         expert_i = len(curve) - 1  # no snapshot before the best: fall back to the final one
     medium_i, rule = select_medium(curve[: expert_i + 1], random_train, budgets.medium_fraction)
-    actors = {}
-    for level, snap in (("medium", snapshots[medium_i]), ("expert", snapshots[expert_i])):
-        actor = model.policy.make_actor()
-        actor.load_state_dict(snap["actor"])
-        actor.eval()
-        actors[level] = actor
+    actors = {"medium": snapshots[medium_i]["actor"], "expert": snapshots[expert_i]["actor"]}
+    if actors["medium"] is None or actors["expert"] is None:
+        raise RuntimeError("the chosen medium or expert snapshot kept no actor")
     return Behaviour(
         family,
         budgets,
         seed,
-        model,
+        replay_buffer,
         snapshots,
         random_ref,
         medium_i,
@@ -695,15 +760,11 @@ def train_behaviour(
 
 
 def generate_mujoco(
-    family: MujocoTaskFamily,
-    cfg: Any,
-    out_dir: Path,
-    checkpoint_dir: Path | None = None,
-    on_metrics: MetricsCallback | None = None,
-    progress: bool = True,
+    behaviour: Behaviour, cfg: Any, out_dir: Path, progress: bool = True
 ) -> dict[str, Any]:
     """Write ``train.hdf5``, ``demos.hdf5`` and ``references.json`` of a meta-RL family, with
-    the data settings ``cfg`` (``cmt.benchmarks.mujoco_meta.MujocoMetaData``).
+    the data settings ``cfg`` (``cmt.benchmarks.mujoco_meta.MujocoMetaData``), from the
+    family's trained or committed ``behaviour``.
 
     ``train.hdf5`` holds, per training task, ``cfg.episodes_per_level`` medium and expert
     episodes and the task's medium-replay episodes (``infos/level`` indexes
@@ -713,11 +774,8 @@ def generate_mujoco(
     """
     from cmt.data.hdf5 import write_hdf5  # lazy: keeps env imports free of h5py
 
-    out_dir = Path(out_dir)
+    out_dir, family = Path(out_dir), behaviour.family
     make_dir(out_dir)
-    behaviour = train_behaviour(
-        family, cfg.sac, cfg.seed, cfg.reference_episodes, checkpoint_dir, on_metrics, progress
-    )
     train_tasks = np.asarray(family.train_tasks, dtype=np.int64)
     test_tasks = np.asarray(cfg.test_tasks, dtype=np.int64)
     base_meta = _family_metadata(family, cfg.seed, train_tasks, test_tasks, behaviour)

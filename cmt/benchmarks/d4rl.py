@@ -218,11 +218,12 @@ class D4RL(Benchmark):
         on_metrics: MetricsCallback | None,
         progress: bool,
     ) -> tuple[TransitionData, dict[str, Any]]:
-        from cmt.behaviour.sac import d4rl_level, train_behaviour
+        from cmt.behaviour.committed import behaviour_for
+        from cmt.behaviour.sac import d4rl_level
 
         cfg = self.cfg
         ckpt = None if behaviour_root is None else Path(behaviour_root) / cfg.env
-        behaviour = train_behaviour(
+        behaviour = behaviour_for(
             self.family, cfg.sac, cfg.seed, cfg.reference_episodes, ckpt, on_metrics, progress
         )
         meta = {

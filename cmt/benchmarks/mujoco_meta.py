@@ -71,10 +71,15 @@ class MujocoMeta(MetaBenchmark):
         on_metrics: MetricsCallback | None = None,
         progress: bool = True,
     ) -> dict[str, Any]:
+        from cmt.behaviour.committed import behaviour_for
         from cmt.behaviour.sac import generate_mujoco
 
+        cfg = self.cfg
         ckpt = None if behaviour_root is None else Path(behaviour_root) / self.family.name
-        return generate_mujoco(self.family, self.cfg, out_dir, ckpt, on_metrics, progress)
+        behaviour = behaviour_for(
+            self.family, cfg.sac, cfg.seed, cfg.reference_episodes, ckpt, on_metrics, progress
+        )
+        return generate_mujoco(behaviour, cfg, out_dir, progress)
 
     def describe(self, episodes: int) -> str:
         text = super().describe(episodes)

@@ -3,8 +3,10 @@
 Two kinds of source, both single-task (task id 0 everywhere):
 
 * a D4RL HDF5 file (``hopper-medium-replay-v2.hdf5``), read with :func:`read_hdf5`;
-* a Minari dataset directory (``<dir>/data/main_data.hdf5`` + ``<dir>/data/metadata.json``),
-  read through Minari's own :class:`minari.MinariDataset` and flattened into D4RL's layout.
+* a Minari dataset, named by its directory (``<dir>/data/metadata.json`` and the episodes in
+  Minari's HDF5, arrow or parquet storage) or by its id (``mujoco/hopper/expert-v0``, resolved
+  under Minari's local root as :func:`minari.load_dataset` does, never downloaded), read
+  through Minari's own :class:`minari.MinariDataset` and flattened into D4RL's layout.
 
 Everything that can be checked from the files' metadata and array shapes (HDF5 readable,
 observation / action widths, environment, episode counts) is checked before any array is
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 import re
 import warnings
 from collections.abc import Callable
@@ -41,19 +45,38 @@ from cmt.data.hdf5 import (
     validate,
 )
 from cmt.data.schema import TransitionData
+from cmt.sections import NAME_RULE, is_safe_name
 
 __all__ = [
+    "MINARI_ROOT_ENV",
     "central_range",
+    "check_minari_id",
+    "check_source_horizon",
     "check_source_level",
+    "is_minari_id",
+    "minari_dataset_dir",
+    "minari_root",
+    "minari_summary",
     "read_d4rl_file",
     "read_minari_dataset",
     "read_source",
+    "resolve_source",
+    "source_references",
 ]
 
 HDF5_SUFFIXES = (".hdf5", ".h5")
 _MINARI_DATA = "main_data.hdf5"
 _MINARI_META = "metadata.json"
 _EPISODE_RE = re.compile(r"episode_(\d+)")
+MINARI_FORMATS = ("hdf5", "arrow", "parquet")
+"""Minari 0.5's storages: one HDF5 file, or one pyarrow folder per episode."""
+MINARI_ROOT_ENV = "MINARI_DATASETS_PATH"
+"""Minari's local datasets root; ``~/.minari/datasets`` when unset."""
+# Minari 0.5.4's DATASET_ID_RE (minari/dataset/minari_dataset.py), ASCII only and with the
+# version required (its parse_dataset_id fails on an id without one).
+_MINARI_ID_RE = re.compile(
+    r"(?:(?P<namespace>[-\w][-\w/]*[-\w])/)?(?P<name>[-\w]+?)-v(?P<version>\d+)", re.ASCII
+)
 
 # Outlier check of every float column against the file's own distribution; the numbers were
 # chosen by perf/outlier_check.py (results/outlier_check.json): on 1.2M steps of
