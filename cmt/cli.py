@@ -78,7 +78,7 @@ def cmd_behaviour(args: argparse.Namespace) -> None:
         print(publish_progress(family, sac, data.seed, checkpoint_dir))
         return
     command = shlex.join(["python", "-m", "cmt.cli", *sys.argv[1:]])
-    episodes = int(data.reference_episodes)  # every MuJoCo data section has it
+    episodes = int(cast(Any, data).reference_episodes)  # every MuJoCo data section has it
     out = train_and_publish(
         family, sac, data.seed, episodes, checkpoint_dir, command, not args.quiet
     )

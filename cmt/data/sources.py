@@ -124,22 +124,32 @@ def _flat_index(key: str, row: int) -> tuple[str, str]:
 
 
 def read_source(path: str | Path, *, env_id: str, obs_dim: int, act_dim: int) -> TransitionData:
-    """A real dataset on disk: a D4RL HDF5 file (path ends with .hdf5/.h5) or a Minari dataset
-    directory (has data/main_data.hdf5). Validated, task id 0 everywhere, metadata records
-    'source' (the path) and 'source_kind' ('d4rl_hdf5' or 'minari').
+    """A real dataset on disk: a D4RL HDF5 file (path ends with .hdf5/.h5), a Minari dataset
+    directory (has data/metadata.json), or a Minari dataset id (a string, see
+    :func:`resolve_source`). Validated, task id 0 everywhere, metadata records 'source' (the
+    path) and 'source_kind' ('d4rl_hdf5' or 'minari').
 
     The environment every name in the source gives (the D4RL file name, Minari's dataset id,
     the ``env`` our own files record) must be ``env_id``'s, and every action must lie in
-    ``env_id``'s action space.
+    ``env_id``'s action space. A Minari id must be the ``dataset_id`` its metadata records.
     """
-    path = Path(path)
+    dataset_id = path if isinstance(path, str) and is_minari_id(path) else None
+    path = resolve_source(path)
     if not path.exists():
         raise _error(path, None, "no such file or directory")
     wanted = _parse_env_id(env_id)[1].lower()  # D4RL's and Minari's spelling: hopper
     if path.is_dir():
         data = read_minari_dataset(path, env_id=env_id, obs_dim=obs_dim, act_dim=act_dim)
-        file = _minari_data_dir(path) / _MINARI_DATA
-        locate = _episode_locator(data)
+        storage = _storage_of(path, data)
+        if dataset_id is not None and data.metadata["dataset_id"] != dataset_id:
+            # minari.list_local_datasets calls such a dataset misconfigured, too.
+            raise _error(
+                storage.data_dir / _MINARI_META,
+                "dataset_id",
+                f"says {data.metadata['dataset_id']!r}, but the dataset was named by id "
+                f"{dataset_id!r}, whose directory this is",
+            )
+        file, locate = storage.file, _episode_locator(data, storage)
     else:
         if path.suffix.lower() not in HDF5_SUFFIXES:
             raise _error(
@@ -248,8 +258,25 @@ def check_source_level(data: TransitionData, *, env: str, level: str) -> None:
     returns = np.add.reduceat(data.rewards.astype(np.float64), starts)
     problem = level_mismatch(env, level, returns)
     if problem is not None:
-        file = _minari_data_dir(path) / _MINARI_DATA if path.is_dir() else path
+        file = _storage_of(path, data).file if path.is_dir() else path
         raise _error(file, "rewards", f"{problem}; the data is read as {wanted}")
+
+
+def check_source_horizon(data: TransitionData, *, horizon: int, env_id: str) -> None:
+    """Refuse a Minari source recorded with another ``max_episode_steps`` than ``horizon``,
+    the episode length evaluation runs: returns over episodes of other lengths do not compare
+    with the data's or with the reference returns. Sources that record none pass."""
+    recorded = data.metadata.get("max_episode_steps")
+    if recorded is None or recorded == horizon:
+        return
+    path = Path(str(data.metadata.get("source", "")))
+    raise _error(
+        _minari_data_dir(path) / _MINARI_META,
+        "env_spec",
+        f"the dataset was recorded with max_episode_steps={recorded}, but {env_id} is "
+        f"evaluated over episodes of {horizon} steps: its returns would not compare with "
+        "the data's or the reference returns; use a dataset recorded with that time limit",
+    )
 
 
 # --------------------------------------------------------------------------- values
