@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 import os
+from pathlib import Path
 
 import torch
 
@@ -17,6 +18,17 @@ JAX_CPU_ENV = {
 }
 """How SMAX's jax runs here: on the CPU (PyTorch owns any accelerator), one XLA compute
 thread, so that jax does not take every core from the torch and SB3 code beside it."""
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo ("unknown" elsewhere): every measurement names it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
 def jax_on_cpu() -> None:

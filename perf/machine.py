@@ -2,15 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from cmt.device import cpu_name
 
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo ("unknown" elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+__all__ = ["cpu_name"]

@@ -385,6 +385,7 @@ TINY_SAC = SacConfig(
     net_arch=(32, 32),
     eval_every=100,
     device="cpu",
+    policies="train",
 )
 
 

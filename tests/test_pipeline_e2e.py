@@ -557,6 +557,7 @@ TINY_D4RL = {
     "data.sac.sac_steps": 300,
     "data.sac.learning_starts": 100,
     "data.sac.eval_every": 100,
+    "data.sac.train_freq": 4,
     "data.sac.eval_episodes": 1,
     "data.sac.batch_size": 32,
     "data.sac.net_arch": [32, 32],

@@ -17,7 +17,6 @@ configured learner settings, budget and seed; ``train`` trains (or resumes) them
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import subprocess
 from pathlib import Path
@@ -38,6 +37,7 @@ from cmt.behaviour.sac import (
     train_behaviour,
 )
 from cmt.checkpoint import CheckpointError, load_sealed
+from cmt.device import cpu_name
 from cmt.envs.mujoco_tasks import MujocoTaskFamily
 from cmt.integrity import ArtifactError, read_json, sealed_json
 from cmt.sections import SacConfig
@@ -68,16 +68,6 @@ def _git_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return out.stdout.strip()
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def seed_checkpoint(name: str, checkpoint_dir: Path) -> bool:
@@ -111,7 +101,7 @@ def publish(behaviour: Behaviour, checkpoint_dir: Path, command: str) -> Path:
         "learner": budgets.learner,
         "command": command,
         "commit": _git_commit(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "random_return": float(behaviour.random_ref[train].mean()),
         "snapshots": [
             {"step": int(s["step"]), "mean_return": float(np.mean(s["returns"]))}

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from cmt.behaviour.actor import ActorWeights, from_sb3, from_sbx
+from cmt.device import jax_on_cpu
 from cmt.sections import SacConfig
 
 _SBX_STATES = ("actor_state", "qf_state")
@@ -107,6 +108,7 @@ def make_learner(env: gym.Env, budgets: SacConfig, seed: int) -> Learner:
         from stable_baselines3 import SAC
 
         return Sb3Learner(SAC("MlpPolicy", env, device=budgets.device, **kwargs))
+    jax_on_cpu()  # before jax starts: small MLPs train fastest on one CPU thread
     from sbx import SAC as SbxSAC
     from sbx import TQC
 

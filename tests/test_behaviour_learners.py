@@ -1,0 +1,153 @@
+"""The behaviour learners (SB3 and SBX), their library-neutral actors, the small resumable
+learner state, and the committed policies a fresh clone rolls out instead of training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cmt.behaviour.actor import act
+from cmt.behaviour.committed import (
+    CommittedPoliciesError,
+    behaviour_for,
+    load_committed,
+    publish_progress,
+    train_and_publish,
+)
+from cmt.behaviour.learners import make_learner
+from cmt.behaviour.sac import (
+    MissingHistory,
+    TaskConditionedEnv,
+    d4rl_level,
+    keep_candidate_actors,
+    train_behaviour,
+)
+from cmt.envs.mujoco_tasks import single_task_family
+from cmt.sections import SacConfig
+
+TINY = SacConfig(
+    sac_steps=480,
+    learning_starts=160,
+    batch_size=32,
+    net_arch=(32, 32),
+    eval_every=160,
+    eval_episodes=1,
+    train_freq=8,
+    device="cpu",
+    policies="train",
+)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Committed policies go to a temporary behaviour/; MuJoCo's warning log stays out of the repo.
+    monkeypatch.setenv("CMT_BEHAVIOUR_DIR", str(tmp_path / "behaviour"))
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.mark.parametrize("learner", ["sb3_sac", "sbx_sac", "sbx_tqc"])
+def test_neutral_actor_acts_as_the_library(learner: str) -> None:
+    family = single_task_family("hopper")
+    env = TaskConditionedEnv(family, family.train_tasks)
+    budgets = TINY.model_copy(update={"learner": learner})
+    trained = make_learner(env, budgets, seed=1)
+    trained.model.learn(total_timesteps=240)  # past learning_starts: the weights have moved
+    obs = np.random.default_rng(0).normal(size=(16, env.observation_space.shape[0]))
+    obs = obs.astype(np.float32)
+    theirs, _ = trained.model.predict(obs, deterministic=True)
+    ours = act(trained.actor(), obs, rng=None)
+    np.testing.assert_allclose(ours, theirs, atol=2e-5)
+    # Sampled actions stay in the action space and differ from the mean action.
+    sampled = act(trained.actor(), obs, np.random.default_rng(1))
+    assert np.all(np.abs(sampled) <= 1.0) and not np.allclose(sampled, ours)
+
+
+@pytest.mark.parametrize("learner", ["sb3_sac", "sbx_sac"])
+def test_learner_state_round_trips(learner: str) -> None:
+    family = single_task_family("hopper")
+    budgets = TINY.model_copy(update={"learner": learner})
+    env = TaskConditionedEnv(family, family.train_tasks)
+    a = make_learner(env, budgets, seed=1)
+    a.model.learn(total_timesteps=240)
+    b = make_learner(TaskConditionedEnv(family, family.train_tasks), budgets, seed=2)
+    before = b.actor()
+    b.load_state(a.state())
+    for key, value in a.actor().items():
+        np.testing.assert_array_equal(b.actor()[key], value)
+        assert not np.array_equal(before[key], value)
+    if learner == "sbx_sac":  # critics, targets and optimiser moments travel too
+        qa, qb = a.model.policy.qf_state, b.model.policy.qf_state
+        for x, y in zip(_leaves(qa), _leaves(qb), strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _leaves(tree: object) -> list[object]:
+    import jax
+
+    return jax.tree.leaves(tree)
+
+
+def test_only_choosable_actors_are_kept() -> None:
+    snaps = []
+    for step, ret in enumerate([5.0, 3.0, 8.0, 8.0, 2.0, 9.0, 1.0]):
+        snaps.append({"step": step, "returns": np.array([ret]), "actor": {"w": step}})
+        keep_candidate_actors(snaps)
+    kept = [s["step"] for s in snaps if s["actor"] is not None]
+    # Running records (5, 8, 9), not the tie at step 3, and always the latest.
+    assert kept == [0, 2, 5, 6]
+
+
+def test_committed_policies_rebuild_the_trained_data(tmp_path: Path) -> None:
+    family = single_task_family("hopper")
+    ckpt = tmp_path / "ckpt"
+    out = train_and_publish(family, TINY, 0, 1, ckpt, "cmt behaviour (test)", progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["command"] == "cmt behaviour (test)" and manifest["sac_steps"] == 480
+    assert [s["step"] for s in manifest["snapshots"]] == [160, 320, 480]
+    assert (out / "learner.pt").stat().st_size < 5_000_000
+
+    trained = train_behaviour(family, TINY, 0, 1, ckpt, progress=False)  # finished: no training
+    committed = load_committed(family, TINY.model_copy(update={"policies": "committed"}), 0, 1)
+    assert committed.medium["step"] == trained.medium["step"]
+    meta = {"env": "hopper"}
+    for level in ("random", "medium", "expert", "medium_expert"):
+        a = d4rl_level(trained, level, 400, family.horizon, meta)
+        b = d4rl_level(committed, level, 400, family.horizon, meta)
+        np.testing.assert_array_equal(a.observations, b.observations)
+        np.testing.assert_array_equal(a.actions, b.actions)
+    assert len(d4rl_level(trained, "medium_replay", 400, family.horizon, meta)) > 0
+    with pytest.raises(MissingHistory, match="medium-replay"):
+        committed.replay()
+
+
+def test_committed_policies_of_other_settings_are_refused(tmp_path: Path) -> None:
+    family = single_task_family("hopper")
+    committed = TINY.model_copy(update={"policies": "committed"})
+    with pytest.raises(CommittedPoliciesError, match="no committed behaviour policies"):
+        behaviour_for(family, committed, 0, 1, None)
+    train_and_publish(family, TINY, 0, 1, tmp_path / "ckpt", "test", progress=False)
+    longer = committed.model_copy(update={"sac_steps": 640})
+    with pytest.raises(CommittedPoliciesError, match="for 480 steps"):
+        load_committed(family, longer, 0, 1)
+    with pytest.raises(CommittedPoliciesError, match="trained with"):
+        load_committed(family, committed, 1, 1)  # another seed
+    manifest = tmp_path / "behaviour" / "hopper" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"sac_steps": 480', '"sac_steps": 481'))
+    with pytest.raises(CommittedPoliciesError, match="sha256"):
+        load_committed(family, committed, 0, 1)
+
+
+def test_a_fresh_clone_resumes_from_the_committed_learner(tmp_path: Path) -> None:
+    family = single_task_family("hopper")
+    half = TINY.model_copy(update={"sac_steps": 320})
+    train_behaviour(family, half, 0, 1, tmp_path / "here", progress=False)
+    publish_progress(family, TINY, 0, tmp_path / "here")  # same run settings, longer budget
+    # Another machine: no checkpoint directory, only the committed learner state.
+    fresh = behaviour_for(family, TINY, 0, 1, tmp_path / "there", progress=False)
+    assert fresh.stats["resumed_from"] == 320 and fresh.stats["buffer_from"] == 320
+    assert [s["step"] for s in fresh.snapshots] == [160, 320, 480]
+    with pytest.raises(MissingHistory):
+        fresh.replay()  # the buffer restarted at step 320
