@@ -38,6 +38,21 @@ def build(
     return bench.build_datasets(Path(out_dir), root, on_metrics, progress=True)
 
 
+@stage_task(name="measure data quality")
+def measure_quality(params: Params, out_dir: str) -> dict[str, dict[str, float]]:
+    """Per behaviour level: size, return and score statistics (results/data/ tables)."""
+    from cmt.benchmarks import make_benchmark
+
+    bench = make_benchmark(params.data)
+    return bench.quality(bench.load(out_dir))
+
+
+def summary_tags(summary: dict[str, Any]) -> dict[str, str]:
+    """Tags ``minari.<key>`` of a summary's ``minari`` section (a Minari source's dataset id,
+    algorithm, versions, ...): strings that MLflow can search, which metrics cannot hold."""
+    return {f"minari.{key}": str(value) for key, value in summary.get("minari", {}).items()}
+
+
 @flow(name="collect", flow_run_name="collect/{params.data.name}")
 def collect_flow(params: Params, out_dir: str, behaviour_dir: str | None = None) -> dict[str, Any]:
     """Build the benchmark's dataset directory ``out_dir``."""
@@ -53,7 +68,11 @@ def collect_flow(params: Params, out_dir: str, behaviour_dir: str | None = None)
             if isinstance(v, int | float)
         }
         run.log_metrics(numbers)
+        run.set_tags(summary_tags(summary))
         run.log_dict(summary, "collect/summary.json")
+        quality = measure_quality(params, out_dir)
+        run.log_metrics(tracking.flatten({"quality": quality}, sep="/"))
+        run.log_dict(quality, "collect/quality.json")
         get_run_logger().info("datasets in %s: %s", out_dir, numbers)
     return summary
 

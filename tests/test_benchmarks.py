@@ -261,3 +261,17 @@ def test_variants_table_shows_what_differs_and_refuses_other_tasks(tmp_path: Pat
     other_tasks = result({"data": {"test_tasks": [0, 10]}}, 90.0)
     with pytest.raises(ValueError, match="data.test_tasks"):
         variants_table({"window": result({}, 94.7), "validation": other_tasks})
+
+
+def test_data_quality_of_a_real_d4rl_file(d4rl_source) -> None:
+    cfg, out, returns = d4rl_source
+    bench = make_benchmark(cfg)
+    bench.build_datasets(out, progress=False)
+    quality = bench.quality(bench.load(out))
+    assert set(quality) == {"all"}  # a real file records no behaviour levels
+    q = quality["all"]
+    assert q["episodes"] == len(returns)
+    assert q["return_max"] == pytest.approx(returns.max())
+    assert q["return_p10"] == pytest.approx(np.percentile(returns, 10))
+    low, high = -20.272305, 3234.3  # D4RL's hopper references, written out independently
+    assert q["score_mean"] == pytest.approx(100 * (returns.mean() - low) / (high - low))

@@ -607,6 +607,25 @@ def test_d4rl_preset_end_to_end(repo: Repo):
     client = repo.mlflow()
     assert client.get_registered_model("cmt-hopper_medium_replay").aliases["champion"]
 
+    # The data-quality table, from the collect run in MLflow, against the file itself.
+    out = repo.run(sys.executable, "scripts/data_quality.py", "--out", "quality")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = json.loads((p / "quality/data_quality.json").read_text())["rows"]
+    [row] = [r for r in rows if r["dataset"] == "hopper_medium_replay"]
+    from cmt.data.hdf5 import episode_bounds
+
+    starts, lengths = episode_bounds(data.terminals, data.timeouts)
+    returns = np.add.reduceat(data.rewards.astype(np.float64), starts)
+    assert (row["level"], row["episodes"], row["transitions"]) == (
+        "medium_replay",
+        len(starts),
+        len(data),
+    )
+    assert row["return_max"] == pytest.approx(returns.max(), rel=1e-5)
+    low, high = -20.272305, 3234.3  # D4RL's hopper references, written out independently
+    assert row["score_mean"] == pytest.approx(100 * (returns.mean() - low) / (high - low))
+    assert "| hopper_medium_replay | medium_replay |" in (p / "quality/d4rl.md").read_text()
+
 
 # The SMAX 3m preset at a tiny MaskablePPO budget and a few episodes per tier.
 TINY_SMAX = {

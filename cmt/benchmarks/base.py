@@ -239,6 +239,19 @@ class Benchmark(ABC):
         ep_level = ds.data.infos["level"][ds.ep_start]  # (E,)
         return {lv: ep_level == i for i, lv in enumerate(self.levels) if np.any(ep_level == i)}
 
+    def quality(self, data: Data) -> dict[str, dict[str, float]]:
+        """What the data is worth, per behaviour level and for ``all`` (and ``demos``):
+        episodes, transitions, and the mean, p10, p90 and max of the episode return and
+        score (the score a results table uses). The data-quality tables come from this."""
+        train = data.train
+        groups = {"all": np.ones(train.num_episodes, dtype=bool), **self.level_episodes(train)}
+        out = {lv: _quality(train, self.episode_scores(data, train), m) for lv, m in groups.items()}
+        if data.demos is not None:
+            demos = data.demos
+            every = np.ones(demos.num_episodes, dtype=bool)
+            out["demos"] = _quality(demos, self.episode_scores(data, demos), every)
+        return out
+
     def describe(self, episodes: int) -> str:
         """One sentence on what a results table of this benchmark shows."""
         return (
@@ -249,3 +262,20 @@ class Benchmark(ABC):
     def published(self) -> dict[str, Any] | None:
         """A published result to show beside ours: ``{"label", "value", "metric"}``."""
         return None
+
+
+def _quality(ds: OfflineDataset, scores: np.ndarray, mine: np.ndarray) -> dict[str, float]:
+    """Size and return/score statistics of the episodes ``mine`` (E,) bool of ``ds``."""
+    out = {"episodes": float(mine.sum()), "transitions": float(ds.ep_len[mine].sum())}
+    for name, values in (("return", ds.ep_return[mine]), ("score", scores[mine])):
+        values = np.asarray(values, dtype=np.float64)
+        p10, p90 = np.percentile(values, [10, 90])
+        out.update(
+            {
+                f"{name}_mean": float(values.mean()),
+                f"{name}_p10": float(p10),
+                f"{name}_p90": float(p90),
+                f"{name}_max": float(values.max()),
+            }
+        )
+    return out
