@@ -108,6 +108,8 @@ def test_committed_policies_rebuild_the_trained_data(tmp_path: Path) -> None:
     assert manifest["command"] == "cmt behaviour (test)" and manifest["sac_steps"] == 480
     assert [s["step"] for s in manifest["snapshots"]] == [160, 320, 480]
     assert (out / "learner.pt").stat().st_size < 5_000_000
+    status = (out.parent / "README.md").read_text()
+    assert "| hopper | sbx_sac | 480 | 0 |" in status and "cmt behaviour (test)" in status
 
     trained = train_behaviour(family, TINY, 0, 1, ckpt, progress=False)  # finished: no training
     committed = load_committed(family, TINY.model_copy(update={"policies": "committed"}), 0, 1)
@@ -145,6 +147,7 @@ def test_a_fresh_clone_resumes_from_the_committed_learner(tmp_path: Path) -> Non
     half = TINY.model_copy(update={"sac_steps": 320})
     train_behaviour(family, half, 0, 1, tmp_path / "here", progress=False)
     publish_progress(family, TINY, 0, tmp_path / "here")  # same run settings, longer budget
+    assert "| hopper | unfinished | 320 |" in (tmp_path / "behaviour/README.md").read_text()
     # Another machine: no checkpoint directory, only the committed learner state.
     fresh = behaviour_for(family, TINY, 0, 1, tmp_path / "there", progress=False)
     assert fresh.stats["resumed_from"] == 320 and fresh.stats["buffer_from"] == 320

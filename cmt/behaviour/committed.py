@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from cmt.atomic import atomic_path, make_dir, write_json
+from cmt.atomic import atomic_path, make_dir, write_json, write_text
 from cmt.behaviour.actor import from_tensors
 from cmt.behaviour.rollout import random_streams
 from cmt.behaviour.sac import (
@@ -112,6 +112,7 @@ def publish(behaviour: Behaviour, checkpoint_dir: Path, command: str) -> Path:
         "training": {k: float(v) for k, v in behaviour.stats.items()},
     }
     write_json(out / MANIFEST, sealed_json(manifest))
+    write_status()
     return out
 
 
@@ -217,4 +218,49 @@ def publish_progress(
     make_dir(out.parent)
     with atomic_path(out) as tmp:
         shutil.copyfile(source, tmp)
+    write_status()
     return out
+
+
+def write_status() -> Path:
+    """``behaviour/README.md``: what every committed directory holds, from its manifest (or,
+    for an unfinished learner, from ``learner.pt``)."""
+    from cmt.data.d4rl import REF_RETURNS
+
+    root = behaviour_dir()
+    lines = [
+        "# Committed behaviour policies",
+        "",
+        "Generated from each directory's `manifest.json` (or `learner.pt` while unfinished) "
+        "by `cmt behaviour`; what the files are: [docs/behaviour.md](../docs/behaviour.md).",
+        "",
+        "| name | learner | steps | seed | expert: step, return | D4RL score | medium: step, "
+        "return | random return | command |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for directory in sorted(p for p in root.iterdir() if p.is_dir()):
+        lines.append(_status_row(directory, REF_RETURNS))
+    out = root / "README.md"
+    write_text(out, "\n".join(lines) + "\n")
+    return out
+
+
+def _status_row(directory: Path, refs: Any) -> str:
+    name = directory.name
+    if not (directory / MANIFEST).exists():
+        state = load_sealed(directory / LEARNER)
+        best = max((float(s["returns"].mean()) for s in state["snapshots"]), default=0.0)
+        return (
+            f"| {name} | unfinished | {state['num_timesteps']} | | best so far {best:.1f} | | | | |"
+        )
+    m = read_json(directory / MANIFEST)
+    expert, medium = m["expert"], m["medium"]
+    score = ""
+    if name in refs:
+        low, high = refs[name]
+        score = f"{100 * (expert['mean_return'] - low) / (high - low):.1f}"
+    return (
+        f"| {name} | {m['learner']} | {m['sac_steps']} | {m['seed']} | {expert['step']}, "
+        f"{expert['mean_return']:.1f} | {score} | {medium['step']}, {medium['mean_return']:.1f} "
+        f"| {m['random_return']:.1f} | `{m['command']}` |"
+    )
