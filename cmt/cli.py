@@ -94,6 +94,27 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"results: {Path(args.out) / 'results.md'} (also .json, .png)")
 
 
+def cmd_export_minari(args: argparse.Namespace) -> None:
+    """Write a dataset file as a Minari dataset (``cmt.data.minari_export``)."""
+    from cmt.data.minari_export import export_file
+    from cmt.data.sources import check_minari_id
+
+    try:
+        check_minari_id(args.dataset_id)
+    except ValueError as err:
+        raise ConfigError(f"--dataset-id: {err}") from None
+    path = export_file(
+        args.file,
+        args.dataset_id,
+        env_id=args.env_id,
+        root=args.root,
+        author=args.author,
+        data_format=args.data_format,
+        force=args.force,
+    )
+    print(f"Minari dataset {args.dataset_id!r} written to {path}")
+
+
 CHECK_MARK = "params valid\n"
 """What ``cmt config --check FILE`` writes: always the same bytes, so the stages DVC orders
 after it do not rerun because it did."""
@@ -156,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="root of trained behaviour policies' checkpoints (default: %(default)s)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_export_minari(sub)
     p = add("config", cmd_config, "Show the validated configuration.")
     p.add_argument("--schema", action="store_true", help="print the JSON schema instead")
     p.add_argument(
@@ -164,6 +186,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="only validate, and write FILE (the mark of dvc.yaml's check stage)",
     )
     return parser
+
+
+def add_export_minari(sub: Any) -> None:
+    """``cmt export-minari FILE --dataset-id ID``: no config, the file says everything."""
+    from cmt.data.sources import MINARI_FORMATS
+
+    text = "Write a dataset file (data/<name>/train.hdf5) as a Minari dataset."
+    p = sub.add_parser("export-minari", help=text, description=text)
+    p.add_argument("file", help="a single-task dataset file this project wrote")
+    p.add_argument(
+        "--dataset-id",
+        required=True,
+        help="Minari dataset id, (namespace/)name-v<N>, e.g. cmt/hopper/medium-v0",
+    )
+    p.add_argument(
+        "--root",
+        default=None,
+        help="Minari datasets root (default: $MINARI_DATASETS_PATH, else ~/.minari/datasets)",
+    )
+    p.add_argument(
+        "--env-id", default=None, help="Gymnasium env id (default: the env_id the file records)"
+    )
+    p.add_argument("--author", default=None, help="author the dataset records")
+    p.add_argument(
+        "--data-format",
+        choices=MINARI_FORMATS,
+        default="hdf5",
+        help="Minari storage (default: %(default)s)",
+    )
+    p.add_argument("--force", action="store_true", help="replace a dataset of that id")
+    p.set_defaults(fn=cmd_export_minari)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,7 @@ from machine import cpu_name  # noqa: E402  # perf/, the script's own folder
 from cmt.atomic import write_json  # noqa: E402
 from cmt.behaviour.learners import make_learner  # noqa: E402
 from cmt.behaviour.sac import TaskConditionedEnv  # noqa: E402
-from cmt.envs.mujoco_tasks import MujocoTaskFamily, mujoco_family, single_task_family  # noqa: E402
+from cmt.envs.mujoco_tasks import single_task_family  # noqa: E402
 from cmt.sections import SacConfig  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "learners.json"
@@ -49,17 +49,9 @@ LEARNERS: dict[str, dict[str, object]] = {
 BASELINE = "sb3_sac"
 
 
-def family_of(name: str) -> MujocoTaskFamily:
-    return (
-        mujoco_family(name)
-        if name in ("cheetah_vel", "cheetah_dir", "ant_dir")
-        else (single_task_family(name))
-    )
-
-
 def timed_steps(name: str, settings: dict[str, object], steps: int, warmup: int) -> float:
     """Seconds for ``steps`` environment steps of a learner already past its warm-up."""
-    family = family_of(name)
+    family = single_task_family(name)
     budgets = SacConfig(
         sac_steps=10_000_000,
         learning_starts=1_000,
@@ -88,7 +80,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    envs = ("hopper",) if args.quick else ("hopper", "halfcheetah", "ant_dir")
+    envs = ("hopper",) if args.quick else ("hopper", "halfcheetah", "walker2d")
     steps, warmup = (1_000, 200) if args.quick else (3_000, 1_000)
     load_before = os.getloadavg()
     results: dict[str, dict[str, object]] = {}

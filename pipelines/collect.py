@@ -39,12 +39,13 @@ def build(
 
 
 @stage_task(name="measure data quality")
-def measure_quality(params: Params, out_dir: str) -> dict[str, dict[str, float]]:
-    """Per behaviour level: size, return and score statistics (results/data/ tables)."""
+def measure_quality(params: Params, out_dir: str) -> dict[str, Any]:
+    """Per behaviour level: size, return and score statistics, and the targets they are held
+    to (the results/data/ tables)."""
     from cmt.benchmarks import make_benchmark
 
     bench = make_benchmark(params.data)
-    return bench.quality(bench.load(out_dir))
+    return bench.quality_report(bench.load(out_dir))
 
 
 def summary_tags(summary: dict[str, Any]) -> dict[str, str]:
@@ -71,7 +72,7 @@ def collect_flow(params: Params, out_dir: str, behaviour_dir: str | None = None)
         run.set_tags(summary_tags(summary))
         run.log_dict(summary, "collect/summary.json")
         quality = measure_quality(params, out_dir)
-        run.log_metrics(tracking.flatten({"quality": quality}, sep="/"))
+        run.log_metrics(tracking.flatten({"quality": quality["levels"]}, sep="/"))
         run.log_dict(quality, "collect/quality.json")
         get_run_logger().info("datasets in %s: %s", out_dir, numbers)
     return summary

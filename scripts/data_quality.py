@@ -5,26 +5,22 @@
 
 For every dataset (``data.name``) the newest FINISHED ``collect`` run is read: its
 ``collect/quality.json`` (per behaviour level or tier: episodes, transitions, return and
-score statistics, :meth:`cmt.benchmarks.base.Benchmark.quality`). Written: ``d4rl.md``,
-``meta_rl.md``, ``smax.md`` (those with data) and ``data_quality.json`` (every row with its
-run id), each row beside the published figure and the quality target it is held to
-(docs/behaviour.md), and whether it meets it.
+score statistics, with the targets of :meth:`cmt.benchmarks.base.Benchmark.quality_report`).
+Written: one Markdown table per setting (``offline_meta_rl.md``, ...)
+and ``data_quality.json`` (every row with its run id), each row beside the published figure
+and the quality target it is held to (docs/behaviour.md), and whether it meets it.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from cmt.atomic import write_json, write_text
-from cmt.benchmarks.mujoco_meta import PROMPT_DT_PUBLISHED
-from cmt.data.d4rl import REF_RETURNS
 
-SETTINGS = {"d4rl": "d4rl", "smax": "smax"}  # any other benchmark is a meta-RL family
-SMAX_GOOD_TARGET = {"3m": 90.0, "2s3z": 90.0, "5m_vs_6m": 50.0}  # good-tier win rate, %
-D4RL_EXPERT_TARGET = 90.0  # D4RL-normalised score of the expert level
 COLUMNS = ("episodes", "transitions", "return_mean", "return_p10", "return_p90", "return_max")
 SCORE_COLUMNS = ("score_mean", "score_p10", "score_p90", "score_max")
 
@@ -46,7 +42,8 @@ def latest_collect_runs(client: Any) -> dict[str, Any]:
     return latest
 
 
-def quality_of(run: Any) -> dict[str, dict[str, float]] | None:
+def report_of(run: Any) -> dict[str, Any] | None:
+    """The run's ``collect/quality.json`` (``Benchmark.quality_report``), or None."""
     import mlflow
 
     try:
@@ -55,74 +52,55 @@ def quality_of(run: Any) -> dict[str, dict[str, float]] | None:
         return None
 
 
-def verdict(setting: str, params: dict[str, str], level: str, q: dict[str, float]) -> str:
-    """The quality target a level is held to, and whether it meets it ("" where none)."""
-    if setting == "d4rl" and level == "expert":
-        ok = q["score_mean"] >= D4RL_EXPERT_TARGET
-        return f"{'meets' if ok else 'below'} >= {D4RL_EXPERT_TARGET:g}"
-    if setting == "smax" and level == "good":
-        target = SMAX_GOOD_TARGET.get(params.get("data.map", ""))
-        if target is not None:
-            return f"{'meets' if q['score_mean'] >= target else 'below'} >= {target:g}% wins"
-    if setting == "meta_rl" and level == "expert":
-        published = PROMPT_DT_PUBLISHED.get(params.get("data.benchmark", ""))
-        if published is not None:
-            ok = q["return_mean"] >= published
-            return f"{'meets' if ok else 'below'} >= {published:g} (Prompt-DT)"
-    return ""
-
-
-def reference(setting: str, params: dict[str, str]) -> str:
-    if setting == "d4rl":
-        low, high = REF_RETURNS[params["data.env"]]
-        return f"D4RL: random {low:.0f}, expert {high:.0f} (score 0 / 100)"
-    if setting == "meta_rl":
-        published = PROMPT_DT_PUBLISHED.get(params.get("data.benchmark", ""))
-        return "" if published is None else f"Prompt-DT agents: {published:g}"
-    return "score = win rate %"
-
-
 def rows_of(latest: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for name, run in sorted(latest.items()):
-        quality = quality_of(run)
-        if quality is None:
+        report = report_of(run)
+        if report is None:
             continue
-        params = run.data.params
-        setting = SETTINGS.get(params.get("data.benchmark", ""), "meta_rl")
-        for level, q in quality.items():
-            if level == "all" and len(quality) > 1 + ("demos" in quality):
+        levels = report["levels"]
+        for level, stats in levels.items():
+            if level == "all" and len(levels) > 1 + ("demos" in levels):
                 continue  # the levels say it; "all" only for single-level data
+            target = report["targets"].get(level)
             rows.append(
                 {
-                    "setting": setting,
+                    "setting": report["kind"],
+                    "score_name": report["score_name"],
                     "dataset": name,
                     "level": level,
-                    **q,
-                    "reference": reference(setting, params),
-                    "target": verdict(setting, params, level, q),
+                    **stats,
+                    "reference": report["reference"],
+                    "target": "" if target is None else target["target"],
+                    "meets": None if target is None else target["meets"],
                     "run_id": run.info.run_id,
                 }
             )
     return rows
 
 
+def file_name(setting: str) -> str:
+    """``Offline meta-RL`` -> ``offline_meta_rl.md``."""
+    return re.sub(r"[^a-z0-9]+", "_", setting.lower()).strip("_") + ".md"
+
+
 def markdown(rows: list[dict[str, Any]], setting: str) -> str:
-    score = "win rate %" if setting == "smax" else "score"
+    score = rows[0]["score_name"]
     head = ["dataset", "level", *COLUMNS, *(c.replace("score", score) for c in SCORE_COLUMNS)]
     lines = [
         f"# Data quality: {setting}",
         "",
         "Generated by `python scripts/data_quality.py` from the newest FINISHED `collect` run "
         "of each dataset in MLflow (its `collect/quality.json`). Return and score per episode;"
-        " p10 / p90 are percentiles over episodes.",
+        " p10 / p90 are percentiles over episodes. Targets: docs/behaviour.md.",
         "",
         "| " + " | ".join([*head, "reference", "target"]) + " |",
         "|" + "---|" * (len(head) + 2),
     ]
     for r in rows:
         cells = [r["dataset"], r["level"], *(_fmt(r[c]) for c in (*COLUMNS, *SCORE_COLUMNS))]
-        lines.append("| " + " | ".join([*cells, r["reference"], r["target"]]) + " |")
+        target = r["target"] and f"{'meets' if r['meets'] else 'below'} {r['target']}"
+        lines.append("| " + " | ".join([*cells, r["reference"], target]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -143,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for setting in sorted({r["setting"] for r in rows}):
         mine = [r for r in rows if r["setting"] == setting]
-        write_text(args.out / f"{setting}.md", markdown(mine, setting))
+        write_text(args.out / file_name(setting), markdown(mine, setting))
     write_json(args.out / "data_quality.json", {"tracking_uri": args.tracking_uri, "rows": rows})
     print(f"wrote {len(rows)} rows to {args.out}")
     return 0

@@ -624,7 +624,10 @@ def test_d4rl_preset_end_to_end(repo: Repo):
     assert row["return_max"] == pytest.approx(returns.max(), rel=1e-5)
     low, high = -20.272305, 3234.3  # D4RL's hopper references, written out independently
     assert row["score_mean"] == pytest.approx(100 * (returns.mean() - low) / (high - low))
-    assert "| hopper_medium_replay | medium_replay |" in (p / "quality/d4rl.md").read_text()
+    assert (
+        "| hopper_medium_replay | medium_replay |"
+        in (p / "quality/single_agent_offline_rl_d4rl_style.md").read_text()
+    )
 
 
 # The SMAX 3m preset at a tiny MaskablePPO budget and a few episodes per tier.

@@ -252,6 +252,32 @@ class Benchmark(ABC):
             out["demos"] = _quality(demos, self.episode_scores(data, demos), every)
         return out
 
+    def quality_target(self, level: str, stats: dict[str, float]) -> tuple[str, bool] | None:
+        """The data-quality target ``level`` is held to (docs/behaviour.md), and whether its
+        ``stats`` (:meth:`quality`) meet it; None where it has none."""
+        return None
+
+    def quality_reference(self) -> str:
+        """The published figures a data-quality table shows beside this dataset."""
+        return ""
+
+    def quality_report(self, data: Data) -> dict[str, Any]:
+        """:meth:`quality` with the setting, score name, reference and targets: one
+        dataset's part of the data-quality tables (``scripts/data_quality.py``)."""
+        levels = self.quality(data)
+        targets = {}
+        for level, stats in levels.items():
+            target = self.quality_target(level, stats)
+            if target is not None:
+                targets[level] = {"target": target[0], "meets": target[1]}
+        return {
+            "kind": self.kind,
+            "score_name": self.score_name,
+            "reference": self.quality_reference(),
+            "levels": levels,
+            "targets": targets,
+        }
+
     def describe(self, episodes: int) -> str:
         """One sentence on what a results table of this benchmark shows."""
         return (

@@ -5,7 +5,8 @@ built its levels (docs/d4rl.md): SAC trains on the environment's own reward; *ra
 uniform policy, *medium* the first snapshot at about a third of the way from random to the
 final (*expert*) snapshot, *medium-replay* SAC's replay buffer up to that snapshot, and
 *medium-expert* the medium and expert episodes together. ``data.source`` reads a real D4RL
-HDF5 file or a Minari dataset instead. Returns are scored with D4RL's reference constants.
+HDF5 file or a Minari dataset (directory or id) instead. Returns are scored with D4RL's
+reference constants, or with a Minari dataset's own ``ref_min_score`` / ``ref_max_score``.
 
 Prompts encode behaviour quality here: a prompt is fitted on the dataset's highest-return
 episodes (``top_fraction``), and tuning early-stops on held-out ones.
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from cmt.atomic import make_dir, write_json
 from cmt.behaviour.rollout import LEVELS
@@ -27,7 +28,6 @@ from cmt.benchmarks.base import (
     Benchmark,
     Data,
     DataSection,
-    Episodes,
     MetricsCallback,
     PromptData,
     Spaces,
@@ -58,6 +58,10 @@ DT_PAPER_SCORES: dict[tuple[str, str], float] = {
 """Decision Transformer's D4RL normalised scores (Chen et al. 2021, Table 2), on D4RL's own
 v2 datasets: context for our reduced-budget v5 data, not a same-data comparison."""
 
+EXPERT_SCORE_TARGET = 90.0
+"""D4RL-normalised score the expert level is held to (docs/behaviour.md); D4RL's own expert
+data scores about 100."""
+
 DT_PAPER_TARGETS: dict[str, float] = {"halfcheetah": 6000.0, "hopper": 3600.0, "walker2d": 5000.0}
 """Return-to-go targets of the Decision Transformer paper's D4RL evaluations."""
 
@@ -86,8 +90,10 @@ class D4RLData(DataSection):
     source: str | None = Field(
         None,
         description="A real dataset instead of generating one: a D4RL HDF5 file "
-        "(e.g. hopper-medium-replay-v2.hdf5) or a Minari dataset directory; the name is "
-        "then the file's stem.",
+        "(e.g. hopper-medium-replay-v2.hdf5) or a Minari dataset directory (a path: "
+        "absolute, or starting with '.' or '~'), or a local Minari dataset id "
+        "(e.g. mujoco/hopper/expert-v0, under $MINARI_DATASETS_PATH or ~/.minari/datasets, "
+        "never downloaded); the name is then the file's stem, or the id with '/' as '-'.",
     )
     transitions: int = Field(
         100_000,
@@ -110,12 +116,29 @@ class D4RLData(DataSection):
     methods: ClassVar[tuple[str, ...]] = ("dt", "bc", "filtered_bc", "cmt_zero_shot", "cmt_tuned")
     target_returns: ClassVar[tuple[str, ...]] = ("dt_paper", "max_train")
 
+    @field_validator("source")
+    @classmethod
+    def _minari_id_is_safe(cls, value: str | None) -> str | None:
+        from cmt.data.sources import check_minari_id, is_minari_id
+
+        if value and is_minari_id(value):
+            check_minari_id(value)  # it becomes a path under the Minari root
+        return value
+
     def expected_name(self) -> str:
+        from cmt.data.sources import is_minari_id
+
+        if self.source and is_minari_id(self.source):
+            return self.source.replace("/", "-")
         if self.source:
             return Path(self.source).name.removesuffix(".hdf5").removesuffix(".h5")
         return f"{self.env}_{self.level}"
 
     def name_origin(self) -> str:
+        from cmt.data.sources import is_minari_id
+
+        if self.source and is_minari_id(self.source):
+            return "the Minari dataset id of data.source ('/' as '-')"
         if self.source:
             return "the file name of data.source (rename or link the file)"
         return super().name_origin()
@@ -162,6 +185,7 @@ class D4RL(Benchmark):
     ) -> dict[str, Any]:
         from cmt.data.dataset import OfflineDataset
         from cmt.data.hdf5 import write_hdf5
+        from cmt.data.sources import minari_summary
 
         out_dir = Path(out_dir)
         if self.cfg.source:  # read and checked before anything is written
@@ -170,21 +194,20 @@ class D4RL(Benchmark):
             make_dir(out_dir)
             data, behaviour_refs = self._generate(out_dir, behaviour_root, on_metrics, progress)
         write_hdf5(out_dir / TRAIN_FILE, data)
-        low, high = REF_RETURNS[self.cfg.env]
-        write_json(
-            out_dir / REFERENCES_FILE,
-            sealed_json(
-                {
-                    "env": self.cfg.env,
-                    "scored_with": "D4RL reference returns",
-                    "0": {"random": low, "expert": high},
-                    "behaviour": behaviour_refs,
-                }
-            ),
-        )
+        low, high, scored_with = self.reference_returns()
+        minari = minari_summary(data.metadata)  # empty unless the source is a Minari dataset
+        # load() reads the scored task's returns from here: the one place score() takes them.
+        references = {
+            "env": self.cfg.env,
+            "scored_with": scored_with,
+            "0": {"random": low, "expert": high},
+            "behaviour": behaviour_refs,
+            **({"minari": minari} if minari else {}),
+        }
+        write_json(out_dir / REFERENCES_FILE, sealed_json(references))
         returns = OfflineDataset(data).ep_return.astype(np.float64)
         score = 100.0 * (returns - low) / (high - low)
-        return {
+        summary = {
             "dataset": self.name,
             "train": {
                 "episodes": int(returns.size),
@@ -194,12 +217,27 @@ class D4RL(Benchmark):
                 "score_mean": float(score.mean()),
                 "score_max": float(score.max()),
             },
+            "references": {"random": low, "expert": high, "scored_with": scored_with},
             "behaviour": behaviour_refs,
         }
+        return {**summary, "minari": minari} if minari else summary
+
+    def reference_returns(self) -> tuple[float, float, str]:
+        """The (random, expert) returns that 0 and 100 of the score stand for, and where they
+        come from: a Minari source's own ``ref_min_score`` / ``ref_max_score`` where it
+        records them (read from its metadata.json), else D4RL's returns of the environment."""
+        from cmt.data.sources import source_references
+
+        own = source_references(self.cfg.source) if self.cfg.source else None
+        if own is not None:
+            return own[0], own[1], f"the ref_min_score / ref_max_score of {self.cfg.source}"
+        low, high = REF_RETURNS[self.cfg.env]
+        return low, high, f"D4RL's {self.cfg.env} reference returns"
 
     def _read_source(self) -> TransitionData:
-        """``data.source``, refused unless it holds ``data.env`` at ``data.level``."""
-        from cmt.data.sources import check_source_level, read_source
+        """``data.source``, refused unless it holds ``data.env`` at ``data.level``, recorded
+        (where it records one) with the time limit evaluation runs, :attr:`horizon`."""
+        from cmt.data.sources import check_source_horizon, check_source_level, read_source
 
         assert self.cfg.source is not None
         data = read_source(
@@ -209,6 +247,7 @@ class D4RL(Benchmark):
             act_dim=self.family.act_dim,
         )
         check_source_level(data, env=self.cfg.env, level=self.cfg.level)
+        check_source_horizon(data, horizon=self.horizon, env_id=self.family.env_id)
         return data
 
     def _generate(
@@ -267,13 +306,6 @@ class D4RL(Benchmark):
             pool=data.train.select_episodes(rest, seed=seed + 2),
         )
 
-    def score(self, data: Data, task: int, episodes: Episodes) -> np.ndarray:
-        """D4RL's normalised score, with D4RL's reference returns of the environment."""
-        from cmt.data.d4rl import normalized_score
-
-        returns = np.asarray(episodes.returns, dtype=np.float64)
-        return np.asarray(normalized_score(self.cfg.env, returns))
-
     def target_return(self, data: Data, task: int, mode: str) -> float:
         if mode == "dt_paper":
             return DT_PAPER_TARGETS[self.cfg.env]
@@ -281,16 +313,32 @@ class D4RL(Benchmark):
 
     score_caption: ClassVar[str] = (
         "D4RL normalised score: 100 × (R − random) / (expert − random) with D4RL's reference "
-        "returns."
+        "returns, or a Minari dataset's own."
     )
 
     def describe(self, episodes: int) -> str:
-        low, high = REF_RETURNS[self.cfg.env]
-        return (
+        from cmt.data.hdf5 import DatasetError
+
+        head = (
             f"{self.family.env_id}, {episodes} evaluation episodes per seed; mean ± std over "
-            f"seeds. D4RL normalised score: 100 × (R − random) / (expert − random) with D4RL's "
-            f"{self.cfg.env} returns, random {low:.2f}, expert {high:.1f}."
+            "seeds. D4RL normalised score: 100 × (R − random) / (expert − random) with "
         )
+        try:
+            low, high, scored_with = self.reference_returns()
+        except DatasetError:  # the source is gone since collect; the scores stand
+            return head + f"the reference returns collect took from {self.cfg.source}."
+        return head + f"{scored_with}, random {low:.2f}, expert {high:.1f}."
+
+    def quality_target(self, level: str, stats: dict[str, float]) -> tuple[str, bool] | None:
+        if level != "expert":
+            return None
+        return f">= {EXPERT_SCORE_TARGET:g} D4RL-normalised", stats["score_mean"] >= (
+            EXPERT_SCORE_TARGET
+        )
+
+    def quality_reference(self) -> str:
+        low, high, source = self.reference_returns()
+        return f"random {low:.0f}, expert {high:.0f} ({source})"
 
     def published(self) -> dict[str, Any] | None:
         value = DT_PAPER_SCORES.get((self.cfg.env, self.cfg.level))

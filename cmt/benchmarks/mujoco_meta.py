@@ -87,6 +87,15 @@ class MujocoMeta(MetaBenchmark):
             text = text.replace(f"of {self.name};", f"of {self.name} (also training tasks);")
         return text
 
+    def quality_target(self, level: str, stats: dict[str, float]) -> tuple[str, bool] | None:
+        if level != "expert":
+            return None
+        published = PROMPT_DT_PUBLISHED[self.cfg.benchmark]
+        return f">= {published:g} return (Prompt-DT's agents)", stats["return_mean"] >= published
+
+    def quality_reference(self) -> str:
+        return f"Prompt-DT agents: {PROMPT_DT_PUBLISHED[self.cfg.benchmark]:g}"
+
     def published(self) -> dict[str, Any] | None:
         value = PROMPT_DT_PUBLISHED[self.cfg.benchmark]
         return {"label": "Prompt-DT (published)", "value": value, "metric": "return_mean"}

@@ -71,6 +71,11 @@ class SmaxData(DataSection):
         return Smax(self)
 
 
+GOOD_TIER_TARGETS: dict[str, float] = {"3m": 90.0, "2s3z": 90.0, "5m_vs_6m": 50.0}
+"""Win rate (%) the good tier is held to (docs/behaviour.md): what OG-MARL-style good data
+reaches on the easy maps, and at least an even chance on the hard one."""
+
+
 class Smax(Benchmark):
     """One SMAX map: a team of agents, discrete masked actions, win rate as the score."""
 
@@ -194,6 +199,15 @@ class Smax(Benchmark):
     def episode_scores(self, data: Data, ds: OfflineDataset) -> np.ndarray:
         won = ds.data.infos["won"][ds.ep_start + ds.ep_len - 1]  # (E,) set on the last step
         return self.score(data, 0, Episodes(ds.ep_return, won.astype(bool)))
+
+    def quality_target(self, level: str, stats: dict[str, float]) -> tuple[str, bool] | None:
+        target = GOOD_TIER_TARGETS.get(self.cfg.map)
+        if level != "good" or target is None:
+            return None
+        return f">= {target:g} % wins", stats["score_mean"] >= target
+
+    def quality_reference(self) -> str:
+        return "score = win rate %"
 
     def describe(self, episodes: int) -> str:
         return (

@@ -495,7 +495,111 @@ def _is_flat_metadata(value: Any) -> bool:
     return False
 
 
-# --------------------------------------------------------------------------- Minari
+# --------------------------------------------------------------------------- Minari ids
+
+
+def is_minari_id(source: str) -> bool:
+    """Whether ``data.source`` names a Minari dataset by id rather than by path.
+
+    A path is absolute, starts with ``.`` or ``~``, or ends in .hdf5/.h5 (a relative dataset
+    directory is written ``./datasets/hopper-medium-v0``); anything else is an id. The rule
+    reads the text alone, so the config check and the collect stage always agree.
+    """
+    return not (
+        source.startswith((".", "~", "/", os.sep))
+        or Path(source).is_absolute()
+        or source.lower().endswith(HDF5_SUFFIXES)
+    )
+
+
+def check_minari_id(dataset_id: str) -> None:
+    """Refuse (ValueError, one line) an id that is not Minari's ``(namespace/)name-v<N>`` or
+    that has a component that is not a safe name: the id becomes a path under the Minari
+    root, so ``..``, shell characters and spaces never reach one."""
+    for part in dataset_id.split("/"):
+        if not is_safe_name(part):
+            raise ValueError(
+                f"Minari dataset id {dataset_id!r}: component {part!r} is not a safe name "
+                f"({NAME_RULE})"
+            )
+    if _MINARI_ID_RE.fullmatch(dataset_id) is None:
+        raise ValueError(
+            f"{dataset_id!r} is neither a path (absolute, starting with '.' or '~', or ending "
+            "in .hdf5/.h5) nor a Minari dataset id (namespace/name-v<N> of letters, digits, '_' "
+            f"and '-', e.g. mujoco/hopper/expert-v0); write a relative path as ./{dataset_id}"
+        )
+
+
+def minari_root() -> Path:
+    """Minari's local datasets root as :func:`minari.storage.get_dataset_path` finds it:
+    ``$MINARI_DATASETS_PATH``, else ``~/.minari/datasets`` (not created here)."""
+    given = os.environ.get(MINARI_ROOT_ENV)
+    return Path(given) if given is not None else Path.home() / ".minari" / "datasets"
+
+
+def minari_dataset_dir(dataset_id: str, root: str | Path | None = None) -> Path:
+    """``<root>/<dataset_id>``, where :func:`minari.load_dataset` looks for the dataset (its
+    ``data/`` folder); ``root`` defaults to :func:`minari_root`. The id is checked first."""
+    check_minari_id(dataset_id)
+    return (minari_root() if root is None else Path(root)) / dataset_id
+
+
+def resolve_source(source: str | Path) -> Path:
+    """Where a dataset source is: a path as given (``~`` expanded), or the directory of a
+    Minari id (:func:`is_minari_id`), which must exist locally: nothing is downloaded."""
+    if isinstance(source, Path) or not is_minari_id(source):
+        return Path(source).expanduser()
+    try:
+        path = minari_dataset_dir(source)
+    except ValueError as exc:
+        raise DatasetError(f"data.source: {exc}") from None
+    if not (path / "data").is_dir():
+        hint = ""
+        if Path(source).exists():
+            hint = f"; to read the local path {source!r} instead, write it as ./{source}"
+        raise _error(
+            path,
+            None,
+            f"no local Minari dataset {source!r} (looked where minari.load_dataset looks: "
+            f"${MINARI_ROOT_ENV}, else ~/.minari/datasets, then the id); nothing is "
+            f"downloaded here: copy the dataset there, or run `minari download {source}` "
+            f"where there is internet{hint}",
+        )
+    return path
+
+
+# --------------------------------------------------------------------------- Minari datasets
+
+
+@dataclass(frozen=True)
+class _Storage:
+    """A Minari dataset's ``data/`` folder in the storage its metadata names: HDF5 (one file,
+    a group ``episode_<i>`` per episode) or arrow / parquet (a folder ``<i>`` per episode)."""
+
+    data_dir: Path
+    data_format: str
+
+    @property
+    def meta_path(self) -> Path:
+        return self.data_dir / _MINARI_META
+
+    @property
+    def file(self) -> Path:
+        """What messages name: main_data.hdf5, or the folder of the episode folders."""
+        return self.data_dir / _MINARI_DATA if self.data_format == "hdf5" else self.data_dir
+
+    def episode(self, i: int) -> str:
+        """Where episode ``i`` is inside :attr:`file`."""
+        return f"episode_{i}" if self.data_format == "hdf5" else str(i)
+
+    def key(self, i: int, key: str) -> str:
+        """Where an array of episode ``i`` is inside :attr:`file`."""
+        return f"{self.episode(i)}/{key}"
+
+
+def _storage_of(path: Path, data: TransitionData) -> _Storage:
+    """The storage of a dataset that :func:`read_minari_dataset` read from ``path``."""
+    return _Storage(_minari_data_dir(path), str(data.metadata.get("data_format", "hdf5")))
 
 
 def read_minari_dataset(
@@ -503,61 +607,177 @@ def read_minari_dataset(
 ) -> TransitionData:
     """Read a Minari dataset directory (or its ``data/`` folder) into D4RL's flat layout.
 
-    Loaded with :class:`minari.MinariDataset` on the local data path (no network). Per
+    Loaded with :class:`minari.MinariDataset` on the local data path (no network), from any
+    of Minari's storages (:data:`MINARI_FORMATS`), every check the same for each. Per
     episode: ``observations = obs[:-1]``, ``next_observations = obs[1:]``, terminations ->
     ``terminals`` and truncations -> ``timeouts`` (kept apart); an episode whose last step is
     neither (a recording cut short) gets it marked as a timeout, with a warning. Numeric
     ``infos`` with one entry per observation (reset included) are kept, aligned with
     ``observations`` (entry t came with observation t, like D4RL's ``infos/qpos``).
-    Only flat float Box observation and action spaces are supported.
+    Only flat float Box observation and action spaces are supported. The metadata records
+    what :func:`minari_summary` reports, and the recorded ``max_episode_steps`` and
+    ``ref_min_score`` / ``ref_max_score`` where there are any.
     """
     path = Path(path)
     if not path.exists():
         raise _error(path, None, "no such file or directory")
-    data_dir = _minari_data_dir(path)
-    meta_path = data_dir / _MINARI_META
-    main_path = data_dir / _MINARI_DATA
-
-    meta = _read_minari_metadata(meta_path, main_path)
+    storage, meta = _read_minari_metadata(_minari_data_dir(path))
+    meta_path = storage.meta_path
     recorded_env = _check_env_spec(meta, meta_path, env_id)
     for key in ("total_episodes", "total_steps"):
         value = meta.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise _error(meta_path, key, f"expected a non-negative integer, got {value!r}")
 
-    dataset = _open_minari(data_dir, meta_path)
+    dataset = _open_minari(storage.data_dir, meta_path)
     _check_box(dataset.observation_space, meta_path, "observation_space", "observations", obs_dim)
     _check_box(dataset.action_space, meta_path, "action_space", "actions", act_dim)
-    _check_episode_layout(main_path, meta, obs_dim, act_dim)
+    if storage.data_format == "hdf5":
+        _check_episode_layout(storage.file, meta, obs_dim, act_dim)
+    else:
+        _check_arrow_layout(storage, meta, obs_dim, act_dim)
 
-    try:
-        data = _flatten_episodes(dataset, main_path, meta_path)
-    except OSError as exc:  # a data block HDF5 could not read back
-        bad_key, cause = _find_unreadable(main_path)
-        raise _error(
-            main_path, bad_key, f"cannot read the data, corrupt or truncated file ({cause or exc})"
-        ) from exc
-
-    metadata: dict[str, Any] = {
-        "source": str(path),
-        "source_kind": "minari",
-        "dataset_id": str(meta.get("dataset_id", "")),
-        "env_id": recorded_env,
-        "minari_version": str(meta.get("minari_version", "")),
-        "total_episodes": int(meta["total_episodes"]),
-        "total_steps": int(meta["total_steps"]),
-    }
-    if isinstance(meta.get("algorithm_name"), str):
-        metadata["algorithm"] = meta["algorithm_name"]
+    data = _read_episodes(dataset, storage)
+    metadata = {"source": str(path), **_minari_metadata(meta, storage, recorded_env)}
     out = TransitionData(**data, metadata=metadata)
-    _check_float_outliers(out, str(main_path), _episode_locator(out))
-    validate(out, str(main_path))
+    _check_float_outliers(out, str(storage.file), _episode_locator(out, storage))
+    validate(out, str(storage.file))
     return out
 
 
-def _episode_locator(data: TransitionData) -> Locate:
-    """Where a flat row of flattened Minari episodes is stored: ``episode_<e>/<key>`` at a
-    step (``next_observations[i]`` is the episode's observation one step later)."""
+def _read_episodes(dataset: Any, storage: _Storage) -> dict[str, Any]:
+    """:func:`_flatten_episodes`; a block the storage cannot read back names its file."""
+    if storage.data_format == "hdf5":
+        try:
+            return _flatten_episodes(dataset, storage)
+        except OSError as exc:  # a data block HDF5 could not read back
+            bad_key, cause = _find_unreadable(storage.file)
+            raise _error(
+                storage.file,
+                bad_key,
+                f"cannot read the data, corrupt or truncated file ({cause or exc})",
+            ) from exc
+    import pyarrow as pa
+
+    try:
+        return _flatten_episodes(dataset, storage)
+    except (pa.ArrowException, OSError) as exc:
+        raise _error(
+            storage.file,
+            None,
+            f"cannot read the data, corrupt or truncated {storage.data_format} files ({exc})",
+        ) from exc
+
+
+_SUMMARY_KEYS = {
+    "dataset_id": "dataset_id",
+    "env_id": "env_id",
+    "algorithm": "algorithm_name",
+    "minari_version": "minari_version",
+    "data_format": "data_format",
+    "code_permalink": "code_permalink",
+    "author": "author",
+    "max_episode_steps": "max_episode_steps",
+    "ref_min_score": "ref_min_score",
+    "ref_max_score": "ref_max_score",
+}
+"""Our metadata key -> Minari's name for it, of what a Minari source reports."""
+
+
+def minari_summary(metadata: dict[str, Any]) -> dict[str, Any]:
+    """What a Minari source's metadata records, under Minari's own names (``algorithm_name``,
+    ``minari_version``, ...): for the collect stage's summary and its MLflow tags
+    ``minari.<name>``. Empty for data that is not from a Minari dataset."""
+    if metadata.get("source_kind") != "minari":
+        return {}
+    return {name: metadata[key] for key, name in _SUMMARY_KEYS.items() if key in metadata}
+
+
+def source_references(source: str | Path) -> tuple[float, float] | None:
+    """A Minari source's own ``(ref_min_score, ref_max_score)``, read from its metadata.json
+    alone; None when it records neither, and for a D4RL file (not read)."""
+    if str(source).lower().endswith(HDF5_SUFFIXES):
+        return None
+    path = resolve_source(source)
+    if not path.exists():
+        raise _error(path, None, "no such file or directory")
+    storage, meta = _read_minari_metadata(_minari_data_dir(path))
+    return _minari_references(meta, storage.meta_path)
+
+
+def _minari_metadata(meta: dict[str, Any], storage: _Storage, env_id: str) -> dict[str, Any]:
+    """A Minari dataset's metadata.json as flat TransitionData metadata (train.hdf5 keeps it);
+    author e-mails stay out."""
+    out: dict[str, Any] = {
+        "source_kind": "minari",
+        "dataset_id": str(meta.get("dataset_id", "")),
+        "env_id": env_id,
+        "minari_version": str(meta.get("minari_version", "")),
+        "data_format": storage.data_format,
+        "total_episodes": int(meta["total_episodes"]),
+        "total_steps": int(meta["total_steps"]),
+    }
+    for key, ours in (("algorithm_name", "algorithm"), ("code_permalink", "code_permalink")):
+        if isinstance(meta.get(key), str):
+            out[ours] = meta[key]
+    author = meta.get("author")  # Minari writes a set of names as a JSON list
+    if isinstance(author, str):
+        out["author"] = author
+    elif isinstance(author, list) and author and all(isinstance(a, str) for a in author):
+        out["author"] = ", ".join(sorted(author))
+    steps = _max_episode_steps(meta, storage.meta_path)
+    if steps is not None:
+        out["max_episode_steps"] = steps
+    refs = _minari_references(meta, storage.meta_path)
+    if refs is not None:
+        out["ref_min_score"], out["ref_max_score"] = refs
+    return out
+
+
+def _max_episode_steps(meta: dict[str, Any], meta_path: Path) -> int | None:
+    """The time limit the episodes were recorded under (``env_spec``), if it names one."""
+    spec = meta["env_spec"]  # present and readable: _check_env_spec ran first
+    steps = (json.loads(spec) if isinstance(spec, str) else spec).get("max_episode_steps")
+    if steps is None:
+        return None
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise _error(
+            meta_path, "env_spec", f"max_episode_steps: expected a positive integer, got {steps!r}"
+        )
+    return steps
+
+
+def _minari_references(meta: dict[str, Any], meta_path: Path) -> tuple[float, float] | None:
+    """``(ref_min_score, ref_max_score)`` a Minari dataset records for its normalised score
+    (a random and an expert policy's mean return); None when it records neither."""
+    if meta.get("ref_min_score") is None and meta.get("ref_max_score") is None:
+        return None
+    scores: list[float] = []
+    for key in ("ref_min_score", "ref_max_score"):
+        value = meta.get(key)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise _error(
+                meta_path, key, f"expected a finite number (both reference scores), got {value!r}"
+            )
+        scores.append(float(value))
+    low, high = scores
+    if high <= low:
+        raise _error(
+            meta_path,
+            "ref_max_score",
+            f"{high!r} is not above ref_min_score {low!r}: no normalised score can use them",
+        )
+    return low, high
+
+
+def _episode_locator(data: TransitionData, storage: _Storage) -> Locate:
+    """Where a flat row of flattened Minari episodes is stored: ``episode_<e>/<key>`` (HDF5)
+    or ``<e>/<key>`` (arrow, parquet) at a step (``next_observations[i]`` is the episode's
+    observation one step later)."""
     starts, _ = episode_bounds(data.terminals, data.timeouts)
 
     def locate(key: str, row: int) -> tuple[str, str]:
@@ -565,7 +785,7 @@ def _episode_locator(data: TransitionData) -> Locate:
         step = row - int(starts[episode])
         if key == "next_observations":
             key, step = "observations", step + 1
-        return f"episode_{episode}/{key}", f"step {step}"
+        return storage.key(episode, key), f"step {step}"
 
     return locate
 
@@ -583,7 +803,8 @@ def _minari_data_dir(path: Path) -> Path:
     )
 
 
-def _read_minari_metadata(meta_path: Path, main_path: Path) -> dict[str, Any]:
+def _read_minari_metadata(data_dir: Path) -> tuple[_Storage, dict[str, Any]]:
+    meta_path, main_path = data_dir / _MINARI_META, data_dir / _MINARI_DATA
     if not meta_path.is_file():
         raise _error(meta_path, _MINARI_META, "missing: no such file")
     try:
@@ -593,15 +814,15 @@ def _read_minari_metadata(meta_path: Path, main_path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise _error(meta_path, _MINARI_META, f"expected a JSON object, got {type(meta).__name__}")
     data_format = meta.get("data_format")
-    if data_format != "hdf5":
+    if data_format not in MINARI_FORMATS:
         raise _error(
             meta_path,
             "data_format",
-            f"only Minari's 'hdf5' storage is supported, got {data_format!r}",
+            f"Minari storage {data_format!r} is not one of {', '.join(MINARI_FORMATS)}",
         )
-    if not main_path.is_file():
+    if data_format == "hdf5" and not main_path.is_file():
         raise _error(main_path, _MINARI_DATA, "missing: no such file")
-    return meta
+    return _Storage(data_dir, data_format), meta
 
 
 def _parse_env_id(env_id: str) -> tuple[str | None, str, int | None]:
@@ -652,8 +873,9 @@ def _open_minari(data_dir: Path, meta_path: Path) -> Any:
 
     try:
         return minari.MinariDataset(data_dir)
-    # Minari signals bad metadata with ValueError, KeyError and bare asserts.
-    except (ValueError, KeyError, TypeError, AssertionError) as exc:
+    # Minari signals bad metadata with ValueError, KeyError and bare asserts (and a missing
+    # pyarrow with ImportError).
+    except (ValueError, KeyError, TypeError, AssertionError, ImportError) as exc:
         raise _error(meta_path, _MINARI_META, f"Minari cannot open the dataset ({exc!r})") from exc
 
 
@@ -697,25 +919,102 @@ def _check_episode_layout(
             if match is None or not isinstance(f[name], h5py.Group):
                 raise _error(main_path, name, "unexpected entry, expected episode_<i> groups")
             indices.append(int(match.group(1)))
-        indices.sort()
-        if indices != list(range(len(indices))):
-            missing = sorted(set(range(max(indices, default=-1) + 1)) - set(indices))
-            raise _error(main_path, f"episode_{missing[0]}", "missing: episodes are not 0..n-1")
-        if len(indices) != meta["total_episodes"]:
-            raise _error(
-                main_path.parent / _MINARI_META,
-                "total_episodes",
-                f"says {meta['total_episodes']} episodes, {main_path.name} has {len(indices)}",
-            )
+        _check_episode_count(main_path, meta, indices, "episode_{}")
         total = 0
-        for i in indices:
+        for i in sorted(indices):
             total += _check_episode_shapes(f[f"episode_{i}"], main_path, i, obs_dim, act_dim)
-        if total != meta["total_steps"]:
+        _check_step_count(main_path, meta, total)
+
+
+def _check_episode_count(file: Path, meta: dict[str, Any], indices: list[int], key: str) -> None:
+    """Episodes numbered 0..n-1 (``key`` spells episode i), n as metadata.json says."""
+    indices = sorted(indices)
+    if indices != list(range(len(indices))):
+        missing = sorted(set(range(max(indices, default=-1) + 1)) - set(indices))
+        raise _error(file, key.format(missing[0]), "missing: episodes are not 0..n-1")
+    if len(indices) != meta["total_episodes"]:
+        raise _error(
+            file.parent / _MINARI_META if file.is_file() else file / _MINARI_META,
+            "total_episodes",
+            f"says {meta['total_episodes']} episodes, {file.name} has {len(indices)}",
+        )
+
+
+def _check_step_count(file: Path, meta: dict[str, Any], total: int) -> None:
+    if total != meta["total_steps"]:
+        raise _error(
+            file.parent / _MINARI_META if file.is_file() else file / _MINARI_META,
+            "total_steps",
+            f"says {meta['total_steps']} steps, the episodes in {file.name} have {total}",
+        )
+
+
+_EPISODE_DIR_RE = re.compile(r"0|[1-9]\d*")
+
+
+def _check_arrow_layout(
+    storage: _Storage, meta: dict[str, Any], obs_dim: int, act_dim: int
+) -> None:
+    """Episode folders and column types of arrow / parquet storage against metadata.json
+    (file footers and schemas only, no data)."""
+    indices = []
+    for entry in storage.data_dir.iterdir():
+        if entry.name == _MINARI_META or entry.name.startswith((".", "_")):
+            continue  # what Minari's own reader skips
+        if not (entry.is_dir() and _EPISODE_DIR_RE.fullmatch(entry.name)):
             raise _error(
-                main_path.parent / _MINARI_META,
-                "total_steps",
-                f"says {meta['total_steps']} steps, the episodes in {main_path.name} have {total}",
+                storage.file, entry.name, "unexpected entry, expected one folder <i> per episode"
             )
+        indices.append(int(entry.name))
+    _check_episode_count(storage.file, meta, indices, "{}")
+    total = sum(_arrow_episode_steps(storage, i, obs_dim, act_dim) for i in sorted(indices))
+    _check_step_count(storage.file, meta, total)
+
+
+def _arrow_episode_steps(storage: _Storage, i: int, obs_dim: int, act_dim: int) -> int:
+    """Steps of episode ``i`` from its row count (steps + 1: the last row is the final
+    observation, its other columns padding), its columns and widths checked."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    fmt = storage.data_format
+    try:
+        episode = pads.dataset(
+            storage.data_dir / str(i), format=fmt, ignore_prefixes=["_", ".", _MINARI_META]
+        )
+        schema, rows = episode.schema, episode.count_rows()
+    except (pa.ArrowException, OSError) as exc:
+        raise _error(
+            storage.file, str(i), f"cannot read as {fmt}, not {fmt} or truncated/corrupt ({exc})"
+        ) from exc
+    for key in ("observations", "actions", "rewards", "terminations", "truncations"):
+        if key not in schema.names:
+            raise _error(storage.file, storage.key(i, key), "missing (no such column)")
+    if rows < 2:
+        raise _error(
+            storage.file,
+            storage.key(i, "rewards"),
+            f"expected T + 1 rows with T >= 1 (the last one the final observation), got {rows}",
+        )
+    for key in ("terminations", "truncations"):
+        # Bits cannot hold anything but 0 or 1; another type would not even merge with the
+        # other episodes' columns when Minari reads them together.
+        if not pa.types.is_boolean(schema.field(key).type):
+            raise _error(
+                storage.file,
+                storage.key(i, key),
+                f"type {schema.field(key).type}, expected bool (flags are stored as bits)",
+            )
+    for key, what, want in (("observations", "obs_dim", obs_dim), ("actions", "act_dim", act_dim)):
+        kind = schema.field(key).type
+        if not pa.types.is_fixed_size_list(kind) or kind.list_size != want:
+            got = f"width {kind.list_size}" if pa.types.is_fixed_size_list(kind) else f"type {kind}"
+            raise _error(
+                storage.file,
+                storage.key(i, key),
+                f"{got} does not match the expected {what}={want}",
+            )
+    return rows - 1
 
 
 def _check_episode_shapes(
@@ -750,30 +1049,16 @@ def _check_episode_shapes(
     return steps
 
 
-def _flatten_episodes(dataset: Any, main_path: Path, meta_path: Path) -> dict[str, Any]:
+def _flatten_episodes(dataset: Any, storage: _Storage) -> dict[str, Any]:
     """Concatenate the episodes read by Minari into D4RL's flat arrays (checked per episode)."""
     parts: dict[str, list[np.ndarray]] = {
         k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "next")
     }
     infos: list[dict[str, np.ndarray | None]] = []
     cut_short: list[int] = []
-    n_read = 0
+    file = storage.file
     for ep in dataset.iterate_episodes():
-        prefix = f"episode_{ep.id}"
-        obs = _episode_float(ep.observations, main_path, f"{prefix}/observations")
-        actions = _episode_float(ep.actions, main_path, f"{prefix}/actions")
-        rewards = _episode_float(ep.rewards, main_path, f"{prefix}/rewards")
-        term = _episode_flags(ep.terminations, main_path, f"{prefix}/terminations")
-        trunc = _episode_flags(ep.truncations, main_path, f"{prefix}/truncations")
-        steps = rewards.shape[0]
-        early = np.flatnonzero((term | trunc)[:-1])
-        if early.size:
-            key = "terminations" if term[early[0]] else "truncations"
-            raise _error(
-                main_path,
-                f"{prefix}/{key}",
-                f"episode ends at step {int(early[0])}, before its last step {steps - 1}",
-            )
+        obs, actions, rewards, term, trunc = _episode_arrays(ep, storage)
         if not (term[-1] or trunc[-1]):
             cut_short.append(int(ep.id))
             trunc = trunc.copy()
@@ -784,16 +1069,16 @@ def _flatten_episodes(dataset: Any, main_path: Path, meta_path: Path) -> dict[st
         parts["rewards"].append(rewards)
         parts["terminals"].append(term)
         parts["timeouts"].append(trunc)
-        infos.append(_episode_infos(ep.infos, steps))
-        n_read += 1
-    if n_read == 0:
-        raise _error(main_path, None, "dataset has no episodes")
+        infos.append(_episode_infos(ep.infos, rewards.shape[0]))
+    if not infos:
+        raise _error(file, None, "dataset has no episodes")
     if cut_short:
         warnings.warn(
-            f"{main_path}: {len(cut_short)} episode(s) end with neither termination nor "
-            f"truncation (first: episode_{cut_short[0]}); marking their last step as a timeout",
+            f"{file}: {len(cut_short)} episode(s) end with neither termination nor "
+            f"truncation (first: {storage.episode(cut_short[0])}); marking their last "
+            "step as a timeout",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     data: dict[str, Any] = {
         "observations": np.concatenate(parts["observations"]),
@@ -805,11 +1090,31 @@ def _flatten_episodes(dataset: Any, main_path: Path, meta_path: Path) -> dict[st
     }
     # Cross-check the flattening: exactly one flat episode per Minari episode.
     _, lengths = episode_bounds(data["terminals"], data["timeouts"])
-    if lengths.size != n_read:
-        raise _error(main_path, None, f"{n_read} episodes flattened into {lengths.size}")
+    if lengths.size != len(infos):
+        raise _error(file, None, f"{len(infos)} episodes flattened into {lengths.size}")
     data["task_ids"] = np.zeros(len(data["rewards"]), dtype=np.int64)
-    data["infos"] = _merge_infos(infos, main_path)
+    data["infos"] = _merge_infos(infos, file)
     return data
+
+
+def _episode_arrays(ep: Any, storage: _Storage) -> tuple[np.ndarray, ...]:
+    """Observations (T + 1), actions, rewards, terminations and truncations of one Minari
+    episode, each value checked; an episode that ends before its last step is refused."""
+    file, key = storage.file, lambda name: storage.key(int(ep.id), name)
+    obs = _episode_float(ep.observations, file, key("observations"))
+    actions = _episode_float(ep.actions, file, key("actions"))
+    rewards = _episode_float(ep.rewards, file, key("rewards"))
+    term = _episode_flags(ep.terminations, file, key("terminations"))
+    trunc = _episode_flags(ep.truncations, file, key("truncations"))
+    early = np.flatnonzero((term | trunc)[:-1])
+    if early.size:
+        name = "terminations" if term[early[0]] else "truncations"
+        raise _error(
+            file,
+            key(name),
+            f"episode ends at step {int(early[0])}, before its last step {rewards.shape[0] - 1}",
+        )
+    return obs, actions, rewards, term, trunc
 
 
 def _episode_float(value: Any, main_path: Path, key: str) -> np.ndarray:
@@ -866,6 +1171,6 @@ def _merge_infos(
             f"{main_path}: dropping infos {dropped}: not numeric with one entry per observation "
             "in every episode",
             UserWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
     return merged
