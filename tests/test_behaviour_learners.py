@@ -120,9 +120,16 @@ def test_committed_policies_rebuild_the_trained_data(tmp_path: Path) -> None:
         b = d4rl_level(committed, level, 400, family.horizon, meta)
         np.testing.assert_array_equal(a.observations, b.observations)
         np.testing.assert_array_equal(a.actions, b.actions)
-    assert len(d4rl_level(trained, "medium_replay", 400, family.horizon, meta)) > 0
     with pytest.raises(MissingHistory, match="medium-replay"):
         committed.replay()
+    # Medium-replay from committed policies: the same recipe rerun to the medium step.
+    cfg = TINY.model_copy(update={"policies": "committed"})
+    rerun = behaviour_for(family, cfg, 0, 1, tmp_path / "fresh", progress=False, history=True)
+    a = d4rl_level(trained, "medium_replay", 400, family.horizon, meta)
+    b = d4rl_level(rerun, "medium_replay", 400, family.horizon, meta)
+    assert len(a) == trained.medium["step"]
+    np.testing.assert_array_equal(a.observations, b.observations)  # same machine: bit for bit
+    assert (tmp_path / "fresh" / "history" / "state.pt").exists()
 
 
 def test_committed_policies_of_other_settings_are_refused(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from cmt.behaviour.sac import (
     random_reference,
     sac_fingerprint,
     train_behaviour,
+    train_sac,
 )
 from cmt.checkpoint import CheckpointError, load_sealed
 from cmt.device import cpu_name
@@ -170,15 +171,46 @@ def behaviour_for(
     checkpoint_dir: Path | None,
     on_metrics: MetricsCallback | None = None,
     progress: bool = True,
+    history: bool = False,
 ) -> Behaviour:
-    """The behaviour the config asks for: committed policies, or trained (resumed) here."""
+    """The behaviour the config asks for: committed policies, or trained (resumed) here.
+
+    ``history``: the data needs medium-replay, the learner's own replay buffer from step 0.
+    Committed policies then get it from a fresh run of the same recipe up to their medium
+    step (:func:`with_history`); training here starts from scratch rather than from a
+    committed ``learner.pt``, whose buffer is gone."""
     if budgets.policies == "committed":
-        return load_committed(family, budgets, seed, reference_episodes)
-    if checkpoint_dir is not None:
+        behaviour = load_committed(family, budgets, seed, reference_episodes)
+        if history:
+            history_dir = None if checkpoint_dir is None else checkpoint_dir / "history"
+            with_history(behaviour, history_dir, on_metrics, progress)
+        return behaviour
+    if checkpoint_dir is not None and not history:
         seed_checkpoint(family.name, checkpoint_dir)
     return train_behaviour(
         family, budgets, seed, reference_episodes, checkpoint_dir, on_metrics, progress
     )
+
+
+def with_history(
+    behaviour: Behaviour,
+    checkpoint_dir: Path | None,
+    on_metrics: MetricsCallback | None = None,
+    progress: bool = True,
+) -> None:
+    """Give committed ``behaviour`` a replay buffer for medium-replay: the learner trained
+    again, same settings and seed, up to the committed medium step (resumable under
+    ``checkpoint_dir``). The same recipe, so the same kind of history; bit for bit the same
+    only on the same CPU and library versions."""
+    family, step = behaviour.family, int(behaviour.medium["step"])
+    short = behaviour.budgets.model_copy(update={"sac_steps": step, "policies": "train"})
+    train = np.asarray(family.train_tasks, dtype=np.int64)
+    random_train = float(behaviour.random_ref[train].mean())
+    learner, _, stats = train_sac(
+        family, short, behaviour.seed, random_train, checkpoint_dir, on_metrics, progress
+    )
+    behaviour.replay_buffer = learner.model.replay_buffer
+    behaviour.stats = {**behaviour.stats, "buffer_from": stats["buffer_from"]}
 
 
 def train_and_publish(

@@ -258,12 +258,14 @@ class D4RL(Benchmark):
         progress: bool,
     ) -> tuple[TransitionData, dict[str, Any]]:
         from cmt.behaviour.committed import behaviour_for
-        from cmt.behaviour.sac import d4rl_level
+        from cmt.behaviour.sac import D4RL_LEVEL_PARTS, d4rl_level
 
         cfg = self.cfg
         ckpt = None if behaviour_root is None else Path(behaviour_root) / cfg.env
         behaviour = behaviour_for(
-            self.family, cfg.sac, cfg.seed, cfg.reference_episodes, ckpt, on_metrics, progress
+            *(self.family, cfg.sac, cfg.seed, cfg.reference_episodes, ckpt, on_metrics),
+            progress,
+            history="medium_replay" in D4RL_LEVEL_PARTS[cfg.level],
         )
         meta = {
             "env": cfg.env,

@@ -76,8 +76,10 @@ class MujocoMeta(MetaBenchmark):
 
         cfg = self.cfg
         ckpt = None if behaviour_root is None else Path(behaviour_root) / self.family.name
-        behaviour = behaviour_for(
-            self.family, cfg.sac, cfg.seed, cfg.reference_episodes, ckpt, on_metrics, progress
+        behaviour = behaviour_for(  # the training split holds medium-replay
+            *(self.family, cfg.sac, cfg.seed, cfg.reference_episodes, ckpt, on_metrics),
+            progress,
+            history=True,
         )
         return generate_mujoco(behaviour, cfg, out_dir, progress)
 
