@@ -14,6 +14,7 @@ and the quality target it is held to (docs/behaviour.md), and whether it meets i
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -86,7 +87,8 @@ def file_name(setting: str) -> str:
 
 def markdown(rows: list[dict[str, Any]], setting: str) -> str:
     score = rows[0]["score_name"]
-    head = ["dataset", "level", *COLUMNS, *(c.replace("score", score) for c in SCORE_COLUMNS)]
+    head = ["dataset", "level", "episodes", "transitions", "return mean", "p10", "p90", "max"]
+    head += [f"{score} mean", "p10", "p90", "max"]
     lines = [
         f"# Data quality: {setting}",
         "",
@@ -109,6 +111,7 @@ def _fmt(x: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow import MlflowClient
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
