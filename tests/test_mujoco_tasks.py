@@ -330,8 +330,12 @@ def test_task_conditioned_env_appends_the_task_parameter() -> None:
 
 def test_select_medium() -> None:
     # random -100, expert (last) 200: a third of the way is 0.
-    assert select_medium(np.array([-90, -10, 5, 50, 200]), -100.0, 1 / 3) == (2, "reached")
-    assert select_medium(np.array([-90, -60, -20, 200]), -100.0, 1 / 3) == (2, "best_below")
+    assert select_medium(np.array([-90, -10, 5, 50, 200]), -100.0, 1 / 3) == (2, "closest")
+    assert select_medium(np.array([-90, -60, -20, 200]), -100.0, 1 / 3) == (2, "closest")
+    # A curve that jumps past the point: the nearer side, not the first snapshot beyond it.
+    assert select_medium(np.array([-90, -50, 150, 160, 200]), -100.0, 1 / 3) == (1, "closest")
+    # A dip closer to the point is no candidate: its actor was not kept.
+    assert select_medium(np.array([-90, 10, -5, 200]), -100.0, 1 / 3) == (1, "closest")
     assert select_medium(np.array([-90, -95, -120]), -100.0, 1 / 3) == (0, "no_progress")
     with pytest.raises(ValueError):
         select_medium(np.array([1.0]), 0.0, 0.5)

@@ -3,13 +3,13 @@
 Procedure (D4RL's recipe, adapted to task families; details and budgets in ``docs/mujoco.md``):
 
 1. The random reference: uniform actions on every task.
-2. Stable-Baselines3 SAC trains one policy for all training tasks: each training episode
+2. SAC (``data.sac.learner``: SBX or Stable-Baselines3) trains one policy for all training tasks: each training episode
    samples a training task, and the policy observes ``[obs, task_params[task]]``. Every
    ``eval_every`` steps the current actor is stored as a snapshot and evaluated on every
    training task.
-3. *Expert* is the final snapshot. *Medium* is the first snapshot whose mean return reaches
-   ``medium_fraction`` of the way from random to expert (D4RL's medium policies score about a
-   third of the expert); *medium-replay* is the replay buffer up to that snapshot.
+3. *Expert* is the final (or best) snapshot. *Medium* is the running-best snapshot whose mean
+   return is closest to ``medium_fraction`` of the way from random to expert (D4RL's medium
+   policies score about a third of the expert); *medium-replay* is the replay buffer up to it.
 4. Per training task, ``episodes_per_level`` episodes of medium and expert plus that task's
    medium-replay episodes go to ``train.hdf5``; ``demo_episodes`` expert episodes per test task
    to ``demos.hdf5``; each task's random and expert mean return to ``references.json``.
@@ -176,9 +176,12 @@ def select_medium(
 ) -> tuple[int, str]:
     """Index of the medium snapshot among all but the last (expert) one, and the rule used.
 
-    ``"reached"``: the first whose return is at least ``fraction`` of the way from random to
-    expert. ``"best_below"``: none reached it, take the best. ``"no_progress"``: the expert
-    is no better than random (tiny budgets), take the first snapshot.
+    ``"closest"``: among the running-best snapshots (each beat every earlier one: the only
+    ones whose actors a checkpoint keeps), the one whose return is closest to ``fraction`` of
+    the way from random to expert. A learning curve that jumps past that point (hopper goes
+    from a quarter to most of the expert's return in 10k steps) leaves the medium policy on
+    whichever side is nearer, as D4RL's medium policies score about a third of the expert.
+    ``"no_progress"``: the expert is no better than random (tiny budgets), take the first.
     """
     returns = np.asarray(mean_returns, dtype=np.float64)
     if returns.size < 2:
@@ -186,11 +189,10 @@ def select_medium(
     span = returns[-1] - random_return
     if span <= 0:
         return 0, "no_progress"
-    progress = (returns[:-1] - random_return) / span
-    reached = np.flatnonzero(progress >= fraction)
-    if reached.size:
-        return int(reached[0]), "reached"
-    return int(np.argmax(progress)), "best_below"
+    candidates = returns[:-1]
+    records = [i for i in range(candidates.size) if i == 0 or candidates[i] > candidates[:i].max()]
+    target = random_return + fraction * span
+    return min(records, key=lambda i: abs(candidates[i] - target)), "closest"
 
 
 def replay_transitions(buffer: Any, rows: int, family: MujocoTaskFamily) -> TransitionData:
