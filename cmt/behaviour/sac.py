@@ -3,10 +3,10 @@
 Procedure (D4RL's recipe, adapted to task families; details and budgets in ``docs/mujoco.md``):
 
 1. The random reference: uniform actions on every task.
-2. SAC (``data.sac.learner``: SBX or Stable-Baselines3) trains one policy for all training tasks: each training episode
-   samples a training task, and the policy observes ``[obs, task_params[task]]``. Every
-   ``eval_every`` steps the current actor is stored as a snapshot and evaluated on every
-   training task.
+2. SAC (``data.sac.learner``: SBX or Stable-Baselines3) trains one policy for all training
+   tasks: each training episode samples a training task, and the policy observes
+   ``[obs, task_params[task]]``. Every ``eval_every`` steps the current actor is stored as a
+   snapshot and evaluated on every training task.
 3. *Expert* is the final (or best) snapshot. *Medium* is the running-best snapshot whose mean
    return is closest to ``medium_fraction`` of the way from random to expert (D4RL's medium
    policies score about a third of the expert); *medium-replay* is the replay buffer up to it.
