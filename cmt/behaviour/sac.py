@@ -250,8 +250,10 @@ class _Checkpoint:
         self.chunks: list[str] = []
         self.saved_rows = 0
         self.buffer_from = 0  # the SAC step of the buffer's row 0
+        self.seconds_before = 0.0  # training time of earlier sittings
 
-    def save(self, learner: Learner, snapshots: list[dict[str, Any]]) -> None:
+    def save(self, learner: Learner, snapshots: list[dict[str, Any]], seconds: float) -> None:
+        """Write the state after ``seconds`` of training in this sitting."""
         model = learner.model
         rb, step = model.replay_buffer, int(model.num_timesteps)
         rows = step - self.buffer_from
@@ -272,6 +274,7 @@ class _Checkpoint:
             "n_updates": int(model._n_updates),
             "learner": learner.state(),
             "buffer_from": self.buffer_from,
+            "train_seconds": self.seconds_before + seconds,
             "chunks": list(self.chunks),
             "snapshots": [_stored_snapshot(s) for s in snapshots],
         }
@@ -300,6 +303,7 @@ class _Checkpoint:
             return None
         model = learner.model
         learner.load_state(state["learner"])
+        self.seconds_before = float(state.get("train_seconds", 0.0))
         model.num_timesteps = steps
         model._n_updates = int(state["n_updates"])
         if self._load_buffer(model, state, steps, max_steps):
@@ -446,6 +450,8 @@ def train_sac(
         raise RuntimeError(f"SAC ended at step {model.num_timesteps} without a final snapshot")
     stats = {
         "resumed_from": start_step,
+        # Over every sitting, so that the manifest of a resumed run tells the whole cost.
+        "train_seconds": elapsed + (ckpt.seconds_before if ckpt is not None else 0.0),
         "seconds": elapsed,
         "steps_per_s": (budgets.sac_steps - start_step) / elapsed if elapsed > 0 else 0.0,
     }
@@ -486,7 +492,7 @@ class _SacSnapshots:
         self.snapshots.append({"step": step, "returns": returns, "actor": actor})
         keep_candidate_actors(self.snapshots)
         if self.ckpt is not None:
-            self.ckpt.save(self.learner, self.snapshots)
+            self.ckpt.save(self.learner, self.snapshots, time.perf_counter() - self.t0)
         rate = (step - self.start_step) / max(time.perf_counter() - self.t0, 1e-9)
         log.info(
             "%s SAC step %d/%d (%.0f steps/s, ETA %.0f min): mean train-task return %.1f "
