@@ -18,11 +18,14 @@ from cmt.behaviour.committed import (
     train_and_publish,
 )
 from cmt.behaviour.learners import make_learner
+from cmt.behaviour.rollout import rollout
 from cmt.behaviour.sac import (
+    EnvPool,
     MissingHistory,
     TaskConditionedEnv,
     d4rl_level,
     keep_candidate_actors,
+    random_policy,
     train_behaviour,
 )
 from cmt.envs.mujoco_tasks import single_task_family
@@ -161,3 +164,20 @@ def test_a_fresh_clone_resumes_from_the_committed_learner(tmp_path: Path) -> Non
     assert [s["step"] for s in fresh.snapshots] == [160, 320, 480]
     with pytest.raises(MissingHistory):
         fresh.replay()  # the buffer restarted at step 320
+
+
+def test_reused_envs_give_the_episodes_of_fresh_ones() -> None:
+    family = single_task_family("hopper")
+    pool, ids = EnvPool(family), np.zeros(8, dtype=np.int64)
+
+    def run(make_env: object = None) -> tuple[np.ndarray, np.ndarray]:
+        policy = random_policy(family.act_dim, np.random.default_rng(1))
+        data, returns = rollout(family, ids, policy, 5, make_env)  # type: ignore[arg-type]
+        return data.observations, returns
+
+    fresh = run()
+    for _ in range(2):  # the second round reuses the first round's envs
+        again = run(pool.batched)
+        np.testing.assert_array_equal(again[0], fresh[0])
+        np.testing.assert_array_equal(again[1], fresh[1])
+    assert len(pool.envs[0]) == 8

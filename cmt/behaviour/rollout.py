@@ -26,16 +26,21 @@ LEVELS: tuple[str, ...] = ("random", "medium", "expert", "medium_replay")
 
 
 def rollout(
-    family: TaskFamily, task_ids: np.ndarray, policy: Policy, seed: int
+    family: TaskFamily,
+    task_ids: np.ndarray,
+    policy: Policy,
+    seed: int,
+    make_env: Callable[[np.ndarray], Any] | None = None,
 ) -> tuple[TransitionData, np.ndarray]:
     """Run one episode per entry of ``task_ids`` together; return (data, episode returns (B,)).
 
     Episodes appear in the order of ``task_ids``. An episode ends at its first terminated or
     truncated step; later steps of a finished episode (the batch keeps stepping until every
-    episode has ended) are not recorded.
+    episode has ended) are not recorded. ``make_env`` (default: the family's
+    ``make_batched_env``) builds the batched env, e.g. from a pool of reused envs.
     """
     task_ids = np.asarray(task_ids, dtype=np.int64)
-    env = family.make_batched_env(task_ids)
+    env = (make_env or family.make_batched_env)(task_ids)
     b, t_max = env.num_envs, family.horizon
     obs = env.reset(seed=seed)
 

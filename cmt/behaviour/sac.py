@@ -26,7 +26,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from cmt.behaviour.rollout import (
 )
 from cmt.checkpoint import CheckpointError, atomic_torch_save, load_sealed
 from cmt.data.schema import TransitionData
-from cmt.envs.mujoco_tasks import MujocoTaskFamily
+from cmt.envs.mujoco_tasks import BatchedTaskEnv, MujocoTaskFamily
 from cmt.integrity import sealed_json
 from cmt.sections import SacConfig
 
@@ -144,6 +144,29 @@ def actor_policy(
         return act(actor, x, rng)
 
     return policy
+
+
+class EnvPool:
+    """A family's environments kept across rollouts. Making a MuJoCo env costs about as much
+    as a few hundred of its steps, and a level of short episodes (random hopper: about 20
+    steps) takes tens of thousands of them, so a fresh env per episode would dominate.
+    ``reset`` re-seeds an env and its simulator state, so an episode does not depend on whether
+    its env is new. One rollout at a time: a pool is not shared between threads."""
+
+    def __init__(self, family: MujocoTaskFamily) -> None:
+        self.family = family
+        self.envs: dict[int, list[gym.Env]] = {}
+
+    def batched(self, task_ids: np.ndarray) -> BatchedTaskEnv:
+        used: dict[int, int] = {}
+        envs = []
+        for task in np.asarray(task_ids, dtype=np.int64).tolist():
+            mine, k = self.envs.setdefault(task, []), used.get(task, 0)
+            if k == len(mine):
+                mine.append(self.family.make_env(task))
+            envs.append(mine[k])
+            used[task] = k + 1
+        return BatchedTaskEnv(envs)
 
 
 def random_policy(act_dim: int, rng: np.random.Generator) -> Policy:
@@ -565,6 +588,10 @@ class Behaviour:
     actors: dict[str, ActorWeights]  # "medium", "expert"
     rngs: dict[str, np.random.Generator]
     stats: dict[str, float]
+    pool: EnvPool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pool = EnvPool(self.family)
 
     @property
     def medium(self) -> dict[str, Any]:
@@ -586,7 +613,8 @@ class Behaviour:
         """One episode per task id with the policy of ``stream`` (``"<part>/<level>"``)."""
         level = stream.split("/")[1]
         rng = self.rngs[stream]
-        data, returns = rollout(self.family, task_ids, self.policy(level, rng), seed_from(rng))
+        policy, seed = self.policy(level, rng), seed_from(rng)
+        data, returns = rollout(self.family, task_ids, policy, seed, self.pool.batched)
         return with_level(data, level), returns
 
     def replay(self) -> TransitionData:
