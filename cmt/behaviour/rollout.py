@@ -34,10 +34,8 @@ def rollout(
 ) -> tuple[TransitionData, np.ndarray]:
     """Run one episode per entry of ``task_ids`` together; return (data, episode returns (B,)).
 
-    Episodes appear in the order of ``task_ids``. An episode ends at its first terminated or
-    truncated step; later steps of a finished episode (the batch keeps stepping until every
-    episode has ended) are not recorded. ``make_env`` (default: the family's
-    ``make_batched_env``) builds the batched env, e.g. from a pool of reused envs.
+    Episodes appear in the order of ``task_ids``; each ends at its first terminated or
+    truncated step. ``make_env`` (default: ``family.make_batched_env``) builds the env.
     """
     task_ids = np.asarray(task_ids, dtype=np.int64)
     env = (make_env or family.make_batched_env)(task_ids)
