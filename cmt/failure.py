@@ -42,11 +42,22 @@ def one_line(text: str) -> str:
     return " | ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
-def describe(err: BaseException) -> str:
-    """The message of an expected failure; ``Type: message`` of any other."""
-    if isinstance(err, EXPECTED):
-        return one_line(str(err))
-    return one_line(f"{type(err).__name__}: {err}")
+HEADLINE_LEN = 250
+"""Length of a failure's headline: what a UI shows of a tag without cutting it off."""
+
+
+def headline(message: str, limit: int = HEADLINE_LEN) -> str:
+    """The start of ``message`` on one line, at most ``limit`` characters: a tag's value
+    (``cmt.error``); the whole message goes to ``error.txt``."""
+    text = one_line(message)
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def describe(err: BaseException, joined: bool = True) -> str:
+    """The message of an expected failure; ``Type: message`` of any other; on one line
+    unless ``joined`` is false."""
+    text = str(err) if isinstance(err, EXPECTED) else f"{type(err).__name__}: {err}"
+    return one_line(text) if joined else text
 
 
 def save_log(prog: str, err: BaseException, context: Iterable[str] = ()) -> Path | None:

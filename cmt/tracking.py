@@ -16,6 +16,12 @@ share a parent, and a rerun after a failure joins the same parent.
 stage killed with SIGKILL cannot end its own run; the next stage that starts on the same host
 marks such runs (and their pipeline run) ``KILLED`` with the reason in ``cmt.error``.
 
+**What a run says about itself.** A pipeline run is named for its dataset, DVC experiment
+and start time; a stage run logs only the parameters that affect it (the caller names their
+sections), its datasets as MLflow dataset inputs (the content hash as digest, the file or the
+imported source as source), its description (``mlflow.note.content``) and its git commit as
+its source.
+
 **Promotion** is a compare-and-set under an exclusive lock (:func:`promotion_lock`), and
 only a finite value of the primary metric can take the ``champion`` alias.
 """
@@ -29,19 +35,21 @@ import math
 import os
 import subprocess
 import tempfile
+import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cmt.config import Params, TrackingConfig, flatten
-from cmt.failure import describe
+from cmt.failure import describe, headline
 from cmt.integrity import NonFiniteError
 from cmt.procs import is_dead, process_token
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities import DatasetInput
 
 PARENT_ENV = "CMT_MLFLOW_PARENT_RUN_ID"
 TAG_KIND = "cmt.kind"  # "pipeline" or "stage"
@@ -50,6 +58,8 @@ TAG_KEY = "cmt.pipeline_key"
 TAG_ERROR = "cmt.error"
 TAG_PROCESS = "cmt.process"  # "<host> <pid> <start time>" of the process running a stage
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
+NOTE_TAG = "mlflow.note.content"  # what the MLflow UI shows as a run's description
+SCORE_DIGITS = 2  # registry tags and promotion compare scores rounded to this
 CHAMPION, CHALLENGER = "champion", "challenger"
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 
@@ -108,22 +118,54 @@ def configure(cfg: TrackingConfig) -> str:
     return exp_id
 
 
-def config_params(params: Params) -> dict[str, str]:
-    """The validated config as MLflow params (dotted keys, JSON values)."""
-    flat = flatten(params.model_dump(mode="json"))
+def config_params(params: Params, keys: Iterable[str] | None = None) -> dict[str, str]:
+    """The validated config as MLflow params (dotted keys, JSON values): the keys under the
+    dotted prefixes ``keys`` (every key when None), without the data fields that have no
+    effect under these settings (``DataSection.unused_fields``)."""
+    raw = params.model_dump(mode="json")
+    unused = set(params.data.unused_fields())
+    raw["data"] = {k: v for k, v in raw["data"].items() if k not in unused}
+    flat = flatten(raw)
+    if keys is not None:
+        prefixes = tuple(keys)
+        flat = {
+            k: v for k, v in flat.items() if any(k == p or k.startswith(p + ".") for p in prefixes)
+        }
     return {
         k: (v if isinstance(v, str) else json.dumps(v))[:MAX_PARAM_LEN] for k, v in flat.items()
     }
 
 
+_COMMITS: dict[Path, str] = {}
+
+
 def _git_commit() -> str:
+    root = _root()
+    if root in _COMMITS:  # asked by every run a stage opens; it cannot change meanwhile
+        return _COMMITS[root]
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=_root(), timeout=10
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=root, timeout=10
         )
     except (OSError, subprocess.TimeoutExpired):
         return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
+    _COMMITS[root] = commit = out.stdout.strip() if out.returncode == 0 else ""
+    return commit
+
+
+def source_tags(entry: str) -> dict[str, str]:
+    """MLflow's source tags: the entry point and the git commit it ran at (the UI's Source
+    and Version columns)."""
+    commit = _git_commit()
+    tags = {"mlflow.source.name": entry, "mlflow.source.type": "LOCAL"}
+    return {**tags, "mlflow.source.git.commit": commit} if commit else tags
+
+
+def pipeline_run_name(dataset: str, experiment: str | None, started: float | None = None) -> str:
+    """``<dataset> · <DVC experiment, or workspace> · <local start time>``: what tells one
+    pipeline run from another in a list of them."""
+    stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
+    return " · ".join([dataset, experiment or "workspace", stamp])
 
 
 def pipeline_key(params: Params, commit: str | None = None) -> str:
@@ -136,18 +178,53 @@ def pipeline_key(params: Params, commit: str | None = None) -> str:
 
 
 def start_pipeline_run(
-    client: MlflowClient, experiment_id: str, params: Params, tags: Mapping[str, str] | None = None
+    client: MlflowClient,
+    experiment_id: str,
+    params: Params,
+    tags: Mapping[str, str] | None = None,
+    name: str | None = None,
 ) -> str:
-    """Create a pipeline (parent) run, with the config as params; returns its id."""
+    """Create a pipeline (parent) run, with the config as params; returns its id. Its name
+    defaults to :func:`pipeline_run_name` of the dataset and the DVC experiment running."""
     key = pipeline_key(params)
+    name = name or pipeline_run_name(params.data.name, os.environ.get("DVC_EXP_NAME"))
     run = client.create_run(
         experiment_id,
-        run_name=f"pipeline-{key[:8]}",
-        tags={TAG_KIND: "pipeline", TAG_KEY: key, "git.commit": _git_commit(), **(tags or {})},
+        run_name=name,
+        tags={
+            TAG_KIND: "pipeline",
+            TAG_KEY: key,
+            "git.commit": _git_commit(),
+            "cmt.dataset": params.data.name,
+            NOTE_TAG: f"The pipeline on dataset {params.data.name}; its stages are the runs "
+            "nested under it. Parameters: the whole config.",
+            **source_tags("dvc.yaml"),
+            **{k: v for k, v in _dvc_tags().items() if k == "dvc.exp_name"},
+            **(tags or {}),
+        },
     )
     run_id = run.info.run_id
     _log_config(client, run_id, params)
     return run_id
+
+
+def with_experiment(name: str, experiment: str) -> str:
+    """A :func:`pipeline_run_name` with its DVC experiment set to ``experiment`` (any other
+    name unchanged)."""
+    parts = name.split(" · ")
+    return " · ".join([parts[0], experiment, parts[2]]) if len(parts) == 3 else name
+
+
+def name_after_experiment(client: MlflowClient, run_id: str, experiment: str) -> None:
+    """Name the pipeline run ``run_id`` after its DVC ``experiment`` (tag ``dvc.exp_name``),
+    unless it already is."""
+    run = client.get_run(run_id)
+    if run.data.tags.get("dvc.exp_name") == experiment:
+        return
+    client.set_tag(run_id, "dvc.exp_name", experiment)
+    name = run.info.run_name or ""
+    if (renamed := with_experiment(name, experiment)) != name:
+        client.update_run(run_id, name=renamed)
 
 
 def find_pipeline_run(
@@ -168,10 +245,12 @@ def find_pipeline_run(
     return start_pipeline_run(client, experiment_id, params)
 
 
-def _log_config(client: MlflowClient, run_id: str, params: Params) -> None:
+def _log_config(
+    client: MlflowClient, run_id: str, params: Params, keys: Iterable[str] | None = None
+) -> None:
     from mlflow.entities import Param
 
-    items = [Param(k, v) for k, v in config_params(params).items()]
+    items = [Param(k, v) for k, v in config_params(params, keys).items()]
     for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
         client.log_batch(run_id, params=items[i : i + 100])
     client.log_dict(run_id, params.model_dump(mode="json"), "config/params.yaml")
@@ -217,6 +296,36 @@ class StageRun:
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, str(v))
 
+    def describe(self, text: str) -> None:
+        """The run's description in the MLflow UI: what the stage did."""
+        self.client.set_tag(self.run_id, NOTE_TAG, text)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        """A matplotlib figure as a PNG artifact (``figures/...``); the figure is closed."""
+        import matplotlib.pyplot as plt
+
+        try:
+            self.client.log_figure(self.run_id, figure, artifact_file, save_kwargs={"dpi": 110})
+        finally:
+            plt.close(figure)
+
+    def log_datasets(
+        self, data_dir: str | Path, context: str, demos: bool = True
+    ) -> list[dict[str, Any]]:
+        """The dataset files of ``data_dir`` (the training data, and the demonstrations where
+        there are any unless ``demos`` is false) as the run's dataset inputs (the Dataset
+        column of the MLflow UI), tagged ``mlflow.data.context`` = ``context``; returns what
+        was logged (:func:`dataset_input`)."""
+        from cmt.benchmarks.base import DEMOS_FILE, TRAIN_FILE
+
+        data_dir = Path(data_dir)
+        name = data_dir.name
+        found = [(data_dir / TRAIN_FILE, name)]
+        found += [(data_dir / DEMOS_FILE, f"{name} demos")] if demos else []
+        inputs = [dataset_input(path, label, context) for path, label in found if path.is_file()]
+        self.client.log_inputs(self.run_id, datasets=[i for i, _ in inputs])
+        return [info for _, info in inputs]
+
 
 def reap_dead_runs(client: MlflowClient, experiment_id: str) -> list[str]:
     """Mark ``KILLED`` every run still ``RUNNING`` whose process, on this host, has ended (a
@@ -254,19 +363,96 @@ def _dvc_tags() -> dict[str, str]:
     return {tag: os.environ[var] for tag, var in names if os.environ.get(var)}
 
 
+DIGEST_LEN = 16  # hex digits of the content hash shown as a dataset's digest (MLflow: <= 36)
+
+
+def hdf5_facts(path: str | Path) -> dict[str, Any]:
+    """What identifies a dataset file without loading it: its recorded content hash, its
+    transitions and episodes, and the source it was imported from (``metadata/source``,
+    ``source_kind``, ``dataset_id``) where it records one."""
+    import h5py
+    import numpy as np
+
+    from cmt.integrity import HASH_KEY
+
+    with h5py.File(path, "r") as f:
+        ends = np.asarray(f["terminals"][()], bool) | np.asarray(f["timeouts"][()], bool)
+        meta = f.get("metadata")
+        source = {
+            key: (value.decode() if isinstance(value, bytes) else str(value))
+            for key in ("source", "source_kind", "dataset_id")
+            if meta is not None and key in meta and (value := meta[key][()]) is not None
+        }
+        return {
+            "sha256": str(f.attrs.get(HASH_KEY, "")),
+            "transitions": int(ends.size),
+            "episodes": int(ends.sum()),
+            **source,
+        }
+
+
+def dataset_input(path: Path, name: str, context: str) -> tuple[DatasetInput, dict[str, Any]]:
+    """A dataset file as an MLflow dataset input: digest the start of its content hash,
+    source the file it was imported from (a D4RL file, a Minari dataset) or else the file
+    itself, profile its size and the whole hash. Also returns those facts."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    facts = {"name": name, "file": str(path.resolve()), **hdf5_facts(path)}
+    source = facts.get("source") or facts["file"]
+    profile = {k: facts[k] for k in ("transitions", "episodes", "sha256")}
+    dataset = Dataset(
+        name=name,
+        digest=facts["sha256"][:DIGEST_LEN] or "unhashed",
+        source_type="local",
+        source=json.dumps({"uri": source}),
+        profile=json.dumps(profile),
+    )
+    tags = {"mlflow.data.context": context, "cmt.file": facts["file"]}
+    tags.update({f"cmt.{k}": facts[k] for k in ("source_kind", "dataset_id") if k in facts})
+    return DatasetInput(dataset, [InputTag(k, v) for k, v in tags.items()]), facts
+
+
+def _create_stage_run(
+    client: MlflowClient,
+    exp_id: str,
+    stage: str,
+    parent: str,
+    name: str,
+    tags: Mapping[str, str],
+) -> StageRun:
+    """A new stage run under ``parent``: its stage, process, source, DVC stage and ``tags``."""
+    run = client.create_run(
+        exp_id,
+        run_name=name,
+        tags={
+            PARENT_TAG: parent,
+            TAG_KIND: "stage",
+            TAG_STAGE: stage,
+            TAG_PROCESS: process_token(),
+            **source_tags(f"pipelines/{stage}.py"),
+            **_dvc_tags(),
+            **tags,
+        },
+    )
+    return StageRun(client, run.info.run_id, parent)
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
     params: Params,
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
+    param_keys: Iterable[str] | None = None,
 ) -> Iterator[StageRun]:
     """Run a stage inside its own MLflow run, nested under the pipeline run.
 
-    The config is logged as params and as ``config/params.yaml``. If the body raises, the run
-    (and the pipeline run) end FAILED with the error as tag ``cmt.error`` and the traceback
-    as ``error.txt``, and the exception propagates. The run is also the active fluent run of
-    the calling thread, for APIs such as ``mlflow.pyfunc.log_model``.
+    The config keys under the dotted prefixes ``param_keys`` (every key when None) are logged
+    as params, the whole config as ``config/params.yaml``. If the body raises, the run (and
+    the pipeline run) end FAILED with the start of the error's message as tag ``cmt.error``
+    and the whole message, then the traceback, as ``error.txt``, and the exception
+    propagates. The run is also the active fluent run of the calling thread, for APIs such as
+    ``mlflow.pyfunc.log_model``.
     """
     import mlflow
 
@@ -279,29 +465,21 @@ def stage_run(
     owned = bool(os.environ.get(PARENT_ENV))
     if not owned:
         client.update_run(parent, status="RUNNING")
-    run = client.create_run(
-        exp_id,
-        run_name=run_name or stage,
-        tags={
-            PARENT_TAG: parent,
-            TAG_KIND: "stage",
-            TAG_STAGE: stage,
-            TAG_KEY: key,
-            TAG_PROCESS: process_token(),
-            **_dvc_tags(),
-            **(tags or {}),
-        },
-    )
-    handle = StageRun(client, run.info.run_id, parent)
-    _log_config(client, handle.run_id, params)
+    elif experiment := os.environ.get("DVC_EXP_NAME"):
+        # DVC names the experiment once it runs: the first stage puts it in the name.
+        name_after_experiment(client, parent, experiment)
+    tags = {TAG_KEY: key, "cmt.dataset": params.data.name, **(tags or {})}
+    handle = _create_stage_run(client, exp_id, stage, parent, run_name or stage, tags)
+    _log_config(client, handle.run_id, params, param_keys)
     mlflow.start_run(run_id=handle.run_id)
     try:
         yield handle
     except BaseException as err:
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-        message = describe(err)
-        client.set_tag(handle.run_id, TAG_ERROR, message[:5000])
-        # The message first: the artifact view shows the top of the file.
+        message = describe(err, joined=False)
+        # A tag is cut off in the UI: its start there, the whole message in error.txt, first,
+        # as the artifact view shows the top of the file.
+        client.set_tag(handle.run_id, TAG_ERROR, headline(message))
         client.log_text(handle.run_id, f"{message}\n\n{traceback.format_exc()}", "error.txt")
         mlflow.end_run(status)
         client.set_tag(parent, TAG_ERROR, f"stage {run_name or stage} failed")
@@ -370,8 +548,10 @@ def promote(client: MlflowClient, name: str, version: str, metric: str, value: f
     value = float(value)
     if not math.isfinite(value):
         raise NonFiniteError(f"{name} version {version}: {metric} = {value} is not finite")
+    # Rounded as the tag shows it, and compared so: differences below that are noise.
+    value = round(value, SCORE_DIGITS)
     client.set_model_version_tag(name, version, "cmt.primary_metric", metric)
-    client.set_model_version_tag(name, version, f"cmt.{metric}", repr(value))
+    client.set_model_version_tag(name, version, f"cmt.{metric}", f"{value:.{SCORE_DIGITS}f}")
     with promotion_lock(client.tracking_uri):
         return _compare_and_set(client, name, version, metric, value)
 

@@ -18,7 +18,15 @@ from prefect import flow, get_run_logger
 from cmt import tracking
 from cmt.atomic import make_dir
 from cmt.config import Params
-from pipelines.common import dataset_dir, run_entry, run_tags, stage_parser, stage_task
+from pipelines import describe
+from pipelines.common import (
+    dataset_dir,
+    run_entry,
+    run_stage_flow,
+    stage_parser,
+    stage_run,
+    stage_task,
+)
 
 
 @stage_task(name="build datasets")
@@ -54,14 +62,16 @@ def summary_tags(summary: dict[str, Any]) -> dict[str, str]:
     return {f"minari.{key}": str(value) for key, value in summary.get("minari", {}).items()}
 
 
-@flow(name="collect", flow_run_name="collect/{params.data.name}")
+@flow(name="collect", flow_run_name="collect")
 def collect_flow(params: Params, out_dir: str, behaviour_dir: str | None = None) -> dict[str, Any]:
     """Build the benchmark's dataset directory ``out_dir``."""
+    from cmt.benchmarks import make_benchmark
+
     if behaviour_dir:
         # Exists for every benchmark, so that DVC finds the declared output (empty when the
         # behaviour is scripted).
         make_dir(behaviour_dir)
-    with tracking.stage_run("collect", params, tags=run_tags()) as run:
+    with stage_run("collect", params) as run:
         summary = build(params, out_dir, behaviour_dir, run)
         numbers = {
             f"data/{k}": v
@@ -74,6 +84,9 @@ def collect_flow(params: Params, out_dir: str, behaviour_dir: str | None = None)
         quality = measure_quality(params, out_dir)
         run.log_metrics(tracking.flatten({"quality": quality["levels"]}, sep="/"))
         run.log_dict(quality, "collect/quality.json")
+        # What it wrote, as the run's datasets: the start of the lineage to the registry.
+        datasets = run.log_datasets(out_dir, "collected")
+        run.describe(describe.collect(make_benchmark(params.data), datasets, out_dir))
         get_run_logger().info("datasets in %s: %s", out_dir, numbers)
     return summary
 
@@ -88,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     def body(args: argparse.Namespace, params: Params) -> None:
-        collect_flow(params, dataset_dir(params, args.out), args.behaviour)
+        run_stage_flow(collect_flow, params, dataset_dir(params, args.out), args.behaviour)
 
     return run_entry(parser, body, argv)
 

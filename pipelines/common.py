@@ -1,5 +1,6 @@
 """What every stage entry point shares: its command line, config loading, Prefect set-up,
-MLflow tags and exit codes."""
+its MLflow run (name, tags, the parameters it logs), its flow run as a child of the pipeline
+flow run, and exit codes."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import os
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, NoReturn
 
 from prefect import tags, task
 from prefect.cache_policies import NO_CACHE
 
+from cmt import tracking
 from cmt.cli import add_config_options, params_from_args
 from cmt.config import ConfigError, Params
 from cmt.failure import report
@@ -51,6 +54,40 @@ def eval_tasks(params: Params) -> tuple[int, ...]:
     return make_benchmark(params.data).eval_tasks
 
 
+def stage_param_keys(stage: str) -> tuple[str, ...] | None:
+    """The config keys (sections or dotted keys) that ``stage``'s results depend on: its
+    ``params`` in ``dvc.yaml``, the one list of them. None (every key) without a
+    ``dvc.yaml`` that names the stage (a stage run outside the repository)."""
+    import yaml
+
+    path = Path(os.environ.get("DVC_ROOT") or Path.cwd()) / "dvc.yaml"
+    try:
+        spec = yaml.safe_load(path.read_text())["stages"][stage]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    spec = spec.get("do", spec)  # a `foreach` stage keeps its definition under `do`
+    return tuple(str(key) for key in spec.get("params", []) if isinstance(key, str))
+
+
+def stage_run(
+    stage: str, params: Params, tags: Mapping[str, str] | None = None
+) -> contextlib.AbstractContextManager[tracking.StageRun]:
+    """The stage's MLflow run (:func:`cmt.tracking.stage_run`), named as its Prefect flow
+    run, linked to it by tags, logging the parameters of :func:`stage_param_keys`."""
+    from prefect.runtime import flow_run
+
+    name = stage
+    with contextlib.suppress(Exception):
+        name = str(flow_run.name or stage)
+    return tracking.stage_run(
+        stage,
+        params,
+        run_name=name,
+        tags={**run_tags(), **(tags or {})},
+        param_keys=stage_param_keys(stage),
+    )
+
+
 def run_tags() -> dict[str, str]:
     """MLflow tags that link a stage's run to its Prefect flow run."""
     from prefect.runtime import flow_run
@@ -63,8 +100,10 @@ def run_tags() -> dict[str, str]:
     return out
 
 
-def _prefect_tags() -> list[str]:
+def _prefect_tags(params: Params | None = None) -> list[str]:
     out = ["cmt"]
+    if params is not None:
+        out.append(f"dataset:{params.data.name}")
     if parent := os.environ.get(PIPELINE_FLOW_RUN_ENV):
         out.append(f"pipeline:{parent}")
     if exp := os.environ.get("DVC_EXP_NAME"):
@@ -125,7 +164,7 @@ def quiet_console_tracebacks(tail: LogTail) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _prefect_context() -> Iterator[None]:
+def _prefect_context(params: Params | None = None) -> Iterator[None]:
     from prefect.settings import (
         PREFECT_API_URL,
         PREFECT_SERVER_ANALYTICS_ENABLED,
@@ -153,8 +192,72 @@ def _prefect_context() -> Iterator[None]:
                 shared_server(timeout=current.server.ephemeral.startup_timeout_seconds)
             )
             stack.enter_context(temporary_settings({PREFECT_API_URL: url}))
-        stack.enter_context(tags(*_prefect_tags()))
+        stack.enter_context(tags(*_prefect_tags(params)))
         yield
+
+
+def run_stage_flow(flow_: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a stage's flow; under a pipeline flow run (``CMT_PREFECT_PIPELINE_RUN``), as its
+    child, as Prefect shows a subflow: DVC runs the stage in its own process, so the flow run
+    is created here with a tracking task run in the pipeline's flow run as its parent (the
+    server keeps that task run's state the flow run's)."""
+    parent = os.environ.get(PIPELINE_FLOW_RUN_ENV)
+    if not parent:
+        return flow_(*args, **kwargs)
+    from uuid import UUID
+
+    from prefect.exceptions import ObjectNotFound
+    from prefect.flow_engine import run_flow
+    from prefect.utilities.callables import get_call_parameters
+
+    parameters = get_call_parameters(flow_.fn, args, kwargs)
+    try:
+        child = _child_flow_run(flow_, parameters, UUID(parent))
+    except ObjectNotFound:  # the pipeline's flow run is on another server (one per stage)
+        return flow_(*args, **kwargs)
+    return run_flow(flow_, flow_run=child, parameters=parameters)
+
+
+def _child_flow_run(flow_: Any, parameters: dict[str, Any], parent: Any) -> Any:
+    """A new flow run of ``flow_`` whose parent is a new tracking task run in the flow run
+    ``parent``, both named as the flow run would be."""
+    from prefect import Task
+    from prefect.client.orchestration import get_client
+    from prefect.context import TagsContext
+    from prefect.states import Pending
+
+    template = flow_.flow_run_name
+    name = template.format(**parameters) if isinstance(template, str) else flow_.name
+    run_tags_ = TagsContext.get().current_tags
+    tracker: Task[..., Any] = Task(name=flow_.name, fn=flow_.fn)
+    with get_client(sync_client=True) as client:
+        pipeline_run = client.read_flow_run(parent)
+        task_run = client.create_task_run(
+            tracker,
+            flow_run_id=pipeline_run.id,
+            dynamic_key=f"{os.environ.get('DVC_STAGE') or name}-{os.getpid()}",
+            name=name,
+            extra_tags=run_tags_,
+        )
+        child = client.create_flow_run(
+            flow_,
+            name=name,
+            parameters=flow_.serialize_parameters(parameters),
+            parent_task_run_id=task_run.id,
+            tags=run_tags_,
+            state=Pending(),
+        )
+        _name_pipeline_flow_run(client, pipeline_run)
+    return child
+
+
+def _name_pipeline_flow_run(client: Any, pipeline_run: Any) -> None:
+    """DVC names an experiment once it runs: the first stage puts the name into the pipeline
+    flow run's (as :func:`cmt.tracking.name_after_experiment` does for its MLflow run)."""
+    if experiment := os.environ.get("DVC_EXP_NAME"):
+        name = tracking.with_experiment(pipeline_run.name, experiment)
+        if name != pipeline_run.name:
+            client.set_flow_run_name(pipeline_run.id, name)
 
 
 def run_entry(
@@ -194,7 +297,7 @@ def run_entry(
     guard()  # the stage's child processes (Prefect's server) end with it, even on SIGKILL
     tail = LogTail()
     try:
-        with _prefect_context(), quiet_console_tracebacks(tail):
+        with _prefect_context(params), quiet_console_tracebacks(tail):
             body(args, params)
     except KeyboardInterrupt:
         return 130

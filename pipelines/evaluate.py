@@ -21,12 +21,14 @@ from cmt.config import Params
 from cmt.evaluation.records import METRIC_KEYS, seed_record
 from cmt.integrity import check_finite, sealed_json
 from cmt.methods import get_method
+from pipelines import describe
 from pipelines.common import (
     dataset_dir,
     eval_tasks,
     run_entry,
-    run_tags,
+    run_stage_flow,
     stage_parser,
+    stage_run,
     stage_task,
 )
 from pipelines.preflight import dataset_files, verify_inputs
@@ -124,9 +126,12 @@ def register_policy(
     checkpoints: str,
     prompts_dir: str,
     run: tracking.StageRun,
+    datasets: list[dict[str, Any]],
 ) -> tracking.Promotion | None:
     """Log the registered method's best-seed policy (backbone + prompts of every test task)
-    as a pyfunc model, register it as a new version and move the alias."""
+    as a pyfunc model, register it as a new version and move the alias; describe the model
+    and the version (``datasets``: what the run logged as its dataset inputs)."""
+    from cmt.benchmarks import make_benchmark
     from cmt.serving import register_version
 
     cfg = params.tracking
@@ -141,16 +146,27 @@ def register_policy(
     check_finite({cfg.primary_metric: value}, f"registering {method} seed {seed}")
     ckpt = checkpoint_path(checkpoints, method, seed)
     policy = _policy_inputs(params, method, seed, ckpt, data_dir, prompts_dir)
+    bench = make_benchmark(params.data)
     tags = {
         "cmt.method": method,
         "cmt.seed": str(seed),
         "cmt.checkpoint": str(ckpt),
         "cmt.pipeline_run_id": run.parent_id,
-        "cmt.test_tasks": str(list(policy["tasks"])),
+        **describe.version_tags(bench, best),
         **{key: os.environ[var] for key, var in DVC_TAGS if os.environ.get(var)},
     }
     name = cfg.model_name(params.data.name)
     version, promotion = register_version(run.client, name, policy, tags, cfg.primary_metric, value)
+    run.client.update_registered_model(
+        name, describe.model_description(bench, method, cfg.primary_metric)
+    )
+    for key, tag in describe.model_tags(bench, method).items():
+        run.client.set_registered_model_tag(name, key, tag)
+    run.client.update_model_version(
+        name,
+        version,
+        describe.version_description(bench, best, datasets, promotion, cfg.primary_metric),
+    )
     run.set_tags({"cmt.model_version": version, "cmt.model_alias": promotion.alias})
     run.log_metrics({f"registry/{cfg.primary_metric}": value})
     logger.info(
@@ -191,13 +207,12 @@ def _policy_inputs(
             "example": example, "meta": meta, "tasks": tasks}  # fmt: skip
 
 
-@flow(name="evaluate", flow_run_name="evaluate/{params.data.name}")
+@flow(name="evaluate", flow_run_name="evaluate")
 def evaluate_flow(
     params: Params, data_dir: str, checkpoints: str, prompts_dir: str, out_dir: str
 ) -> dict[str, Any]:
     """``out_dir``: ``runs/<method>_seed<k>.json``, ``metrics.json``, ``per_task.csv``."""
     from cmt.benchmarks import make_benchmark
-    from cmt.evaluation.records import per_task_csv, summarize
 
     out = Path(out_dir)
     tasks = eval_tasks(params)
@@ -209,7 +224,8 @@ def evaluate_flow(
         "cmt.published": json.dumps(bench.published()),
         "cmt.caption": bench.describe(params.evaluate.episodes),
     }
-    with tracking.stage_run("evaluate", params, tags={**run_tags(), **about}) as run:
+    with stage_run("evaluate", params, about) as run:
+        datasets = run.log_datasets(data_dir, "evaluation")
         futures = evaluate_task.map(
             unmapped(params),
             [g[0] for g in grid],
@@ -227,24 +243,54 @@ def evaluate_flow(
             )
         _log_dataset_scores(run, bench, data_dir)
         records = build_records(params, results, checkpoints, prompts_dir)
-        for rec in records:
-            write_json(out / "runs" / f"{rec['method']}_seed{rec['seed']}.json", sealed_json(rec))
-        summary = summarize(records)
-        metrics = {
-            m: {k: s[k] for k in ("score_mean", "score_std", "return_mean", "return_std")}
-            for m, s in summary.items()
-        }
-        write_json(out / "metrics.json", metrics)
-        write_text(out / "per_task.csv", per_task_csv(summary, records))
+        metrics = _write_outputs(out, records)
         _log_evaluation(run, metrics, results, records, tasks)
-        run.log_artifact(out / "runs", "evaluate/runs")
-        run.log_artifact(out / "metrics.json", "evaluate")
-        run.log_artifact(out / "per_task.csv", "evaluate")
-        register_policy(params, records, data_dir, checkpoints, prompts_dir, run)
+        _log_outputs(run, out, records, bench)
+        text = describe.evaluate(bench, params, metrics)
+        run.describe(text)
+        promotion = register_policy(
+            params, records, data_dir, checkpoints, prompts_dir, run, datasets
+        )
+        if promotion is not None:
+            run.describe(
+                text + describe.registered(promotion.name, promotion.version, promotion.alias)
+            )
         get_run_logger().info(
             "scores: %s", {m: round(s["score_mean"], 2) for m, s in metrics.items()}
         )
     return metrics
+
+
+def _write_outputs(out: Path, records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The run records, ``metrics.json`` and ``per_task.csv``; returns the metrics."""
+    from cmt.evaluation.records import per_task_csv, summarize
+
+    for rec in records:
+        write_json(out / "runs" / f"{rec['method']}_seed{rec['seed']}.json", sealed_json(rec))
+    summary = summarize(records)
+    metrics = {
+        m: {k: s[k] for k in ("score_mean", "score_std", "return_mean", "return_std")}
+        for m, s in summary.items()
+    }
+    write_json(out / "metrics.json", metrics)
+    write_text(out / "per_task.csv", per_task_csv(summary, records))
+    return metrics
+
+
+def _log_outputs(
+    run: tracking.StageRun, out: Path, records: list[dict[str, Any]], bench: Any
+) -> None:
+    """The stage's files, the method comparison and the returns per task, on the run that
+    measured them."""
+    from cmt.evaluation.figures import plot_comparison, plot_per_task
+
+    run.log_artifact(out / "runs", "evaluate/runs")
+    run.log_artifact(out / "metrics.json", "evaluate")
+    run.log_artifact(out / "per_task.csv", "evaluate")
+    # Whiskers: mean ± sample std over seeds, until the statistics module gives intervals
+    # (plot_comparison's ``intervals``).
+    run.log_figure(plot_comparison(records, bench), "figures/comparison.png")
+    run.log_figure(plot_per_task(records, bench), "figures/per_task_returns.png")
 
 
 def _log_dataset_scores(run: tracking.StageRun, bench: Any, data_dir: str) -> None:
@@ -302,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     def body(args: argparse.Namespace, params: Params) -> None:
         data_dir = dataset_dir(params, args.data)
         flow_ = evaluate_flow.with_options(task_runner=make_task_runner(params.orchestration))
-        flow_(params, data_dir, args.checkpoints, args.prompts, args.out)
+        run_stage_flow(flow_, params, data_dir, args.checkpoints, args.prompts, args.out)
 
     def inputs(args: argparse.Namespace, params: Params) -> None:
         data_dir = dataset_dir(params, args.data)

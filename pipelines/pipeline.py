@@ -29,15 +29,17 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
+from pydantic import Field
 
 from cmt import tracking
+from cmt.benchmarks import make_benchmark
 from cmt.config import (
     Origins,
     Params,
@@ -48,9 +50,9 @@ from cmt.config import (
     preset_names,
     set_overrides,
 )
-from cmt.failure import Explained
+from cmt.failure import Explained, headline
 from cmt.procs import process_token
-from pipelines import recovery, watchdog
+from pipelines import describe, recovery, watchdog
 from pipelines.common import PIPELINE_FLOW_RUN_ENV
 
 DEFAULT_PARAMS = Params()
@@ -58,6 +60,16 @@ if TYPE_CHECKING:
     PresetName = str
 else:
     PresetName = Literal[tuple(preset_names())]  # the files in presets/
+# Examples shown in the deployment's form (Prefect's UI reads `example`).
+OVERRIDES_EXAMPLE = {"pretrain.lr": 0.001, "compare.seeds": [0, 1]}
+Overrides = Annotated[
+    dict[str, Any] | None,
+    Field(json_schema_extra={"example": OVERRIDES_EXAMPLE, "examples": [OVERRIDES_EXAMPLE]}),
+]
+ExperimentName = Annotated[
+    SafeName | None, Field(json_schema_extra={"example": "lr-1e-3", "examples": ["lr-1e-3"]})
+]
+NEW_EXPERIMENT = "new experiment"  # a pipeline run's name until DVC has named its experiment
 REPO_ENV = "CMT_PIPELINE_REPO"  # the repository the served deployment runs in
 METRICS_FILE = Path("outputs/evaluate/metrics.json")
 RESULTS_FILE = Path("outputs/report/results.md")
@@ -192,24 +204,52 @@ def apply_overrides(
     return parse_params(raw, "params", origins)
 
 
-@flow(name="cmt-pipeline")
+def pipeline_flow_run_name() -> str:
+    """A pipeline flow run's name: its dataset (after the preset and the overrides), its
+    experiment (until DVC names it: "new experiment") and its start time."""
+    given = dict(flow_run.parameters)
+    try:
+        params = Params.model_validate(given.get("params", DEFAULT_PARAMS))
+        params = apply_overrides(params, given.get("overrides"), given.get("preset"))
+        dataset = params.data.name
+    except Exception:  # the flow refuses it, naming the key; the name needs no more
+        dataset = "invalid config"
+    experiment = given.get("experiment_name") or NEW_EXPERIMENT
+    return tracking.pipeline_run_name(dataset, experiment)
+
+
+@flow(name="cmt-pipeline", flow_run_name=pipeline_flow_run_name)
 def cmt_pipeline(
     params: Params = DEFAULT_PARAMS,
     preset: PresetName | None = None,
-    overrides: dict[str, Any] | None = None,
-    experiment_name: SafeName | None = None,
+    overrides: Overrides = None,
+    experiment_name: ExperimentName = None,
 ) -> dict[str, Any] | State:
-    """Run collect -> preprocess -> pretrain -> prompt_tune -> evaluate -> report with
-    ``params``, then the benchmark ``preset`` (``presets/<preset>.yaml``: point_robot,
-    cheetah_vel, cheetah_dir, ant_dir, <env>_<level> for D4RL), then ``overrides``, as a DVC
-    experiment; returns its name and metrics, or a Failed state naming the failed stage."""
+    """Run collect -> preprocess -> pretrain -> prompt_tune -> evaluate -> report as a DVC
+    experiment; returns its name and metrics, or a Failed state naming the failed stage.
+
+    Args:
+        params: The whole config (params.yaml), every field with its description; the
+            preset and the overrides are applied on top of it.
+        preset: A dataset preset (presets/<preset>.yaml) applied on top of params: its data
+            section replaces params' data section whole (it switches the benchmark), its
+            other keys (budgets, methods, backbones) override one by one. Empty: params as
+            given.
+        overrides: Dotted config keys applied last, each validated like params, e.g.
+            {"pretrain.lr": 0.001, "compare.seeds": [0, 1]}. Empty: none.
+        experiment_name: Name of the DVC experiment (letters, digits, '_', '-', '.'), e.g.
+            lr-1e-3. Empty: DVC picks one.
+    """
     params = apply_overrides(params, overrides, preset)
     repo = repo_root()
     os.chdir(repo)  # relative paths of the config (the SQLite store) are the repository's
     for line in recovery.recover_all(repo):  # a killed earlier run the watchdog missed
         get_run_logger().warning("earlier killed pipeline run: %s", line)
     changes = plan(params, repo)
-    client, parent, env = _start_pipeline_run(params, changes)
+    # The MLflow run takes the flow run's name (pipeline_flow_run_name), start time included.
+    name = str(flow_run.name or "") or pipeline_flow_run_name()
+    about = describe.pipeline(make_benchmark(params.data), changes, preset)
+    client, parent, env = _start_pipeline_run(params, changes, name, about)
     with _recoverable(repo, params, parent, env):
         try:
             outcome = run_experiment(repo, changes, experiment_name, env)
@@ -223,7 +263,9 @@ def cmt_pipeline(
     return {"experiment": outcome.name, "mlflow_run_id": parent, "metrics": metrics}
 
 
-def _start_pipeline_run(params: Params, changes: list[str]) -> tuple[Any, str, dict[str, str]]:
+def _start_pipeline_run(
+    params: Params, changes: list[str], name: str, about: str
+) -> tuple[Any, str, dict[str, str]]:
     """The MLflow pipeline run of this flow run (owned by this process, which ends it), and
     the environment that makes the stages of ``dvc exp run`` report under it."""
     import mlflow
@@ -235,8 +277,10 @@ def _start_pipeline_run(params: Params, changes: list[str]) -> tuple[Any, str, d
         "prefect.flow_run_id": run_id,
         "cmt.overrides": " ".join(changes)[:5000],
         tracking.TAG_PROCESS: process_token(),
+        tracking.NOTE_TAG: about,
+        **tracking.source_tags("pipelines/pipeline.py"),
     }
-    parent = tracking.start_pipeline_run(client, exp_id, params, tags=tags)
+    parent = tracking.start_pipeline_run(client, exp_id, params, tags=tags, name=name)
     env = {
         **os.environ,
         tracking.PARENT_ENV: parent,
@@ -272,6 +316,8 @@ def _finish(client: Any, parent: str, exp_name: str | None, metrics: dict[str, A
     """End the MLflow pipeline run FINISHED with the experiment's name and its metrics."""
     from mlflow.entities import Metric
 
+    if exp_name:
+        tracking.name_after_experiment(client, parent, exp_name)
     client.set_tag(parent, "dvc.exp_name", exp_name or "")
     now = int(time.time() * 1000)
     flat = tracking.flatten(metrics, sep="/")
@@ -283,7 +329,7 @@ def _finish(client: Any, parent: str, exp_name: str | None, metrics: dict[str, A
 
 def _fail(client: Any, parent: str, message: str) -> State:
     """End the MLflow pipeline run FAILED with ``message``; the flow's Failed state."""
-    client.set_tag(parent, tracking.TAG_ERROR, message[:5000])
+    client.set_tag(parent, tracking.TAG_ERROR, headline(message))
     client.log_text(parent, message + "\n", "error.txt")
     client.set_terminated(parent, "FAILED")
     return Failed(message=message)

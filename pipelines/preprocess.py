@@ -1,5 +1,6 @@
-"""Stage ``preprocess``: validate the datasets and summarise them (metrics and a plot of the
-return distribution of each behaviour level), so bad data stops the pipeline here."""
+"""Stage ``preprocess``: validate the datasets and summarise them (metrics, and a plot of the
+score distribution of each behaviour level on an axis fitted to the data), so bad data stops
+the pipeline here."""
 
 from __future__ import annotations
 
@@ -13,27 +14,40 @@ from prefect import flow, get_run_logger
 from cmt import tracking
 from cmt.atomic import save_figure, write_json, write_text
 from cmt.config import Params
-from pipelines.common import dataset_dir, run_entry, run_tags, stage_parser, stage_task
+from pipelines import describe
+from pipelines.common import (
+    dataset_dir,
+    run_entry,
+    run_stage_flow,
+    stage_parser,
+    stage_run,
+    stage_task,
+)
 from pipelines.preflight import dataset_files, verify_inputs
 
-BINS = np.linspace(-25.0, 125.0, 31)  # normalised score bins: random = 0, expert = 100
+BINS = 30  # histogram bins between the lowest and the highest episode score of the data
 
 
 @stage_task(name="validate and summarise")
 def summarise(params: Params, data_dir: str) -> dict[str, Any]:
     """Load (which validates schema, dtypes, shapes and episode boundaries) and summarise:
-    the return distribution of the data, per behaviour level where the data records it."""
+    the return and score distribution of the data, per behaviour level where the data
+    records it."""
     from cmt.benchmarks import make_benchmark
 
     bench = make_benchmark(params.data)
     data = bench.load(data_dir)
     train = data.train
     train_scores = bench.episode_scores(data, train)
+    returns = np.asarray(train.ep_return, dtype=np.float64)
     summary: dict[str, Any] = {
         "train": {
             "transitions": len(train),
             "episodes": train.num_episodes,
             "tasks": len(train.tasks),
+            "return_mean": float(returns.mean()),
+            "return_min": float(returns.min()),
+            "return_max": float(returns.max()),
             **{
                 f"score_{k}": float(v)
                 for k, v in zip(
@@ -45,53 +59,52 @@ def summarise(params: Params, data_dir: str) -> dict[str, Any]:
             "score_mean": float(train_scores.mean()),
         },
     }
-    histogram: dict[str, np.ndarray] = {}
     # A real dataset file records no behaviour levels: then the whole data is one group.
-    groups = bench.level_episodes(train) or {"dataset": np.ones(train.num_episodes, dtype=bool)}
-    for level, mine in groups.items():
-        scores = train_scores[mine]
+    groups = {
+        level: train_scores[mine]
+        for level, mine in (
+            bench.level_episodes(train) or {"dataset": np.ones(train.num_episodes, dtype=bool)}
+        ).items()
+    }
+    for level, scores in groups.items():
         summary["train"][f"{level}_episodes"] = int(len(scores))
         summary["train"][f"{level}_score_mean"] = float(scores.mean()) if len(scores) else 0.0
-        histogram[level] = np.histogram(np.clip(scores, BINS[0], BINS[-1]), BINS)[0]
     if data.demos is not None:
-        demo_scores = bench.episode_scores(data, data.demos)
+        groups["demos"] = demo_scores = bench.episode_scores(data, data.demos)
         summary["demos"] = {
             "transitions": len(data.demos),
             "episodes": data.demos.num_episodes,
             "tasks": len(data.demos.tasks),
             "score_mean": float(demo_scores.mean()),
         }
-        histogram["demos"] = np.histogram(np.clip(demo_scores, BINS[0], BINS[-1]), BINS)[0]
-    centers = (BINS[:-1] + BINS[1:]) / 2
+    # The axis spans the data's own scores: a fixed one squeezes data far from 0-100.
+    edges = np.histogram_bin_edges(np.concatenate(list(groups.values())), BINS)
+    counts = {k: np.histogram(v, edges)[0] for k, v in groups.items()}
+    centers = (edges[:-1] + edges[1:]) / 2
     rows = [
-        {"score": float(c), **{k: int(v[j]) for k, v in histogram.items()}}
+        {"score": float(c), **{k: int(v[j]) for k, v in counts.items()}}
         for j, c in enumerate(centers)
     ]
-    return {"summary": summary, "histogram": rows}
+    return {"summary": summary, "histogram": rows, "edges": edges.tolist()}
 
 
-def _plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
+def _plot(result: dict[str, Any], params: Params) -> Any:
+    from cmt.benchmarks import make_benchmark
+    from cmt.evaluation.figures import plot_score_histogram
 
-    matplotlib.use("Agg")  # files only
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3))
-    x = [r["score"] for r in rows]
-    for key in [k for k in rows[0] if k != "score"]:
-        ax.step(x, [r[key] for r in rows], where="mid", label=key)
-    ax.set_xlabel("normalised episode score (0 = random, 100 = expert)")
-    ax.set_ylabel("episodes")
-    ax.legend()
-    fig.tight_layout()
-    save_figure(fig, path, dpi=100)
+    rows = result["histogram"]
+    counts = {k: np.array([r[k] for r in rows]) for k in rows[0] if k != "score"}
+    return plot_score_histogram(np.array(result["edges"]), counts, make_benchmark(params.data))
 
 
-@flow(name="preprocess", flow_run_name="preprocess/{params.data.name}")
+@flow(name="preprocess", flow_run_name="preprocess")
 def preprocess_flow(params: Params, data_dir: str, out_dir: str) -> dict[str, Any]:
     """``out_dir``: ``metrics.json`` (summary), ``returns.csv`` (histogram), ``returns.png``."""
+    from cmt.benchmarks import make_benchmark
+
     out = Path(out_dir)
-    with tracking.stage_run("preprocess", params, tags=run_tags()) as run:
+    with stage_run("preprocess", params) as run:
+        run.log_datasets(data_dir, "validated")
         result = summarise(params, data_dir)
         rows = result["histogram"]
         write_json(out / "metrics.json", result["summary"])
@@ -101,10 +114,12 @@ def preprocess_flow(params: Params, data_dir: str, out_dir: str) -> dict[str, An
             "\n".join([",".join(header)] + [",".join(str(r[k]) for k in header) for r in rows])
             + "\n",
         )
-        _plot(rows, out / "returns.png")
+        save_figure(_plot(result, params), out / "returns.png", dpi=110)
         run.log_metrics(tracking.flatten({"data": result["summary"]}, sep="/"))
-        for name in ("metrics.json", "returns.csv", "returns.png"):
+        for name in ("metrics.json", "returns.csv"):
             run.log_artifact(out / name, "preprocess")
+        run.log_artifact(out / "returns.png", "figures")
+        run.describe(describe.preprocess(make_benchmark(params.data), result["summary"]))
         get_run_logger().info("data summary: %s", result["summary"])
     return result["summary"]
 
@@ -116,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body(args: argparse.Namespace, params: Params) -> None:
         data_dir = dataset_dir(params, args.data)
-        preprocess_flow(params, data_dir, args.out)
+        run_stage_flow(preprocess_flow, params, data_dir, args.out)
 
     def inputs(args: argparse.Namespace, params: Params) -> None:
         verify_inputs(dataset_files(dataset_dir(params, args.data)))

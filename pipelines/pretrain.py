@@ -9,12 +9,19 @@ from typing import Any, get_args
 
 from prefect import flow, get_run_logger
 
-from cmt import tracking
 from cmt.atomic import write_json, write_text
 from cmt.config import BackboneName, Params
 from cmt.train.distributed import launched_rank
 from cmt.train.pretrain import MetricsCallback
-from pipelines.common import dataset_dir, run_entry, run_tags, stage_parser, stage_task
+from pipelines import describe
+from pipelines.common import (
+    dataset_dir,
+    run_entry,
+    run_stage_flow,
+    stage_parser,
+    stage_run,
+    stage_task,
+)
 from pipelines.preflight import dataset_files, require_member, verify_inputs
 
 
@@ -47,7 +54,7 @@ def curve_csv(history: list[dict[str, float]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@flow(name="pretrain", flow_run_name="pretrain/{backbone}_seed{seed}")
+@flow(name="pretrain", flow_run_name="seed{seed} · {backbone} · pretrain")
 def pretrain_flow(
     params: Params,
     backbone: BackboneName,
@@ -58,17 +65,17 @@ def pretrain_flow(
     curve_file: str,
 ) -> dict[str, Any]:
     """Checkpoint to ``out_dir/model.pt``, final metrics to ``metrics_file`` (JSON) and the
-    learning curve to ``curve_file`` (CSV)."""
+    learning curve to ``curve_file`` (CSV; a figure of it on the MLflow run)."""
+    from cmt.benchmarks import make_benchmark
+    from cmt.evaluation.figures import plot_learning_curve
+
     logger = get_run_logger()
-    stage = "pretrain"  # every backbone, CMT and the baselines; tag cmt.backbone tells them apart
+    # Every backbone, CMT and the baselines, is one stage; tag cmt.backbone tells them apart.
     name = f"{backbone}_seed{seed}"
     history: list[dict[str, float]] = []
-    with tracking.stage_run(
-        stage,
-        params,
-        run_name=f"{stage}/{name}",
-        tags={**run_tags(), "cmt.backbone": backbone, "cmt.seed": str(seed)},
-    ) as run:
+    tags = {"cmt.backbone": backbone, "cmt.seed": str(seed)}
+    with stage_run("pretrain", params, tags) as run:
+        run.log_datasets(data_dir, "training", demos=False)  # pretraining sees no demonstrations
 
         def on_metrics(step: int, metrics: dict[str, float]) -> None:
             history.append({"step": step, **metrics})
@@ -90,6 +97,11 @@ def pretrain_flow(
         run.log_metrics({"train/samples_per_s": metrics["samples_per_s"]})
         run.log_artifact(curve_file, "pretrain")
         run.set_tags({"cmt.checkpoint": ckpt})
+        bench = make_benchmark(params.data)
+        figure = plot_learning_curve(history, bench, f"{backbone}, seed {seed}")
+        run.log_figure(figure, "figures/learning_curve.png")
+        steps = params.pretrain.steps
+        run.describe(describe.pretrain(bench, backbone, seed, steps, metrics, ckpt))
         logger.info("checkpoint %s (%.0f samples/s)", ckpt, metrics["samples_per_s"])
     return metrics
 
@@ -131,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             out = args.out or f"outputs/checkpoints/{name}"
             pretrain_backbone(params, args.backbone, args.seed, data, out, progress=False)
             return
-        pretrain_flow(
+        run_stage_flow(
+            pretrain_flow,
             params,
             args.backbone,
             args.seed,

@@ -11,15 +11,16 @@ from typing import Any
 import numpy as np
 from prefect import flow, get_run_logger, unmapped
 
-from cmt import tracking
 from cmt.atomic import write_json
 from cmt.config import Params
+from pipelines import describe
 from pipelines.common import (
     dataset_dir,
     eval_tasks,
     run_entry,
-    run_tags,
+    run_stage_flow,
     stage_parser,
+    stage_run,
     stage_task,
 )
 from pipelines.preflight import dataset_files, require_member, verify_inputs
@@ -51,19 +52,18 @@ def tune_task(
     return {"task": task, **stats, "history": history}
 
 
-@flow(name="prompt_tune", flow_run_name="prompt_tune/seed{seed}")
+@flow(name="prompt_tune", flow_run_name="seed{seed} · prompt_tune")
 def prompt_tune_flow(
     params: Params, seed: int, data_dir: str, checkpoint: str, out_dir: str, metrics_dir: str
 ) -> dict[str, Any]:
     """Prompts to ``out_dir/task_<t>.pt``; ``metrics_dir/metrics.json`` with validation losses."""
+    from cmt.benchmarks import make_benchmark
+    from cmt.evaluation.figures import plot_tuning_curves
+
     logger = get_run_logger()
     tasks = list(eval_tasks(params))
-    with tracking.stage_run(
-        "prompt_tune",
-        params,
-        run_name=f"prompt_tune/seed{seed}",
-        tags={**run_tags(), "cmt.seed": str(seed)},
-    ) as run:
+    with stage_run("prompt_tune", params, {"cmt.seed": str(seed)}) as run:
+        run.log_datasets(data_dir, "prompt tuning")
         futures = tune_task.map(
             unmapped(params),
             seed,
@@ -74,10 +74,14 @@ def prompt_tune_flow(
         )
         results = futures.result()
         per_task: dict[str, Any] = {}
+        curves: dict[int, list[tuple[int, float]]] = {}
         for res in results:
+            t = res.pop("task")
+            curves[t] = [(0, res["val_loss_zero_shot"])]  # step 0: the zero-shot prompt
             for step, metrics in res.pop("history"):
                 run.log_metrics(metrics, step)
-            t = res.pop("task")
+                if (loss := metrics.get(f"tune/task_{t}/val_loss")) is not None and step > 0:
+                    curves[t].append((step, loss))
             per_task[f"task_{t}"] = res
             run.log_metrics({f"tune/task_{t}/{k}": v for k, v in res.items()})
             logger.info(
@@ -101,6 +105,10 @@ def prompt_tune_flow(
         write_json(Path(metrics_dir) / "metrics.json", metrics)
         run.log_metrics({f"tune/{k}_mean": v for k, v in metrics.items()})
         run.log_artifact(out_dir, f"prompts/seed{seed}")
+        bench = make_benchmark(params.data)
+        figure = plot_tuning_curves(curves, bench, f"seed {seed}")
+        run.log_figure(figure, "figures/prompt_tuning.png")
+        run.describe(describe.prompt_tune(bench, seed, metrics))
     return metrics
 
 
@@ -127,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         data_dir = dataset_dir(params, args.data)
         checkpoint = args.checkpoint or f"outputs/checkpoints/cmt_seed{args.seed}/model.pt"
         flow_ = prompt_tune_flow.with_options(task_runner=make_task_runner(params.orchestration))
-        flow_(
+        run_stage_flow(
+            flow_,
             params,
             args.seed,
             data_dir,

@@ -9,6 +9,7 @@ Also usable on its own (``python -m pipelines.report``) to refresh the MLflow ta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,12 @@ from cmt import tracking
 from cmt.atomic import write_json, write_text
 from cmt.config import Params
 from cmt.evaluation.figures import plot_versions
-from pipelines.common import run_entry, run_tags, stage_parser, stage_task
+from pipelines import describe
+from pipelines.common import run_entry, run_stage_flow, stage_parser, stage_run, stage_task
 from pipelines.preflight import verify_inputs
 
-# Config keys shown next to each evaluation run: the ones experiments usually vary.
+# Config keys shown next to each evaluation run: the ones experiments usually vary. A stage
+# run logs only its own parameters, so they are read from its pipeline run (all of them).
 RUN_PARAMS = (
     "pretrain.lr",
     "pretrain.steps",
@@ -66,18 +69,28 @@ def registry(params: Params, out_dir: str, max_runs: int = 20) -> dict[str, Any]
     write_json(out / "registry.json", payload)
     write_text(out / "registry.md", _registry_markdown(cfg, name, versions, runs, metric))
     colors = {tracking.CHAMPION: "tab:orange", tracking.CHALLENGER: "tab:green"}
-    plot_versions(versions, cfg.primary_metric, out / "registry.png", colors)
+    title = f"{name}: registered versions by {cfg.primary_metric}"
+    plot_versions(versions, cfg.primary_metric, out / "registry.png", colors, title)
     return payload
 
 
 def _evaluation_runs(client: Any, exp_id: str, metric: str, max_runs: int) -> list[dict]:
     """The latest evaluate runs: status, experiment, model version, key params, ``metric``."""
+    from mlflow.exceptions import MlflowException
+
     found = client.search_runs(
         [exp_id],
         filter_string=f"tags.`{tracking.TAG_STAGE}` = 'evaluate'",
         order_by=["attributes.start_time DESC"],
         max_results=max_runs,
     )
+    parents: dict[str, dict[str, str]] = {}
+    for r in found:
+        parent = r.data.tags.get(tracking.PARENT_TAG, "")
+        if parent and parent not in parents:
+            parents[parent] = {}
+            with contextlib.suppress(MlflowException):  # a deleted pipeline run
+                parents[parent] = client.get_run(parent).data.params
     return [
         {
             "run_id": r.info.run_id,
@@ -87,10 +100,16 @@ def _evaluation_runs(client: Any, exp_id: str, metric: str, max_runs: int) -> li
             "model_version": r.data.tags.get("cmt.model_version", ""),
             "alias": r.data.tags.get("cmt.model_alias", ""),
             metric: r.data.metrics.get(metric),
-            **{k: r.data.params.get(k) for k in RUN_PARAMS},
+            **_run_params(r, parents),
         }
         for r in found
     ]
+
+
+def _run_params(run: Any, parents: dict[str, dict[str, str]]) -> dict[str, str | None]:
+    """The :data:`RUN_PARAMS` of an evaluate run: its own, else its pipeline run's."""
+    inherited = parents.get(run.data.tags.get(tracking.PARENT_TAG, ""), {})
+    return {k: run.data.params.get(k, inherited.get(k)) for k in RUN_PARAMS}
 
 
 def _registry_markdown(
@@ -194,26 +213,30 @@ def _benchmark_row(client: Any, exp_id: str, name: str, run: Any) -> dict[str, A
     }
 
 
-@flow(name="report", flow_run_name="report/{params.data.name}")
+@flow(name="report", flow_run_name="report")
 def report_flow(params: Params, evaluate_dir: str, out_dir: str) -> dict[str, Any]:
     """``out_dir``: ``results.{json,md,png}`` (this evaluation), ``registry.{json,md,png}``
     (the registered versions) and ``benchmarks.{json,md}`` (every dataset, from MLflow)."""
+    from cmt.benchmarks import make_benchmark
+
     out = Path(out_dir)
-    with tracking.stage_run("report", params, tags=run_tags()) as run:
+    with stage_run("report", params) as run:
         summary = results(params, evaluate_dir, out_dir)
         reg = registry(params, out_dir)
         benchmarks(params, out_dir)
         for name in (
             "results.md",
             "results.json",
-            "results.png",
             "registry.md",
             "registry.json",
-            "registry.png",
             "benchmarks.md",
             "benchmarks.json",
         ):
             run.log_artifact(out / name, "report")
+        for name in ("results.png", "registry.png"):
+            run.log_artifact(out / name, "figures")
+        model = params.tracking.model_name(params.data.name)
+        run.describe(describe.report(make_benchmark(params.data), model, len(reg["versions"])))
         run.log_metrics({f"report/{m}/score_mean": s["score_mean"] for m, s in summary.items()})
         table = "\n".join(
             (out / f).read_text() for f in ("results.md", "benchmarks.md", "registry.md")
@@ -231,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="outputs/report", help="output directory")
 
     def body(args: argparse.Namespace, params: Params) -> None:
-        report_flow(params, args.evaluate, args.out)
+        run_stage_flow(report_flow, params, args.evaluate, args.out)
 
     def inputs(args: argparse.Namespace, params: Params) -> None:
         verify_inputs(sorted((Path(args.evaluate) / "runs").glob("*.json")))

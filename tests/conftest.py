@@ -66,7 +66,8 @@ def clone_like_repo(path: Path, env: dict[str, str]) -> None:
     """Make ``path`` a committed git + DVC repository of the project's code, ``dvc.yaml`` and
     the ``params.yaml`` already written there (what a fresh clone has)."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("cmt", "pipelines", "presets"):
+    # behaviour/: the committed behaviour policies, a dependency of the collect stage.
+    for name in ("cmt", "pipelines", "presets", "behaviour"):
         shutil.copytree(ROOT / name, path / name, ignore=ignore)
     for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(ROOT / name, path / name)

@@ -764,7 +764,8 @@ def _start_and_kill(path: Path, env: dict[str, str], watchdog_too: bool) -> int:
                              "pretrain.steps=5000"], cwd=path, env=env, stdout=log,
                             stderr=subprocess.STDOUT)  # fmt: skip
     deadline = time.time() + 300
-    while "Beginning flow run 'pretrain/dt_seed0'" not in (path / "killed.log").read_text():
+    # Under the pipeline flow a stage's flow run is its child: Prefect calls it a subflow run.
+    while "run 'seed0 · dt · pretrain'" not in (path / "killed.log").read_text():
         assert proc.poll() is None and time.time() < deadline, (path / "killed.log").read_text()
         time.sleep(0.5)
     assert list((path / ".cmt" / "pipeline").glob(f"{proc.pid}.json"))
@@ -808,8 +809,9 @@ def test_killed_pipeline_leaves_nothing_running_and_nothing_changed(tiny_repo):
         and str(pid) in (run.data.tags["cmt.error"])
     )
     states = _prefect_runs(env)
-    assert ("pretrain/dt_seed0", "CRASHED") in states, states  # the stage's flow run
-    assert [s for name, s in states if "/" not in name] == ["CRASHED"], states  # the pipeline
+    assert ("seed0 · dt · pretrain", "CRASHED") in states, states  # the stage's flow run
+    pipeline = [s for name, s in states if name.startswith("point_robot · ")]  # dataset first
+    assert pipeline == ["CRASHED"], states
 
     _start_and_kill(path, env, watchdog_too=True)
     assert len(list((path / ".cmt" / "pipeline").glob("*.json"))) == 1  # nobody recovered

@@ -176,6 +176,15 @@ def test_stage_runs_grouped_and_failures_recorded(mlflow_store, monkeypatch):
     assert Path(error_txt).read_text().startswith("RuntimeError: boom\n\nTraceback")
     assert client.get_run(c.parent_id).info.status == "FAILED"
     assert "config" in [f.path for f in client.list_artifacts(a.run_id)]
+    # A long message: the tag is its start, on one line; error.txt has all of it, first.
+    long = "invalid configuration\n" + "\n".join(f"  pretrain.x{i}: bad" for i in range(40))
+    with pytest.raises(ConfigError), tracking.stage_run("pretrain", params) as g:
+        raise ConfigError(long)
+    tag = client.get_run(g.run_id).data.tags[tracking.TAG_ERROR]
+    assert len(tag) <= 250 and tag.startswith("ConfigError: invalid configuration | pretrain")
+    assert tag.endswith("…") and "\n" not in tag
+    error_txt = client.download_artifacts(g.run_id, "error.txt")
+    assert Path(error_txt).read_text().startswith(f"ConfigError: {long}\n\nTraceback")
 
     # A different config is a different pipeline run; the env var names one explicitly.
     other = params.model_copy(update={"pretrain": params.pretrain.model_copy(update={"lr": 1.0})})
@@ -193,6 +202,139 @@ def test_stage_runs_grouped_and_failures_recorded(mlflow_store, monkeypatch):
         pass
     assert f.parent_id == a.parent_id
     assert client.get_run(a.parent_id).info.status == "FINISHED"  # status of its latest stage
+
+
+def test_stage_runs_say_what_they_are(mlflow_store, tiny_data_dir):
+    """A stage run logs only the parameters of its sections, its datasets as dataset inputs
+    (content hash as digest, the file as source), its git commit as source, its figures and
+    its description; a pipeline run is named for its dataset, experiment and start time."""
+    import h5py
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    from cmt import tracking
+
+    params = mlflow_store
+    with tracking.stage_run("pretrain", params, "seed0 · cmt · pretrain", None, ["model"]) as a:
+        logged = a.log_datasets(tiny_data_dir, "training")
+        a.log_figure(plt.figure(), "figures/curve.png")
+        a.describe("Pretrained.")
+    client = mlflow.MlflowClient()
+    run = client.get_run(a.run_id)
+    assert run.info.run_name == "seed0 · cmt · pretrain"
+    assert {k.split(".")[0] for k in run.data.params} == {"model"}
+    assert run.data.tags[tracking.NOTE_TAG] == "Pretrained."
+    assert run.data.tags["mlflow.source.name"] == "pipelines/pretrain.py"
+    with h5py.File(tiny_data_dir / "train.hdf5") as f:
+        sha = str(f.attrs["sha256"])
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {tiny_data_dir.name, f"{tiny_data_dir.name} demos"}
+    train = inputs[tiny_data_dir.name]
+    assert train.dataset.digest == sha[:16]
+    assert json.loads(train.dataset.source)["uri"] == str(tiny_data_dir / "train.hdf5")
+    assert json.loads(train.dataset.profile)["sha256"] == sha
+    assert {t.key: t.value for t in train.tags}["mlflow.data.context"] == "training"
+    assert logged[0]["episodes"] == json.loads(train.dataset.profile)["episodes"] > 0
+    assert [f.path for f in client.list_artifacts(a.run_id, "figures")] == ["figures/curve.png"]
+    parent = client.get_run(a.parent_id)
+    name, experiment, started = parent.info.run_name.split(" · ")
+    assert (name, experiment) == (params.data.name, "workspace") and len(started) == 16
+    assert len(parent.data.params) > len(run.data.params)  # the whole config
+    assert tracking.with_experiment(parent.info.run_name, "lr02").split(" · ")[1] == "lr02"
+
+
+def test_parameters_without_effect_are_not_logged():
+    """A D4RL dataset read from a file generates nothing: no SAC or budget parameters."""
+    from cmt import tracking
+
+    generated = load_params(ROOT / "params.yaml", preset="hopper_medium_replay")
+    keys = set(tracking.config_params(generated, ["data"]))
+    assert {"data.transitions", "data.sac.sac_steps", "data.top_fraction"} <= keys
+    sourced = load_params(
+        ROOT / "params.yaml",
+        {"data.source": "/x/hopper-medium-replay-v2.hdf5", "data.name": "hopper-medium-replay-v2"},
+        preset="hopper_medium_replay",
+    )
+    keys = set(tracking.config_params(sourced, ["data"]))
+    assert "data.source" in keys and "data.top_fraction" in keys
+    assert not {k for k in keys if k.startswith(("data.sac.", "data.transitions"))}
+
+
+def test_stage_parameters_come_from_dvc_yaml(monkeypatch):
+    from pipelines.common import stage_param_keys
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert stage_param_keys("pretrain") == ("model", "pretrain")  # a matrix stage
+    assert stage_param_keys("prompt_tune") == ("prompt_tune", "data")  # a foreach stage
+    assert stage_param_keys("report") == ()
+    assert "tracking.registered_method" in (stage_param_keys("evaluate") or ())
+    assert stage_param_keys("noop") is None  # not a stage of dvc.yaml: every key
+
+
+def test_figures_speak_the_setting(tmp_path):
+    """Titles name the dataset; a single-task dataset is not said to have test tasks."""
+    from cmt.benchmarks import make_benchmark
+    from cmt.evaluation.figures import plot_comparison, plot_per_task, plot_score_histogram
+
+    def records(method: str, task: int) -> list[dict]:
+        per_task = {str(task): {"return_mean": 10.0 + seed, "score_mean": 5.0} for seed in (0,)}
+        return [
+            {"method": method, "seed": seed, "score_mean": 40.0 + 10 * seed, "per_task": per_task}
+            for seed in (0, 1)
+        ]
+
+    meta = make_benchmark(Params().data)
+    d4rl = make_benchmark(load_params(ROOT / "params.yaml", preset="hopper_medium_replay").data)
+    for bench, method, task, words in (
+        (meta, "cmt_tuned", 2, "test tasks"),
+        (d4rl, "dt", 0, "Hopper-v5"),
+    ):
+        for fig in (
+            plot_comparison(records(method, task), bench),
+            plot_per_task(records(method, task), bench),
+        ):
+            title = fig.axes[0].get_title(loc="left")
+            assert title.startswith(f"{bench.name}: ") and words in title, title
+            assert bench is meta or "task" not in title.replace(bench.name, ""), title
+    comparison = plot_comparison(records("dt", 0), d4rl)
+    lines = [line for line in comparison.axes[0].lines if line.get_linestyle() == "-"]
+    whiskers = [x for x in (line.get_xdata() for line in lines) if x[0] != x[1]]  # not axvline
+    assert np.allclose(whiskers, [[45 - np.sqrt(50), 45 + np.sqrt(50)]])  # mean ± sample std
+    edges = np.linspace(300.0, 900.0, 31)  # far outside 0-100: the axis follows the data
+    hist = plot_score_histogram(edges, {"dataset": np.ones(30)}, d4rl)
+    low, high = hist.axes[0].get_xlim()
+    assert 280 < low < 300 and 900 < high < 920
+
+
+def test_registry_descriptions_speak_the_setting():
+    """A single-task dataset's model and versions name its environment and its imported
+    source, round the score with its scale beside the raw return, and compare with the
+    champion they met."""
+    from cmt.benchmarks import make_benchmark
+    from cmt.tracking import Promotion
+    from pipelines import describe
+
+    bench = make_benchmark(load_params(ROOT / "params.yaml", preset="hopper_medium_replay").data)
+    model = describe.model_description(bench, "cmt_tuned", "score_mean")
+    assert "Single-agent offline RL" in model and "Hopper-v5" in model
+    assert "D4RL normalised score" in model and "test tasks" not in model
+    facts = {"name": "hopper_medium_replay", "transitions": 5000, "episodes": 217,
+             "sha256": "ab" * 32, "source": "/data/hopper-medium-replay-v2.hdf5"}  # fmt: skip
+    record = {"method": "cmt_tuned", "seed": 2, "score_mean": 1.8452560374799167,
+              "return_mean": 39.791}  # fmt: skip
+    beaten = Promotion("cmt-x", "4", "challenger", 1.85, "3", 12.5)
+    text = describe.version_description(bench, record, [facts], beaten, "score_mean")
+    assert "Seed 2" in text and "5,000 transitions in 217 episodes" in text
+    assert "imported from /data/hopper-medium-replay-v2.hdf5" in text
+    assert "normalised score 1.8 (0 = random, 100 = expert), mean return 39.79" in text
+    assert "`challenger`: its score_mean 1.85 does not beat the champion, version 3 (12.50)" in text
+    assert "test tasks" not in text and "on Hopper-v5" in text
+    tags = describe.version_tags(bench, record)
+    assert tags["cmt.score_mean"] == "1.85" and tags["cmt.evaluated_on"] == "Hopper-v5"
 
 
 def _tiny_policy(tmp: Path) -> tuple[Path, Path]:
@@ -281,6 +423,57 @@ def test_pipeline_flow_parameters_are_validated():
     changes = param_overrides(d4rl, base)
     assert changes[:2] == ["~data", "+data=" + override_value(d4rl.data.model_dump(mode="json"))]
     assert "compare.methods=['dt','bc','filtered_bc','cmt_zero_shot','cmt_tuned']" in changes
+
+
+def test_deployment_forms(tmp_path):
+    """The served deployments' forms: every field described, ``preset`` a choice of the
+    presets, the data section as the benchmark's own fields, methods limited to the
+    benchmark's, defaults from the committed params.yaml."""
+    import yaml
+
+    from cmt.config import preset_names
+    from cmt.methods import METHODS
+    from pipelines.serve import committed_params, deployments
+
+    deps = {d.name: d for d in deployments(Params(), "cmt-pipeline", ["hopper_medium_replay"])}
+    assert set(deps) == {"cmt-pipeline", "hopper_medium_replay"}
+    for name, dep in deps.items():
+        schema = dep._parameter_openapi_schema.model_dump()
+        props = schema["properties"]
+        undescribed = [k for k, v in props.items() if not v.get("description")]
+        for section, spec in schema["definitions"].items():
+            undescribed += [
+                f"{section}.{k}" for k, v in spec["properties"].items() if not v.get("description")
+            ]
+        assert not undescribed, (name, undescribed)
+        assert "example" in props["overrides"] and "example" in props["experiment_name"]
+        data = schema["definitions"]["Params"]["properties"]["data"]
+        assert "oneOf" not in data and data["$ref"].startswith("#/definitions/")
+        methods = schema["definitions"]["CompareConfig"]["properties"]["methods"]["items"]
+        accepted = dep.parameters["params"]["compare"]["methods"]
+        assert set(accepted) <= set(methods["enum"]) < set(METHODS)
+    main = deps["cmt-pipeline"]._parameter_openapi_schema.model_dump()
+    assert main["properties"]["preset"]["anyOf"][0]["enum"] == preset_names()
+    d4rl = deps["hopper_medium_replay"]._parameter_openapi_schema.model_dump()
+    assert "preset" not in d4rl["properties"]  # the deployment is the preset
+    assert d4rl["definitions"]["Params"]["properties"]["data"]["$ref"].endswith("D4RLData")
+    assert "PointRobotData" not in d4rl["definitions"]
+    assert deps["hopper_medium_replay"].parameters["params"]["data"]["env"] == "hopper"
+
+    # The committed params.yaml, not what an experiment left in the workspace.
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "params.yaml"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "p"],
+    ):
+        subprocess.run(cmd, cwd=tmp_path, check=True)
+    raw["pretrain"]["lr"] = 0.5
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    assert committed_params(tmp_path / "params.yaml").pretrain.lr == Params().pretrain.lr
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(raw))  # not committed: the file
+    assert committed_params(tmp_path / "other.yaml").pretrain.lr == 0.5
 
 
 def test_task_runner_from_config():

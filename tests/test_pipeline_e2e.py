@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -200,6 +201,9 @@ def test_failed_stage_is_recorded_and_rerun_continues(repo: Repo):
         [exp.experiment_id], "tags.`cmt.stage` = 'pretrain' and attributes.status = 'FAILED'"
     )
     assert len(failed) == 1 and "CUDA" in failed[0].data.tags["cmt.error"]
+    assert len(failed[0].data.tags["cmt.error"]) <= 250  # the UI shows a tag whole
+    error_txt = client.download_artifacts(failed[0].info.run_id, "error.txt", str(repo.path.parent))
+    assert Path(error_txt).read_text().startswith("RuntimeError: pretrain.device='cuda'")
     parent = client.get_run(failed[0].data.tags["mlflow.parentRunId"])
     assert parent.info.status == "FAILED"
 
@@ -210,7 +214,9 @@ def test_failed_stage_is_recorded_and_rerun_continues(repo: Repo):
     async def flow_run_states() -> list[str]:
         async with get_client() as c:
             runs = await c.read_flow_runs(
-                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["pretrain/dt_seed0"]))
+                flow_run_filter=FlowRunFilter(
+                    name=FlowRunFilterName(any_=["seed0 · dt · pretrain"])
+                )
             )
             return sorted(r.state.type.value for r in runs)
 
@@ -243,6 +249,8 @@ def test_pipeline_outputs_metrics_and_plots(repo: Repo):
     assert shown.returncode == 0 and "cmt_tuned" in shown.stdout
     plots = repo.run("dvc", "plots", "show", "--json")
     assert plots.returncode == 0, plots.stderr
+    assert "Pretraining loss (one plot per backbone and seed" in plots.stdout  # titled
+    assert "task 1 | cmt_tuned" in (p / "outputs/evaluate/per_task.csv").read_text()
     assert set(json.loads(plots.stdout)["data"]) == {
         "outputs/curves/cmt_seed0.csv",
         "outputs/curves/prompt_dt_seed0.csv",
@@ -277,16 +285,94 @@ def test_mlflow_runs_grouped_under_pipeline_run(repo: Repo):
     assert all(r.info.status == "FINISHED" for r in children)
     assert pretrain.data.params["pretrain.steps"] == "20"
     assert len(client.get_metric_history(pretrain.info.run_id, "train/total")) > 2
-    assert pretrain.data.tags["prefect.flow_run_name"] == "pretrain/cmt_seed0"
+    assert pretrain.data.tags["prefect.flow_run_name"] == "seed0 · cmt · pretrain"
     assert "eval/cmt_tuned/task_1/return" in stages["evaluate"].data.metrics
     artifacts = {a.path for a in client.list_artifacts(stages["report"].info.run_id, "report")}
     assert "report/results.md" in artifacts
+    _runs_say_what_they_are(repo, client, exp.experiment_id, parent)
+
+
+def _runs_say_what_they_are(repo: Repo, client, exp_id: str, parent: str) -> None:
+    """Names (the distinguishing part first), descriptions, only the stage's own parameters,
+    the data as dataset inputs with its content hash as digest, figures on the stage run that
+    made them, the git commit as source."""
+    import h5py
+
+    name, experiment, started = client.get_run(parent).info.run_name.split(" · ")
+    assert (name, experiment) == ("point_robot", "workspace") and started[:2] == "20"
+    with h5py.File(repo.path / "data/point_robot/train.hdf5") as f:
+        digest = str(f.attrs["sha256"])[:16]
+    commit = repo.run("git", "rev-parse", "HEAD").stdout.strip()
+    names = {
+        "collect": "collect",
+        "preprocess": "preprocess",
+        "pretrain": "seed0 · cmt · pretrain",
+        "prompt_tune": "seed0 · prompt_tune",
+        "evaluate": "evaluate",
+        "report": "report",
+    }
+    sections = {
+        "collect": {"data"},
+        "preprocess": {"data"},
+        "pretrain": {"model", "pretrain"},
+        "prompt_tune": {"prompt_tune", "data"},
+        "evaluate": {"evaluate", "compare", "data", "prompt_tune", "tracking"},
+        "report": set(),
+    }
+    figures = {
+        "preprocess": ["figures/returns.png"],
+        "pretrain": ["figures/learning_curve.png"],
+        "prompt_tune": ["figures/prompt_tuning.png"],
+        "evaluate": ["figures/comparison.png", "figures/per_task_returns.png"],
+        "report": ["figures/registry.png", "figures/results.png"],
+    }
+    children = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent}'")
+    for stage, run_name in names.items():
+        # collect and preprocess ran under the failed config's pipeline run (without CUDA)
+        mine = [r for r in children if r.info.run_name == run_name] or client.search_runs(
+            [exp_id],
+            f"tags.`cmt.stage` = '{stage}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+        )
+        run = client.get_run(mine[0].info.run_id)  # with its dataset inputs
+        tags = run.data.tags
+        assert run.info.run_name == run_name == tags["prefect.flow_run_name"], stage
+        assert tags["mlflow.note.content"] and tags["mlflow.source.git.commit"] == commit, stage
+        assert {k.split(".")[0] for k in run.data.params} == sections[stage], stage
+        found = [a.path for a in client.list_artifacts(run.info.run_id, "figures")]
+        assert sorted(found) == figures.get(stage, []), stage
+        inputs = {d.dataset.name: d.dataset for d in run.inputs.dataset_inputs}
+        if stage == "report":
+            assert not inputs
+            continue
+        assert inputs["point_robot"].digest == digest, stage
+        source = json.loads(inputs["point_robot"].source)["uri"]
+        assert source.endswith("data/point_robot/train.hdf5"), stage
+        assert ("point_robot demos" in inputs) == (stage != "pretrain"), stage
 
 
 def test_registry_champion_loads_in_fresh_process(repo: Repo):
     client = repo.mlflow()
     champion = client.get_model_version_by_alias(MODEL, "champion")
     assert champion.tags["cmt.method"] == "cmt_tuned"
+    # A catalogue entry: what the model is, what its score means, where each version's data
+    # came from, its score rounded beside its return, and how it met the champion.
+    model = client.get_registered_model(MODEL)
+    assert "Offline meta-RL" in model.description and "normalised score" in model.description
+    assert model.tags == {
+        "cmt.setting": "Offline meta-RL",
+        "cmt.method": "cmt_tuned",
+        "cmt.dataset": "point_robot",
+    }
+    text = champion.description
+    assert text.startswith("Seed 0 of `cmt_tuned`") and "`champion`" in text, text
+    assert "mean return" in text and "the test tasks [1, 5]" in text, text
+    import h5py
+
+    with h5py.File(repo.path / "data/point_robot/train.hdf5") as f:
+        assert str(f.attrs["sha256"])[:12] in text
+    assert re.fullmatch(r"-?\d+\.\d\d", champion.tags["cmt.score_mean"])
+    assert champion.tags["cmt.setting"] == "Offline meta-RL"
     scores = [
         float(v.tags["cmt.score_mean"]) for v in client.search_model_versions(f"name = '{MODEL}'")
     ]
@@ -366,6 +452,12 @@ def test_deployment_triggered_on_prefect_server(repo: Repo):
 
     client = repo.mlflow()
     versions_before = len(client.search_model_versions(f"name = '{MODEL}'"))
+    # The deployments' defaults are the committed params.yaml: commit the fixed device.
+    for cmd in (
+        ("git", "add", "params.yaml"),
+        ("git", "commit", "-qm", "params: device", "--allow-empty"),
+    ):
+        assert repo.run(*cmd).returncode == 0
     log = open(repo.path.parent / "serve.log", "w")  # noqa: SIM115 - closed below
     serve = subprocess.Popen(
         [sys.executable, "-m", "pipelines.serve"],
@@ -378,7 +470,7 @@ def test_deployment_triggered_on_prefect_server(repo: Repo):
     try:
         with temporary_settings({PREFECT_API_URL: repo.env["PREFECT_API_URL"]}):
             deadline = time.time() + 120
-            while "is being served" not in (repo.path.parent / "serve.log").read_text():
+            while "being served" not in (repo.path.parent / "serve.log").read_text():
                 assert serve.poll() is None and time.time() < deadline, (
                     repo.path.parent / "serve.log"
                 ).read_text()[-3000:]
@@ -392,6 +484,14 @@ def test_deployment_triggered_on_prefect_server(repo: Repo):
             ):
                 with pytest.raises(Exception, match=key):
                     run_deployment("cmt-pipeline/cmt-pipeline", parameters=bad, timeout=0)
+            # A preset's own deployment: only its benchmark's methods.
+            with pytest.raises(Exception, match="mtdt"):
+                run_deployment(
+                    "cmt-pipeline/hopper_medium_replay",
+                    parameters={"params": {"compare": {"methods": ["mtdt"]}}},
+                    timeout=0,
+                )
+            schema = _deployment_schema("cmt-pipeline/cmt-pipeline")
             # Overrides are free-form: the flow refuses them before anything runs.
             injected = run_deployment(
                 "cmt-pipeline/cmt-pipeline",
@@ -411,6 +511,10 @@ def test_deployment_triggered_on_prefect_server(repo: Repo):
         log.close()
     assert run.state.is_completed(), (repo.path.parent / "serve.log").read_text()[-5000:]
     assert injected.state.is_failed(), injected.state
+    from cmt.config import preset_names
+
+    assert schema["properties"]["preset"]["anyOf"][0]["enum"] == preset_names()
+    assert schema["properties"]["preset"]["description"]
     assert "not a safe name" in (repo.path.parent / "serve.log").read_text()
     assert not list(repo.path.rglob("PWNED*"))
 
@@ -437,11 +541,42 @@ def test_deployment_triggered_on_prefect_server(repo: Repo):
         "prompt_tune",
         "report",
     ]
+    # Both UIs name the pipeline run for its dataset and experiment, and show the stage runs
+    # as its children.
+    assert parent.info.run_name.startswith("point_robot · lr02 · ")
+    flow_name, children_names = _flow_run_and_children(repo, run.id)
+    assert flow_name == parent.info.run_name
+    assert children_names == ["evaluate", "report", "seed0 · prompt_tune"]
     versions = client.search_model_versions(f"name = '{MODEL}'")
     assert len(versions) == versions_before + 1
     newest = str(max(int(v.version) for v in versions))
     aliases = {a for a, v in client.get_registered_model(MODEL).aliases.items() if str(v) == newest}
     assert aliases in ({"champion"}, {"challenger"})
+
+
+def _deployment_schema(name: str) -> dict:
+    """The parameter schema the Prefect server holds for a deployment (its form)."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as c:
+        return c.read_deployment_by_name(name).parameter_openapi_schema
+
+
+def _flow_run_and_children(repo: Repo, flow_run_id) -> tuple[str, list[str]]:
+    """A flow run's name and the sorted names of its child flow runs."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: repo.env["PREFECT_API_URL"]}):
+        with get_client(sync_client=True) as c:
+            name = c.read_flow_run(flow_run_id).name
+            children = c.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])
+                )
+            )
+    return name, sorted(r.name for r in children)
 
 
 def test_stage_runs_without_a_prefect_server(repo: Repo, tmp_path):

@@ -61,6 +61,11 @@ class DataSection(Section):
         """The dataset id these settings describe."""
         return self.benchmark
 
+    def unused_fields(self) -> tuple[str, ...]:
+        """Fields that have no effect under these settings (left out of a run's logged
+        parameters): none by default."""
+        return ()
+
     def name_origin(self) -> str:
         """Where :meth:`expected_name` comes from, for the message that refuses it."""
         return "these settings"
@@ -277,6 +282,11 @@ class Benchmark(ABC):
             "levels": levels,
             "targets": targets,
         }
+
+    def evaluated_on(self) -> str:
+        """What the scores are measured on, in the setting's words, for titles and axes:
+        the held-out tasks here; a single-task benchmark names its environment."""
+        return f"the test tasks {list(self.eval_tasks)}"
 
     def describe(self, episodes: int) -> str:
         """One sentence on what a results table of this benchmark shows."""

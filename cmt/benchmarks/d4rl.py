@@ -134,6 +134,10 @@ class D4RLData(DataSection):
             return Path(self.source).name.removesuffix(".hdf5").removesuffix(".h5")
         return f"{self.env}_{self.level}"
 
+    def unused_fields(self) -> tuple[str, ...]:
+        # A dataset read from data.source is not generated: no SAC, no budget, no seed.
+        return ("seed", "transitions", "reference_episodes", "sac") if self.source else ()
+
     def name_origin(self) -> str:
         from cmt.data.sources import is_minari_id
 
@@ -317,6 +321,9 @@ class D4RL(Benchmark):
         "D4RL normalised score: 100 × (R − random) / (expert − random) with D4RL's reference "
         "returns, or a Minari dataset's own."
     )
+
+    def evaluated_on(self) -> str:
+        return self.family.env_id
 
     def describe(self, episodes: int) -> str:
         from cmt.data.hdf5 import DatasetError

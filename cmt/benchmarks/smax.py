@@ -209,6 +209,9 @@ class Smax(Benchmark):
     def quality_reference(self) -> str:
         return "score = win rate %"
 
+    def evaluated_on(self) -> str:
+        return f"SMAX map {self.cfg.map}"
+
     def describe(self, episodes: int) -> str:
         return (
             f"SMAX map {self.cfg.map} ({self.spaces.num_agents} agents, heuristic enemies); "

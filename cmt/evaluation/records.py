@@ -140,12 +140,16 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def per_task_csv(summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
-    """Per-task returns and scores (mean over seeds) of every method, for ``dvc plots``."""
+    """Per-task returns and scores (mean over seeds) of every method, for ``dvc plots``;
+    ``label`` names the task only where there are several (a single-task dataset has no
+    "task 0" to speak of)."""
     lines = ["label,method,task,return_mean,score_mean"]
+    several = len({t for r in records for t in r["per_task"]}) > 1
     for method in summary:
         runs = [r for r in records if r["method"] == method]
         for t in sorted({int(t) for r in runs for t in r["per_task"]}):
             ret = float(np.mean([r["per_task"][str(t)]["return_mean"] for r in runs]))
             score = summary[method]["per_task_score"][t]
-            lines.append(f"task {t} | {method},{method},{t},{ret:.6g},{score:.6g}")
+            label = f"task {t} | {method}" if several else method
+            lines.append(f"{label},{method},{t},{ret:.6g},{score:.6g}")
     return "\n".join(lines) + "\n"

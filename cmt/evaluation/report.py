@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cmt.atomic import write_json, write_text
+from cmt.atomic import save_figure, write_json, write_text
 from cmt.benchmarks import make_benchmark
 from cmt.config import Params
-from cmt.evaluation.figures import plot_summary
+from cmt.evaluation.figures import plot_comparison
 from cmt.evaluation.records import load_records, summarize
 from cmt.evaluation.tables import markdown_table
 
@@ -19,10 +19,11 @@ def write_report(
     """results.json, results.md and results.png in ``out_dir`` from the run records in
     ``records_dir/runs`` (default: ``out_dir/runs``)."""
     out_dir = Path(out_dir)
-    summary = summarize(load_records(out_dir if records_dir is None else records_dir))
+    records = load_records(out_dir if records_dir is None else records_dir)
+    summary = summarize(records)
     write_json(
         out_dir / "results.json", {"params": params.model_dump(mode="json"), "summary": summary}
     )
     write_text(out_dir / "results.md", markdown_table(summary, params))
-    plot_summary(summary, out_dir / "results.png", make_benchmark(params.data))
+    save_figure(plot_comparison(records, make_benchmark(params.data)), out_dir / "results.png", 120)
     return summary
