@@ -123,6 +123,7 @@ def test_committed_policies_rebuild_the_trained_data(tmp_path: Path) -> None:
         b = d4rl_level(committed, level, 400, family.horizon, meta)
         np.testing.assert_array_equal(a.observations, b.observations)
         np.testing.assert_array_equal(a.actions, b.actions)
+        assert 400 <= len(a) < 800 * len(level.split("_"))  # ends within a batch of the size
     with pytest.raises(MissingHistory, match="medium-replay"):
         committed.replay()
     # Medium-replay from committed policies: the same recipe rerun to the medium step.

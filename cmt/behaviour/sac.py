@@ -705,6 +705,10 @@ D4RL_LEVEL_PARTS: dict[str, tuple[str, ...]] = {
 """What each D4RL level holds: episodes of these snapshots (medium-replay: the replay buffer)."""
 
 
+MAX_BATCH = 2000
+"""Episodes a level rolls out together: short random episodes would ask for tens of thousands."""
+
+
 def d4rl_level(
     behaviour: Behaviour, level: str, transitions: int, horizon: int, metadata: dict[str, Any]
 ) -> TransitionData:
@@ -716,12 +720,15 @@ def d4rl_level(
         if part == "medium_replay":
             pieces.append(behaviour.replay())
             continue
-        batch = max(1, math.ceil(transitions / horizon))
-        episodes, total = [], 0
+        episodes, total, count = [], 0, 0
         while total < transitions:
-            data, _ = behaviour.run(f"train/{part}", np.zeros(batch, dtype=np.int64))
+            # Full-length episodes first; then as many as the episodes so far say are missing,
+            # so the level ends within one batch of the size asked (not one horizon's worth).
+            length = horizon if not count else total / count
+            batch = min(MAX_BATCH, max(1, math.ceil((transitions - total) / length)))
+            data, returns = behaviour.run(f"train/{part}", np.zeros(batch, dtype=np.int64))
             episodes.append(data)
-            total += len(data)
+            total, count = total + len(data), count + returns.size
         pieces.append(concat_transitions(episodes))
     return concat_transitions(pieces, metadata)
 
