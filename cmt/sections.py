@@ -90,8 +90,9 @@ class SacConfig(Section):
         1.0 / 3.0,
         gt=0.0,
         lt=1.0,
-        description="Medium = first snapshot whose mean return reaches this fraction of the way "
-        "from the random to the final (expert) return (D4RL's medium is about 1/3 of expert).",
+        description="Medium = the running-best snapshot whose mean return is closest to this "
+        "fraction of the way from the random to the expert return (D4RL's medium is about 1/3 "
+        "of expert).",
     )
     expert_snapshot: Literal["final", "best"] = Field(
         "final",
@@ -135,14 +136,20 @@ class SacConfig(Section):
 
 
 class PpoConfig(Section):
-    """Parameter-shared MaskablePPO behaviour policies of the SMAX benchmark
-    (``cmt/behaviour/ppo.py``, docs/smax.md): every ally of every SMAX episode is one entry
-    of SB3's vectorised environment, and all share one policy.
+    """Parameter-shared PPO behaviour policies of the SMAX benchmark (docs/smax.md), by one of
+    two learners: ``mappo`` (``cmt/behaviour/mappo.py``: JAX end to end, a centralised critic
+    on SMAX's world state) or ``maskable_ppo`` (``cmt/behaviour/ppo.py``: sb3-contrib, every
+    ally of every SMAX episode one entry of SB3's vectorised environment). Both share one
+    policy over all allies; their snapshots give the tiers.
 
-    The defaults are the reduced budget (about 10 minutes per map on one busy CPU core); the
-    full budgets are in docs/smax.md.
+    The presets set each map's budget; the full budgets are in docs/smax.md.
     """
 
+    learner: Literal["mappo", "maskable_ppo"] = Field(
+        "mappo",
+        description="Behaviour learner: 'mappo' (JAX MAPPO, centralised critic) or "
+        "'maskable_ppo' (sb3-contrib MaskablePPO, the learner of the first datasets).",
+    )
     total_steps: int = Field(
         1_000_000,
         ge=1,
@@ -182,11 +189,34 @@ class PpoConfig(Section):
     heuristic_tier: bool = Field(
         True, description="Also record SMAX's scripted heuristic as a fourth tier."
     )
+    critic_arch: tuple[int, ...] = Field(
+        (128, 128),
+        min_length=1,
+        description="mappo: hidden widths of the centralised critic (on SMAX's world state); "
+        "net_arch is the actor's.",
+    )
+    vf_coef: float = Field(0.5, ge=0.0, description="mappo: weight of the value loss.")
+    max_grad_norm: float = Field(
+        0.5, gt=0.0, description="mappo: global gradient-norm clip of each network."
+    )
+    value_norm: bool = Field(
+        True, description="mappo: the critic predicts normalised targets (MAPPO's ValueNorm)."
+    )
+    value_clip: bool = Field(
+        True, description="mappo: clip the value loss around the rollout's values (clip_range)."
+    )
+    anneal_lr: bool = Field(
+        True, description="mappo: anneal the learning rate linearly to 0 over training."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "cpu", description="Torch device of PPO (its small networks run fastest on the CPU)."
+        "cpu",
+        description="maskable_ppo: torch device (its small networks run fastest on the CPU); "
+        "mappo runs on jax's CPU backend.",
     )
     torch_threads: int = Field(
-        1, ge=0, description="Torch CPU threads while PPO trains (0 = leave torch's setting)."
+        1,
+        ge=0,
+        description="maskable_ppo: torch CPU threads while PPO trains (0 = leave torch's setting).",
     )
 
     @model_validator(mode="after")

@@ -264,14 +264,17 @@ def write_status() -> Path:
         "# Committed behaviour policies",
         "",
         "Generated from each directory's `manifest.json` (or `learner.pt` while unfinished) "
-        "by `cmt behaviour`; what the files are: [docs/behaviour.md](../docs/behaviour.md).",
+        "by `cmt behaviour`; what the files are: [docs/behaviour.md](../docs/behaviour.md). "
+        "`smax_<map>/` hold the SMAX MAPPO learner state, tier policies and `tiers.json` of the "
+        "runs in `results/data/smax_learner_runs/` (docs/smax.md).",
         "",
         "| name | learner | steps | seed | expert: step, return | D4RL score | medium: step, "
         "return | random return | command |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for directory in sorted(p for p in root.iterdir() if p.is_dir()):
-        lines.append(_status_row(directory, REF_RETURNS))
+        if (directory / MANIFEST).exists() or (directory / LEARNER).exists():
+            lines.append(_status_row(directory, REF_RETURNS))  # SMAX tiers: docs/smax.md
     out = root / "README.md"
     write_text(out, "\n".join(lines) + "\n")
     return out

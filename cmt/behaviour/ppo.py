@@ -1,17 +1,21 @@
-"""Offline SMAX datasets in OG-MARL's quality tiers, from one parameter-shared MaskablePPO policy.
+"""Offline SMAX datasets in OG-MARL's quality tiers, from one parameter-shared PPO policy.
 
 Procedure (details and budgets in ``docs/smax.md``):
 
-1. sb3-contrib's MaskablePPO trains one policy shared by all allies: :class:`SmaxVecEnv` makes
-   every ally of every batched SMAX episode one entry of SB3's ``VecEnv``, with its available
-   actions as the action mask and the team reward as its reward.
+1. One policy shared by all allies is trained by the configured learner (``learner``):
+   ``mappo`` (:mod:`cmt.behaviour.mappo`, JAX, a centralised critic) or sb3-contrib's
+   MaskablePPO, for which :class:`SmaxVecEnv` makes every ally of every batched SMAX episode
+   one entry of SB3's ``VecEnv``, with its available actions as the action mask and the team
+   reward as its reward.
 2. A snapshot of the policy is taken at the start and every ``snapshot_every`` agent steps,
    and evaluated (win rate, mean return) on ``eval_episodes`` episodes.
 3. *Good* is the best snapshot by win rate; *Medium* the snapshot before it whose win rate is
    closest to ``medium_fraction`` of Good's; *Poor* the first snapshot (the untrained policy,
    near-uniform over the available actions). Optionally *heuristic*: SMAX's scripted policy.
 4. ``episodes_per_tier`` episodes of each tier, sampled from the policy, go to ``train.hdf5``
-   (``infos/level`` indexes :data:`TIERS`, ``infos/won`` marks won episodes' last steps).
+   (``infos/level`` indexes :data:`TIERS`, ``infos/won`` marks won episodes' last steps), and
+   the policy tiers' actors to ``policies/<tier>.pt``
+   (:func:`cmt.behaviour.mappo.load_tier_policies` loads them without training).
 
 Training is checkpointed under the behaviour directory at every snapshot and continues from
 there when rerun with the same map, budgets and seed.
@@ -25,6 +29,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -436,6 +441,89 @@ def select_tiers(
     return {"poor": 0, "medium": medium, "good": good}, rule
 
 
+# --------------------------------------------------------------------------- either learner
+
+
+@dataclass
+class Trained:
+    """A trained behaviour learner's snapshots, timings, and how a snapshot becomes a tier
+    policy (sampling with noise from a numpy generator) and a ``policies/<tier>.pt`` file."""
+
+    snapshots: list[dict[str, Any]]
+    stats: dict[str, float]
+    make_policy: Callable[[dict[str, Any], np.random.Generator], MultiAgentPolicy]
+    weights: Callable[[dict[str, Any]], dict[str, torch.Tensor]]
+    meta: dict[str, Any]  # the network, as cmt.behaviour.mappo.numpy_policy reads it
+    log: list[dict[str, float]]  # training metrics per snapshot (MAPPO's; empty for SB3's)
+
+    def save_policies(
+        self, out_dir: Path, chosen: dict[str, int], tiers: dict[str, dict[str, Any]]
+    ) -> None:
+        """``out_dir/<tier>.pt`` of every policy tier: actor weights and meta (no timings,
+        so a rerun from a finished checkpoint writes identical files)."""
+        from cmt.behaviour.mappo import save_tier_policy
+
+        for tier, index in chosen.items():
+            snap = self.snapshots[index]
+            meta = {
+                **self.meta,
+                "tier": tier,
+                "step": int(snap["step"]),
+                "snapshot_win_rate": float(snap["win_rate"]),
+                "snapshot_mean_return": float(snap["mean_return"]),
+                "win_rate": float(tiers[tier]["win_rate"]),
+                "mean_return": float(tiers[tier]["mean_return"]),
+                "episodes": int(tiers[tier]["episodes"]),
+                "rollout_seed": int(tiers[tier]["seed"]),
+            }
+            save_tier_policy(out_dir / f"{tier}.pt", self.weights(snap), meta)
+
+
+def train_behaviour(
+    map_name: str,
+    cfg: PpoConfig,
+    seed: int,
+    behaviour_dir: Path | None,
+    on_metrics: MetricsCallback | None = None,
+    progress: bool = True,
+) -> Trained:
+    """Train (or resume) the configured learner (``cfg.learner``) on ``map_name``."""
+    from cmt.behaviour import mappo  # lazy: flax and optax only when asked for
+
+    spec = smax_map(map_name)
+    if cfg.learner == "mappo":
+        run = mappo.train_mappo(map_name, cfg, seed, behaviour_dir, on_metrics, progress)
+        return Trained(
+            run.snapshots,
+            run.stats,
+            lambda snap, rng: mappo.numpy_policy(snap["policy"], run.meta, rng),
+            lambda snap: snap["policy"],
+            run.meta,
+            run.log,
+        )
+    model, snapshots, stats = train_ppo(map_name, cfg, seed, behaviour_dir, on_metrics, progress)
+
+    def make_policy(snap: dict[str, Any], rng: np.random.Generator) -> MultiAgentPolicy:
+        net = copy.deepcopy(model.policy).cpu()
+        net.load_state_dict(snap["policy"])
+        net.eval()
+        return ppo_policy(net, rng)
+
+    meta = {
+        "learner": "maskable_ppo",
+        "map": map_name,
+        "seed": seed,
+        "net_arch": list(cfg.net_arch),
+        "activation": "tanh",  # SB3's MlpPolicy
+        "agent_id": False,
+        "obs_dim": spec.obs_dim,
+        "num_agents": spec.num_agents,
+        "num_actions": spec.num_actions,
+    }
+    weights = lambda snap: mappo.sb3_policy_weights(snap["policy"])  # noqa: E731
+    return Trained(snapshots, stats, make_policy, weights, meta, [])
+
+
 # --------------------------------------------------------------------------- datasets
 
 
@@ -491,7 +579,7 @@ def _first_episodes(batch: EpisodeBatch, n: int) -> EpisodeBatch:
 def _tier_data(
     map_name: str,
     tier: str,
-    model: Any,
+    behaviour: Trained,
     snapshot: dict[str, Any] | None,
     episodes: int,
     seed: int,
@@ -502,13 +590,11 @@ def _tier_data(
         policy = heuristic_policy(map_name, seed_from(rng))
     else:
         assert snapshot is not None
-        net = copy.deepcopy(model.policy).cpu()
-        net.load_state_dict(snapshot["policy"])
-        net.eval()
-        policy = ppo_policy(net, rng)
+        policy = behaviour.make_policy(snapshot, rng)
     data, returns, won = record_tier(map_name, policy, episodes, seed_from(rng), tier)
     summary = {
         "level": TIERS.index(tier),
+        "seed": seed,  # rebuild: rng = default_rng(seed), the policy, record_tier(seed_from(rng))
         "snapshot_step": int(snapshot["step"]) if snapshot is not None else None,
         "episodes": int(returns.size),
         "transitions": len(data),
@@ -518,7 +604,7 @@ def _tier_data(
     return data, summary
 
 
-def _smax_metadata(map_name: str, seed: int, ppo_steps: int) -> dict[str, Any]:
+def _smax_metadata(map_name: str, seed: int, ppo_steps: int, learner: str) -> dict[str, Any]:
     """What a SMAX dataset file records about the map and its making."""
     spec = smax_map(map_name)
     return {
@@ -530,7 +616,7 @@ def _smax_metadata(map_name: str, seed: int, ppo_steps: int) -> dict[str, Any]:
         "num_tasks": 1,
         "seed": seed,
         "levels": list(TIERS),
-        "behaviour": "maskable_ppo",
+        "behaviour": learner,
         "ppo_steps": ppo_steps,
     }
 
@@ -545,19 +631,20 @@ def build_smax_datasets(
     progress: bool = True,
     on_metrics: MetricsCallback | None = None,
 ) -> dict[str, Any]:
-    """Train the behaviour policy of ``map_name`` and write ``out_dir/train.hdf5`` (every tier,
-    ``episodes_per_tier`` episodes each) and ``out_dir/tiers.json`` (the snapshot curve, the
-    chosen snapshots and each tier's win rate and mean return; no timings, so a rerun from a
-    finished checkpoint writes identical files). Returns that content plus PPO timings.
+    """Train the behaviour policy of ``map_name`` (``ppo_cfg.learner``) and write
+    ``out_dir/train.hdf5`` (every tier, ``episodes_per_tier`` episodes each),
+    ``out_dir/tiers.json`` (the snapshot curve, the chosen snapshots and each tier's win rate
+    and mean return) and ``out_dir/policies/<tier>.pt`` (the policy tiers' actors); no
+    timings, so a rerun from a finished checkpoint writes identical files. Returns that
+    content plus the learner's timings.
     """
     from cmt.data.hdf5 import write_hdf5  # lazy: keeps env imports free of h5py
 
     out_dir = Path(out_dir)
     rngs = random_streams(seed, _STREAMS)
     tier_seeds = {t: seed_from(rngs[f"tier/{t}"]) for t in TIERS}
-    model, snapshots, stats = train_ppo(
-        map_name, ppo_cfg, seed, behaviour_dir, on_metrics=on_metrics, progress=progress
-    )
+    behaviour = train_behaviour(map_name, ppo_cfg, seed, behaviour_dir, on_metrics, progress)
+    snapshots, stats = behaviour.snapshots, behaviour.stats
     wins = np.array([s["win_rate"] for s in snapshots])
     rets = np.array([s["mean_return"] for s in snapshots])
     chosen, rule = select_tiers(wins, rets, ppo_cfg.medium_fraction)
@@ -567,11 +654,13 @@ def build_smax_datasets(
     for tier in tqdm(tiers, desc=f"tiers {map_name}", disable=not progress):
         snapshot = snapshots[chosen[tier]] if tier in chosen else None
         data, tier_summary[tier] = _tier_data(
-            map_name, tier, model, snapshot, episodes_per_tier, tier_seeds[tier]
+            map_name, tier, behaviour, snapshot, episodes_per_tier, tier_seeds[tier]
         )
         parts.append(data)
-    train = concat_transitions(parts, _smax_metadata(map_name, seed, int(snapshots[-1]["step"])))
+    meta = _smax_metadata(map_name, seed, int(snapshots[-1]["step"]), ppo_cfg.learner)
+    train = concat_transitions(parts, meta)
     write_hdf5(out_dir / "train.hdf5", train)
+    behaviour.save_policies(out_dir / "policies", chosen, tier_summary)
     record = {
         "map": map_name,
         "seed": seed,
@@ -586,4 +675,4 @@ def build_smax_datasets(
         "transitions": len(train),
     }
     write_json(out_dir / "tiers.json", record)
-    return {**record, "ppo": stats}
+    return {**record, "ppo": stats, "ppo_log": behaviour.log}

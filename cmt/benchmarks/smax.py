@@ -2,10 +2,11 @@
 
 One map is one dataset and one task (task id 0). Allies are our agents; SMAX's heuristic
 controls the enemies. The data of a map mixes behaviour tiers named as in OG-MARL (good,
-medium, poor), written by the ``collect`` stage with a parameter-shared MaskablePPO policy and
-its snapshots (``cmt/behaviour/ppo.py``). Agents share one policy: a team's trajectories are
-folded into one sequence per agent (:mod:`cmt.data.agents`), and evaluation folds the team
-environment the same way (:mod:`cmt.envs.team`).
+medium, poor), written by the ``collect`` stage with a parameter-shared PPO policy (MAPPO,
+``cmt/behaviour/mappo.py``, or MaskablePPO) and its snapshots (``cmt/behaviour/ppo.py``).
+Agents share one policy: a team's trajectories are folded into one sequence per agent
+(:mod:`cmt.data.agents`), and evaluation folds the team environment the same way
+(:mod:`cmt.envs.team`).
 
 A prompt is fitted on the good tier's episodes; the score of an episode is 100 if it was won,
 0 otherwise, so a mean score is a win rate in percent.
@@ -58,7 +59,8 @@ class SmaxData(DataSection):
     )
     ppo: PpoConfig = Field(
         default_factory=PpoConfig,
-        description="MaskablePPO training of the good policy, whose snapshots give the tiers.",
+        description="Training of the behaviour policy (MAPPO or MaskablePPO), whose snapshots "
+        "give the tiers.",
     )
 
     methods: ClassVar[tuple[str, ...]] = ("madt", "bc", "cmt_zero_shot", "cmt_tuned")

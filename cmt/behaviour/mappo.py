@@ -1,0 +1,825 @@
+"""Parameter-shared MAPPO for SMAX, end to end in JAX (PureJaxRL / JaxMARL-baselines style).
+
+* **Actor**: one MLP shared by all allies, over the ally's own SMAX observation plus a one-hot
+  of its index (:func:`actor_input`); logits of unavailable actions are masked out, so an
+  illegal action is never drawn.
+* **Centralised critic**: one team value per episode from SMAX's world state (every unit's
+  health, position, cooldown and type, seen by an ally or not), as MAPPO (Yu et al. 2022);
+  the team reward is shared, so one value per team is all the agents need.
+* **Updates**: GAE over the team reward (bootstrapped through the time limit, cut at a
+  wipe-out), clipped PPO for the actor, a clipped value loss on normalised targets (MAPPO's
+  ValueNorm), Adam with global-norm clipping and an optionally annealed learning rate.
+* **Speed**: rollouts of ``n_envs`` vmapped SMAX episodes run in one ``jax.lax.scan`` (with
+  auto-reset), one jitted call; GAE and every epoch and minibatch of the update another.
+
+The environment is :func:`cmt.envs.smax.make_smax`'s (the one the datasets are recorded
+from): the actor sees exactly the observation a dataset stores, plus its agent one-hot, which
+the tier policies (:func:`numpy_policy`) add again at rollout.
+
+Training is checkpointed (``mappo_state.pt``, a sealed torch file of numpy-converted jax
+arrays: parameters, optimiser, value statistics, the episodes in flight, the PRNG key,
+counters and the snapshots so far) at every snapshot and continues from it when the settings
+match; jax on the CPU is deterministic, so a resumed run ends with the same parameters as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, NamedTuple, cast
+
+import flax.linen as nn
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import torch
+from flax import struct
+from tqdm.auto import tqdm
+
+from cmt.behaviour.rollout import random_streams, seed_from
+from cmt.checkpoint import CheckpointError, atomic_torch_save, load_sealed
+from cmt.envs.smax import MultiAgentPolicy, make_smax, smax_map
+from cmt.sections import PpoConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Actor",
+    "Critic",
+    "MappoLearner",
+    "MappoRun",
+    "SmaxTrainEnv",
+    "actor_input",
+    "learner_for",
+    "load_tier_policies",
+    "load_tier_policy",
+    "numpy_policy",
+    "policy_weights",
+    "save_tier_policy",
+    "sb3_policy_weights",
+    "train_mappo",
+]
+
+CHECKPOINT_FORMAT = 1
+CHECKPOINT_FILE = "mappo_state.pt"
+POLICY_FORMAT = 1
+_STREAMS = ("init", "eval")  # spawned from the seed in this order; append new ones
+_NOT_TRAINING = ("medium_fraction", "heuristic_tier", "device", "torch_threads")
+"""Fields that do not change MAPPO's training: tier choice after training, and the settings
+of the torch learner; changing them reuses a checkpoint."""
+_MASKED = -1e9  # logit of an unavailable action: never drawn, exp() underflows to 0
+_VALUE_NORM_BETA = 0.99999  # MAPPO's ValueNorm: a debiased, nearly cumulative average
+
+MetricsCallback = Callable[[int, dict[str, float]], None]
+"""Called at every snapshot with the agent step and ``ppo/win_rate``, ``ppo/mean_return``."""
+
+
+# --------------------------------------------------------------------------- networks
+
+
+def _dense(width: int, scale: float, name: str) -> nn.Dense:
+    # Orthogonal init as in PPO implementations (CleanRL, PureJaxRL): sqrt(2) for hidden
+    # ReLU layers, small for the policy head so the first policy is near uniform.
+    return nn.Dense(width, kernel_init=nn.initializers.orthogonal(scale), name=name)
+
+
+class Actor(nn.Module):
+    """Shared policy MLP: actor input (..., O + A) -> logits (..., N) (unmasked)."""
+
+    hidden: tuple[int, ...]
+    num_actions: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i, width in enumerate(self.hidden):
+            x = nn.relu(_dense(width, math.sqrt(2.0), f"hidden_{i}")(x))
+        return _dense(self.num_actions, 0.01, "logits")(x)
+
+
+class Critic(nn.Module):
+    """Centralised value MLP: world state (..., S) -> team value (...) (normalised units)."""
+
+    hidden: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i, width in enumerate(self.hidden):
+            x = nn.relu(_dense(width, math.sqrt(2.0), f"hidden_{i}")(x))
+        return _dense(1, 1.0, "value")(x)[..., 0]
+
+
+def actor_input(obs: jax.Array | np.ndarray) -> Any:
+    """Each ally's observation with its agent one-hot appended: (..., A, O) -> (..., A, O + A).
+
+    Works on numpy and jax arrays alike (the tier policies run in numpy)."""
+    xp: Any = jnp if isinstance(obs, jax.Array) else np
+    a = obs.shape[-2]
+    one_hot = xp.broadcast_to(xp.eye(a, dtype=obs.dtype), (*obs.shape[:-2], a, a))
+    return xp.concatenate([obs, one_hot], axis=-1)
+
+
+def _masked(logits: jax.Array, avail: jax.Array) -> jax.Array:
+    return jnp.where(avail, logits, _MASKED)
+
+
+# --------------------------------------------------------------------------- environment
+
+
+class SmaxTrainEnv:
+    """Pure functions over one SMAX episode of ``cmt.envs.smax.make_smax(map_name)``, for
+    ``vmap`` and ``scan``: the same observations, masks, reward and end rules as
+    :class:`cmt.envs.smax.SmaxBatchedEnv`, plus the world state and an auto-reset."""
+
+    def __init__(self, map_name: str) -> None:
+        self.spec = smax_map(map_name)
+        self.env = make_smax(map_name)
+        self.agents = list(self.env.agents)
+        self.n_allies = int(self.env.num_allies)
+        _, state = self.env.reset(jax.random.PRNGKey(0))
+        self.world_dim = int(self.env.get_world_state(state).shape[0])
+
+    def observe(self, state: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """obs (A, O) float32, avail (A, N) bool, world state (S,) float32."""
+        obs = self.env.get_obs(state)
+        avail = self.env.get_avail_actions(state)
+        return (
+            jnp.stack([obs[a] for a in self.agents]).astype(jnp.float32),
+            jnp.stack([avail[a] for a in self.agents]).astype(bool),
+            self.env.get_world_state(state).astype(jnp.float32),
+        )
+
+    def reset(self, key: jax.Array) -> Any:
+        _, state = self.env.reset(key)
+        # Strong dtypes, as step returns them: the scan carry must keep one type.
+        return jax.tree.map(lambda x: jnp.asarray(x, dtype=x.dtype), state)
+
+    def outcome(self, state: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(terminated, truncated, won): SMAX's rules as in ``cmt.envs.smax``."""
+        alive = state.state.unit_alive
+        allies, enemies = alive[: self.n_allies].any(), alive[self.n_allies :].any()
+        done = state.state.done
+        truncated = done & allies & enemies
+        return done & ~truncated, truncated, done & allies & ~enemies
+
+    def step(self, key: jax.Array, state: Any, actions: jax.Array) -> tuple[Any, ...]:
+        """One step, then a fresh episode where this one ended: (state, reward, terminated,
+        truncated, won, world state of the step's end, before any reset)."""
+        k_step, k_reset = jax.random.split(key)
+        _, nxt, rewards, _, _ = self.env.step_env(
+            k_step, state, {a: actions[i] for i, a in enumerate(self.agents)}
+        )
+        term, trunc, won = self.outcome(nxt)
+        end_world = self.env.get_world_state(nxt).astype(jnp.float32)
+        fresh = self.reset(k_reset)
+        done = term | trunc
+        state = jax.tree.map(lambda f, n: jnp.where(done, f, n).astype(n.dtype), fresh, nxt)
+        reward = rewards[self.agents[0]].astype(jnp.float32)  # the team reward
+        return state, reward, term, trunc, won, end_world
+
+
+# --------------------------------------------------------------------------- learner state
+
+
+class ValueNorm(NamedTuple):
+    """MAPPO's running statistics of the value targets (debiased EMAs)."""
+
+    mean: jax.Array
+    mean_sq: jax.Array
+    debias: jax.Array
+
+    @staticmethod
+    def create() -> ValueNorm:
+        return ValueNorm(jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
+
+    def stats(self) -> tuple[jax.Array, jax.Array]:
+        d = jnp.maximum(self.debias, 1e-5)
+        mean = self.mean / d
+        var = jnp.maximum(self.mean_sq / d - mean**2, 1e-2)  # MAPPO's floor
+        return mean, jnp.sqrt(var)
+
+    def update(self, x: jax.Array) -> ValueNorm:
+        b = _VALUE_NORM_BETA
+        return ValueNorm(
+            b * self.mean + (1 - b) * x.mean(),
+            b * self.mean_sq + (1 - b) * (x**2).mean(),
+            b * self.debias + (1 - b),
+        )
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a MAPPO run needs to continue bit for bit."""
+
+    params: dict[str, Any]  # {"actor": ..., "critic": ...}
+    opt_state: dict[str, Any]  # one optimiser state per network
+    vnorm: ValueNorm
+    env_state: Any  # (B, ...) SMAX states of the episodes in flight
+    ep_return: jax.Array  # (B,) return so far of each episode in flight
+    key: jax.Array
+    update: jax.Array  # updates done
+
+
+class _Traj(NamedTuple):
+    """One rollout, time-major (T, B, ...)."""
+
+    obs: jax.Array  # (T, B, A, O)
+    avail: jax.Array  # (T, B, A, N)
+    world: jax.Array  # (T, B, S)
+    actions: jax.Array  # (T, B, A)
+    logp: jax.Array  # (T, B, A)
+    value: jax.Array  # (T, B) normalised
+    reward: jax.Array  # (T, B)
+    terminated: jax.Array  # (T, B)
+    truncated: jax.Array  # (T, B)
+    won: jax.Array  # (T, B)
+    end_world: jax.Array  # (T, B, S)
+    ep_return: jax.Array  # (T, B) return of the episode that ended at this step, else 0
+
+
+class _Batch(NamedTuple):
+    """Training samples, one row per team step: (N, ...)."""
+
+    obs: jax.Array
+    avail: jax.Array
+    world: jax.Array
+    actions: jax.Array
+    logp: jax.Array
+    value: jax.Array
+    advantage: jax.Array
+    target: jax.Array  # normalised value target
+
+
+# --------------------------------------------------------------------------- learner
+
+
+class MappoLearner:
+    """The networks, optimisers and jitted update and evaluation of one map and config."""
+
+    def __init__(self, map_name: str, cfg: PpoConfig) -> None:
+        self.map_name, self.cfg = map_name, cfg
+        self.env = SmaxTrainEnv(map_name)
+        spec = self.env.spec
+        self.num_agents, self.num_actions = spec.num_agents, spec.num_actions
+        self.actor = Actor(tuple(cfg.net_arch), spec.num_actions)
+        self.critic = Critic(tuple(cfg.critic_arch))
+        self.agent_steps_per_update = cfg.n_envs * cfg.n_steps * spec.num_agents
+        self.num_updates = -(-cfg.total_steps // self.agent_steps_per_update)  # ceil
+        team_steps = cfg.n_envs * cfg.n_steps
+        self.num_minibatches = max(
+            1, min(team_steps, self.agent_steps_per_update // cfg.batch_size)
+        )
+        self.minibatch = team_steps // self.num_minibatches
+        lr: Any = cfg.learning_rate
+        if cfg.anneal_lr:
+            total = self.num_updates * cfg.n_epochs * self.num_minibatches
+            lr = optax.linear_schedule(cfg.learning_rate, 0.0, total)
+        self.tx = optax.chain(
+            optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(lr, eps=1e-5)
+        )
+        # Rollout and learning are compiled apart: the rollout (SMAX inside) costs most of the
+        # compile time, and the tests compile it alone.
+        self.init = jax.jit(self._init)
+        self.rollout = jax.jit(self._rollout)
+        self.learn = jax.jit(self._learn)
+        self.evaluate = jax.jit(self._evaluate, static_argnums=2)
+
+    def update(self, ts: TrainState) -> tuple[TrainState, dict[str, jax.Array]]:
+        """One rollout and ``n_epochs`` of minibatch updates on it; training metrics."""
+        ts, traj = self.rollout(ts)
+        return self.learn(ts, traj)
+
+    # ------------------------------------------------------------------ state
+    def _init(self, key: jax.Array) -> TrainState:
+        """Fresh networks and ``n_envs`` fresh episodes."""
+        k_actor, k_critic, k_env, key = jax.random.split(key, 4)
+        spec = self.env.spec
+        params = {
+            "actor": self.actor.init(
+                k_actor, jnp.zeros((1, spec.obs_dim + spec.num_agents), jnp.float32)
+            ),
+            "critic": self.critic.init(k_critic, jnp.zeros((1, self.env.world_dim), jnp.float32)),
+        }
+        env_state = jax.vmap(self.env.reset)(jax.random.split(k_env, self.cfg.n_envs))
+        return TrainState(
+            params=params,
+            opt_state={k: self.tx.init(v) for k, v in params.items()},
+            vnorm=ValueNorm.create(),
+            env_state=env_state,
+            ep_return=jnp.zeros(self.cfg.n_envs, jnp.float32),
+            key=key,
+            update=jnp.zeros((), jnp.int32),
+        )
+
+    def policy_logits(self, actor_params: Any, obs: jax.Array, avail: jax.Array) -> jax.Array:
+        """Masked logits (..., A, N) of the shared actor."""
+        return _masked(cast(jax.Array, self.actor.apply(actor_params, actor_input(obs))), avail)
+
+    def value(self, critic_params: Any, world: jax.Array) -> jax.Array:
+        """The critic's team value (...) of world states (..., S), in normalised units."""
+        return cast(jax.Array, self.critic.apply(critic_params, world))
+
+    def _values(self, ts: TrainState, world: jax.Array) -> jax.Array:
+        mean, std = ts.vnorm.stats()
+        v = self.value(ts.params["critic"], world)
+        return v * std + mean if self.cfg.value_norm else v
+
+    # ------------------------------------------------------------------ rollout
+    def _rollout(self, ts: TrainState) -> tuple[TrainState, _Traj]:
+        """``n_steps`` steps of every episode, with auto-reset."""
+        b = self.cfg.n_envs
+        step_env = jax.vmap(self.env.step)
+
+        def step(carry: tuple[Any, ...], _: None) -> tuple[tuple[Any, ...], _Traj]:
+            env_state, ep_return, key = carry
+            key, k_act, k_env = jax.random.split(key, 3)
+            obs, avail, world = jax.vmap(self.env.observe)(env_state)
+            logits = self.policy_logits(ts.params["actor"], obs, avail)  # (B, A, N)
+            actions = jax.random.categorical(k_act, logits)  # (B, A)
+            logp = jnp.take_along_axis(jax.nn.log_softmax(logits), actions[..., None], -1)
+            value = self.value(ts.params["critic"], world)  # (B,) normalised
+            env_state, reward, term, trunc, won, end_world = step_env(
+                jax.random.split(k_env, b), env_state, actions
+            )
+            ep_return = ep_return + reward
+            done = term | trunc
+            out = _Traj(
+                obs, avail, world, actions, logp[..., 0], value, reward, term, trunc, won,
+                end_world, jnp.where(done, ep_return, 0.0),
+            )  # fmt: skip
+            return (env_state, jnp.where(done, 0.0, ep_return), key), out
+
+        carry = (ts.env_state, ts.ep_return, ts.key)
+        (env_state, ep_return, key), traj = jax.lax.scan(step, carry, None, self.cfg.n_steps)
+        return replace(ts, env_state=env_state, ep_return=ep_return, key=key), traj
+
+    def _advantages(self, ts: TrainState, traj: _Traj) -> tuple[jax.Array, jax.Array]:
+        """GAE (T, B) and value targets (T, B), in return units."""
+        cfg = self.cfg
+        mean, std = ts.vnorm.stats()
+        value = traj.value * std + mean if cfg.value_norm else traj.value
+        # The value after each step: of the next state, or of the step's end when the episode
+        # ended there (its next state is a fresh episode's).
+        next_value = self._values(ts, traj.end_world)
+        done = traj.terminated | traj.truncated
+        # A wipe-out has no future; the time limit does (SMAX's observation has no clock).
+        delta = traj.reward + cfg.gamma * next_value * (1.0 - traj.terminated) - value
+
+        def back(adv: jax.Array, x: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+            d, end = x
+            adv = d + cfg.gamma * cfg.gae_lambda * (1.0 - end) * adv
+            return adv, adv
+
+        _, adv = jax.lax.scan(back, jnp.zeros_like(delta[0]), (delta, done), reverse=True)
+        return adv, adv + value
+
+    # ------------------------------------------------------------------ update
+    def _loss(self, params: Any, mb: _Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+        cfg = self.cfg
+        logits = self.policy_logits(params["actor"], mb.obs, mb.avail)  # (M, A, N)
+        logp_all = jax.nn.log_softmax(logits)
+        logp = jnp.take_along_axis(logp_all, mb.actions[..., None], -1)[..., 0]  # (M, A)
+        # Dead allies have one action (stop) and no choice: MAPPO's active masks leave them out.
+        active = (mb.avail.sum(-1) > 1).astype(jnp.float32)
+        n_active = jnp.maximum(active.sum(), 1.0)
+        adv = (mb.advantage - mb.advantage.mean()) / (mb.advantage.std() + 1e-8)
+        ratio = jnp.exp(logp - mb.logp)
+        clipped = jnp.clip(ratio, 1 - cfg.clip_range, 1 + cfg.clip_range)
+        pg = -jnp.minimum(ratio * adv[:, None], clipped * adv[:, None])
+        pg_loss = (pg * active).sum() / n_active
+        probs = jnp.exp(logp_all)
+        entropy = -jnp.where(mb.avail, probs * logp_all, 0.0).sum(-1)
+        entropy = (entropy * active).sum() / n_active
+        v = self.value(params["critic"], mb.world)  # (M,) normalised
+        v_loss = (v - mb.target) ** 2
+        if cfg.value_clip:
+            v_clip = mb.value + jnp.clip(v - mb.value, -cfg.clip_range, cfg.clip_range)
+            v_loss = jnp.maximum(v_loss, (v_clip - mb.target) ** 2)
+        v_loss = 0.5 * v_loss.mean()
+        loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
+        approx_kl = ((ratio - 1) - (logp - mb.logp)) * active
+        return loss, {
+            "policy_loss": pg_loss,
+            "value_loss": v_loss,
+            "entropy": entropy,
+            "approx_kl": approx_kl.sum() / n_active,
+        }
+
+    def _epoch(self, ts: TrainState, batch: _Batch, key: jax.Array) -> tuple[TrainState, Any]:
+        n, m = self.num_minibatches, self.minibatch
+        perm = jax.random.permutation(key, batch.obs.shape[0])[: n * m].reshape(n, m)
+        grad_fn = jax.value_and_grad(self._loss, has_aux=True)
+
+        def minibatch(ts: TrainState, idx: jax.Array) -> tuple[TrainState, Any]:
+            mb = jax.tree.map(lambda x: x[idx], batch)
+            (_, info), grads = grad_fn(ts.params, mb)
+            params, opt_state = {}, {}
+            for name in ("actor", "critic"):  # one optimiser each, as MAPPO
+                upd, opt_state[name] = self.tx.update(
+                    grads[name], ts.opt_state[name], ts.params[name]
+                )
+                params[name] = optax.apply_updates(ts.params[name], upd)
+            return replace(ts, params=params, opt_state=opt_state), info
+
+        return jax.lax.scan(minibatch, ts, perm)
+
+    def _learn(self, ts: TrainState, traj: _Traj) -> tuple[TrainState, dict[str, jax.Array]]:
+        adv, target = self._advantages(ts, traj)
+        if self.cfg.value_norm:
+            ts = replace(ts, vnorm=ts.vnorm.update(target))
+            mean, std = ts.vnorm.stats()
+            target = (target - mean) / std
+
+        def flat(x: jax.Array) -> jax.Array:
+            return x.reshape(-1, *x.shape[2:])  # (T, B, ...) -> (T * B, ...)
+
+        batch = _Batch(
+            obs=flat(traj.obs),
+            avail=flat(traj.avail),
+            world=flat(traj.world),
+            actions=flat(traj.actions),
+            logp=flat(traj.logp),
+            value=flat(traj.value),
+            advantage=flat(adv),
+            target=flat(target),
+        )
+        key, k_epochs = jax.random.split(ts.key)
+        ts = replace(ts, key=key)
+        ts, info = jax.lax.scan(
+            lambda s, k: self._epoch(s, batch, k), ts, jax.random.split(k_epochs, self.cfg.n_epochs)
+        )
+        ended = traj.terminated | traj.truncated
+        metrics = {k: v.mean() for k, v in info.items()}
+        metrics["episodes"] = ended.sum()
+        metrics["wins"] = traj.won.sum()
+        metrics["return_sum"] = traj.ep_return.sum()
+        return replace(ts, update=ts.update + 1), metrics
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate(
+        self, actor_params: Any, key: jax.Array, episodes: int
+    ) -> tuple[jax.Array, jax.Array]:
+        """(won (E,), return (E,)) of ``episodes`` fresh episodes, actions sampled as the
+        tier policies sample them."""
+        k_reset, key = jax.random.split(key)
+        state = jax.vmap(self.env.reset)(jax.random.split(k_reset, episodes))
+        zeros = jnp.zeros(episodes)
+
+        def step(carry: tuple[Any, ...], _: None) -> tuple[tuple[Any, ...], None]:
+            state, alive, ret, won, key = carry
+            key, k_act, k_env = jax.random.split(key, 3)
+            obs, avail, _world = jax.vmap(self.env.observe)(state)
+            actions = jax.random.categorical(k_act, self.policy_logits(actor_params, obs, avail))
+            state, reward, term, trunc, w, _end = jax.vmap(self.env.step)(
+                jax.random.split(k_env, episodes), state, actions
+            )
+            ret = ret + jnp.where(alive, reward, 0.0)
+            won = won | (alive & w)
+            return (state, alive & ~(term | trunc), ret, won, key), None
+
+        carry = (state, zeros > -1, zeros, zeros > 0, key)
+        (_, _, ret, won, _), _ = jax.lax.scan(step, carry, None, self.env.spec.horizon)
+        return won, ret
+
+
+_LEARNERS: dict[tuple[str, str], MappoLearner] = {}
+_NOT_COMPILED = (*_NOT_TRAINING, "learner", "snapshot_every", "eval_episodes")
+"""Fields that the compiled functions do not depend on (eval_episodes is a static argument)."""
+
+
+def learner_for(map_name: str, cfg: PpoConfig) -> MappoLearner:
+    """The learner of a map and config, cached: jit compiles once per process."""
+    key = (map_name, cfg.model_dump_json(exclude=set(_NOT_COMPILED)))
+    if key not in _LEARNERS:
+        _LEARNERS[key] = MappoLearner(map_name, cfg)
+    return _LEARNERS[key]
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _to_torch(tree: Any) -> Any:
+    """A nested dict of jax arrays as torch tensors (uint32 PRNG keys as int64)."""
+    if isinstance(tree, Mapping):
+        return {str(k): _to_torch(v) for k, v in tree.items()}
+    a = np.array(tree)  # a writable copy, 0-d arrays kept 0-d
+    return torch.from_numpy(a.astype(np.int64) if a.dtype == np.uint32 else a)
+
+
+def _from_torch(template: Any, tree: Any) -> Any:
+    """``tree`` of torch tensors back into jax arrays of ``template``'s dtypes and shapes."""
+
+    def leaf(t: Any, x: Any) -> jax.Array:
+        a = np.asarray(x.numpy() if isinstance(x, torch.Tensor) else x)
+        if a.shape != np.shape(t):
+            raise ValueError(f"shape {a.shape}, expected {np.shape(t)}")
+        return jnp.asarray(a.astype(np.asarray(t).dtype))
+
+    restored = flax.serialization.from_state_dict(template, tree)
+    return jax.tree.map(leaf, template, restored)
+
+
+def policy_weights(actor_params: Any) -> dict[str, torch.Tensor]:
+    """The actor's layers as ``{"<layer>.kernel" (in, out), "<layer>.bias"}`` CPU tensors."""
+    layers = flax.serialization.to_state_dict(actor_params)["params"]
+    return {
+        f"{name}.{part}": torch.from_numpy(np.array(layer[part], dtype=np.float32))
+        for name, layer in layers.items()
+        for part in ("kernel", "bias")
+    }
+
+
+def _fingerprint(map_name: str, cfg: PpoConfig, seed: int) -> str:
+    trained = cfg.model_dump(mode="json", exclude=set(_NOT_TRAINING))
+    return json.dumps({"map": map_name, "budgets": trained, "seed": seed}, sort_keys=True)
+
+
+def _restore(
+    path: Path | None, fingerprint: str, template: TrainState
+) -> tuple[TrainState, list[dict[str, Any]]] | None:
+    """The training state and snapshots of the checkpoint at ``path``, if it holds the same
+    training (a missing, corrupt or other run's checkpoint: None, start over)."""
+    if path is None or not path.exists():
+        return None
+    try:
+        state = load_sealed(path)
+    except CheckpointError as err:
+        log.warning("%s; starting over", err)  # a cache of work: a restart, not a failure
+        return None
+    if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != fingerprint:
+        log.warning("%s: checkpoint of other settings, starting over", path)
+        return None
+    try:
+        ts = _from_torch(template, state["train"])
+    except (KeyError, ValueError) as err:
+        log.warning("%s: inconsistent checkpoint (%s), starting over", path, err)
+        return None
+    return ts, list(state["snapshots"])
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class MappoRun:
+    """A finished (or resumed and finished) MAPPO run."""
+
+    snapshots: list[dict[str, Any]]  # step, env_step, win_rate, mean_return, policy, ...
+    stats: dict[str, float]  # resumed_from, seconds, steps_per_s, ...
+    meta: dict[str, Any]  # what a tier policy file records about the network
+    log: list[dict[str, float]]  # training metrics between snapshots
+
+
+class _Run:
+    """The snapshot loop of :func:`train_mappo`: evaluate, record, checkpoint."""
+
+    def __init__(
+        self,
+        learner: MappoLearner,
+        cfg: PpoConfig,
+        seed: int,
+        path: Path | None,
+        on_metrics: MetricsCallback | None,
+    ) -> None:
+        # cfg, not learner.cfg: a cached learner may come from a config that differs in
+        # fields it does not compile (snapshots, evaluation episodes).
+        self.learner, self.cfg, self.seed = learner, cfg, seed
+        self.path, self.on_metrics = path, on_metrics
+        self.fingerprint = _fingerprint(learner.map_name, cfg, seed)
+        rngs = random_streams(seed, _STREAMS)
+        self.init_key = jax.random.PRNGKey(seed_from(rngs["init"]))
+        self.eval_key = jax.random.PRNGKey(seed_from(rngs["eval"]))
+        self.snapshots: list[dict[str, Any]] = []
+        self.log: list[dict[str, float]] = []
+        self.pending: list[dict[str, Any]] = []
+
+    def start(self) -> TrainState:
+        template = self.learner.init(self.init_key)
+        restored = _restore(self.path, self.fingerprint, template)
+        if restored is None:
+            return template
+        ts, self.snapshots = restored
+        log.info("%s: resuming MAPPO at update %d", self.path, int(ts.update))
+        return ts
+
+    def step_of(self, ts: TrainState) -> int:
+        return int(ts.update) * self.learner.agent_steps_per_update
+
+    def take(self, ts: TrainState) -> None:
+        """Evaluate the current actor, keep it, checkpoint, report."""
+        learner, cfg = self.learner, self.cfg
+        step = self.step_of(ts)
+        if self.snapshots and self.snapshots[-1]["step"] == step:
+            return
+        key = jax.random.fold_in(self.eval_key, len(self.snapshots))
+        won, ret = learner.evaluate(ts.params["actor"], key, cfg.eval_episodes)
+        snap: dict[str, Any] = {
+            "step": step,
+            "env_step": step // learner.num_agents,
+            "win_rate": float(np.mean(won)),
+            "mean_return": float(np.mean(ret)),
+            "policy": policy_weights(ts.params["actor"]),
+        }
+        self.snapshots.append(snap)
+        self.log.append({"step": step, **_summarise(self.pending)})
+        self.pending = []
+        if self.path is not None:
+            atomic_torch_save(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "fingerprint": self.fingerprint,
+                    "train": _to_torch(flax.serialization.to_state_dict(ts)),
+                    "snapshots": self.snapshots,
+                },
+                self.path,
+            )
+        if self.on_metrics is not None:
+            self.on_metrics(
+                step, {"ppo/win_rate": snap["win_rate"], "ppo/mean_return": snap["mean_return"]}
+            )
+
+
+def _summarise(pending: list[dict[str, Any]]) -> dict[str, float]:
+    """Training metrics of the updates since the last snapshot."""
+    if not pending:
+        return {}
+    episodes = sum(float(m["episodes"]) for m in pending)
+    out = {k: float(np.mean([float(m[k]) for m in pending])) for k in pending[0]}
+    out["train_episodes"] = episodes
+    out["train_win_rate"] = sum(float(m["wins"]) for m in pending) / max(episodes, 1.0)
+    out["train_mean_return"] = sum(float(m["return_sum"]) for m in pending) / max(episodes, 1.0)
+    for k in ("episodes", "wins", "return_sum"):
+        out.pop(k)
+    return out
+
+
+def train_mappo(
+    map_name: str,
+    cfg: PpoConfig,
+    seed: int,
+    behaviour_dir: Path | None = None,
+    on_metrics: MetricsCallback | None = None,
+    progress: bool = True,
+) -> MappoRun:
+    """Train (or resume) MAPPO on ``map_name``; snapshots at the start, every
+    ``snapshot_every`` agent steps (between updates) and at the end, each evaluated on
+    ``eval_episodes`` episodes and checkpointed to ``behaviour_dir/mappo_state.pt``."""
+    learner = learner_for(map_name, cfg)
+    path = None if behaviour_dir is None else Path(behaviour_dir) / CHECKPOINT_FILE
+    run = _Run(learner, cfg, seed, path, on_metrics)
+    ts = run.start()
+    start = run.step_of(ts)
+    run.take(ts)  # the untrained actor (a no-op when resuming)
+    t0 = time.perf_counter()
+    bar = tqdm(total=learner.num_updates, initial=int(ts.update), desc=f"mappo {map_name}",
+               disable=not progress)  # fmt: skip
+    next_snap = (start // cfg.snapshot_every + 1) * cfg.snapshot_every
+    while int(ts.update) < learner.num_updates:
+        ts, metrics = learner.update(ts)
+        run.pending.append(metrics)
+        bar.update(1)
+        step = run.step_of(ts)
+        if step >= next_snap and int(ts.update) < learner.num_updates:
+            run.take(ts)
+            next_snap = (step // cfg.snapshot_every + 1) * cfg.snapshot_every
+            bar.set_postfix(win_rate=f"{run.snapshots[-1]['win_rate']:.2f}")
+    run.take(ts)  # the final actor
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    steps = run.step_of(ts) - start
+    stats = {
+        "resumed_from": float(start),
+        "seconds": elapsed,
+        "steps_per_s": steps / elapsed if elapsed > 0 and steps else 0.0,
+        "env_steps_per_s": steps / learner.num_agents / elapsed if elapsed > 0 and steps else 0.0,
+    }
+    return MappoRun(run.snapshots, stats, _policy_meta(learner, seed), run.log)
+
+
+def _policy_meta(learner: MappoLearner, seed: int) -> dict[str, Any]:
+    spec = learner.env.spec
+    return {
+        "learner": "mappo",
+        "map": learner.map_name,
+        "seed": seed,
+        "net_arch": list(learner.cfg.net_arch),
+        "activation": "relu",
+        "agent_id": True,
+        "obs_dim": spec.obs_dim,
+        "num_agents": spec.num_agents,
+        "num_actions": spec.num_actions,
+    }
+
+
+# --------------------------------------------------------------------------- tier policies
+
+_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "relu": lambda x: np.maximum(x, 0.0),
+    "tanh": np.tanh,
+}
+
+
+def numpy_policy(
+    weights: Mapping[str, torch.Tensor | np.ndarray],
+    meta: Mapping[str, Any],
+    rng: np.random.Generator,
+) -> MultiAgentPolicy:
+    """A tier policy: the actor MLP in numpy, actions sampled from its masked categorical
+    with noise from ``rng`` (Gumbel-max), so a rollout is reproducible from the seed alone."""
+    hidden = len(meta["net_arch"])
+    names = [f"hidden_{i}" for i in range(hidden)] + ["logits"]
+    layers = [
+        (
+            np.asarray(weights[f"{n}.kernel"], np.float64),
+            np.asarray(weights[f"{n}.bias"], np.float64),
+        )
+        for n in names
+    ]
+    act_fn, agent_id = _ACTIVATIONS[meta["activation"]], bool(meta["agent_id"])
+
+    def act(obs: np.ndarray, avail: np.ndarray, t: int) -> np.ndarray:
+        x = actor_input(obs) if agent_id else obs
+        x = np.asarray(x, np.float64)
+        for i, (w, b) in enumerate(layers):
+            x = x @ w + b
+            if i < hidden:
+                x = act_fn(x)
+        scores = x + rng.gumbel(size=x.shape)  # (B, A, N)
+        return np.where(avail, scores, -np.inf).argmax(axis=-1).astype(np.int64)
+
+    return act
+
+
+def sb3_policy_weights(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """MaskablePPO's ``MlpPolicy`` actor (tanh MLP) in :func:`numpy_policy`'s layout."""
+    linears = sorted(
+        {int(k.split(".")[2]) for k in state_dict if k.startswith("mlp_extractor.policy_net.")}
+    )
+    out: dict[str, torch.Tensor] = {}
+    for i, j in enumerate(linears):
+        prefix = f"mlp_extractor.policy_net.{j}"
+        out[f"hidden_{i}.kernel"] = state_dict[f"{prefix}.weight"].detach().float().T.contiguous()
+        out[f"hidden_{i}.bias"] = state_dict[f"{prefix}.bias"].detach().float().clone()
+    out["logits.kernel"] = state_dict["action_net.weight"].detach().float().T.contiguous()
+    out["logits.bias"] = state_dict["action_net.bias"].detach().float().clone()
+    return out
+
+
+def save_tier_policy(
+    path: Path, weights: Mapping[str, torch.Tensor], meta: Mapping[str, Any]
+) -> None:
+    """``path``: a tier's actor weights and its meta (map, tier, step, win rate, seed, net)."""
+    atomic_torch_save(
+        {
+            "format": POLICY_FORMAT,
+            "kind": "smax_tier_policy",
+            "weights": dict(weights),
+            "meta": json.dumps(dict(meta), sort_keys=True),
+        },
+        path,
+    )
+
+
+def _read_tier_policy(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    obj = load_sealed(path)
+    if obj.get("format") != POLICY_FORMAT or obj.get("kind") != "smax_tier_policy":
+        raise CheckpointError(f"{path}: not a SMAX tier policy of format {POLICY_FORMAT}")
+    return obj["weights"], json.loads(obj["meta"])
+
+
+def load_tier_policy(
+    path: Path, rng: np.random.Generator
+) -> tuple[MultiAgentPolicy, dict[str, Any]]:
+    """The sampling policy of one tier file and its meta.
+
+    Its dataset episodes come back with ``rng = np.random.default_rng(meta["rollout_seed"])``,
+    this policy on ``rng`` and ``cmt.behaviour.ppo.record_tier(map, policy,
+    meta["episodes"], seed_from(rng), tier)``, as the collect stage drew them."""
+    weights, meta = _read_tier_policy(path)
+    try:
+        return numpy_policy(weights, meta, rng), meta
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"{path}: inconsistent tier policy: {err}") from None
+
+
+def load_tier_policies(
+    directory: Path, rngs: Mapping[str, np.random.Generator] | None = None
+) -> dict[str, MultiAgentPolicy]:
+    """Every ``<tier>.pt`` of a dataset's ``policies/`` directory as a sampling policy;
+    ``rngs`` gives a tier its noise stream (default: seeded by the tier's ``rollout_seed``)."""
+    out: dict[str, MultiAgentPolicy] = {}
+    for path in sorted(Path(directory).glob("*.pt")):
+        tier = path.stem
+        if rngs is not None and tier in rngs:
+            rng = rngs[tier]
+        else:
+            rng = np.random.default_rng(int(_read_tier_policy(path)[1].get("rollout_seed", 0)))
+        out[tier], _ = load_tier_policy(path, rng)
+    return out

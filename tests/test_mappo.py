@@ -1,0 +1,222 @@
+"""JAX MAPPO behaviour learner of SMAX (cmt/behaviour/mappo.py): masks, the centralised
+critic's input, snapshots and checkpoints, exact resume, exported tier policies, learning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from cmt.behaviour.mappo import (
+    CHECKPOINT_FILE,
+    MappoLearner,
+    SmaxTrainEnv,
+    actor_input,
+    learner_for,
+    load_tier_policies,
+    load_tier_policy,
+    numpy_policy,
+    policy_weights,
+    save_tier_policy,
+    sb3_policy_weights,
+    train_mappo,
+)
+from cmt.behaviour.ppo import TIERS, build_smax_datasets, record_tier
+from cmt.behaviour.rollout import seed_from
+from cmt.checkpoint import load_sealed
+from cmt.data.hdf5 import read_hdf5
+from cmt.envs.smax import run_episodes, smax_map
+from cmt.sections import PpoConfig
+
+# 3m: 4 episodes x 16 steps x 3 allies = 192 agent steps per update, 2 minibatches.
+TINY = PpoConfig(
+    total_steps=3 * 192,
+    n_envs=4,
+    n_steps=16,
+    batch_size=96,
+    n_epochs=2,
+    snapshot_every=192,
+    eval_episodes=4,
+    net_arch=(32,),
+    critic_arch=(32,),
+)
+
+
+@pytest.fixture(scope="module")
+def learner() -> MappoLearner:
+    return learner_for("3m", TINY)  # the one train_mappo uses: compiled once
+
+
+def test_actions_respect_masks(learner: MappoLearner) -> None:
+    ts = learner.init(jax.random.PRNGKey(0))
+    for _ in range(4):  # 64 steps of 4 episodes: deaths, resets and attacks come up
+        ts, traj = learner.rollout(ts)
+        avail, actions = np.asarray(traj.avail), np.asarray(traj.actions)
+        assert np.take_along_axis(avail, actions[..., None], -1).all()
+    # An agent with a single available action (dead: stop) always takes it.
+    single = avail.sum(-1) == 1
+    assert single.any() and (actions[single] == 4).all()
+
+    rng = np.random.default_rng(0)
+    weights = policy_weights(ts.params["actor"])
+    meta = {"net_arch": [32], "activation": "relu", "agent_id": True}
+    policy = numpy_policy(weights, meta, rng)
+    obs = rng.standard_normal((64, 3, 75)).astype(np.float32)
+    masks = rng.random((64, 3, 8)) < 0.3
+    masks[..., 4] = True
+    for t in range(20):
+        a = policy(obs, masks, t)
+        assert np.take_along_axis(masks, a[..., None], -1).all()
+
+
+def test_critic_sees_the_world_state(learner: MappoLearner) -> None:
+    env = SmaxTrainEnv("3m")
+    state = jax.jit(env.reset)(jax.random.PRNGKey(1))
+    obs, avail, world = jax.jit(env.observe)(state)
+    spec = smax_map("3m")
+    assert obs.shape == (3, spec.obs_dim) and avail.shape == (3, spec.num_actions)
+    # SMAX's world state: every unit (allies and enemies), not any one ally's view.
+    np.testing.assert_array_equal(world, env.env.get_world_state(state))
+    assert world.shape == (env.world_dim,) and env.world_dim == 12 * 6
+    ts = learner.init(jax.random.PRNGKey(0))
+    first = ts.params["critic"]["params"]["hidden_0"]["kernel"]
+    assert first.shape == (env.world_dim, 32)  # the critic's input is the world state
+    _, traj = learner.rollout(ts)
+    assert traj.world.shape == (16, 4, env.world_dim) and traj.value.shape == (16, 4)
+    # The actor sees the stored observation plus the agent one-hot, nothing else.
+    x = actor_input(np.asarray(obs))
+    np.testing.assert_array_equal(x[:, : spec.obs_dim], obs)
+    np.testing.assert_array_equal(x[:, spec.obs_dim :], np.eye(3))
+
+
+def test_training_writes_snapshots_and_checkpoint(tmp_path: Path) -> None:
+    run = train_mappo("3m", TINY, seed=0, behaviour_dir=tmp_path, progress=False)
+    assert [s["step"] for s in run.snapshots] == [0, 192, 384, 576]
+    assert [s["env_step"] for s in run.snapshots] == [0, 64, 128, 192]
+    assert all(0.0 <= s["win_rate"] <= 1.0 for s in run.snapshots)
+    path = tmp_path / CHECKPOINT_FILE
+    assert path.stat().st_size < 5_000_000
+    state = load_sealed(path)
+    assert int(state["train"]["update"]) == 3 and len(state["snapshots"]) == 4
+    again = train_mappo("3m", TINY, seed=0, behaviour_dir=tmp_path, progress=False)
+    assert again.stats["resumed_from"] == 576  # finished: nothing retrained
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_gives_the_uninterrupted_parameters(tmp_path: Path) -> None:
+    whole = train_mappo("3m", TINY, seed=3, behaviour_dir=tmp_path / "a", progress=False)
+
+    def kill_at_384(step: int, metrics: dict[str, float]) -> None:
+        if step == 384:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        train_mappo("3m", TINY, 3, tmp_path / "b", on_metrics=kill_at_384, progress=False)
+    resumed = train_mappo("3m", TINY, seed=3, behaviour_dir=tmp_path / "b", progress=False)
+    assert resumed.stats["resumed_from"] == 384
+    assert [s["step"] for s in resumed.snapshots] == [0, 192, 384, 576]
+    for a, b in zip(whole.snapshots, resumed.snapshots, strict=True):
+        assert a["win_rate"] == b["win_rate"] and a["mean_return"] == b["mean_return"]
+        for name, tensor in a["policy"].items():
+            torch.testing.assert_close(tensor, b["policy"][name], rtol=0, atol=0)
+    # Other settings (here: snapshots, which compile nothing new): the checkpoint is not reused.
+    other = TINY.model_copy(update={"snapshot_every": 384})
+    assert train_mappo("3m", other, 3, tmp_path / "b", progress=False).stats["resumed_from"] == 0
+
+
+def test_tier_policy_files_match_the_actor(tmp_path: Path, learner: MappoLearner) -> None:
+    ts = learner.init(jax.random.PRNGKey(5))
+    meta = {"net_arch": [32], "activation": "relu", "agent_id": True, "seed": 7, "tier": "good"}
+    save_tier_policy(tmp_path / "good.pt", policy_weights(ts.params["actor"]), meta)
+    policy, loaded = load_tier_policy(tmp_path / "good.pt", np.random.default_rng(0))
+    assert loaded == meta
+    assert set(load_tier_policies(tmp_path)) == {"good"}
+    # Same network: sampling from numpy with Gumbel noise equals argmax of jax's logits + noise.
+    rng = np.random.default_rng(1)
+    obs = rng.standard_normal((8, 3, 75)).astype(np.float32)
+    avail = rng.random((8, 3, 8)) < 0.5
+    avail[..., 4] = True
+    logits = np.asarray(learner.policy_logits(ts.params["actor"], jnp.asarray(obs), avail))
+    noise = np.random.default_rng(2).gumbel(size=logits.shape)
+    expected = np.where(avail, logits + noise, -np.inf).argmax(-1)
+    _, replay = load_tier_policy(tmp_path / "good.pt", np.random.default_rng(2))
+    policy, _ = load_tier_policy(tmp_path / "good.pt", np.random.default_rng(2))
+    np.testing.assert_array_equal(policy(obs, avail, 0), expected)
+
+
+def test_sb3_weights_give_maskable_ppo_logits() -> None:
+    import gymnasium as gym
+    from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+
+    torch.manual_seed(0)
+    net = MaskableActorCriticPolicy(
+        gym.spaces.Box(-1, 1, (75,)), gym.spaces.Discrete(8), lambda _: 1e-3, net_arch=[16, 16]
+    )
+    weights = sb3_policy_weights(net.state_dict())
+    rng = np.random.default_rng(0)
+    obs = rng.standard_normal((6, 3, 75)).astype(np.float32)
+    avail = np.ones((6, 3, 8), dtype=bool)
+    with torch.no_grad():
+        logits = net.get_distribution(torch.as_tensor(obs.reshape(18, 75))).distribution.logits
+    logits = logits.numpy().reshape(6, 3, 8)
+    noise = np.random.default_rng(1).gumbel(size=logits.shape)
+    meta = {"net_arch": [16, 16], "activation": "tanh", "agent_id": False}
+    policy = numpy_policy(weights, meta, np.random.default_rng(1))
+    # log-softmax shifts every logit of a row by one constant: the argmax stays.
+    np.testing.assert_array_equal(policy(obs, avail, 0), (logits + noise).argmax(-1))
+
+
+@pytest.mark.slow
+def test_datasets_from_mappo_and_their_policy_files(tmp_path: Path) -> None:
+    out, behaviour = tmp_path / "3m", tmp_path / "behaviour"
+    summary = build_smax_datasets("3m", out, behaviour, TINY, 8, seed=0, progress=False)
+    assert [s["step"] for s in summary["snapshots"]] == [0, 192, 384, 576]
+    data = read_hdf5(out / "train.hdf5")
+    assert data.metadata["behaviour"] == "mappo"
+    files = sorted(p.name for p in (out / "policies").iterdir())
+    assert files == ["good.pt", "medium.pt", "poor.pt"]
+    assert set(load_tier_policies(out / "policies")) == {"good", "medium", "poor"}
+    # A fresh clone rebuilds a tier's episodes from its policy file alone.
+    rng = np.random.default_rng(summary["tiers"]["good"]["seed"])
+    policy, meta = load_tier_policy(out / "policies" / "good.pt", rng)
+    assert meta["learner"] == "mappo" and meta["map"] == "3m" and meta["tier"] == "good"
+    assert meta["step"] == summary["tiers"]["good"]["snapshot_step"]
+    assert meta["win_rate"] == summary["tiers"]["good"]["win_rate"]
+    again, _, _ = record_tier("3m", policy, meta["episodes"], seed_from(rng), "good")
+    good = data.infos["level"] == TIERS.index("good")
+    np.testing.assert_array_equal(again.actions, data.actions[good])
+    np.testing.assert_array_equal(again.observations, data.observations[good])
+
+
+@pytest.mark.slow
+def test_mappo_learns_3m() -> None:
+    """About 100,000 SMAX steps (12 updates) more than double the random policy's return."""
+    cfg = PpoConfig(
+        total_steps=98_304 * 3,
+        n_envs=64,
+        n_steps=128,
+        batch_size=6_144,
+        learning_rate=3e-3,
+        clip_range=0.1,
+        snapshot_every=98_304 * 3 // 2,
+        eval_episodes=128,
+    )
+    run = train_mappo("3m", cfg, seed=0, progress=False)
+    random = run_episodes("3m", 128, lambda o, a, t: _random(a), seed=1).returns.mean()
+    assert run.snapshots[0]["mean_return"] < random + 0.1  # the untrained actor: near uniform
+    trained = run.snapshots[-1]["mean_return"]
+    assert trained > 2 * random and trained > random + 0.15, (trained, random)  # 0.44 vs 0.18
+
+
+_RNG = np.random.default_rng(0)
+
+
+def _random(avail: np.ndarray) -> np.ndarray:
+    return (_RNG.random(avail.shape) * avail).argmax(-1)
