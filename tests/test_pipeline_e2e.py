@@ -689,6 +689,7 @@ def test_mujoco_preset_end_to_end(repo: Repo):
 TINY_D4RL = {
     "data.transitions": 1000,
     "data.reference_episodes": 1,
+    "data.sac.policies": "train",  # the preset rolls out committed policies of 200k steps
     "data.sac.sac_steps": 300,
     "data.sac.learning_starts": 100,
     "data.sac.eval_every": 100,
