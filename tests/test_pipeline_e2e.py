@@ -744,7 +744,7 @@ def test_d4rl_preset_end_to_end(repo: Repo):
     assert client.get_registered_model("cmt-hopper_medium_replay").aliases["champion"]
 
     # The data-quality table, from the collect run in MLflow, against the file itself.
-    script = str(Path(__file__).resolve().parents[1] / "scripts" / "data_quality.py")
+    script = str(ROOT / "scripts" / "data_quality.py")
     out = repo.run(sys.executable, script, "--out", "quality")  # the clone has no scripts/
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     rows = json.loads((p / "quality/data_quality.json").read_text())["rows"]
