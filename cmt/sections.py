@@ -329,8 +329,17 @@ class PretrainConfig(Section):
     temperature: float = Field(0.1, gt=0.0, description="InfoNCE temperature.")
     context_source: Literal["same_trajectory", "same_task"] = Field(
         "same_trajectory",
-        description="Where a segment's context comes from: a disjoint window of the same "
-        "trajectory (prompt encodes task and behaviour) or another trajectory of the same task.",
+        description="Where a segment's context comes from: its own trajectory's steps outside "
+        "the segment when there are at least context_size of them, else another trajectory "
+        "of the same task and behaviour level ('same_trajectory': the prompt encodes task and "
+        "behaviour); always another trajectory of the task and level ('same_task').",
+    )
+    demo_fraction: float = Field(
+        0.2,
+        gt=0.0,
+        le=1.0,
+        description="Prompt-DT: its training prompts are cut from each task's highest-return "
+        "episodes, this share of them (its expert demonstrations, as published).",
     )
     checkpoint_every: int = Field(200, ge=1, description="Steps between resumable checkpoints.")
     log_every: int = Field(20, ge=1, description="Steps between logged metrics.")
@@ -368,3 +377,10 @@ class PromptTuneConfig(Section):
     )
     patience: int = Field(4, ge=1, description="Validation checks without improvement to stop.")
     eval_every: int = Field(20, ge=1, description="Steps between validation checks.")
+    anchor: float = Field(
+        0.1,
+        ge=0.0,
+        description="Pull toward the initial prompt p0: the loss gains anchor * ||p - p0||² / "
+        "||p0||², so that fitting a few demonstrations cannot move the prompt anywhere the "
+        "backbone never saw (0: no pull).",
+    )

@@ -6,16 +6,19 @@ import numpy as np
 import pytest
 
 from cmt.data.dataset import Normalizer, OfflineDataset
-from cmt.data.sampler import SegmentSampler
+from cmt.data.sampler import NoContext, SegmentSampler
 from cmt.data.schema import TransitionData
 
 K, C, S = 6, 5, 3
 
 
-def random_dataset(seed: int, n_tasks: int = 4) -> OfflineDataset:
-    """Random transitions, episodes of random lengths 1..15 (some shorter than K or S)."""
+def random_dataset(
+    seed: int, n_tasks: int = 4, lengths: np.ndarray | None = None, levels: int = 0
+) -> OfflineDataset:
+    """Random transitions, episodes of random lengths 1..15 (some shorter than K or S); the
+    observation's first feature is the transition's index, so a context names its rows."""
     rng = np.random.default_rng(seed)
-    lengths = rng.integers(1, 16, size=25)
+    lengths = rng.integers(1, 16, size=25) if lengths is None else np.asarray(lengths)
     n = int(lengths.sum())
     ends = np.cumsum(lengths) - 1
     terminals = np.zeros(n, bool)
@@ -24,22 +27,73 @@ def random_dataset(seed: int, n_tasks: int = 4) -> OfflineDataset:
     terminals[ends[is_term]] = True
     timeouts[ends[~is_term]] = True
     task = np.repeat(rng.integers(0, n_tasks, size=len(lengths)), lengths)
+    obs = rng.normal(size=(n, 3)).astype(np.float32)
+    obs[:, 0] = np.arange(n)
+    infos = {}
+    if levels:
+        infos["level"] = np.repeat(rng.integers(0, levels, size=len(lengths)), lengths).astype(
+            np.int8
+        )
     data = TransitionData(
-        observations=rng.normal(size=(n, 3)).astype(np.float32),
+        observations=obs,
         actions=rng.uniform(-1, 1, size=(n, 2)).astype(np.float32),
         rewards=rng.normal(size=n).astype(np.float32),
         terminals=terminals,
         timeouts=timeouts,
         next_observations=rng.normal(size=(n, 3)).astype(np.float32),
         task_ids=task.astype(np.int64),
+        infos=infos,
     )
     return OfflineDataset(data, seed=seed)
+
+
+def group_of(ds: OfflineDataset, e: int) -> tuple[int, int]:
+    """The documented context group: the task, and the level where the data records one."""
+    level = ds.data.infos.get("level")
+    return int(ds.ep_task[e]), -1 if level is None else int(level[ds.ep_start[e]])
+
+
+def pick(u: float, items: list[int]) -> int:
+    return items[int(float(u) * len(items))]
+
+
+def reference_context(ds, ep, off, seg_len, u_ep, u_ctx, own_first: bool) -> list[int]:
+    """The set-context rule, literally: own steps outside the segment if there are >= C (and
+    the own episode comes first), else every step of another episode of the group."""
+    es, L = int(ds.ep_start[ep]), int(ds.ep_len[ep])
+    others = [e for e in range(ds.num_episodes) if e != ep and group_of(ds, e) == group_of(ds, ep)]
+    outside = [es + k for k in range(L) if not off <= k < off + seg_len]
+    if others and not (own_first and len(outside) >= C):
+        cep = pick(u_ep, others)
+        allowed = list(range(int(ds.ep_start[cep]), int(ds.ep_start[cep] + ds.ep_len[cep])))
+    else:
+        allowed = outside
+    return [pick(u, allowed) for u in u_ctx]
+
+
+def reference_segment(ds, ep, off, seg_len, u_ep, u_seg, demo_fraction=0.2) -> list[int]:
+    """The Prompt-DT rule: S steps of another of the task's top-return episodes."""
+    task = int(ds.ep_task[ep])
+    eps = [e for e in range(ds.num_episodes) if ds.ep_task[e] == task]
+    n_top = max(2, int(np.ceil(demo_fraction * len(eps))))
+    top = sorted(sorted(eps, key=lambda e: -ds.ep_return[e])[:n_top])
+    others = [e for e in top if e != ep]
+    L = int(ds.ep_len[ep])
+    if others:
+        cep = pick(u_ep, others)
+        cL = int(ds.ep_len[cep])
+        w = pick(u_seg, list(range(max(1, cL - S + 1))))
+    else:
+        cep, cL = ep, L
+        w = pick(u_seg, [w for w in range(L - S + 1) if w + S <= off or w >= off + seg_len])
+    return [int(ds.ep_start[cep]) + min(w + j, cL - 1) for j in range(S)]
 
 
 def reference(ds: OfflineDataset, norm: Normalizer, draws: dict, source: str) -> dict:
     """Per-sample loops implementing the documented sampling rules literally."""
     d = ds.data
-    out = {k: [] for k in ("states", "actions", "rtg", "timesteps", "mask", "ctx", "seg", "unit")}
+    keys = ("states", "actions", "rtg", "timesteps", "mask", "ctx", "ctx2", "seg", "unit")
+    out = {k: [] for k in keys}
     for b, start in enumerate(draws["start"]):
         ep = int(np.searchsorted(ds.ep_start, start, side="right") - 1)
         es, L = int(ds.ep_start[ep]), int(ds.ep_len[ep])
@@ -54,41 +108,39 @@ def reference(ds: OfflineDataset, norm: Normalizer, draws: dict, source: str) ->
         out["rtg"].append(np.array(rtg + [0.0] * pad))
         out["timesteps"].append(np.array([i - es for i in rows] + [0] * pad))
         out["mask"].append(np.array([True] * seg_len + [False] * pad))
-        out["unit"].append(ep if source == "same_trajectory" else int(ds.ep_task[ep]))
-        # Context episode: the own one, or another episode of the same task.
-        if source == "same_trajectory":
-            cep = ep
-        else:
-            same_task = [e for e in range(ds.num_episodes) if ds.ep_task[e] == ds.ep_task[ep]]
-            others = [e for e in same_task if e != ep]
-            cep = others[int(draws["other"][b] * len(others))] if others else ep
-        cs, cL = int(ds.ep_start[cep]), int(ds.ep_len[cep])
-        # Set context: from the own episode, only steps outside the segment window.
-        if cep == ep and L - seg_len > 0:
-            allowed = [k for k in range(L) if not off <= k < off + seg_len]
-        else:
-            allowed = list(range(cL))
-        out["ctx"].append([cs + allowed[int(float(u) * len(allowed))] for u in draws["ctx"][b]])
-        # Segment: S consecutive steps; windows overlapping the segment are excluded.
-        if cep == ep:
-            windows = [w for w in range(L - S + 1) if w + S <= off or w >= off + seg_len]
-        else:
-            windows = []
-        if not windows:
-            windows = list(range(max(1, cL - S + 1)))
-        w = windows[int(draws["seg"][b] * len(windows))]
-        out["seg"].append([cs + min(w + j, cL - 1) for j in range(S)])
+        out["unit"].append(group_of(ds, ep))
+        own_first = source == "same_trajectory"
+        ctx = reference_context(ds, ep, off, seg_len, draws["other"][b], draws["ctx"][b], own_first)
+        out["ctx"].append(ctx)
+        ctx2 = reference_context(ds, ep, off, seg_len, draws["other2"][b], draws["ctx2"][b], False)
+        out["ctx2"].append(ctx2)
+        out["seg"].append(
+            reference_segment(ds, ep, off, seg_len, draws["other"][b], draws["seg"][b])
+        )
     return {k: np.array(v) for k, v in out.items()}
+
+
+def context_rows(x) -> np.ndarray:
+    """Transition indices of a context (B, C, F): feature 0 is the index (identity norm)."""
+    return np.rint(x[..., 0].numpy()).astype(np.int64)
+
+
+def samplers(ds, source="same_trajectory", norm=None):
+    norm = Normalizer.identity(3) if norm is None else norm
+    kw = dict(context_size=C, segment_len=S, source=source)
+    return (
+        SegmentSampler(ds, norm, K, context="set", contrastive=True, **kw),
+        SegmentSampler(ds, norm, K, context="segment", **kw),
+    )
 
 
 @pytest.mark.parametrize("source", ["same_trajectory", "same_task"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_batched_sampler_matches_reference(source, seed):
-    ds = random_dataset(seed)
+@pytest.mark.parametrize("levels", [0, 2])
+def test_batched_sampler_matches_reference(source, seed, levels):
+    ds = random_dataset(seed, levels=levels)
     norm = Normalizer.fit(ds.data, ds.ep_return)
-    kw = dict(context_size=C, segment_len=S, source=source)
-    set_sampler = SegmentSampler(ds, norm, K, context="set", **kw)
-    seg_sampler = SegmentSampler(ds, norm, K, context="segment", **kw)
+    set_sampler, seg_sampler = samplers(ds, source, norm)
     draws = set_sampler.draw(64, np.random.default_rng(seed + 10))
     draws["seg"] = np.random.default_rng(seed + 20).random(64)
     ref = reference(ds, norm, draws, source)
@@ -98,30 +150,105 @@ def test_batched_sampler_matches_reference(source, seed):
     np.testing.assert_allclose(b.rtg.numpy(), ref["rtg"], rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(b.timesteps.numpy(), ref["timesteps"])
     np.testing.assert_array_equal(b.mask.numpy(), ref["mask"])
-    np.testing.assert_array_equal(b.unit.numpy(), ref["unit"])
+    # One unit per group: the same unit exactly where the reference's groups agree.
+    unit = b.unit.numpy()
+    same_ref = (ref["unit"][:, None, :] == ref["unit"][None, :, :]).all(-1)
+    np.testing.assert_array_equal(unit[:, None] == unit[None, :], same_ref)
     # Context features are computed from the chosen indices: compare the indices' features.
     d = ds.data
-    ctx_obs = (d.observations[ref["ctx"]] - norm.state_mean) / norm.state_std
-    np.testing.assert_allclose(b.context[..., :3].numpy(), ctx_obs, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(b.context[..., 3:5].numpy(), d.actions[ref["ctx"]])
+    for key, got in (("ctx", b.context), ("ctx2", b.context2)):
+        obs = (d.observations[ref[key]] - norm.state_mean) / norm.state_std
+        np.testing.assert_allclose(got[..., :3].numpy(), obs, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(got[..., 3:5].numpy(), d.actions[ref[key]])
     seg = seg_sampler.build(draws).segment
     np.testing.assert_array_equal(seg["actions"].numpy(), d.actions[ref["seg"]])
     np.testing.assert_array_equal(seg["timesteps"].numpy(), ds.timesteps[ref["seg"]])
 
 
-def test_same_trajectory_context_never_overlaps_the_segment():
-    ds = random_dataset(5)
-    norm = Normalizer.fit(ds.data, ds.ep_return)
-    s = SegmentSampler(ds, norm, K, context="set", context_size=C)
-    draws = s.draw(512, np.random.default_rng(0))
-    draws["seg"] = np.zeros(512)
-    ref = reference(ds, norm, draws, "same_trajectory")
-    for b, start in enumerate(draws["start"]):
-        seg = set(range(start, start + int(ref["mask"][b].sum())))
-        ep = ds.episode_of[start]
-        if ds.ep_len[ep] > len(seg):
-            assert not seg & set(ref["ctx"][b])
-        assert all(ds.episode_of[i] == ep for i in ref["ctx"][b])
+def predicted_rows(ds: OfflineDataset, batch) -> list[set[int]]:
+    """The transitions whose actions each segment of ``batch`` predicts."""
+    first = np.rint(batch.states[:, 0, 0].numpy()).astype(np.int64)
+    return [set(range(f, f + int(m.sum()))) for f, m in zip(first, batch.mask, strict=True)]
+
+
+@pytest.mark.parametrize("source", ["same_trajectory", "same_task"])
+@pytest.mark.parametrize("lengths", ["short", "long", "mixed"])
+def test_contexts_never_hold_a_predicted_step(source, lengths):
+    """The sampler itself: no context or prompt segment holds a step the segment predicts,
+    on episodes shorter than K (where the whole episode is predicted) and longer ones."""
+    n = {"short": [4] * 24, "long": [40] * 24, "mixed": [3, 40] * 12}[lengths]
+    ds = random_dataset(3, lengths=np.array(n))
+    set_sampler, seg_sampler = samplers(ds, source)
+    for seed in range(3):
+        draws = set_sampler.draw(256, np.random.default_rng(seed))
+        draws["seg"] = np.random.default_rng(seed + 7).random(256)
+        batch = set_sampler.build(draws)
+        predicted = predicted_rows(ds, batch)
+        segment = seg_sampler.build(draws).segment
+        seg_rows = np.rint(segment["states"][..., 0].numpy()).astype(np.int64)
+        for rows, ctx, ctx2, seg in zip(
+            predicted,
+            context_rows(batch.context),
+            context_rows(batch.context2),
+            seg_rows,
+            strict=True,
+        ):
+            assert not rows & set(ctx.tolist())
+            assert not rows & set(ctx2.tolist())
+            assert not rows & set(seg.tolist())
+
+
+def test_short_episode_context_comes_from_another_episode_of_its_group():
+    ds = random_dataset(4, n_tasks=3, lengths=np.full(60, 5), levels=2)
+    set_sampler, _ = samplers(ds)
+    batch = set_sampler.sample(256, np.random.default_rng(0))
+    ep = ds.episode_of[np.rint(batch.states[:, 0, 0].numpy()).astype(np.int64)]
+    ctx_eps = ds.episode_of[context_rows(batch.context)]  # (B, C)
+    for e, ce in zip(ep, ctx_eps, strict=True):
+        assert len(set(ce.tolist())) == 1, "a context is one episode's"
+        assert ce[0] != e
+        assert group_of(ds, int(ce[0])) == group_of(ds, int(e))
+
+
+def test_contrastive_positives_share_the_task_and_level_not_the_episode():
+    """InfoNCE's unit is the group (task and level), and its second view is another of the
+    group's episodes: the encoder learns what the group's episodes share."""
+    ds = random_dataset(6, n_tasks=3, lengths=np.full(30, 40), levels=2)
+    set_sampler, _ = samplers(ds)
+    batch = set_sampler.sample(256, np.random.default_rng(1))
+    ep = ds.episode_of[np.rint(batch.states[:, 0, 0].numpy()).astype(np.int64)]
+    groups = [group_of(ds, int(e)) for e in ep]
+    unit = batch.unit.numpy()
+    for i in range(len(ep)):
+        for j in range(len(ep)):
+            assert (unit[i] == unit[j]) == (groups[i] == groups[j])
+    view2 = ds.episode_of[context_rows(batch.context2)][:, 0]
+    assert (view2 != ep).all()
+    assert [group_of(ds, int(e)) for e in view2] == groups
+
+
+def test_prompt_dt_segments_come_from_the_tasks_best_episodes():
+    ds = random_dataset(8, n_tasks=2, lengths=np.full(40, 12))
+    _, seg_sampler = samplers(ds)
+    draws = seg_sampler.draw(512, np.random.default_rng(2))
+    batch = seg_sampler.build(draws)
+    ep = ds.episode_of[np.rint(batch.states[:, 0, 0].numpy()).astype(np.int64)]
+    seg_ep = ds.episode_of[np.rint(batch.segment["states"][:, 0, 0].numpy()).astype(np.int64)]
+    for task in range(2):
+        eps = np.flatnonzero(ds.ep_task == task)
+        n_best = int(np.ceil(0.2 * len(eps)))  # demo_fraction's default
+        best = set(eps[np.argsort(-ds.ep_return[eps])][:n_best].tolist())
+        mine = ds.ep_task[ep] == task
+        assert set(seg_ep[mine].tolist()) == best
+    assert (ds.ep_task[seg_ep] == ds.ep_task[ep]).all()
+    assert (seg_ep != ep).all()
+
+
+def test_a_lone_episode_covered_by_its_segment_is_refused():
+    ds = random_dataset(9, n_tasks=1, lengths=np.array([4]))
+    set_sampler, _ = samplers(ds)
+    with pytest.raises(NoContext, match="alone in its group"):
+        set_sampler.sample(8, np.random.default_rng(0))
 
 
 def test_dataset_rtg_and_episode_index():

@@ -269,3 +269,40 @@ def test_compiled_pretraining_runs_and_saves_plain_weights(tiny_params, tiny_dat
     )
     model, _, _ = load_policy(ckpt)  # keys of the plain module: loads without unwrapping
     assert not any("_orig_mod" in k for k in model.state_dict())
+
+
+def test_the_anchor_keeps_the_tuned_prompt_near_the_initial_one(
+    tiny_params, tiny_data_dir, cmt_checkpoint
+):
+    """The pull toward the initial prompt bounds how far tuning moves it: a strong anchor
+    keeps it closer than none, with everything else equal."""
+    data = load_data(tiny_params, tiny_data_dir)
+    model, norm, _ = load_policy(cmt_checkpoint)
+    task = tiny_params.data.test_tasks[0]
+    pdata = prompt_data(tiny_params, make_benchmark(tiny_params.data), data, task, 0)
+    init = initial_prompt(model, norm, pdata.fit, 0)
+    # No early stop, so both run every step and only the anchor differs.
+    base = tiny_params.prompt_tune.model_copy(update={"steps": 60, "patience": 100})
+    drift = {}
+    for anchor in (0.0, 100.0):
+        cfg = base.model_copy(update={"anchor": anchor})
+        out = tune_prompt(model, norm, pdata, init, cfg, 0, progress=False)
+        final = out.history[-1]
+        assert final[0] == 60
+        drift[anchor] = float((out.prompt - init).norm() / init.norm())
+    assert drift[100.0] < 0.5 * drift[0.0], drift
+
+
+def test_early_stopping_validates_on_more_than_one_demonstration(tiny_params, tiny_data_dir):
+    """Prompt data of 5 demonstrations holds 2 out for validation (one alone made the
+    stopping point a coin flip); every benchmark splits through the same rule."""
+    from cmt.data.dataset import held_out_count
+
+    data = load_data(tiny_params, tiny_data_dir)
+    bench = make_benchmark(tiny_params.data)
+    task = tiny_params.data.test_tasks[0]
+    pdata = prompt_data(tiny_params, bench, data, task, 0)
+    demos = bench.prompt_target(data, task).num_episodes
+    assert pdata.val.num_episodes >= 2
+    assert pdata.val.num_episodes + pdata.fit.num_episodes == demos
+    assert [held_out_count(n, 0.25) for n in (2, 3, 5, 8, 40)] == [1, 2, 2, 2, 10]

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from cmt.data.hdf5 import episode_bounds
-from cmt.data.schema import AGENT_ID, TransitionData
+from cmt.data.schema import AGENT_ID, LEVEL, TransitionData
 from cmt.integrity import NonFiniteError
 
 
@@ -101,17 +101,7 @@ class OfflineDataset:
         ep_end = starts + lengths
         self.ep_return = (csum[ep_end] - csum[starts]).astype(np.float32)
         self.rtg = (csum[np.repeat(ep_end, lengths)] - csum[:-1]).astype(np.float32)
-        # Episodes grouped by task: sorted order, the first slot of each task, and counts,
-        # so "another episode of the same task" is an index computation, not a Python loop.
         self.tasks = np.unique(self.ep_task)
-        order = np.argsort(self.ep_task, kind="stable")
-        self.eps_by_task = order
-        self.task_first = np.searchsorted(self.ep_task[order], self.ep_task)  # (E,)
-        self.task_count = np.bincount(self.ep_task, minlength=int(self.ep_task.max()) + 1)[
-            self.ep_task
-        ]  # (E,)
-        self.rank_in_task = np.empty(len(starts), dtype=np.int64)
-        self.rank_in_task[order] = np.arange(len(starts)) - self.task_first[order]
 
     def __len__(self) -> int:
         return len(self.data)
@@ -139,6 +129,26 @@ class OfflineDataset:
         sub = self.data.take(idx)
         return OfflineDataset(sub, seed=seed)
 
+    @property
+    def ep_group(self) -> np.ndarray:
+        """(E,) what an episode's context stands for: its task, and its behaviour level (or
+        SMAX tier) where the data records one (docs/method.md, "context")."""
+        levels = self.data.infos.get(LEVEL)
+        if levels is None:
+            return self.ep_task.astype(np.int64)
+        n_levels = int(levels.max()) + 1
+        return self.ep_task.astype(np.int64) * n_levels + levels[self.ep_start].astype(np.int64)
+
+    def top_episodes_per_task(self, fraction: float, at_least: int = 2) -> np.ndarray:
+        """(E,) bool: each task's ``fraction`` highest-return episodes (at least
+        ``at_least``, or all it has)."""
+        top = np.zeros(self.num_episodes, dtype=bool)
+        for task in self.tasks:
+            eps = np.flatnonzero(self.ep_task == task)
+            n = max(at_least, int(np.ceil(fraction * len(eps))))
+            top[eps[np.argsort(-self.ep_return[eps], kind="stable")[:n]]] = True
+        return top
+
     def top_episodes(self, fraction: float, at_least: int = 1) -> np.ndarray:
         """Indices of the ``fraction`` highest-return episodes (at least ``at_least``), in
         dataset order; ties keep dataset order."""
@@ -159,11 +169,22 @@ class OfflineDataset:
         if self.num_episodes < 2:
             raise ValueError("need at least 2 episodes to hold some out for validation")
         perm = np.random.default_rng(seed).permutation(self.num_episodes)
-        n_val = min(max(1, round(val_fraction * self.num_episodes)), self.num_episodes - 1)
+        n_val = held_out_count(self.num_episodes, val_fraction)
         return (
             self.select_episodes(np.sort(perm[n_val:]), seed=seed),
             self.select_episodes(np.sort(perm[:n_val]), seed=seed + 1),
         )
+
+
+MIN_VAL_EPISODES = 2
+"""Validation episodes of a prompt's early stopping, where there are enough: one
+demonstration alone made the stopping point a coin flip (docs/method.md)."""
+
+
+def held_out_count(n: int, val_fraction: float) -> int:
+    """Episodes (or team episodes) to hold out of ``n`` for validation: ``val_fraction`` of
+    them, at least :data:`MIN_VAL_EPISODES`, and at least one left to fit on."""
+    return min(max(MIN_VAL_EPISODES, round(val_fraction * n)), n - 1)
 
 
 @dataclass(frozen=True)

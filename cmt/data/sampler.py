@@ -35,7 +35,7 @@ class Batch:
     mask: torch.Tensor  # (B, K) bool, True on real steps
     next_states: torch.Tensor  # (B, K, obs) normalised
     ep_return: torch.Tensor  # (B,) unscaled return of the segment's episode
-    unit: torch.Tensor  # (B,) int64: episode or task id that defines "same context"
+    unit: torch.Tensor  # (B,) int64: the episode's group (task, and level where recorded)
     context: torch.Tensor | None = None  # (B, C, F) transitions for the encoder
     context2: torch.Tensor | None = None  # (B, C, F) a second draw (InfoNCE positive)
     segment: dict[str, torch.Tensor] | None = None  # raw Prompt-DT segment, (B, S, ...) each
@@ -95,8 +95,49 @@ def _floor_index(u: np.ndarray, n: np.ndarray) -> np.ndarray:
     return np.minimum((u.astype(np.float64) * n).astype(np.int64), n - 1)
 
 
+class EpisodeGroups:
+    """Eligible episodes grouped by a key (task, or task and level), so that "another eligible
+    episode of the same group" is index arithmetic rather than a Python loop per sample."""
+
+    def __init__(self, key: np.ndarray, eligible: np.ndarray) -> None:
+        eps = np.flatnonzero(eligible)
+        self.order = eps[np.argsort(key[eps], kind="stable")]  # eligible episodes by key
+        self.key = key
+        n_keys = int(key.max()) + 1 if len(key) else 1
+        self.count = np.bincount(key[eps], minlength=n_keys)  # per key
+        self.first = np.concatenate([[0], np.cumsum(self.count)[:-1]])  # per key
+        self.rank = np.full(len(key), -1, dtype=np.int64)  # slot inside its group, -1: none
+        self.rank[self.order] = np.arange(len(self.order)) - self.first[key[self.order]]
+
+    def other(self, ep: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """A uniformly drawn eligible episode of ``ep``'s group other than ``ep``; -1 where
+        the group has none."""
+        if len(self.order) == 0:
+            return np.full(len(ep), -1, dtype=np.int64)
+        k = self.key[ep]
+        n = self.count[k]
+        own = self.rank[ep] >= 0
+        m = n - own  # candidates
+        r = _floor_index(u, np.maximum(m, 1))
+        r = r + (own & (r >= self.rank[ep]))  # skip the episode's own slot
+        slot = np.minimum(self.first[k] + r, len(self.order) - 1)  # in range where m == 0 too
+        return np.where(m > 0, self.order[slot], -1)
+
+
+class NoContext(ValueError):
+    """A segment has no context that leaves its predicted steps out (docs/method.md)."""
+
+
 class SegmentSampler:
-    """Builds whole batches with array operations (no Python loop per sample)."""
+    """Builds whole batches with array operations (no Python loop per sample).
+
+    Context rules (docs/method.md, "context"): a context never holds a step whose action the
+    segment predicts. The set context (CMT) comes from the own episode's other steps when
+    there are at least C of them (``same_trajectory``), else from another episode of the
+    same group (task, and behaviour level where recorded); its contrastive second view from
+    another episode of the group, so that InfoNCE positives share the group and negatives
+    are other groups. The raw segment (Prompt-DT) comes from another of the task's
+    demonstration episodes, its ``demo_fraction`` highest-return ones."""
 
     def __init__(
         self,
@@ -109,6 +150,7 @@ class SegmentSampler:
         segment_len: int = 5,
         source: ContextSource = "same_trajectory",
         contrastive: bool = False,
+        demo_fraction: float = 0.2,
     ) -> None:
         self.ds, self.norm, self.K = ds, norm, context_len
         self.context, self.C, self.S = context, context_size, segment_len
@@ -122,6 +164,14 @@ class SegmentSampler:
         self._features = (
             transition_features(ds, norm, np.arange(len(ds))) if context == "set" else None
         )
+        self.group = ds.ep_group
+        every = np.ones(ds.num_episodes, dtype=bool)
+        self._groups = EpisodeGroups(self.group, every)
+        self._demos = (
+            EpisodeGroups(ds.ep_task.astype(np.int64), ds.top_episodes_per_task(demo_fraction))
+            if context == "segment"
+            else None
+        )
 
     def draw(self, batch_size: int, rng: np.random.Generator | None = None) -> dict:
         """All random numbers one batch needs."""
@@ -134,6 +184,7 @@ class SegmentSampler:
         if self.context == "set":
             draws["ctx"] = rng.random((B, self.C), dtype=np.float32)
             if self.contrastive:
+                draws["other2"] = rng.random(B)
                 draws["ctx2"] = rng.random((B, self.C), dtype=np.float32)
         elif self.context == "segment":
             draws["seg"] = rng.random(B)
@@ -143,7 +194,7 @@ class SegmentSampler:
         return self.build(self.draw(batch_size, rng))
 
     def build(self, draws: dict) -> Batch:
-        ds, norm, K = self.ds, self.norm, self.K
+        ds, K = self.ds, self.K
         d = ds.data
         start = draws["start"]  # (B,)
         ep = ds.episode_of[start]
@@ -167,7 +218,7 @@ class SegmentSampler:
             mask=torch.from_numpy(mask),
             next_states=torch.from_numpy(zero_pad(rows(self._next_states, idx))),
             ep_return=torch.from_numpy(ds.ep_return[ep]),
-            unit=torch.from_numpy(ep if self.source == "same_trajectory" else ds.ep_task[ep]),
+            unit=torch.from_numpy(self.group[ep]),
         )
         if d.avail_actions is not None:
             avail = d.avail_actions[idx]  # (B, K, n)
@@ -175,56 +226,70 @@ class SegmentSampler:
             batch.avail = torch.from_numpy(avail)
         if ds.agent_of is not None:
             batch.agents = torch.from_numpy(ds.agent_of[start])
-        if self.context == "none":
-            return batch
-
-        ctx_ep = ep if self.source == "same_trajectory" else self._other_episode(ep, draws["other"])
         if self.context == "set":
             assert self._features is not None  # built for set contexts
-            idx1 = self._set_index(ep, ctx_ep, offset, seg_len, draws["ctx"])
+            own_ok = self.source == "same_trajectory"
+            idx1 = self._set_index(ep, offset, seg_len, draws["other"], draws["ctx"], own_ok)
             batch.context = torch.from_numpy(rows(self._features, idx1))
             if self.contrastive:
-                idx2 = self._set_index(ep, ctx_ep, offset, seg_len, draws["ctx2"])
+                idx2 = self._set_index(ep, offset, seg_len, draws["other2"], draws["ctx2"], False)
                 batch.context2 = torch.from_numpy(rows(self._features, idx2))
-        else:
-            idx_seg = self._segment_index(ep, ctx_ep, offset, seg_len, draws["seg"])
-            batch.segment = segment_tensors(ds, norm, idx_seg)
+        elif self.context == "segment":
+            idx_seg = self._segment_index(ep, offset, seg_len, draws["other"], draws["seg"])
+            batch.segment = segment_tensors(ds, self.norm, idx_seg)
         return batch
 
-    def _other_episode(self, ep: np.ndarray, u: np.ndarray) -> np.ndarray:
-        """A different episode of the same task (the episode itself if it is the only one)."""
-        ds = self.ds
-        n = ds.task_count[ep]
-        r = _floor_index(u, np.maximum(n - 1, 1))
-        r = r + (r >= ds.rank_in_task[ep])  # skip the episode's own slot
-        other = ds.eps_by_task[ds.task_first[ep] + np.minimum(r, n - 1)]
-        return np.where(n > 1, other, ep)
-
     def _set_index(
-        self, ep: np.ndarray, ctx_ep: np.ndarray, offset: np.ndarray, seg_len: np.ndarray, u
+        self,
+        ep: np.ndarray,
+        offset: np.ndarray,
+        seg_len: np.ndarray,
+        u_ep: np.ndarray,
+        u: np.ndarray,
+        own_first: bool,
     ) -> np.ndarray:
-        """C transition indices of ``ctx_ep``; from the own episode, outside the segment window."""
+        """C transition indices (B, C): the own episode's steps outside the segment if
+        ``own_first`` and there are at least C of them, else all steps of another episode of
+        the group, else (a group of one episode) the own steps outside the segment."""
         ds = self.ds
-        L = ds.ep_len[ctx_ep][:, None]  # (B, 1)
-        same = (ctx_ep == ep)[:, None]
-        avail = L - seg_len[:, None]  # steps of the own episode outside the segment
-        disjoint = same & (avail > 0)
-        k = _floor_index(u, np.where(disjoint, avail, L))  # (B, C)
-        k = np.where(disjoint, k + (k >= offset[:, None]) * seg_len[:, None], k)
+        outside = ds.ep_len[ep] - seg_len  # (B,) own steps outside the segment
+        other = self._groups.other(ep, u_ep)
+        use_own = (other < 0) | (own_first & (outside >= self.C))
+        _no_context(use_own & (outside <= 0), ep, "a context")
+        ctx_ep = np.where(use_own, ep, other)
+        n = np.where(use_own, outside, ds.ep_len[ctx_ep])[:, None]  # (B, 1) candidates
+        k = _floor_index(u, np.maximum(n, 1))  # (B, C)
+        k = np.where(use_own[:, None], k + (k >= offset[:, None]) * seg_len[:, None], k)
         return ds.ep_start[ctx_ep][:, None] + k
 
     def _segment_index(
-        self, ep: np.ndarray, ctx_ep: np.ndarray, offset: np.ndarray, seg_len: np.ndarray, u
+        self, ep: np.ndarray, offset: np.ndarray, seg_len: np.ndarray, u_ep: np.ndarray, u
     ) -> np.ndarray:
-        """S consecutive indices of ``ctx_ep``, disjoint from the segment in the same episode."""
+        """S consecutive indices (B, S) of another demonstration episode of the task, or (a
+        task with one demonstration, the own one) of the own episode, clear of the segment."""
         ds, S = self.ds, self.S
-        L = ds.ep_len[ctx_ep]
-        # Window starts that do not overlap [offset, offset + seg_len): before it or after it.
+        assert self._demos is not None  # built for segment prompts
+        other = self._demos.other(ep, u_ep)
+        use_own = other < 0
+        L = ds.ep_len[np.where(use_own, ep, other)]
+        # Own windows that do not overlap [offset, offset + seg_len): before it or after it.
         n_before = np.maximum(0, offset - S + 1)
         n_after = np.maximum(0, L - S - (offset + seg_len) + 1)
-        disjoint = (ctx_ep == ep) & (n_before + n_after > 0)
-        k = _floor_index(u, np.where(disjoint, n_before + n_after, np.maximum(1, L - S + 1)))
-        w = np.where(disjoint & (k >= n_before), offset + seg_len + (k - n_before), k)
+        _no_context(use_own & (n_before + n_after <= 0), ep, "a prompt segment")
+        n = np.where(use_own, n_before + n_after, np.maximum(1, L - S + 1))
+        k = _floor_index(u, np.maximum(n, 1))
+        w = np.where(use_own & (k >= n_before), offset + seg_len + (k - n_before), k)
         # Episodes shorter than S repeat their last step rather than padding the prompt.
         steps = np.minimum(w[:, None] + np.arange(S)[None, :], L[:, None] - 1)
-        return ds.ep_start[ctx_ep][:, None] + steps
+        return ds.ep_start[np.where(use_own, ep, other)][:, None] + steps
+
+
+def _no_context(bad: np.ndarray, ep: np.ndarray, what: str) -> None:
+    """Refuse a batch in which some segment has no context clear of its predicted steps."""
+    if bad.any():
+        e = int(ep[np.argmax(bad)])
+        raise NoContext(
+            f"episode {e} is alone in its group and its segment covers it: {what} clear of "
+            "the predicted steps cannot be drawn; use more episodes per task (or level), "
+            "or a shorter context_len"
+        )

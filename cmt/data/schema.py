@@ -23,6 +23,10 @@ READABLE_SCHEMA_VERSIONS = (1, 2)
 AGENT_ID = "agent_id"
 """``infos`` key of the agent id of every transition of a folded team dataset."""
 
+LEVEL = "level"
+"""``infos`` key of the behaviour level (or SMAX tier) index of every generated transition;
+real dataset files have none."""
+
 
 @dataclass(frozen=True)
 class TransitionData:

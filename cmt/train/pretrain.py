@@ -44,6 +44,7 @@ def make_sampler(
         segment_len=mcfg.segment_len,
         source=pcfg.context_source,
         contrastive=mcfg.prompt == "encoder" and pcfg.w_con > 0,
+        demo_fraction=pcfg.demo_fraction,
     )
 
 

@@ -53,6 +53,12 @@ def return_weights(batch: Batch, ds: OfflineDataset, beta: float) -> torch.Tenso
     return w / w.mean()
 
 
+def anchor_penalty(prompt: torch.Tensor, init: torch.Tensor, weight: float) -> torch.Tensor:
+    """``weight * ||prompt - init||² / ||init||²``: the pull toward the initial prompt."""
+    scale = init.pow(2).sum().clamp(min=1e-8)
+    return weight * (prompt - init).pow(2).sum() / scale
+
+
 def _prompt_step(
     model: SequencePolicy,
     prompt: torch.nn.Parameter,
@@ -60,10 +66,13 @@ def _prompt_step(
     batch: Batch,
     weights: torch.Tensor | None,
     step: int,
+    anchor: tuple[torch.Tensor, float],
 ) -> float:
-    """One Adam step on the prompt; its loss. A non-finite loss or gradient stops tuning."""
-    loss = action_loss(model, batch, prompt, weights)
-    loss_value = float(loss.detach())
+    """One Adam step on the prompt; its action loss. A non-finite loss or gradient stops
+    tuning."""
+    action = action_loss(model, batch, prompt, weights)
+    loss = action + anchor_penalty(prompt, *anchor)
+    loss_value = float(action.detach())
     opt.zero_grad(set_to_none=True)
     loss.backward()
     grad = prompt.grad
@@ -85,7 +94,8 @@ def tune_prompt(
 ) -> TuneResult:
     """Optimise only the prompt: the action loss on ``data.fit`` (``filtered_bc``) or on
     ``data.pool`` weighted by episode return (``return_weighted``); early-stop on the held-out
-    ``data.val`` episodes."""
+    ``data.val`` episodes; a pull toward the initial prompt (``cfg.anchor``) keeps it near
+    what the backbone was trained on."""
     train_ds = data.pool if cfg.objective == "return_weighted" and data.pool else data.fit
     val_ds = data.val
     device = init_prompt.device
@@ -97,7 +107,8 @@ def tune_prompt(
     val_sampler = SegmentSampler(val_ds, norm, model.cfg.sample_len)
     val_batch = val_sampler.sample(VAL_SEGMENTS, np.random.default_rng(seed + 1)).to(device)
 
-    prompt = torch.nn.Parameter(init_prompt.detach().clone())
+    init_p = init_prompt.detach().clone()
+    prompt = torch.nn.Parameter(init_p.clone())
     opt = torch.optim.Adam([prompt], lr=cfg.lr)
 
     def val_loss() -> float:
@@ -112,7 +123,7 @@ def tune_prompt(
         batch = train_sampler.sample(cfg.batch_size, rng).to(device)
         weighted = cfg.objective == "return_weighted"
         w = return_weights(batch, train_ds, cfg.beta) if weighted else None
-        loss_value = _prompt_step(model, prompt, opt, batch, w, step)
+        loss_value = _prompt_step(model, prompt, opt, batch, w, step, (init_p, cfg.anchor))
         if step % cfg.eval_every == 0 or step == cfg.steps:
             v = val_loss()
             history.append((step, loss_value, v))
