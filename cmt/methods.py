@@ -31,6 +31,8 @@ class BackboneSpec:
 # paper's %BC baseline.
 BACKBONES: dict[str, BackboneSpec] = {
     "cmt": BackboneSpec("encoder", condition_on_rtg=False, dynamics_heads=True),
+    # Ablation: CMT with the baselines' return-to-go tokens and target rule (docs/method.md).
+    "cmt_rtg": BackboneSpec("encoder", condition_on_rtg=True, dynamics_heads=True),
     "prompt_dt": BackboneSpec("segment", condition_on_rtg=True, dynamics_heads=False),
     "dt": BackboneSpec("none", condition_on_rtg=True, dynamics_heads=False),
     "bc": BackboneSpec("none", condition_on_rtg=False, dynamics_heads=False),
@@ -66,8 +68,14 @@ METHODS: dict[str, Method] = {
         Method("filtered_bc", "filtered_bc", False, "Filtered BC (top 10%)"),
         Method("cmt_zero_shot", "cmt", False, "CMT zero-shot (prompt = E(context))"),
         Method("cmt_tuned", "cmt", True, "CMT + prompt tuning"),
+        Method("cmt_rtg_zero_shot", "cmt_rtg", False, "CMT + return-to-go, zero-shot"),
+        Method("cmt_rtg_tuned", "cmt_rtg", True, "CMT + return-to-go + prompt tuning"),
     )
 }
+
+
+ABLATION_METHODS: tuple[str, ...] = ("cmt_rtg_zero_shot", "cmt_rtg_tuned")
+"""Methods every benchmark accepts beside its own, for ablations (docs/method.md)."""
 
 
 if TYPE_CHECKING:

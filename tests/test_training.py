@@ -306,3 +306,22 @@ def test_early_stopping_validates_on_more_than_one_demonstration(tiny_params, ti
     assert pdata.val.num_episodes >= 2
     assert pdata.val.num_episodes + pdata.fit.num_episodes == demos
     assert [held_out_count(n, 0.25) for n in (2, 3, 5, 8, 40)] == [1, 2, 2, 2, 10]
+
+
+def test_return_conditioned_cmt_ablation_runs_end_to_end(tiny_params, tiny_data_dir, tmp_path):
+    """The ablation backbone: CMT's prompt plus the baselines' return-to-go tokens, pretrained,
+    tuned and evaluated with the baselines' return targets."""
+    from cmt.evaluation.records import evaluate_method
+
+    data = load_data(tiny_params, tiny_data_dir)
+    params = tiny_params.model_copy(
+        update={"pretrain": tiny_params.pretrain.model_copy(update={"steps": 20})}
+    )
+    ckpt = pretrain_backbone(params, "cmt_rtg", 0, data, tmp_path / "ckpt", progress=False)
+    model, _, _ = load_policy(ckpt)
+    assert model.cfg.condition_on_rtg and model.cfg.prompt == "encoder"
+    made = make_prompts(params, "cmt_rtg_tuned", ckpt, data, 0, tmp_path / "p", progress=False)
+    prompts = {t: p["prompt"] for t, p in made.items()}
+    result = evaluate_method(params, ckpt, prompts, data, 0)
+    assert set(result["per_task"]) == set(make_benchmark(params.data).eval_tasks)
+    assert np.isfinite(result["score_mean"])
