@@ -23,7 +23,6 @@ from cmt.benchmarks import make_benchmark
 from cmt.benchmarks.base import Episodes
 from cmt.benchmarks.d4rl import D4RLData
 from cmt.config import ConfigError, load_params
-from cmt.data.d4rl import REF_RETURNS
 from cmt.data.hdf5 import DatasetError
 from cmt.data.sources import (
     MINARI_ROOT_ENV,
@@ -332,7 +331,7 @@ def test_without_its_own_references_d4rl_scores_the_data(root: Path, tmp_path) -
     bench = _benchmark("cmt-hdf5/hopper/random-v0")
     summary = bench.build_datasets(tmp_path / "out", progress=False)
     refs = json.loads((tmp_path / "out" / "references.json").read_text())
-    low, high = REF_RETURNS["hopper"]
+    low, high = -20.272305, 3234.3  # D4RL's hopper references (tests/test_published.py)
     assert refs["0"] == {"random": low, "expert": high}
     assert refs["scored_with"] == "D4RL's hopper reference returns"
     assert "ref_min_score" not in summary["minari"]
