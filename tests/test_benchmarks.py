@@ -110,12 +110,16 @@ def test_point_robot_metrics_unchanged_by_the_benchmark_layer(tmp_path: Path) ->
     run_comparison(parse_params(golden["config"]), tmp_path, progress=False)
     refs = _unsealed_sha256(tmp_path / "data" / "references.json")
     assert refs == golden["files"]["references.json"], "the generated data changed"
-    for path in sorted((tmp_path / "runs").glob("*.json")):
-        record = json.loads(path.read_text())
+    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "runs").glob("*.json"))]
+    methods = [r["method"] for r in records]
+    # Every golden method, once (one seed), and nothing the golden file does not cover.
+    assert sorted(methods) == sorted(golden["records"]), methods
+    for record in records:
         want = golden["records"][record["method"]]
         # fp32 on the CPU: exact on one machine; other CPUs' kernels may differ in the last
         # bits, which closed-loop control amplifies only slightly over 50 steps.
         assert record["return_mean"] == pytest.approx(want["return_mean"], abs=0.05)
+        assert set(record["per_task"]) == set(want["per_task"]), record["method"]
         for task, value in want["per_task"].items():
             assert record["per_task"][task]["return_mean"] == pytest.approx(value, abs=0.1)
 
