@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger, unmapped
 from cmt import tracking
 from cmt.atomic import write_json, write_text
 from cmt.config import Params
-from cmt.evaluation.records import METRIC_KEYS, seed_record
+from cmt.evaluation.records import EPISODE_KEYS, METRIC_KEYS, seed_record
 from cmt.integrity import check_finite, sealed_json
 from cmt.methods import get_method
 from pipelines import describe
@@ -80,7 +80,8 @@ def evaluate_task(
     checkpoints: str,
     prompts_dir: str,
 ) -> dict[str, Any]:
-    """Episodes of one (method, seed, task); returns that task's return and score stats."""
+    """Episodes of one (method, seed, task); returns that task's return and score stats and
+    its episodes' returns and scores."""
     from cmt.evaluation.records import evaluate_method
     from cmt.experiment import load_data
 
@@ -101,7 +102,7 @@ def build_records(
     for method, seed in itertools.product(params.compare.methods, params.compare.seeds):
         rows = [r for r in results if r["method"] == method and r["seed"] == seed]
         per_task = {
-            str(r["task"]): {k: r[k] for k in METRIC_KEYS}
+            str(r["task"]): {k: r[k] for k in (*METRIC_KEYS, *EPISODE_KEYS)}
             for r in sorted(rows, key=lambda r: r["task"])
         }
         tuning: dict[str, dict[str, Any]] = {}
@@ -283,13 +284,14 @@ def _log_outputs(
     """The stage's files, the method comparison and the returns per task, on the run that
     measured them."""
     from cmt.evaluation.figures import plot_comparison, plot_per_task
+    from cmt.evaluation.stats import score_intervals
 
     run.log_artifact(out / "runs", "evaluate/runs")
     run.log_artifact(out / "metrics.json", "evaluate")
     run.log_artifact(out / "per_task.csv", "evaluate")
-    # Whiskers: mean ± sample std over seeds, until the statistics module gives intervals
-    # (plot_comparison's ``intervals``).
-    run.log_figure(plot_comparison(records, bench), "figures/comparison.png")
+    # Whiskers: each method's 95% t interval of its mean score over seeds.
+    comparison = plot_comparison(records, bench, score_intervals(records))
+    run.log_figure(comparison, "figures/comparison.png")
     run.log_figure(plot_per_task(records, bench), "figures/per_task_returns.png")
 
 
@@ -318,7 +320,10 @@ def _log_evaluation(
     tasks: tuple[int, ...],
 ) -> None:
     """Per method: the summary, each task's mean over seeds, and each seed's score."""
-    run.log_metrics({f"eval/{m}/{k}": v for m, s in metrics.items() for k, v in s.items()})
+    # A single seed's std is None (no spread over seeds): it is left out, not logged as 0.
+    run.log_metrics(
+        {f"eval/{m}/{k}": v for m, s in metrics.items() for k, v in s.items() if v is not None}
+    )
     for m in metrics:
         for t in tasks:
             mine = [r for r in results if r["method"] == m and r["task"] == t]

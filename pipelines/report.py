@@ -1,5 +1,6 @@
-"""Stage ``report``: the method comparison table and plot of this pipeline's evaluation, the
-tables of every dataset's latest evaluation in MLflow (beside a published result and the data's
+"""Stage ``report``: the method comparison table and plot of this pipeline's evaluation (with
+each method's paired interval and verdict against the benchmark's main baseline, which it also
+prints and logs), the tables of every dataset's latest evaluation in MLflow (beside a published result and the data's
 own score distribution; one table per kind of benchmark), and a comparison of the registered
 model versions and recent evaluation runs.
 
@@ -39,10 +40,31 @@ RUN_PARAMS = (
 
 @stage_task(name="results table")
 def results(params: Params, evaluate_dir: str, out_dir: str) -> dict[str, Any]:
-    """``results.{json,md,png}`` from the evaluate stage's run records (cmt.compare)."""
+    """``results.{json,md,png}`` from the evaluate stage's run records (cmt.compare); returns
+    their summary and claims."""
     from cmt.evaluation.report import write_report
 
     return write_report(out_dir, params, records_dir=evaluate_dir)
+
+
+def log_claims(run: Any, claims: dict[str, Any]) -> None:
+    """Print each comparison's verdict and log it to the report's MLflow run: the mean
+    difference and interval as ``report/claim/<method>-<baseline>/...`` metrics (where
+    defined) and the verdict as the tag ``cmt.verdict.<method>-<baseline>``."""
+    logger = get_run_logger()
+    for c in claims["comparisons"]:
+        pair = f"{c['method']}-{c['baseline']}"
+        values = {k: c[k] for k in ("mean_difference", "lo", "hi")}
+        logger.info(
+            "claim %s vs %s: %s (%s; %d paired seeds, mean difference %s, 95%% interval "
+            "[%s, %s], δ = %g)",
+            *(c["method"], c["baseline"], c["verdict"], c["reason"], c["n"]),
+            *("–" if v is None else f"{v:.2f}" for v in values.values()),
+            c["margin"],
+        )
+        defined = {f"report/claim/{pair}/{k}": v for k, v in values.items() if v is not None}
+        run.log_metrics({**defined, f"report/claim/{pair}/n": c["n"]})
+        run.set_tags({f"cmt.verdict.{pair}": c["verdict"]})
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -221,7 +243,8 @@ def report_flow(params: Params, evaluate_dir: str, out_dir: str) -> dict[str, An
 
     out = Path(out_dir)
     with stage_run("report", params) as run:
-        summary = results(params, evaluate_dir, out_dir)
+        made = results(params, evaluate_dir, out_dir)
+        summary = made["summary"]
         reg = registry(params, out_dir)
         benchmarks(params, out_dir)
         for name in (
@@ -238,12 +261,13 @@ def report_flow(params: Params, evaluate_dir: str, out_dir: str) -> dict[str, An
         model = params.tracking.model_name(params.data.name)
         run.describe(describe.report(make_benchmark(params.data), model, len(reg["versions"])))
         run.log_metrics({f"report/{m}/score_mean": s["score_mean"] for m, s in summary.items()})
+        log_claims(run, made["claims"])
         table = "\n".join(
             (out / f).read_text() for f in ("results.md", "benchmarks.md", "registry.md")
         )
         create_markdown_artifact(table, key="cmt-report", description="CMT results and registry")
         get_run_logger().info("\n%s", (out / "results.md").read_text())
-    return {"summary": summary, "versions": reg["versions"]}
+    return {"summary": summary, "claims": made["claims"], "versions": reg["versions"]}
 
 
 def main(argv: list[str] | None = None) -> int:

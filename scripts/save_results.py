@@ -4,8 +4,10 @@
 
 Reads the workspace's ``params.yaml`` (the dataset id ``data.name``), ``outputs/report/``
 (results, registry and the cross-dataset benchmark tables from MLflow),
-``outputs/evaluate/metrics.json``, ``outputs/preprocess/metrics.json`` and the behaviour
-policies' log of generated data (``data/<name>/sac_log.json`` or ``tiers.json``).
+``outputs/evaluate/metrics.json`` and the per-run records ``outputs/evaluate/runs/*.json``
+(each task's per-episode returns and scores, from which ``tests/test_stats.py`` recomputes the
+tables and ``scripts/claims.py`` the claims), ``outputs/preprocess/metrics.json`` and the
+behaviour policies' log of generated data (``data/<name>/sac_log.json`` or ``tiers.json``).
 ``results/benchmarks.md`` gets the latest cross-family table. Then run
 ``python scripts/update_readme.py`` to refresh the README.
 """
@@ -22,6 +24,19 @@ from cmt.config import load_params
 ROOT = Path(__file__).resolve().parents[1]
 
 REPORT = ("results.md", "results.json", "results.png", "registry.md", "benchmarks.md")
+
+
+def copy_records(source: Path, dest: Path) -> None:
+    """The evaluation's per-run records, replacing any earlier ones (a method or seed that
+    this run lacks must not linger beside its tables)."""
+    records = sorted(source.glob("*.json"))
+    if not records:
+        raise SystemExit(f"{source} holds no run records: run the pipeline first")
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for path in records:
+        shutil.copyfile(path, dest / path.name)
 
 
 def main() -> int:
@@ -49,6 +64,7 @@ def main() -> int:
         if not src.exists():
             raise SystemExit(f"{src} is missing: run the pipeline first")
         shutil.copyfile(src, out / name)
+    copy_records(ROOT / "outputs" / "evaluate" / "runs", out / "runs")
     write_text(out / "COMMAND", args.command.strip() + "\n")
     shutil.copyfile(out / "benchmarks.md", group / "benchmarks.md")
     print(f"results of {family} in {out}")

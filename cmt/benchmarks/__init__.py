@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING, Annotated, Union
 
 from pydantic import Field
 
-from cmt.benchmarks.base import Benchmark, Data, DataSection, Episodes, PromptData, Spaces
+from cmt.benchmarks.base import (
+    Benchmark,
+    Claim,
+    Data,
+    DataSection,
+    Episodes,
+    PromptData,
+    Spaces,
+)
 from cmt.benchmarks.d4rl import D4RLData
 from cmt.benchmarks.mujoco_meta import MujocoMetaData
 from cmt.benchmarks.point_robot import PointRobotData
@@ -44,6 +52,7 @@ __all__ = [
     "DATA_SECTIONS",
     "DEFAULT_BENCHMARK",
     "Benchmark",
+    "Claim",
     "Data",
     "DataConfig",
     "DataSection",

@@ -34,6 +34,18 @@ benchmarks with unseen tasks, and each task's random and expert reference return
 MetricsCallback = Callable[[int, dict[str, float]], None]
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What a benchmark's results are judged on (docs/method.md, "Statistics and verdicts"):
+    the method under test, the main baseline it is paired with by seed, and the margin δ, in
+    points of the benchmark's score, of an "at or above" verdict. δ is fixed before the runs it
+    judges: changing it after seeing results would make the verdict meaningless."""
+
+    method: str
+    baseline: str
+    margin: float
+
+
 class DataSection(Section):
     """Fields every benchmark's ``data`` section has; subclasses add their own.
 
@@ -56,6 +68,8 @@ class DataSection(Section):
     """Methods (``cmt.methods``) this benchmark compares."""
     target_returns: ClassVar[tuple[str, ...]]
     """Accepted ``evaluate.target_return`` modes of return-conditioned methods."""
+    claim: ClassVar[Claim]
+    """The method under test, its main baseline (both in :attr:`methods`) and the margin δ."""
 
     def expected_name(self) -> str:
         """The dataset id these settings describe."""
@@ -140,6 +154,11 @@ class Benchmark(ABC):
     @property
     def name(self) -> str:
         return self.cfg.name
+
+    @property
+    def claim(self) -> Claim:
+        """The method under test, its main baseline and the margin δ (the data section's)."""
+        return self.cfg.claim
 
     # ------------------------------------------------------------------ environment side
     @property
@@ -291,8 +310,8 @@ class Benchmark(ABC):
     def describe(self, episodes: int) -> str:
         """One sentence on what a results table of this benchmark shows."""
         return (
-            f"Test tasks {list(self.eval_tasks)} of {self.name}; mean ± std over seeds of the "
-            f"mean over tasks ({episodes} episodes per task). {self.score_caption}"
+            f"Test tasks {list(self.eval_tasks)} of {self.name}; mean ± sample std over seeds "
+            f"of the mean over tasks ({episodes} episodes per task). {self.score_caption}"
         )
 
     def published(self) -> dict[str, Any] | None:

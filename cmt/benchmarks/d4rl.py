@@ -26,6 +26,7 @@ from cmt.benchmarks.base import (
     REFERENCES_FILE,
     TRAIN_FILE,
     Benchmark,
+    Claim,
     Data,
     DataSection,
     MetricsCallback,
@@ -115,6 +116,7 @@ class D4RLData(DataSection):
 
     methods: ClassVar[tuple[str, ...]] = ("dt", "bc", "filtered_bc", "cmt_zero_shot", "cmt_tuned")
     target_returns: ClassVar[tuple[str, ...]] = ("dt_paper", "max_train")
+    claim: ClassVar[Claim] = Claim("cmt_tuned", "dt", margin=2.0)  # D4RL normalised points
 
     @field_validator("source")
     @classmethod
@@ -329,8 +331,8 @@ class D4RL(Benchmark):
         from cmt.data.hdf5 import DatasetError
 
         head = (
-            f"{self.family.env_id}, {episodes} evaluation episodes per seed; mean ± std over "
-            "seeds. D4RL normalised score: 100 × (R − random) / (expert − random) with "
+            f"{self.family.env_id}, {episodes} evaluation episodes per seed; mean ± sample std "
+            "over seeds. D4RL normalised score: 100 × (R − random) / (expert − random) with "
         )
         try:
             low, high, scored_with = self.reference_returns()

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 from pydantic import Field, field_validator
 
-from cmt.benchmarks.base import Benchmark, Data, DataSection, Spaces
+from cmt.benchmarks.base import Benchmark, Claim, Data, DataSection, Spaces
 
 if TYPE_CHECKING:
     from cmt.data.dataset import OfflineDataset
@@ -39,6 +39,7 @@ class MetaData(DataSection):
 
     methods: ClassVar[tuple[str, ...]] = ("mtdt", "prompt_dt", "cmt_zero_shot", "cmt_tuned")
     target_returns: ClassVar[tuple[str, ...]] = ("demo", "max_train")
+    claim: ClassVar[Claim] = Claim("cmt_tuned", "prompt_dt", margin=2.0)  # normalised points
 
     @field_validator("test_tasks")
     @classmethod

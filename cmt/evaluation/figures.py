@@ -63,24 +63,27 @@ def plot_comparison(
     intervals: Mapping[str, Interval] | None = None,
 ) -> Figure:
     """Each method's mean score over seeds (bars) with a whisker per method and its seeds as
-    dots. The whisker is ``intervals[method]`` where given (the confidence intervals of the
-    statistics module, when it exists), else mean ± sample std over seeds."""
+    dots. The whisker is ``intervals[method]`` where given (the 95% t intervals of
+    :func:`cmt.evaluation.stats.score_intervals`), else mean ± sample std over seeds."""
     scores = _method_scores(records)
     fig, ax = _subplots(8, 1.4 + 0.45 * len(scores))
     names = list(scores)
     means = [float(v.mean()) for v in scores.values()]
     ys = np.arange(len(names))
     ax.barh(ys, means, color="tab:blue", alpha=0.75)
-    spread = "interval" if intervals else "± sample std"
+    spread = "95% t interval of the mean" if intervals is not None else "± sample std"
+    whiskers = {
+        m: intervals.get(m) if intervals is not None else score_spread(v) for m, v in scores.items()
+    }
     for y, (m, values) in zip(ys, scores.items(), strict=True):
         ax.plot(values, np.full(values.size, y), "k.", ms=4, alpha=0.6)
-        whisker = intervals.get(m) if intervals else score_spread(values)
-        if whisker is not None:
+        if (whisker := whiskers[m]) is not None:
             ax.plot(whisker, (y, y), color="k", lw=1.5)
     ax.axvline(0, color="k", lw=0.8)
     ax.axvline(100, color="k", lw=0.8, ls="--")
-    lows = [min(float(v.min()), float(v.mean())) for v in scores.values()]
-    ax.set_xlim(min(0.0, min(lows) - 5.0), max(105.0, max(means) + 5.0))
+    ends = [(float(v.min()), float(v.max()), *(whiskers[m] or ())) for m, v in scores.items()]
+    low, high = min(min(e) for e in ends), max(max(e) for e in ends)
+    ax.set_xlim(min(0.0, low - 5.0), max(105.0, high + 5.0))
     ax.set_yticks(ys)
     ax.set_yticklabels([METHODS[m].label for m in names])
     ax.invert_yaxis()
@@ -195,7 +198,7 @@ def plot_variants(results: dict[str, dict[str, Any]], path: Path) -> None:
         ax.errorbar(
             [s["score_mean"] for _, s in rows],
             [i - 0.3 + j * step for i, _ in rows],
-            xerr=[s["score_std"] for _, s in rows],
+            xerr=[np.nan if s["score_std"] is None else s["score_std"] for _, s in rows],
             fmt="o",
             capsize=3,
             label=name,
@@ -204,7 +207,7 @@ def plot_variants(results: dict[str, dict[str, Any]], path: Path) -> None:
     ax.set_yticklabels([METHODS[m].label for m in methods])
     ax.set_ylim(len(methods) - 0.5, -0.5)
     ax.grid(axis="x", alpha=0.3)
-    ax.set_xlabel("score on the held-out tasks (mean ± std over seeds)")
+    ax.set_xlabel("score on the held-out tasks (mean ± std over seeds; one seed: no whisker)")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
     fig.tight_layout()
     save_figure(fig, path, dpi=120)

@@ -1,6 +1,11 @@
 """Evaluation records: the statistics of a method's episodes on each task, the record of one
 method and seed (means over its tasks; ``runs/<method>_seed<k>.json``), and summaries over
-seeds. Every mean over tasks is computed here, once."""
+seeds. Every mean over tasks is computed here, once.
+
+A record keeps each task's per-episode returns and scores (``returns``, ``scores``) beside
+their means, unrounded: JSON writes a float's shortest exact form, so ``np.mean`` of a stored
+list gives the stored mean bit for bit, and every table and claim can be recomputed from the
+committed records (docs/method.md, "Statistics and verdicts")."""
 
 from __future__ import annotations
 
@@ -21,18 +26,26 @@ from cmt.methods import METHODS
 
 METRIC_KEYS = ("return_mean", "return_std", "score_mean", "score_std")
 """Statistics of a task's episodes in every record."""
+EPISODE_KEYS = ("returns", "scores")
+"""Each task's per-episode returns and scores in every record, from which the statistics are
+recomputed."""
 
 RECORD_KEYS = ("method", "seed", "return_mean", "score_mean", "per_task")
 
 
-def task_stats(bench: Benchmark, data: Data, task: int, episodes: Episodes) -> dict[str, float]:
-    """Mean and std of the return and the benchmark's score of ``task``'s episodes."""
-    score = bench.score(data, task, episodes)
+def task_stats(bench: Benchmark, data: Data, task: int, episodes: Episodes) -> dict[str, Any]:
+    """Mean and std of the return and the benchmark's score of ``task``'s episodes, and the
+    episodes' own returns and scores. The std is the spread of these episodes (population,
+    ddof 0, defined for one episode too); statistics over seeds use the sample std."""
+    returns = np.asarray(episodes.returns, dtype=np.float64)  # (E,)
+    score = np.asarray(bench.score(data, task, episodes), dtype=np.float64)  # (E,)
     return {
-        "return_mean": float(episodes.returns.mean()),
-        "return_std": float(episodes.returns.std()),
+        "return_mean": float(returns.mean()),
+        "return_std": float(returns.std()),
         "score_mean": float(score.mean()),
         "score_std": float(score.std()),
+        "returns": returns.tolist(),
+        "scores": score.tolist(),
     }
 
 
@@ -114,23 +127,30 @@ def load_records(out_dir: str | Path) -> list[dict[str, Any]]:
     return [read_json(p, required=RECORD_KEYS) for p in paths]
 
 
+def sample_std(values: np.ndarray) -> float | None:
+    """The sample standard deviation (ddof 1) of per-seed values; None for a single seed,
+    which has no spread to estimate (tables show "–")."""
+    return float(np.std(values, ddof=1)) if values.size > 1 else None
+
+
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and std over seeds of the per-seed mean over tasks, per method (and per task)."""
+    """Mean and sample std (ddof 1; None for one seed) over seeds of the per-seed mean over
+    tasks, per method (and the per-task mean score)."""
     summary: dict[str, Any] = {}
     for name in METHODS:
-        runs = [r for r in records if r["method"] == name]
+        runs = sorted((r for r in records if r["method"] == name), key=lambda r: r["seed"])
         if not runs:
             continue
-        scores = np.array([r["score_mean"] for r in runs])
-        returns = np.array([r["return_mean"] for r in runs])
+        scores = np.array([r["score_mean"] for r in runs], dtype=np.float64)
+        returns = np.array([r["return_mean"] for r in runs], dtype=np.float64)
         tasks = sorted({int(t) for r in runs for t in r["per_task"]})
         summary[name] = {
             "label": METHODS[name].label,
-            "seeds": sorted(r["seed"] for r in runs),
+            "seeds": [r["seed"] for r in runs],
             "score_mean": float(scores.mean()),
-            "score_std": float(scores.std()),
+            "score_std": sample_std(scores),
             "return_mean": float(returns.mean()),
-            "return_std": float(returns.std()),
+            "return_std": sample_std(returns),
             "per_task_score": {
                 t: float(np.mean([r["per_task"][str(t)]["score_mean"] for r in runs]))
                 for t in tasks

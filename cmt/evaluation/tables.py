@@ -5,13 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from cmt.benchmarks import make_benchmark
+from cmt.benchmarks import Benchmark, make_benchmark
 from cmt.config import Params, flatten
 from cmt.methods import METHODS
 
 
+def mean_std(mean: float, std: float | None, digits: int = 1) -> str:
+    """``mean ± std``; "–" for the std of a single seed, which has none."""
+    spread = "–" if std is None else f"{std:.{digits}f}"
+    return f"{mean:.{digits}f} ± {spread}"
+
+
 def benchmark_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown: one row per dataset with each method's return (mean ± std over seeds), its
+    """Markdown: one row per dataset with each method's return (mean ± sample std over seeds), its
     normalised score, and a published result for context. ``rows`` hold ``name``,
     ``seeds``, ``metrics`` (``{method: {return_mean, ...}}``) and ``published`` (``{label,
     value, metric}`` or None); rows of one benchmark kind share a table."""
@@ -31,8 +37,8 @@ def benchmark_table(rows: list[dict[str, Any]]) -> str:
             cells.append(
                 "–"
                 if s is None
-                else f"{s['score_mean']:.1f} ± {s['score_std']:.1f} "
-                f"(return {s['return_mean']:.1f} ± {s['return_std']:.1f})"
+                else f"{mean_std(s['score_mean'], s.get('score_std'))} "
+                f"(return {mean_std(s['return_mean'], s.get('return_std'))})"
             )
         if published:
             p = r.get("published")
@@ -90,8 +96,36 @@ def markdown_table(summary: dict[str, Any], params: Params) -> str:
     for s in summary.values():
         cells = "".join(f" {s['per_task_score'][t]:.1f} |" for t in tasks)
         lines.append(
-            f"| {s['label']} | {s['score_mean']:.1f} ± {s['score_std']:.1f} | "
-            f"{s['return_mean']:.2f} ± {s['return_std']:.2f} |{cells}"
+            f"| {s['label']} | {mean_std(s['score_mean'], s['score_std'])} | "
+            f"{mean_std(s['return_mean'], s['return_std'], 2)} |{cells}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def claims_table(claims: dict[str, Any], bench: Benchmark) -> str:
+    """Markdown: each comparison of :func:`cmt.evaluation.stats.claims` (method − baseline,
+    paired by seed) with its mean difference, 95% t interval and verdict; the main claim's
+    verdict in bold."""
+    baseline = METHODS[claims["baseline"]].label
+    lines = [
+        f"Paired by seed: {bench.score_name} of each method minus {baseline} (the main "
+        f"baseline), then {METHODS[claims['method']].label} minus each other method; mean "
+        f"difference over the seeds both have and its {claims['confidence']:.0%} t interval "
+        f"(sample std, ddof 1). δ = {claims['margin']:g} points. Verdict: above (lower bound "
+        "> 0), at or above (lower bound > −δ), below (upper bound < 0), else undecided "
+        "(docs/method.md).",
+        "",
+        "| method | minus | seeds | mean difference | 95% interval | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in claims["comparisons"]:
+        main = (c["method"], c["baseline"]) == (claims["method"], claims["baseline"])
+        diff = "–" if c["mean_difference"] is None else f"{c['mean_difference']:+.1f}"
+        interval = "–" if c["lo"] is None else f"[{c['lo']:.1f}, {c['hi']:.1f}]"
+        verdict = f"**{c['verdict']}**" if main else c["verdict"]
+        lines.append(
+            f"| {METHODS[c['method']].label} | {METHODS[c['baseline']].label} | {c['n']} | "
+            f"{diff} | {interval} | {verdict} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -121,7 +155,7 @@ def variants_table(results: dict[str, dict[str, Any]]) -> str:
         cells = []
         for m in methods:
             s = r["summary"].get(m)
-            cells.append("–" if s is None else f"{s['score_mean']:.1f} ± {s['score_std']:.1f}")
+            cells.append("–" if s is None else mean_std(s["score_mean"], s["score_std"]))
         lines.append(f"| {name} | {settings} | " + " | ".join(cells) + " |")
     first = next(iter(flat.values()))
     seeds = sorted({len(s["seeds"]) for r in results.values() for s in r["summary"].values()})

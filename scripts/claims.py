@@ -1,0 +1,116 @@
+"""Every committed dataset's main claim: ``results/claims.{json,md}`` from the per-run records.
+
+    python scripts/claims.py
+
+Each folder under ``results/`` with run records (``runs/*.json``, copied there by
+``scripts/save_results.py``) and a ``results.json`` is one dataset. Its benchmark, rebuilt from
+the ``params`` in that ``results.json``, names the method under test, its main baseline and
+the margin δ (``cmt.benchmarks.Claim``); the records give the difference paired by seed, its
+95% t interval and the verdict (docs/method.md, "Statistics and verdicts"). This script names
+no benchmark itself. Folders whose records hold no per-episode lists (written before them) are
+listed as skipped. ``--out DIR`` writes the two files elsewhere (to compare with the committed
+ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from cmt.atomic import write_json, write_text
+from cmt.benchmarks import make_benchmark
+from cmt.config import parse_params
+from cmt.evaluation.records import EPISODE_KEYS, load_records
+from cmt.evaluation.stats import CONFIDENCE, compare
+from cmt.methods import METHODS
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMAND = "python scripts/claims.py"
+
+
+def dataset_claim(folder: Path, results_root: Path) -> dict[str, Any]:
+    """The main claim of the dataset in ``folder`` (its ``results.json`` and ``runs/``)."""
+    params = parse_params(json.loads((folder / "results.json").read_text())["params"])
+    bench = make_benchmark(params.data)
+    claim = bench.claim
+    comparison = compare(load_records(folder), claim.method, claim.baseline, claim.margin)
+    command = folder / "COMMAND"
+    return {
+        "dataset": params.data.name,
+        "folder": folder.relative_to(results_root).as_posix(),
+        "kind": bench.kind,
+        "score": bench.score_name,
+        **comparison.as_dict(),
+        "records_command": command.read_text().strip() if command.exists() else None,
+    }
+
+
+def claims_markdown(rows: list[dict[str, Any]], skipped: list[dict[str, str]]) -> str:
+    """One row per dataset: the main claim's paired difference, interval and verdict; then
+    the folders of records that were skipped."""
+    lines = [
+        "Main claim per dataset: the method under test minus the benchmark's main baseline, "
+        f"paired by seed; mean difference and {CONFIDENCE:.0%} t interval (sample std, ddof 1) "
+        "in points of the dataset's score; verdicts as in docs/method.md. "
+        f"Made by `{COMMAND}` from `results/**/runs/*.json`.",
+        "",
+        "| dataset | setting | method | baseline | seeds | mean difference | 95% interval | δ "
+        "| verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        diff = "–" if r["mean_difference"] is None else f"{r['mean_difference']:+.1f}"
+        interval = "–" if r["lo"] is None else f"[{r['lo']:.1f}, {r['hi']:.1f}]"
+        lines.append(
+            f"| {r['folder']} | {r['kind']} | {METHODS[r['method']].label} | "
+            f"{METHODS[r['baseline']].label} | {r['n']} | {diff} | {interval} | "
+            f"{r['margin']:g} | {r['verdict']} |"
+        )
+    if not rows:
+        lines.append("| _no dataset has committed run records with episodes yet_ |" + " |" * 8)
+    if skipped:
+        lines += ["", "Skipped (no claim can be recomputed from them):", ""]
+        lines += [f"- `{s['folder']}/runs/`: {s['reason']}" for s in skipped]
+    return "\n".join(lines) + "\n"
+
+
+def record_folders(root: Path) -> tuple[list[Path], list[dict[str, str]]]:
+    """The folders under ``root`` whose run records can be judged, and those skipped, with
+    why: records from before per-episode lists (the attention studies) predate the claims."""
+    folders, skipped = [], []
+    for folder in sorted({p.parent.parent for p in root.glob("**/runs/*.json")}):
+        records = load_records(folder)
+        where = folder.relative_to(root).as_posix()
+        if not all(set(EPISODE_KEYS) <= set(t) for r in records for t in r["per_task"].values()):
+            skipped.append({"folder": where, "reason": "records without per-episode lists"})
+        elif not (folder / "results.json").exists():
+            raise SystemExit(f"{folder}: run records without a results.json beside them")
+        else:
+            folders.append(folder)
+    return folders, skipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--results", type=Path, default=ROOT / "results", help="results folder to read"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="where claims.{json,md} go (default: --results)"
+    )
+    args = parser.parse_args(argv)
+    root = args.results.resolve()
+    out = root if args.out is None else args.out
+    folders, skipped = record_folders(root)
+    rows = [dataset_claim(f, root) for f in folders]
+    write_json(out / "claims.json", {"command": COMMAND, "datasets": rows, "skipped": skipped})
+    write_text(out / "claims.md", claims_markdown(rows, skipped))
+    for r in rows:
+        print(f"{r['folder']}: {r['method']} vs {r['baseline']}: {r['verdict']} ({r['reason']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
