@@ -1,8 +1,9 @@
-"""The README stays true to the code: its tables come from committed results, and its test
-command is the one CI runs."""
+"""The README and docs stay true to the code: their tables agree with committed results, and
+the README's test command is the one CI runs."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -25,3 +26,26 @@ def test_ci_runs_the_readme_test_command():
     commands = re.findall(r"^(pip install .*python -m pytest)$", readme, flags=re.MULTILINE)
     assert commands, "README has no test command"
     assert commands[0] in (ROOT / ".ci" / "run").read_text()
+
+
+def test_mujoco_results_table_matches_committed_results():
+    """docs/mujoco.md's table of the meta-RL families is typed by hand: every score and every
+    count of tasks at or above Prompt-DT must be what results/<family>/results.json holds."""
+    text = (ROOT / "docs" / "mujoco.md").read_text()
+    table = text[text.index("| family | CMT + tuning |") :].split("\n\n")[0]
+    rows = re.findall(r"^\| (cheetah-vel|cheetah-dir|ant-dir) \|(.*)\|$", table, flags=re.MULTILINE)
+    assert sorted(f for f, _ in rows) == ["ant-dir", "cheetah-dir", "cheetah-vel"]
+    columns = ("cmt_tuned", "cmt_zero_shot", "prompt_dt", "mtdt")
+    for family, cells in rows:
+        path = ROOT / "results" / family.replace("-", "_") / "results.json"
+        summary = json.loads(path.read_text())["summary"]
+        *scores, verdict = [c.strip().strip("*") for c in cells.split("|")]
+        want = [f"{summary[m]['score_mean']:.1f} ± {summary[m]['score_std']:.1f}" for m in columns]
+        assert scores == want, family
+        tuned, pdt = summary["cmt_tuned"], summary["prompt_dt"]
+        at_or_above = sum(
+            tuned["per_task_score"][t] >= pdt["per_task_score"][t] for t in tuned["per_task_score"]
+        )
+        overall = "yes" if tuned["score_mean"] >= pdt["score_mean"] else "no"
+        tasks = len(tuned["per_task_score"])
+        assert verdict == f"{overall}, on {at_or_above} of {tasks} tasks", family
