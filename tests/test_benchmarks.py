@@ -101,8 +101,10 @@ def test_cross_section_checks_name_their_keys() -> None:
 
 @pytest.mark.slow
 def test_point_robot_metrics_unchanged_by_the_benchmark_layer(tmp_path: Path) -> None:
-    """The same seeds give the metrics recorded before the meta-RL families moved onto the
-    benchmark layer (tests/golden, made at commit 50426b1 with the same tiny budgets)."""
+    """The same seeds give the recorded metrics (tests/golden, tiny budgets): made at commit
+    50426b1, before the meta-RL families moved onto the benchmark layer; the context-using
+    methods' records remade after issue 20's sampler fixes (bf935fc) changed what CMT and
+    Prompt-DT train on, while mtdt's stayed within 1e-6 of the original."""
     from cmt.compare import run_comparison
 
     golden = json.loads(GOLDEN.read_text())
