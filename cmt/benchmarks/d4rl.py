@@ -34,7 +34,9 @@ from cmt.benchmarks.base import (
     Spaces,
 )
 from cmt.data.d4rl import REF_RETURNS
+from cmt.data.dataset import held_out_count
 from cmt.integrity import sealed_json
+from cmt.methods import ABLATION_METHODS
 from cmt.sections import SacConfig
 
 if TYPE_CHECKING:
@@ -114,7 +116,14 @@ class D4RLData(DataSection):
     )
     sac: SacConfig = Field(default_factory=_reduced_sac, description="SAC behaviour policies.")
 
-    methods: ClassVar[tuple[str, ...]] = ("dt", "bc", "filtered_bc", "cmt_zero_shot", "cmt_tuned")
+    methods: ClassVar[tuple[str, ...]] = (
+        "dt",
+        "bc",
+        "filtered_bc",
+        "cmt_zero_shot",
+        "cmt_tuned",
+        *ABLATION_METHODS,
+    )
     target_returns: ClassVar[tuple[str, ...]] = ("dt_paper", "max_train")
     claim: ClassVar[Claim] = Claim("cmt_tuned", "dt", margin=2.0)  # D4RL normalised points
 
@@ -305,7 +314,7 @@ class D4RL(Benchmark):
         episode except the validation ones."""
         top = self._top_episodes(data.train)
         perm = np.random.default_rng(seed).permutation(top.size)
-        n_val = min(max(1, round(val_fraction * top.size)), top.size - 1)
+        n_val = held_out_count(top.size, val_fraction)
         val_eps, fit_eps = np.sort(top[perm[:n_val]]), np.sort(top[perm[n_val:]])
         rest = np.setdiff1d(np.arange(data.train.num_episodes), val_eps)
         return PromptData(

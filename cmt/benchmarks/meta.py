@@ -9,6 +9,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from cmt.benchmarks.base import Benchmark, Claim, Data, DataSection, Spaces
+from cmt.methods import ABLATION_METHODS
 
 if TYPE_CHECKING:
     from cmt.data.dataset import OfflineDataset
@@ -37,7 +38,13 @@ class MetaData(DataSection):
         20, ge=1, description="Episodes used to measure each task's random and expert return."
     )
 
-    methods: ClassVar[tuple[str, ...]] = ("mtdt", "prompt_dt", "cmt_zero_shot", "cmt_tuned")
+    methods: ClassVar[tuple[str, ...]] = (
+        "mtdt",
+        "prompt_dt",
+        "cmt_zero_shot",
+        "cmt_tuned",
+        *ABLATION_METHODS,
+    )
     target_returns: ClassVar[tuple[str, ...]] = ("demo", "max_train")
     claim: ClassVar[Claim] = Claim("cmt_tuned", "prompt_dt", margin=2.0)  # normalised points
 
