@@ -150,6 +150,12 @@ class PpoConfig(Section):
         description="Behaviour learner: 'mappo' (JAX MAPPO, centralised critic) or "
         "'maskable_ppo' (sb3-contrib MaskablePPO, the learner of the first datasets).",
     )
+    policies: Literal["committed", "train"] = Field(
+        "train",
+        description="'committed': roll out the tier policies committed under "
+        "behaviour/smax_<map>/ (refused unless they were trained with this map, these "
+        "settings and seed; the presets'); 'train': train (or resume) the learner here.",
+    )
     total_steps: int = Field(
         1_000_000,
         ge=1,

@@ -9,7 +9,10 @@ trains (``cmt.behaviour.ppo.build_smax_datasets``, the collect stage's function)
 and SMAX step, win rate, mean return, wall time and load average when it was taken), the
 training metrics between snapshots, the tiers chosen and their datasets' win rates, the times
 (training, tier rollouts, total), the load average at the start and the end, and the CPU.
-``--ppo-json`` overrides preset fields, e.g. ``'{"total_steps": 20000000}'``.
+``--ppo-json`` overrides preset fields, e.g. ``'{"total_steps": 20000000}'``. ``--publish``
+then writes ``behaviour/smax_<map>/`` (tier policies, ``tiers.json``, learner state, manifest:
+``cmt.behaviour.committed.publish_smax``), which ``collect`` rolls out with
+``data.ppo.policies: committed`` once committed.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ jax_on_cpu()  # one XLA thread, before jax starts
 import yaml  # noqa: E402
 
 from cmt.atomic import write_json  # noqa: E402
+from cmt.behaviour.committed import publish_smax  # noqa: E402
 from cmt.behaviour.ppo import build_smax_datasets  # noqa: E402
 from cmt.device import cpu_name  # noqa: E402
 from cmt.sections import PpoConfig  # noqa: E402
@@ -50,6 +54,9 @@ def main() -> None:
     parser.add_argument("--ppo-json", default="{}", help="PpoConfig fields over the preset's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="record (default: results/data/...)")
+    parser.add_argument(
+        "--publish", action="store_true", help="write behaviour/smax_<map>/ for committing"
+    )
     args = parser.parse_args()
     preset = yaml.safe_load((ROOT / "presets" / f"smax_{args.map}.yaml").read_text())["data"]
     cfg = PpoConfig(**{**preset["ppo"], **json.loads(args.ppo_json)})
@@ -97,6 +104,13 @@ def main() -> None:
     out = args.out or RESULTS / f"{args.map}.json"
     write_json(out, record)
     print(json.dumps(record["tiers"], indent=1), f"\nwrote {out}")
+    if args.publish:
+        state = "mappo_state.pt" if cfg.learner == "mappo" else "state.pt"
+        published = publish_smax(
+            args.map, cfg, args.seed, work / "data", work / "behaviour" / state,
+            record["command"], summary["ppo"],
+        )  # fmt: skip
+        print(f"wrote {published}")
 
 
 if __name__ == "__main__":

@@ -770,6 +770,7 @@ def test_d4rl_preset_end_to_end(repo: Repo):
 # The SMAX 3m preset at a tiny MaskablePPO budget and a few episodes per tier.
 TINY_SMAX = {
     "data.episodes_per_tier": 4,
+    "data.ppo.policies": "train",  # the preset rolls out the committed policies of 24M steps
     "data.ppo.total_steps": 576,
     "data.ppo.n_envs": 2,
     "data.ppo.n_steps": 16,

@@ -63,6 +63,8 @@ __all__ = [
     "load_tier_policy",
     "numpy_policy",
     "policy_weights",
+    "read_tier_policy",
+    "run_fingerprint",
     "save_tier_policy",
     "sb3_policy_weights",
     "train_mappo",
@@ -72,9 +74,9 @@ CHECKPOINT_FORMAT = 1
 CHECKPOINT_FILE = "mappo_state.pt"
 POLICY_FORMAT = 1
 _STREAMS = ("init", "eval")  # spawned from the seed in this order; append new ones
-_NOT_TRAINING = ("medium_fraction", "heuristic_tier", "device", "torch_threads")
-"""Fields that do not change MAPPO's training: tier choice after training, and the settings
-of the torch learner; changing them reuses a checkpoint."""
+_NOT_TRAINING = ("medium_fraction", "heuristic_tier", "device", "torch_threads", "policies")
+"""Fields that do not change MAPPO's training: tier choice after training, the settings of
+the torch learner, and whether collect trains at all; changing them reuses a checkpoint."""
 _MASKED = -1e9  # logit of an unavailable action: never drawn, exp() underflows to 0
 _VALUE_NORM_BETA = 0.99999  # MAPPO's ValueNorm: a debiased, nearly cumulative average
 
@@ -536,7 +538,8 @@ def policy_weights(actor_params: Any) -> dict[str, torch.Tensor]:
     }
 
 
-def _fingerprint(map_name: str, cfg: PpoConfig, seed: int) -> str:
+def run_fingerprint(map_name: str, cfg: PpoConfig, seed: int) -> str:
+    """What makes a MAPPO run a different one: the map, the training settings, the seed."""
     trained = cfg.model_dump(mode="json", exclude=set(_NOT_TRAINING))
     return json.dumps({"map": map_name, "budgets": trained, "seed": seed}, sort_keys=True)
 
@@ -592,7 +595,7 @@ class _Run:
         # fields it does not compile (snapshots, evaluation episodes).
         self.learner, self.cfg, self.seed = learner, cfg, seed
         self.path, self.on_metrics = path, on_metrics
-        self.fingerprint = _fingerprint(learner.map_name, cfg, seed)
+        self.fingerprint = run_fingerprint(learner.map_name, cfg, seed)
         rngs = random_streams(seed, _STREAMS)
         self.init_key = jax.random.PRNGKey(seed_from(rngs["init"]))
         self.eval_key = jax.random.PRNGKey(seed_from(rngs["eval"]))
@@ -787,7 +790,8 @@ def save_tier_policy(
     )
 
 
-def _read_tier_policy(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def read_tier_policy(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A tier file's actor weights and meta, checked (sealed, format, kind)."""
     obj = load_sealed(path)
     if obj.get("format") != POLICY_FORMAT or obj.get("kind") != "smax_tier_policy":
         raise CheckpointError(f"{path}: not a SMAX tier policy of format {POLICY_FORMAT}")
@@ -802,7 +806,7 @@ def load_tier_policy(
     Its dataset episodes come back with ``rng = np.random.default_rng(meta["rollout_seed"])``,
     this policy on ``rng`` and ``cmt.behaviour.ppo.record_tier(map, policy,
     meta["episodes"], seed_from(rng), tier)``, as the collect stage drew them."""
-    weights, meta = _read_tier_policy(path)
+    weights, meta = read_tier_policy(path)
     try:
         return numpy_policy(weights, meta, rng), meta
     except (KeyError, ValueError) as err:
@@ -820,6 +824,6 @@ def load_tier_policies(
         if rngs is not None and tier in rngs:
             rng = rngs[tier]
         else:
-            rng = np.random.default_rng(int(_read_tier_policy(path)[1].get("rollout_seed", 0)))
+            rng = np.random.default_rng(int(read_tier_policy(path)[1].get("rollout_seed", 0)))
         out[tier], _ = load_tier_policy(path, rng)
     return out

@@ -196,14 +196,24 @@ def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- training
 
 
-_NOT_TRAINING = ("medium_fraction", "heuristic_tier")
+_NOT_TRAINING = ("medium_fraction", "heuristic_tier", "policies")
 """PPO fields chosen after training (which snapshots become tiers, whether the heuristic is
-one): changing them reuses a finished run."""
+one) or about whether collect trains at all: changing them reuses a finished run."""
 
 
 def _fingerprint(map_name: str, budgets: PpoConfig, seed: int) -> str:
     trained = budgets.model_dump(mode="json", exclude=set(_NOT_TRAINING))
     return json.dumps({"map": map_name, "budgets": trained, "seed": seed}, sort_keys=True)
+
+
+def behaviour_fingerprint(map_name: str, cfg: PpoConfig, seed: int) -> str:
+    """What makes a behaviour run a different one (map, training settings, seed): the
+    checkpoint fingerprint of ``cfg.learner``."""
+    if cfg.learner == "mappo":
+        from cmt.behaviour.mappo import run_fingerprint  # lazy: flax and optax
+
+        return run_fingerprint(map_name, cfg, seed)
+    return _fingerprint(map_name, cfg, seed)
 
 
 def _same_training(stored: Any, fingerprint: str) -> bool:
@@ -631,20 +641,35 @@ def build_smax_datasets(
     progress: bool = True,
     on_metrics: MetricsCallback | None = None,
 ) -> dict[str, Any]:
-    """Train the behaviour policy of ``map_name`` (``ppo_cfg.learner``) and write
-    ``out_dir/train.hdf5`` (every tier, ``episodes_per_tier`` episodes each),
-    ``out_dir/tiers.json`` (the snapshot curve, the chosen snapshots and each tier's win rate
-    and mean return) and ``out_dir/policies/<tier>.pt`` (the policy tiers' actors); no
-    timings, so a rerun from a finished checkpoint writes identical files. Returns that
-    content plus the learner's timings.
-    """
+    """Train the behaviour policy of ``map_name`` (``ppo_cfg.learner``, checkpointed under
+    ``behaviour_dir``) and write its datasets (:func:`write_smax_datasets`)."""
+    behaviour = train_behaviour(map_name, ppo_cfg, seed, behaviour_dir, on_metrics, progress)
+    return write_smax_datasets(
+        map_name, out_dir, behaviour, ppo_cfg, episodes_per_tier, seed, progress
+    )
+
+
+def write_smax_datasets(
+    map_name: str,
+    out_dir: Path,
+    behaviour: Trained,
+    ppo_cfg: PpoConfig,
+    episodes_per_tier: int,
+    seed: int,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Choose the tiers among ``behaviour``'s snapshots (trained here, or committed:
+    ``cmt.behaviour.committed.load_committed_smax``) and write ``out_dir/train.hdf5`` (every
+    tier, ``episodes_per_tier`` episodes each), ``out_dir/tiers.json`` (the snapshot curve,
+    the chosen snapshots and each tier's win rate and mean return) and
+    ``out_dir/policies/<tier>.pt`` (the policy tiers' actors); no timings, so a rerun writes
+    identical files. Returns that content plus the learner's timings."""
     from cmt.data.hdf5 import write_hdf5  # lazy: keeps env imports free of h5py
 
     out_dir = Path(out_dir)
     rngs = random_streams(seed, _STREAMS)
     tier_seeds = {t: seed_from(rngs[f"tier/{t}"]) for t in TIERS}
-    behaviour = train_behaviour(map_name, ppo_cfg, seed, behaviour_dir, on_metrics, progress)
-    snapshots, stats = behaviour.snapshots, behaviour.stats
+    snapshots = behaviour.snapshots
     wins = np.array([s["win_rate"] for s in snapshots])
     rets = np.array([s["mean_return"] for s in snapshots])
     chosen, rule = select_tiers(wins, rets, ppo_cfg.medium_fraction)
@@ -675,4 +700,4 @@ def build_smax_datasets(
         "transitions": len(train),
     }
     write_json(out_dir / "tiers.json", record)
-    return {**record, "ppo": stats, "ppo_log": behaviour.log}
+    return {**record, "ppo": behaviour.stats, "ppo_log": behaviour.log}

@@ -3,7 +3,9 @@
 One map is one dataset and one task (task id 0). Allies are our agents; SMAX's heuristic
 controls the enemies. The data of a map mixes behaviour tiers named as in OG-MARL (good,
 medium, poor), written by the ``collect`` stage with a parameter-shared PPO policy (MAPPO,
-``cmt/behaviour/mappo.py``, or MaskablePPO) and its snapshots (``cmt/behaviour/ppo.py``).
+``cmt/behaviour/mappo.py``, or MaskablePPO) and its snapshots (``cmt/behaviour/ppo.py``):
+the committed tier policies of ``behaviour/smax_<map>/`` rolled out, or trained here
+(``data.ppo.policies``).
 Agents share one policy: a team's trajectories are folded into one sequence per agent
 (:mod:`cmt.data.agents`), and evaluation folds the team environment the same way
 (:mod:`cmt.envs.team`).
@@ -130,21 +132,19 @@ class Smax(Benchmark):
         from cmt.atomic import write_json
 
         jax_on_cpu()
-        from cmt.behaviour.ppo import build_smax_datasets
+        from cmt.behaviour.committed import smax_behaviour_for
+        from cmt.behaviour.ppo import write_smax_datasets
         from cmt.integrity import sealed_json
 
         cfg = self.cfg
         out_dir = Path(out_dir)
-        behaviour = Path(behaviour_root or out_dir / "behaviour") / cfg.map
-        summary = build_smax_datasets(
-            cfg.map,
-            out_dir,
-            behaviour,
-            cfg.ppo,
-            episodes_per_tier=cfg.episodes_per_tier,
-            seed=cfg.seed,
-            progress=progress,
-            on_metrics=on_metrics,
+        # data.ppo.policies: roll out behaviour/smax_<map>/, or train (resume) under here.
+        checkpoint_dir = Path(behaviour_root or out_dir / "behaviour") / cfg.map
+        behaviour = smax_behaviour_for(
+            cfg.map, cfg.ppo, cfg.seed, checkpoint_dir, on_metrics, progress
+        )
+        summary = write_smax_datasets(
+            cfg.map, out_dir, behaviour, cfg.ppo, cfg.episodes_per_tier, cfg.seed, progress
         )
         # No random/expert references: a SMAX episode is scored by its outcome. The tiers'
         # own win rates and returns are what results are read against.
