@@ -73,7 +73,9 @@ def test_prompt_data_holds_out_whole_team_episodes() -> None:
         assert part.num_episodes % A == 0  # every agent of each team episode
     assert not teams(pd.fit) & teams(pd.val)
     assert teams(pd.fit) | teams(pd.val) == teams(bench.prompt_target(data, 0))
-    assert not teams(pd.pool) & teams(pd.val) and pd.pool.num_episodes == (12 - 1) * A
+    # 4 good team episodes: at least 2 held out for early stopping, never in the pool.
+    assert len(teams(pd.val)) == 2
+    assert not teams(pd.pool) & teams(pd.val) and pd.pool.num_episodes == (12 - 2) * A
 
 
 def test_score_is_the_win_rate() -> None:

@@ -34,7 +34,9 @@ from cmt.benchmarks.base import (
     PromptData,
     Spaces,
 )
+from cmt.data.dataset import held_out_count
 from cmt.device import jax_on_cpu
+from cmt.methods import ABLATION_METHODS
 from cmt.sections import PpoConfig
 
 if TYPE_CHECKING:
@@ -66,7 +68,13 @@ class SmaxData(DataSection):
         "give the tiers.",
     )
 
-    methods: ClassVar[tuple[str, ...]] = ("madt", "bc", "cmt_zero_shot", "cmt_tuned")
+    methods: ClassVar[tuple[str, ...]] = (
+        "madt",
+        "bc",
+        "cmt_zero_shot",
+        "cmt_tuned",
+        *ABLATION_METHODS,
+    )
     target_returns: ClassVar[tuple[str, ...]] = ("max_train",)
     claim: ClassVar[Claim] = Claim("cmt_tuned", "madt", margin=5.0)  # win-rate points
 
@@ -181,7 +189,7 @@ class Smax(Benchmark):
         if len(teams) < 2:
             raise ValueError(f"{self.name}: need at least 2 good-tier episodes for prompt data")
         perm = np.random.default_rng(seed).permutation(teams)
-        n_val = min(max(1, round(val_fraction * len(teams))), len(teams) - 1)
+        n_val = held_out_count(len(teams), val_fraction)
 
         def folded(team_eps: np.ndarray) -> np.ndarray:
             return (np.sort(team_eps)[:, None] * A + np.arange(A)).ravel()
