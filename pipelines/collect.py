@@ -1,10 +1,11 @@
 """Stage ``collect``: build the benchmark's dataset directory (``train.hdf5``, ``demos.hdf5``
 where the benchmark has unseen tasks, ``references.json``).
 
-The MuJoCo benchmarks first train SAC behaviour policies, checkpointed under
+The MuJoCo and SMAX benchmarks roll out committed behaviour policies (``behaviour/``,
+docs/behaviour.md) or, with ``policies: train``, first train them, checkpointed under
 ``--behaviour`` (a persistent DVC output shared by every dataset of an environment), so a
 killed or repeated collect continues where it stopped and the D4RL levels of one environment
-share one SAC run; its progress is logged to the stage's MLflow run as it trains.
+share one run; training progress is logged to the stage's MLflow run as it trains.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--behaviour",
         default=None,
-        help="root of the trained behaviour policies' checkpoints (SAC; resumes from them)",
+        help="root of the behaviour learners' checkpoints when they train (resumes from them)",
     )
 
     def body(args: argparse.Namespace, params: Params) -> None:

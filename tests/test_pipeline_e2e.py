@@ -767,7 +767,8 @@ def test_d4rl_preset_end_to_end(repo: Repo):
     )
 
 
-# The SMAX 3m preset at a tiny MaskablePPO budget and a few episodes per tier.
+# The SMAX 3m preset at a tiny MAPPO budget (trained here, not the committed policies) and a
+# few episodes per tier.
 TINY_SMAX = {
     "data.episodes_per_tier": 4,
     "data.ppo.policies": "train",  # the preset rolls out the committed policies of 24M steps
@@ -786,7 +787,7 @@ TINY_SMAX = {
 
 
 def test_smax_preset_end_to_end(repo: Repo):
-    """The multi-agent setting through the same pipeline: collect (MaskablePPO on SMAX 3m, three
+    """The multi-agent setting through the same pipeline: collect (MAPPO on SMAX 3m, three
     tiers) -> report, with discrete masked actions, win rates, and a registered team policy
     that a fresh process loads and asks for actions of a batch of agents."""
     sets = [f"--set={k}={json.dumps(v)}" for k, v in TINY_SMAX.items()]
