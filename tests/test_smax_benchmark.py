@@ -130,3 +130,13 @@ def test_banded_team_policy_decodes_exactly_with_the_cache() -> None:
         out[cache] = (returns, lengths, env.won.copy())
     for a, b in zip(out[True], out[False], strict=True):
         np.testing.assert_allclose(a, b)
+
+
+def test_quality_counts_team_episodes_not_agent_trajectories() -> None:
+    """The data-quality table's sizes are the team's: 12 team episodes of 3..14 steps, not
+    A agent trajectories each."""
+    bench, data = _bench_and_data()
+    q = bench.quality(data)
+    assert q["all"]["episodes"] == 12
+    assert q["all"]["transitions"] == sum(range(3, 15))
+    assert q["good"]["episodes"] == 4  # tiers cycle poor, medium, good

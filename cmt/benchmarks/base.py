@@ -320,7 +320,11 @@ class Benchmark(ABC):
 
 
 def _quality(ds: OfflineDataset, scores: np.ndarray, mine: np.ndarray) -> dict[str, float]:
-    """Size and return/score statistics of the episodes ``mine`` (E,) bool of ``ds``."""
+    """Size and return/score statistics of the episodes ``mine`` (E,) bool of ``ds``; a
+    folded team dataset counts team episodes and team steps (its first agent's trajectories,
+    which carry the team return)."""
+    if ds.agent_of is not None:
+        mine = mine & (ds.agent_of[ds.ep_start] == 0)
     out = {"episodes": float(mine.sum()), "transitions": float(ds.ep_len[mine].sum())}
     for name, values in (("return", ds.ep_return[mine]), ("score", scores[mine])):
         values = np.asarray(values, dtype=np.float64)
