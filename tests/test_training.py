@@ -241,7 +241,10 @@ def test_cached_rollout_equals_uncached_banded_rollout(
 
 
 def test_tuned_prompt_beats_zero_shot_on_held_out_demos(tiny_params, tiny_data_dir, tmp_path):
-    """End to end in well under a minute: generate, pretrain, tune on an unseen task."""
+    """End to end in well under a minute: generate, pretrain, tune on an unseen task. What it
+    shows is that tuning runs and finds a lower validation loss somewhere (it keeps only
+    improvements, so it passes on a barely trained backbone too); that pretraining itself
+    helps is tests/test_learning.py's, by rollouts."""
     params = tiny_params.model_copy(
         update={
             "pretrain": tiny_params.pretrain.model_copy(update={"steps": 150, "batch_size": 32}),
