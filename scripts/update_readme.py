@@ -9,7 +9,8 @@ as ``results/d4rl/<name>/`` appear only in their group's cross-dataset table) an
 ``results/<group>/<study>/table.md`` (variant studies, written by ``scripts/variant_table.py``),
 ``perf/results/throughput.json`` and ``decoding.json`` (written by
 ``perf/throughput.py``) and ``perf/results/stage_overhead.json`` (written by
-``perf/stage_overhead.py``).
+``perf/stage_overhead.py``), ``perf/results/learners.json`` and ``smax_learners.json``
+(``perf/learners.py``, ``perf/smax_learners.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ DECODING = THROUGHPUT.with_name("decoding.json")
 DECODING_2THREADS = THROUGHPUT.with_name("decoding_2threads.json")
 TRAIN_STEP = THROUGHPUT.with_name("train_step.json")
 GPU = THROUGHPUT.with_name("gpu_pretrain_graphs.json")
+LEARNERS = THROUGHPUT.with_name("learners.json")
+SMAX_LEARNERS = THROUGHPUT.with_name("smax_learners.json")
 
 
 def results_section() -> str:
@@ -341,6 +344,43 @@ def targets_section() -> str:
     return "\n".join(lines) + "\n"
 
 
+def learners_section() -> str:
+    """The behaviour learners against the ones they replaced, from their two benchmark JSONs."""
+    if not (LEARNERS.exists() and SMAX_LEARNERS.exists()):
+        return "_No behaviour-learner benchmark committed yet._\n"
+    mujoco, smax = json.loads(LEARNERS.read_text()), json.loads(SMAX_LEARNERS.read_text())
+    m = mujoco["machine"]
+    lines = [
+        f"MuJoCo (`python perf/learners.py`, `{LEARNERS.name}`; {m['cpu']}, {m['threads']} "
+        f"thread, load average {m['load_before'][0]:.1f} to {m['load_after'][0]:.1f}): "
+        "environment steps/s of SAC with one gradient step per environment step, best of 2.",
+        "",
+        "| environment | SB3 SAC | SBX SAC (train_freq 8, the presets') | SBX TQC |",
+        "|---|---|---|---|",
+    ]
+    for env, r in mujoco["envs"].items():
+        lines.append(
+            f"| {env} | {r['sb3_sac']['steps_per_s']:.0f} | {r['sbx_sac']['steps_per_s']:.0f} "
+            f"({r['sbx_sac']['speedup_vs_sb3_sac']:.1f}×) | {r['sbx_tqc']['steps_per_s']:.0f} |"
+        )
+    m = smax["machine"]
+    lines += [
+        "",
+        f"SMAX (`{smax['command']}`, `{SMAX_LEARNERS.name}`; {m['cpu']}, {m['threads']} thread, "
+        f"load average {m['load_before'][0]:.1f} to {m['load_after'][0]:.1f}): agent steps/s of "
+        "whole rollouts and updates.",
+        "",
+        "| map | MaskablePPO | JAX MAPPO |",
+        "|---|---|---|",
+    ]
+    for name, r in smax["maps"].items():
+        lines.append(
+            f"| {name} | {r['maskable_ppo']['agent_steps_per_s']:,.0f} | "
+            f"{r['mappo']['agent_steps_per_s']:,.0f} ({r['speedup']:.1f}×) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def render(text: str) -> str:
     sections = (
         ("results", results_section()),
@@ -348,6 +388,7 @@ def render(text: str) -> str:
         ("performance", perf_section()),
         ("decoding", decoding_section()),
         ("overhead", overhead_section()),
+        ("learners", learners_section()),
     )
     for name, body in sections:
         pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", flags=re.DOTALL)
