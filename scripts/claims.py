@@ -8,8 +8,8 @@ the ``params`` in that ``results.json``, names the method under test, its main b
 the margin δ (``cmt.benchmarks.Claim``); the records give the difference paired by seed, its
 95% t interval and the verdict (docs/method.md, "Statistics and verdicts"). This script names
 no benchmark itself. Folders whose records hold no per-episode lists (written before them) are
-listed as skipped. ``--out DIR`` writes the two files elsewhere (to compare with the committed
-ones).
+listed as skipped, as are the validation runs under ``results/validation/``. ``--out DIR``
+writes the two files elsewhere (to compare with the committed ones).
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ from cmt.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = "python scripts/claims.py"
+VALIDATION = "validation"
+"""``results/validation/``: runs on validation tasks or seeds, which choose and claim nothing
+(docs/method.md, "Validation protocol")."""
 
 
 def dataset_claim(folder: Path, results_root: Path) -> dict[str, Any]:
@@ -83,7 +86,9 @@ def record_folders(root: Path) -> tuple[list[Path], list[dict[str, str]]]:
     for folder in sorted({p.parent.parent for p in root.glob("**/runs/*.json")}):
         records = load_records(folder)
         where = folder.relative_to(root).as_posix()
-        if not all(set(EPISODE_KEYS) <= set(t) for r in records for t in r["per_task"].values()):
+        if where.split("/")[0] == VALIDATION:
+            skipped.append({"folder": where, "reason": "validation run: it chooses, not claims"})
+        elif not all(set(EPISODE_KEYS) <= set(t) for r in records for t in r["per_task"].values()):
             skipped.append({"folder": where, "reason": "records without per-episode lists"})
         elif not (folder / "results.json").exists():
             raise SystemExit(f"{folder}: run records without a results.json beside them")

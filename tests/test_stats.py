@@ -365,6 +365,9 @@ def test_claims_script_reads_the_committed_layout(tmp_path):
     write_records(folder, SEEDS, params)
     made = write_report(folder, params)
     write_text(folder / "COMMAND", "python -m pipelines.pipeline\n")
+    # A validation run of the same dataset chooses, it claims nothing: skipped.
+    write_records(tmp_path / "results" / "validation" / "x", SEEDS, params)
+    write_report(tmp_path / "results" / "validation" / "x", params)
     script = runpy.run_path(str(ROOT / "scripts" / "claims.py"), run_name="claims")
     assert script["main"](["--results", str(tmp_path / "results")]) == 0
     written = json.loads((tmp_path / "results" / "claims.json").read_text())
@@ -373,6 +376,7 @@ def test_claims_script_reads_the_committed_layout(tmp_path):
     main = made["claims"]["main"]
     assert row["folder"] == f"group/{params.data.name}" and row["kind"] == "Offline meta-RL"
     assert row["records_command"] == "python -m pipelines.pipeline"
+    assert [s["folder"] for s in written["skipped"]] == ["validation/x"]
     for key in ("method", "baseline", "seeds", "n", "mean_difference", "lo", "hi", "margin",
                 "verdict"):  # fmt: skip
         assert row[key] == main[key], key
