@@ -10,6 +10,10 @@ tables and ``scripts/claims.py`` the claims), ``outputs/preprocess/metrics.json`
 behaviour policies' log of generated data (``data/<name>/sac_log.json`` or ``tiers.json``).
 ``results/benchmarks.md`` gets the latest cross-family table. Then run
 ``python scripts/update_readme.py`` to refresh the README.
+
+    python scripts/save_results.py --compare OUT --group claims --name point_robot --command "..."
+
+copies a ``cmt compare --out OUT`` folder instead: ``results.{md,json,png}`` and ``runs/``.
 """
 
 from __future__ import annotations
@@ -39,6 +43,18 @@ def copy_records(source: Path, dest: Path) -> None:
         shutil.copyfile(path, dest / path.name)
 
 
+def save_comparison(source: Path, out: Path, command: str) -> None:
+    """A ``cmt compare --out`` folder's report and per-run records into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("results.md", "results.json", "results.png"):
+        if not (source / name).exists():
+            raise SystemExit(f"{source / name} is missing: the comparison has not finished")
+        shutil.copyfile(source / name, out / name)
+    copy_records(source / "runs", out / "runs")
+    write_text(out / "COMMAND", command.strip() + "\n")
+    print(f"comparison {source} in {out}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--command", required=True, help="the exact command that made them")
@@ -48,7 +64,20 @@ def main() -> int:
         help="subdirectory of results/ (e.g. d4rl: results/d4rl/<name>/, and the cross-dataset "
         "table to results/d4rl/benchmarks.md)",
     )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        default=None,
+        help="a `cmt compare --out` folder instead of the pipeline's outputs: its report and run "
+        "records go to results/<group>/<--name>/",
+    )
+    parser.add_argument("--name", default=None, help="with --compare: the folder's name")
     args = parser.parse_args()
+    if args.compare is not None:
+        if not args.name:
+            raise SystemExit("--compare needs --name")
+        save_comparison(args.compare, ROOT / "results" / args.group / args.name, args.command)
+        return 0
     family = load_params(ROOT / "params.yaml").data.name
     group = ROOT / "results" / args.group
     out = group / family

@@ -427,3 +427,25 @@ def test_report_stage_prints_and_logs_the_verdicts(tmp_path, monkeypatch):
     assert "report/claim/cmt_tuned-mtdt/lo" not in logged  # one paired seed: no interval
     assert len(lines) == 3
     assert lines[1].startswith(f"claim cmt_tuned vs prompt_dt: {main['verdict']} (")
+
+
+def test_save_results_copies_a_comparison_with_its_records(tmp_path):
+    """scripts/save_results.py --compare: the report and the run records it was made from,
+    old records replaced, and the command; a comparison that has not finished is refused."""
+    params = parse_params(PARAMS)
+    source = tmp_path / "compare"
+    write_records(source, SEEDS, params)
+    write_report(source, params)
+    out = tmp_path / "results" / "claims" / "x"
+    (out / "runs").mkdir(parents=True)
+    write_text(out / "runs" / "stale_seed9.json", "{}")
+    script = runpy.run_path(str(ROOT / "scripts" / "save_results.py"), run_name="save")
+    script["save_comparison"](source, out, "cmt compare --out compare")
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(
+        p.name for p in (source / "runs").iterdir()
+    )
+    assert (out / "COMMAND").read_text() == "cmt compare --out compare\n"
+    check_results_folder(out)  # its tables recompute from the copied records
+    (source / "results.md").unlink()
+    with pytest.raises(SystemExit, match="has not finished"):
+        script["save_comparison"](source, tmp_path / "other", "x")
