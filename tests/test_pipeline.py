@@ -297,7 +297,7 @@ def test_figures_speak_the_setting(tmp_path):
             plot_comparison(records(method, task), bench),
             plot_per_task(records(method, task), bench),
         ):
-            title = fig.axes[0].get_title(loc="left")
+            title = fig.get_suptitle()
             assert title.startswith(f"{bench.name}: ") and words in title, title
             assert bench is meta or "task" not in title.replace(bench.name, ""), title
     comparison = plot_comparison(records("dt", 0), d4rl)

@@ -153,7 +153,7 @@ def test_comparison_whiskers_are_the_t_intervals():
     lines = [line.get_xdata() for line in fig.axes[0].lines if line.get_linestyle() == "-"]
     whiskers = [tuple(x) for x in lines if x[0] != x[1]]
     assert whiskers == [intervals["prompt_dt"], intervals["cmt_tuned"]]  # registry order
-    assert "95% t interval" in fig.axes[0].get_title(loc="left")
+    assert "95% t interval" in fig.get_suptitle()
 
 
 # ---------------------------------------------------------------- tables from the records
