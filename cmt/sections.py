@@ -340,6 +340,13 @@ class PretrainConfig(Section):
         "of the same task and behaviour level ('same_trajectory': the prompt encodes task and "
         "behaviour); always another trajectory of the task and level ('same_task').",
     )
+    own_context_min: int | None = Field(
+        None,
+        ge=1,
+        description="'same_trajectory': own-trajectory steps outside the segment needed to "
+        "take the context from them (null: model.context_size); fewer, and it comes from "
+        "another trajectory of the task and level.",
+    )
     demo_fraction: float = Field(
         0.2,
         gt=0.0,

@@ -57,13 +57,14 @@ def pick(u: float, items: list[int]) -> int:
     return items[int(float(u) * len(items))]
 
 
-def reference_context(ds, ep, off, seg_len, u_ep, u_ctx, own_first: bool) -> list[int]:
-    """The set-context rule, literally: own steps outside the segment if there are >= C (and
-    the own episode comes first), else every step of another episode of the group."""
+def reference_context(ds, ep, off, seg_len, u_ep, u_ctx, own_first: bool, own_min=C) -> list[int]:
+    """The set-context rule, literally: own steps outside the segment if there are >= own_min
+    (C by default; and the own episode comes first), else every step of another episode of
+    the group."""
     es, L = int(ds.ep_start[ep]), int(ds.ep_len[ep])
     others = [e for e in range(ds.num_episodes) if e != ep and group_of(ds, e) == group_of(ds, ep)]
     outside = [es + k for k in range(L) if not off <= k < off + seg_len]
-    if others and not (own_first and len(outside) >= C):
+    if others and not (own_first and len(outside) >= own_min):
         cep = pick(u_ep, others)
         allowed = list(range(int(ds.ep_start[cep]), int(ds.ep_start[cep] + ds.ep_len[cep])))
     else:
@@ -89,7 +90,9 @@ def reference_segment(ds, ep, off, seg_len, u_ep, u_seg, demo_fraction=0.2) -> l
     return [int(ds.ep_start[cep]) + min(w + j, cL - 1) for j in range(S)]
 
 
-def reference(ds: OfflineDataset, norm: Normalizer, draws: dict, source: str) -> dict:
+def reference(
+    ds: OfflineDataset, norm: Normalizer, draws: dict, source: str, own_min: int = C
+) -> dict:
     """Per-sample loops implementing the documented sampling rules literally."""
     d = ds.data
     keys = ("states", "actions", "rtg", "timesteps", "mask", "ctx", "ctx2", "seg", "unit")
@@ -110,7 +113,9 @@ def reference(ds: OfflineDataset, norm: Normalizer, draws: dict, source: str) ->
         out["mask"].append(np.array([True] * seg_len + [False] * pad))
         out["unit"].append(group_of(ds, ep))
         own_first = source == "same_trajectory"
-        ctx = reference_context(ds, ep, off, seg_len, draws["other"][b], draws["ctx"][b], own_first)
+        ctx = reference_context(
+            ds, ep, off, seg_len, draws["other"][b], draws["ctx"][b], own_first, own_min
+        )
         out["ctx"].append(ctx)
         ctx2 = reference_context(ds, ep, off, seg_len, draws["other2"][b], draws["ctx2"][b], False)
         out["ctx2"].append(ctx2)
@@ -125,9 +130,9 @@ def context_rows(x) -> np.ndarray:
     return np.rint(x[..., 0].numpy()).astype(np.int64)
 
 
-def samplers(ds, source="same_trajectory", norm=None):
+def samplers(ds, source="same_trajectory", norm=None, own_min=None):
     norm = Normalizer.identity(3) if norm is None else norm
-    kw = dict(context_size=C, segment_len=S, source=source)
+    kw = dict(context_size=C, segment_len=S, source=source, own_context_min=own_min)
     return (
         SegmentSampler(ds, norm, K, context="set", contrastive=True, **kw),
         SegmentSampler(ds, norm, K, context="segment", **kw),
@@ -137,13 +142,14 @@ def samplers(ds, source="same_trajectory", norm=None):
 @pytest.mark.parametrize("source", ["same_trajectory", "same_task"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("levels", [0, 2])
-def test_batched_sampler_matches_reference(source, seed, levels):
+@pytest.mark.parametrize("own_min", [None, 1])
+def test_batched_sampler_matches_reference(source, seed, levels, own_min):
     ds = random_dataset(seed, levels=levels)
     norm = Normalizer.fit(ds.data, ds.ep_return)
-    set_sampler, seg_sampler = samplers(ds, source, norm)
+    set_sampler, seg_sampler = samplers(ds, source, norm, own_min)
     draws = set_sampler.draw(64, np.random.default_rng(seed + 10))
     draws["seg"] = np.random.default_rng(seed + 20).random(64)
-    ref = reference(ds, norm, draws, source)
+    ref = reference(ds, norm, draws, source, C if own_min is None else own_min)
     b = set_sampler.build(draws)
     np.testing.assert_allclose(b.states.numpy(), ref["states"], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(b.actions.numpy(), ref["actions"])
@@ -173,12 +179,13 @@ def predicted_rows(ds: OfflineDataset, batch) -> list[set[int]]:
 
 @pytest.mark.parametrize("source", ["same_trajectory", "same_task"])
 @pytest.mark.parametrize("lengths", ["short", "long", "mixed"])
-def test_contexts_never_hold_a_predicted_step(source, lengths):
+@pytest.mark.parametrize("own_min", [None, 1])
+def test_contexts_never_hold_a_predicted_step(source, lengths, own_min):
     """The sampler itself: no context or prompt segment holds a step the segment predicts,
     on episodes shorter than K (where the whole episode is predicted) and longer ones."""
     n = {"short": [4] * 24, "long": [40] * 24, "mixed": [3, 40] * 12}[lengths]
     ds = random_dataset(3, lengths=np.array(n))
-    set_sampler, seg_sampler = samplers(ds, source)
+    set_sampler, seg_sampler = samplers(ds, source, own_min=own_min)
     for seed in range(3):
         draws = set_sampler.draw(256, np.random.default_rng(seed))
         draws["seg"] = np.random.default_rng(seed + 7).random(256)

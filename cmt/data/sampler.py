@@ -151,10 +151,12 @@ class SegmentSampler:
         source: ContextSource = "same_trajectory",
         contrastive: bool = False,
         demo_fraction: float = 0.2,
+        own_context_min: int | None = None,
     ) -> None:
         self.ds, self.norm, self.K = ds, norm, context_len
         self.context, self.C, self.S = context, context_size, segment_len
         self.source, self.contrastive = source, contrastive
+        self.own_min = context_size if own_context_min is None else own_context_min
         # Normalise once per dataset, so that building a batch is nothing but gathers.
         d = ds.data
         self._states = norm.states(d.observations).astype(np.float32)
@@ -249,12 +251,13 @@ class SegmentSampler:
         own_first: bool,
     ) -> np.ndarray:
         """C transition indices (B, C): the own episode's steps outside the segment if
-        ``own_first`` and there are at least C of them, else all steps of another episode of
-        the group, else (a group of one episode) the own steps outside the segment."""
+        ``own_first`` and there are at least ``own_context_min`` (default C) of them, else all
+        steps of another episode of the group, else (a group of one episode) the own steps
+        outside the segment."""
         ds = self.ds
         outside = ds.ep_len[ep] - seg_len  # (B,) own steps outside the segment
         other = self._groups.other(ep, u_ep)
-        use_own = (other < 0) | (own_first & (outside >= self.C))
+        use_own = (other < 0) | (own_first & (outside >= self.own_min))
         _no_context(use_own & (outside <= 0), ep, "a context")
         ctx_ep = np.where(use_own, ep, other)
         n = np.where(use_own, outside, ds.ep_len[ctx_ep])[:, None]  # (B, 1) candidates

@@ -45,6 +45,7 @@ def make_sampler(
         source=pcfg.context_source,
         contrastive=mcfg.prompt == "encoder" and pcfg.w_con > 0,
         demo_fraction=pcfg.demo_fraction,
+        own_context_min=pcfg.own_context_min,
     )
 
 
