@@ -1,8 +1,8 @@
 """Stage ``report``: the method comparison table and plot of this pipeline's evaluation (with
 each method's paired interval and verdict against the benchmark's main baseline, which it also
-prints and logs), the tables of every dataset's latest evaluation in MLflow (beside a published result and the data's
-own score distribution; one table per kind of benchmark), and a comparison of the registered
-model versions and recent evaluation runs.
+prints and logs), the tables of every dataset's latest evaluation in MLflow (beside a
+published result and the data's own score distribution; one table per kind of benchmark), and
+a comparison of the registered model versions and recent evaluation runs.
 
 Also usable on its own (``python -m pipelines.report``) to refresh the MLflow tables.
 """
