@@ -321,8 +321,10 @@ def _finish(client: Any, parent: str, exp_name: str | None, metrics: dict[str, A
     client.set_tag(parent, "dvc.exp_name", exp_name or "")
     now = int(time.time() * 1000)
     flat = tracking.flatten(metrics, sep="/")
+    # A single seed's std is None (no spread over seeds): left out, as the evaluate stage does.
     client.log_batch(
-        parent, metrics=[Metric(f"eval/{k}", float(v), now, 0) for k, v in flat.items()]
+        parent,
+        metrics=[Metric(f"eval/{k}", float(v), now, 0) for k, v in flat.items() if v is not None],
     )
     client.set_terminated(parent, "FINISHED")
 
