@@ -344,7 +344,7 @@ class PretrainConfig(Section):
         None,
         ge=1,
         description="'same_trajectory': own-trajectory steps outside the segment needed to "
-        "take the context from them (null: model.context_size); fewer, and it comes from "
+        "take the context from them (null: half of model.context_size); fewer, and it comes from "
         "another trajectory of the task and level.",
     )
     demo_fraction: float = Field(
@@ -391,9 +391,9 @@ class PromptTuneConfig(Section):
     patience: int = Field(4, ge=1, description="Validation checks without improvement to stop.")
     eval_every: int = Field(20, ge=1, description="Steps between validation checks.")
     anchor: float = Field(
-        0.1,
+        0.0,
         ge=0.0,
         description="Pull toward the initial prompt p0: the loss gains anchor * ||p - p0||² / "
         "||p0||², so that fitting a few demonstrations cannot move the prompt anywhere the "
-        "backbone never saw (0: no pull).",
+        "backbone never saw (0, the default chosen on validation goals: no pull).",
     )

@@ -57,9 +57,11 @@ def pick(u: float, items: list[int]) -> int:
     return items[int(float(u) * len(items))]
 
 
-def reference_context(ds, ep, off, seg_len, u_ep, u_ctx, own_first: bool, own_min=C) -> list[int]:
+def reference_context(
+    ds, ep, off, seg_len, u_ep, u_ctx, own_first: bool, own_min=C // 2
+) -> list[int]:
     """The set-context rule, literally: own steps outside the segment if there are >= own_min
-    (C by default; and the own episode comes first), else every step of another episode of
+    (C // 2 by default; and the own episode comes first), else every step of another episode of
     the group."""
     es, L = int(ds.ep_start[ep]), int(ds.ep_len[ep])
     others = [e for e in range(ds.num_episodes) if e != ep and group_of(ds, e) == group_of(ds, ep)]
@@ -91,7 +93,7 @@ def reference_segment(ds, ep, off, seg_len, u_ep, u_seg, demo_fraction=0.2) -> l
 
 
 def reference(
-    ds: OfflineDataset, norm: Normalizer, draws: dict, source: str, own_min: int = C
+    ds: OfflineDataset, norm: Normalizer, draws: dict, source: str, own_min: int = C // 2
 ) -> dict:
     """Per-sample loops implementing the documented sampling rules literally."""
     d = ds.data
@@ -149,7 +151,7 @@ def test_batched_sampler_matches_reference(source, seed, levels, own_min):
     set_sampler, seg_sampler = samplers(ds, source, norm, own_min)
     draws = set_sampler.draw(64, np.random.default_rng(seed + 10))
     draws["seg"] = np.random.default_rng(seed + 20).random(64)
-    ref = reference(ds, norm, draws, source, C if own_min is None else own_min)
+    ref = reference(ds, norm, draws, source, C // 2 if own_min is None else own_min)
     b = set_sampler.build(draws)
     np.testing.assert_allclose(b.states.numpy(), ref["states"], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(b.actions.numpy(), ref["actions"])
@@ -206,14 +208,18 @@ def test_contexts_never_hold_a_predicted_step(source, lengths, own_min):
 
 
 def test_short_episode_context_comes_from_another_episode_of_its_group():
+    """Fewer than C // 2 own steps outside the segment (here: segments that start in the
+    first 2 steps of 5-step episodes): the context is another episode of the group."""
     ds = random_dataset(4, n_tasks=3, lengths=np.full(60, 5), levels=2)
     set_sampler, _ = samplers(ds)
-    batch = set_sampler.sample(256, np.random.default_rng(0))
-    ep = ds.episode_of[np.rint(batch.states[:, 0, 0].numpy()).astype(np.int64)]
+    batch = set_sampler.sample(512, np.random.default_rng(0))
+    first = np.rint(batch.states[:, 0, 0].numpy()).astype(np.int64)
+    ep, outside = ds.episode_of[first], first - ds.ep_start[ds.episode_of[first]]
     ctx_eps = ds.episode_of[context_rows(batch.context)]  # (B, C)
-    for e, ce in zip(ep, ctx_eps, strict=True):
+    assert (outside < C // 2).sum() > 100 and (outside >= C // 2).sum() > 100
+    for e, n, ce in zip(ep, outside, ctx_eps, strict=True):
         assert len(set(ce.tolist())) == 1, "a context is one episode's"
-        assert ce[0] != e
+        assert (ce[0] != e) == (n < C // 2)
         assert group_of(ds, int(ce[0])) == group_of(ds, int(e))
 
 

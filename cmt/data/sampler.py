@@ -156,7 +156,10 @@ class SegmentSampler:
         self.ds, self.norm, self.K = ds, norm, context_len
         self.context, self.C, self.S = context, context_size, segment_len
         self.source, self.contrastive = source, contrastive
-        self.own_min = context_size if own_context_min is None else own_context_min
+        # Default C // 2: the point robot's validation goals preferred own contexts of 30
+        # steps (C = 32) to other episodes' (docs/method.md); a few steps repeated to fill C
+        # (the tails of short SMAX episodes) still come from another episode.
+        self.own_min = max(1, context_size // 2) if own_context_min is None else own_context_min
         # Normalise once per dataset, so that building a batch is nothing but gathers.
         d = ds.data
         self._states = norm.states(d.observations).astype(np.float32)
@@ -251,7 +254,7 @@ class SegmentSampler:
         own_first: bool,
     ) -> np.ndarray:
         """C transition indices (B, C): the own episode's steps outside the segment if
-        ``own_first`` and there are at least ``own_context_min`` (default C) of them, else all
+        ``own_first`` and there are at least ``own_context_min`` (default C // 2) of them, else all
         steps of another episode of the group, else (a group of one episode) the own steps
         outside the segment."""
         ds = self.ds
