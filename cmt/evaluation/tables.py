@@ -159,9 +159,11 @@ def variants_table(results: dict[str, dict[str, Any]]) -> str:
         lines.append(f"| {name} | {settings} | " + " | ".join(cells) + " |")
     first = next(iter(flat.values()))
     seeds = sorted({len(s["seeds"]) for r in results.values() for s in r["summary"].values()})
+    tasks = first.get("data.test_tasks")  # single-task benchmarks have none
+    where = f"tasks {tasks} held out of pretraining" if tasks is not None else "its one task"
     caption = (
-        f"{first['data.name']}, tasks {first['data.test_tasks']} held out of pretraining; "
-        f"score mean ± std over seeds ({' or '.join(map(str, seeds))} seeds per variant) of the "
+        f"{first['data.name']}, {where}, evaluation seed {first['evaluate.seed']}; score mean "
+        f"± sample std over seeds ({' or '.join(map(str, seeds))} seeds per variant) of the "
         f"mean over tasks, {first['evaluate.episodes']} episodes per task."
     )
     return caption + "\n\n" + "\n".join(lines) + "\n"
