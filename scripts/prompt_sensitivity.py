@@ -15,15 +15,15 @@ data's own actions. ``DIR/prompt_sensitivity_<backbone>_seed<k>.json`` gets the 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cmt.atomic import write_json
+from cmt.benchmarks import make_benchmark
 from cmt.checkpoint import load_policy, load_prompt
-from cmt.config import load_params
+from cmt.cli import add_config_options, params_from_args
 from cmt.data.sampler import Batch, SegmentSampler
 from cmt.experiment import initial_prompt, load_data, prompt_data, task_seed
 from cmt.models.policy import SequencePolicy
@@ -75,14 +75,9 @@ def main() -> int:
     parser.add_argument("out", type=Path, help="the comparison's --out folder")
     parser.add_argument("--backbone", default="cmt")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--preset", default=None)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_config_options(parser)
     args = parser.parse_args()
-    sets = dict(kv.split("=", 1) for kv in args.set)
-    params = load_params(args.params, {k: json.loads(v) for k, v in sets.items()}, args.preset)
-    from cmt.benchmarks import make_benchmark
-
+    params = params_from_args(args)
     bench = make_benchmark(params.data)
     data = load_data(params, args.out / "data")
     ckpt_dir = args.out / "checkpoints" / f"{args.backbone}_seed{args.seed}"

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from cmt.atomic import write_json
 from cmt.behaviour.rollout import concat_transitions, random_streams, seed_from
 from cmt.checkpoint import CheckpointError, atomic_torch_save, load_sealed
-from cmt.data.schema import TransitionData
+from cmt.data.schema import LEVEL, TransitionData
 from cmt.envs.smax import (
     EpisodeBatch,
     MultiAgentPolicy,
@@ -554,7 +554,7 @@ def episodes_to_transitions(batch: EpisodeBatch, tier: str) -> TransitionData:
         timeouts=flat(batch.truncated),
         next_observations=flat(batch.next_observations).astype(np.float32),
         task_ids=np.zeros(n, dtype=np.int64),
-        infos={"won": flat(batch.won), "level": np.full(n, TIERS.index(tier), dtype=np.int8)},
+        infos={"won": flat(batch.won), LEVEL: np.full(n, TIERS.index(tier), dtype=np.int8)},
         avail_actions=flat(batch.avail_actions),
     )
 

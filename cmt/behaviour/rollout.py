@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from cmt.data.schema import TransitionData
+from cmt.data.schema import LEVEL, TransitionData
 from cmt.envs.registry import TaskFamily
 
 Policy = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -119,7 +119,7 @@ def concat_transitions(
 def with_level(data: TransitionData, level: str) -> TransitionData:
     """``data`` with ``infos/level`` set to ``level`` (an index into :data:`LEVELS`)."""
     infos = dict(data.infos)
-    infos["level"] = np.full(len(data), LEVELS.index(level), dtype=np.int8)
+    infos[LEVEL] = np.full(len(data), LEVELS.index(level), dtype=np.int8)
     return dataclasses.replace(data, infos=infos)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from cmt.data.dataset import PromptData
+from cmt.data.schema import LEVEL
 from cmt.sections import MAX_NAME_LEN, NAME_PATTERN, NAME_RULE, Section, Seed, is_safe_name
 
 if TYPE_CHECKING:
@@ -258,9 +259,9 @@ class Benchmark(ABC):
     def level_episodes(self, ds: OfflineDataset) -> dict[str, np.ndarray]:
         """Episodes (E,) bool of each behaviour level present in ``ds`` (``infos/level``);
         empty for data that records no levels (a real dataset file)."""
-        if "level" not in ds.data.infos:
+        if LEVEL not in ds.data.infos:
             return {}
-        ep_level = ds.data.infos["level"][ds.ep_start]  # (E,)
+        ep_level = ds.data.infos[LEVEL][ds.ep_start]  # (E,)
         return {lv: ep_level == i for i, lv in enumerate(self.levels) if np.any(ep_level == i)}
 
     def quality(self, data: Data) -> dict[str, dict[str, float]]:

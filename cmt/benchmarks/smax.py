@@ -35,6 +35,7 @@ from cmt.benchmarks.base import (
     Spaces,
 )
 from cmt.data.dataset import held_out_count
+from cmt.data.schema import LEVEL
 from cmt.device import jax_on_cpu
 from cmt.methods import ABLATION_METHODS
 from cmt.sections import PpoConfig
@@ -174,7 +175,7 @@ class Smax(Benchmark):
     def tier_episodes(self, data: Data, tier: str) -> np.ndarray:
         """Folded episode indices of one tier (every agent's trajectory of its episodes)."""
         ds = data.train
-        level = ds.data.infos["level"][ds.ep_start]
+        level = ds.data.infos[LEVEL][ds.ep_start]
         return np.flatnonzero(level == TIERS.index(tier))
 
     def prompt_target(self, data: Data, task: int) -> OfflineDataset:

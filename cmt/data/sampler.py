@@ -171,7 +171,7 @@ class SegmentSampler:
         )
         self.group = ds.ep_group
         every = np.ones(ds.num_episodes, dtype=bool)
-        self._groups = EpisodeGroups(self.group, every)
+        self._groups = EpisodeGroups(self.group, every) if context == "set" else None
         self._demos = (
             EpisodeGroups(ds.ep_task.astype(np.int64), ds.top_episodes_per_task(demo_fraction))
             if context == "segment"
@@ -258,6 +258,7 @@ class SegmentSampler:
         steps of another episode of the group, else (a group of one episode) the own steps
         outside the segment."""
         ds = self.ds
+        assert self._groups is not None  # built for set contexts
         outside = ds.ep_len[ep] - seg_len  # (B,) own steps outside the segment
         other = self._groups.other(ep, u_ep)
         use_own = (other < 0) | (own_first & (outside >= self.own_min))
