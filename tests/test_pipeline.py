@@ -197,6 +197,16 @@ def test_stage_runs_grouped_and_failures_recorded(mlflow_store, monkeypatch):
     assert e.parent_id == a.parent_id
     # The env var's run belongs to the pipeline flow, which ends it: a stage leaves it alone.
     assert client.get_run(a.parent_id).info.status == "FAILED"
+    # SIGTERM (Prefect raises TerminationSignal) ends a stage KILLED; the pipeline's run is
+    # left RUNNING for the killed pipeline's recovery (pipelines/recovery.py) to end.
+    from prefect.exceptions import TerminationSignal
+
+    client.update_run(a.parent_id, status="RUNNING")
+    with pytest.raises(TerminationSignal), tracking.stage_run("pretrain", other) as k:
+        raise TerminationSignal(signal=15)
+    assert client.get_run(k.run_id).info.status == "KILLED"
+    assert client.get_run(a.parent_id).info.status == "RUNNING"
+    client.set_terminated(a.parent_id, "FAILED")
     monkeypatch.delenv(tracking.PARENT_ENV)
     with tracking.stage_run("collect", params) as f:
         pass
