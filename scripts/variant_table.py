@@ -1,8 +1,10 @@
 """Tabulate variants of one comparison: ``DIR/<variant>/results.json`` (written by
 ``cmt compare``) into ``DIR/table.md``, one row per variant with the settings they differ in,
-and ``DIR/table.png``, the same as points with std whiskers.
+then each variant's difference to a reference variant and to the benchmark's main baseline,
+paired by seed with 95% t intervals, from the variants' run records (``<variant>/runs/``);
+and ``DIR/table.png``, the scores as points with std whiskers.
 
-    python scripts/variant_table.py results/attention/point_robot_test
+    python scripts/variant_table.py results/attention/point_robot_test [--reference default]
 """
 
 from __future__ import annotations
@@ -13,13 +15,20 @@ import sys
 from pathlib import Path
 
 from cmt.atomic import write_text
+from cmt.benchmarks import make_benchmark
+from cmt.config import parse_params
 from cmt.evaluation.figures import plot_variants
-from cmt.evaluation.tables import variants_table
+from cmt.evaluation.records import load_records
+from cmt.evaluation.tables import variant_differences, variants_table
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", type=Path, help="folder holding one folder per variant")
+    parser.add_argument(
+        "--reference", help="the variant the others are paired with (default: 'default' if "
+        "there is one, else the first by name)"
+    )  # fmt: skip
     args = parser.parse_args()
     paths = sorted(args.study.glob("*/results.json"))
     if not paths:
@@ -31,6 +40,12 @@ def main() -> int:
             print(f"{path}: not a comparison's results.json (no params/summary)", file=sys.stderr)
             return 1
     table = variants_table(results)
+    records = {name: load_records(args.study / name) for name in results}
+    if any(records.values()):
+        reference = args.reference or ("default" if "default" in results else next(iter(results)))
+        params = parse_params(next(iter(results.values()))["params"])
+        claim = make_benchmark(params.data).claim
+        table += "\n" + variant_differences(records, reference, claim)
     write_text(args.study / "table.md", table)
     plot_variants(results, args.study / "table.png")
     print(table)

@@ -16,11 +16,12 @@ from scipy import stats as scipy_stats
 
 from cmt.atomic import write_json, write_text
 from cmt.benchmarks import DATA_SECTIONS, Data, Episodes, make_benchmark
+from cmt.benchmarks.base import Claim
 from cmt.config import Params, parse_params
 from cmt.evaluation.records import load_records, seed_record, summarize, task_stats
 from cmt.evaluation.report import write_report
 from cmt.evaluation.stats import compare, paired, score_intervals, t_interval, verdict
-from cmt.evaluation.tables import benchmark_table, markdown_table
+from cmt.evaluation.tables import benchmark_table, markdown_table, variant_differences
 from cmt.integrity import sealed_json
 from cmt.methods import METHODS
 
@@ -125,6 +126,25 @@ def test_paired_records_must_share_their_tasks():
         paired(records, "cmt_tuned", "prompt_dt")
     with pytest.raises(ValueError, match="twice"):
         paired([*records, _record("prompt_dt", 0, 2.0)], "cmt_tuned", "prompt_dt")
+
+
+def test_variant_differences_pair_each_variant_with_the_reference_and_the_baseline():
+    """An ablation's table: a variant's method minus the reference's same method, and CMT +
+    tuning minus MADT, where the variant without MADT runs takes the reference's."""
+    claim = Claim("cmt_tuned", "madt", 5.0)  # SMAX's
+    default = [_record("cmt_tuned", s, 70.0 + s) for s in range(3)]
+    default += [_record("madt", s, 80.0) for s in range(3)]
+    no_ssl = [_record("cmt_tuned", s, 80.0 + 2 * s) for s in (0, 1, 2, 7)]  # seed 7 unpaired
+    text = variant_differences({"no_ssl": no_ssl, "default": default}, "default", claim)
+    rows = {(r[0], r[2]): r[3:] for r in md_rows(text, "| variant | method | minus")}
+    half = t_quantile_df2(0.975) * 1.0 / math.sqrt(3)  # differences 10, 11, 12: std 1
+    ci = f"[{11 - half:.1f}, {11 + half:.1f}]"
+    assert rows["no_ssl", "CMT + prompt tuning in `default`"] == ["3", "+11.0", ci]
+    ci2 = f"[{2 - 2 * half:.1f}, {2 + 2 * half:.1f}]"  # 0, 2, 4 against MADT's 80
+    assert rows["no_ssl", METHODS["madt"].label + " in `default`"] == ["3", "+2.0", ci2]
+    assert rows["default", METHODS["madt"].label][:2] == ["3", "-9.0"]
+    with pytest.raises(ValueError, match="reference"):
+        variant_differences({"no_ssl": no_ssl}, "default", claim)
 
 
 # ---------------------------------------------------------------- sample std over seeds

@@ -104,11 +104,17 @@ def _by_seed(records: Sequence[Record], method: str) -> dict[int, Record]:
 
 
 def paired(
-    records: Sequence[Record], method: str, baseline: str, key: str = "score_mean"
+    records: Sequence[Record],
+    method: str,
+    baseline: str,
+    key: str = "score_mean",
+    baseline_records: Sequence[Record] | None = None,
 ) -> tuple[tuple[int, ...], np.ndarray]:
     """The seeds both methods have (unpaired seeds are dropped) and the per-seed differences
-    method − baseline of ``key``, (n,). Paired records must cover the same tasks."""
-    ours, theirs = _by_seed(records, method), _by_seed(records, baseline)
+    method − baseline of ``key``, (n,); the baseline's records from ``baseline_records`` when
+    given (another run of the same evaluation). Paired records must cover the same tasks."""
+    theirs = _by_seed(records if baseline_records is None else baseline_records, baseline)
+    ours = _by_seed(records, method)
     seeds = tuple(sorted(set(ours) & set(theirs)))
     for s in seeds:
         if set(ours[s]["per_task"]) != set(theirs[s]["per_task"]):

@@ -142,7 +142,7 @@ def variants_table(results: dict[str, dict[str, Any]]) -> str:
     if not results:
         raise ValueError("no variants to tabulate")
     flat = {name: flatten(r["params"]) for name, r in results.items()}
-    for key in ("data.name", "data.test_tasks", "evaluate.episodes"):
+    for key in ("data.name", "data.test_tasks", "evaluate.episodes", "evaluate.seed"):
         if len({str(f.get(key)) for f in flat.values()}) > 1:
             raise ValueError(f"variants differ in {key}: their scores do not compare")
     keys = sorted({k for f in flat.values() for k in f})
@@ -167,3 +167,50 @@ def variants_table(results: dict[str, dict[str, Any]]) -> str:
         f"mean over tasks, {first['evaluate.episodes']} episodes per task."
     )
     return caption + "\n\n" + "\n".join(lines) + "\n"
+
+
+def variant_differences(
+    records: dict[str, list[dict[str, Any]]], reference: str, claim: Any
+) -> str:
+    """Markdown: each variant's methods minus the same method in the ``reference`` variant,
+    then each variant's ``claim.method`` minus ``claim.baseline``, paired by seed with 95% t
+    intervals (:mod:`cmt.evaluation.stats`). ``records`` maps a variant to its run records
+    (``runs/*.json``). A variant without baseline runs is paired with the first variant's
+    that has them (``reference`` first): right for settings the baseline does not use."""
+    from cmt.evaluation.stats import paired, t_interval
+
+    if reference not in records:
+        raise ValueError(f"reference variant {reference!r} is not among {sorted(records)}")
+    order = [reference, *(v for v in records if v != reference)]
+    label = {m: spec.label for m, spec in METHODS.items()}
+    lines = [
+        f"Paired by seed, 95% t interval (sample std, ddof 1): each method of a variant minus "
+        f"the same method in `{reference}`, then {label[claim.method]} minus "
+        f"{label[claim.baseline]} in each variant.",
+        "",
+        "| variant | method | minus | seeds | mean difference | 95% interval |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def row(variant: str, method: str, base: str, where: str, theirs: list[Any]) -> None:
+        seeds, diffs = paired(records[variant], method, base, baseline_records=theirs)
+        diff = f"{diffs.mean():+.1f}" if diffs.size else "–"
+        interval = "–" if diffs.size < 2 else "[{:.1f}, {:.1f}]".format(*t_interval(diffs))
+        lines.append(
+            f"| {variant} | {label[method]} | {label[base]}{where} | {len(seeds)} | {diff} | "
+            f"{interval} |"
+        )
+
+    def has(variant: str, method: str) -> bool:
+        return any(r["method"] == method for r in records[variant])
+
+    for v in order[1:]:
+        for m in METHODS:
+            if has(v, m) and has(reference, m):
+                row(v, m, m, f" in `{reference}`", records[reference])
+    for v in order:
+        source = next((u for u in [v, *order] if has(u, claim.baseline)), None)
+        if has(v, claim.method) and source is not None:
+            where = "" if source == v else f" in `{source}`"
+            row(v, claim.method, claim.baseline, where, records[source])
+    return "\n".join(lines) + "\n"
