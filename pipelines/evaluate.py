@@ -179,6 +179,8 @@ def register_policy(
 
 
 DVC_TAGS = (("dvc.exp_name", "DVC_EXP_NAME"), ("dvc.stage", "DVC_STAGE"))
+RECORDS_ARTIFACT = "evaluate/runs"
+"""Where an evaluate run keeps its run records (``runs/*.json``) among its artifacts."""
 
 
 def _policy_inputs(
@@ -286,7 +288,7 @@ def _log_outputs(
     from cmt.evaluation.figures import plot_comparison, plot_per_task
     from cmt.evaluation.stats import score_intervals
 
-    run.log_artifact(out / "runs", "evaluate/runs")
+    run.log_artifact(out / "runs", RECORDS_ARTIFACT)
     run.log_artifact(out / "metrics.json", "evaluate")
     run.log_artifact(out / "per_task.csv", "evaluate")
     # Whiskers: each method's 95% t interval of its mean score over seeds.

@@ -469,3 +469,41 @@ def test_save_results_copies_a_comparison_with_its_records(tmp_path):
     (source / "results.md").unlink()
     with pytest.raises(SystemExit, match="has not finished"):
         script["save_comparison"](source, tmp_path / "other", "x")
+
+
+def test_variant_table_reads_pipeline_variants_from_mlflow(tmp_path, monkeypatch):
+    """Ablations run by the pipeline (``dvc exp run -S ... -n NAME``) are tabulated from the
+    evaluate runs in MLflow, named by their DVC experiment: the same table as from the same
+    variants' folders; the older run of a variant is left out."""
+    import mlflow
+
+    from cmt import tracking
+    from pipelines.evaluate import RECORDS_ARTIFACT
+
+    for var in ("MLFLOW_TRACKING_URI", tracking.PARENT_ENV, "DVC_EXP_NAME", "DVC_STAGE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    script = runpy.run_path(str(ROOT / "scripts" / "variant_table.py"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    previous = mlflow.get_tracking_uri()
+    raw = {**PARAMS, "tracking": {"tracking_uri": uri, "experiment": "cmt"}}
+    try:
+        for name, w_con in (("default", 0.5), ("no_ssl", 0.7), ("no_ssl", 0.0)):
+            params = parse_params({**raw, "pretrain": {"w_con": w_con}})
+            folder = tmp_path / "study" / name
+            write_records(folder, SEEDS, params)
+            write_report(folder, params)
+            with tracking.stage_run("evaluate", params, tags={"dvc.exp_name": name}) as run:
+                run.log_artifact(folder / "runs", RECORDS_ARTIFACT)
+    finally:
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        mlflow.set_tracking_uri(previous)
+    from_mlflow = script["write_table"](script["from_mlflow"](uri, "point_robot"), tmp_path)
+    from_folders = script["write_table"](script["from_folders"](tmp_path / "study"), tmp_path)
+    assert from_mlflow == from_folders
+    assert "| no_ssl | pretrain.w_con=0.0 |" in from_mlflow  # the latest no_ssl run
+    rows = md_rows(from_mlflow, "| variant | method | minus")
+    assert [r[0] for r in rows] == ["no_ssl", "no_ssl", "no_ssl", "default", "no_ssl"]
+    with pytest.raises(ValueError, match="no finished evaluate run"):
+        script["from_mlflow"](uri, "cheetah_vel")
