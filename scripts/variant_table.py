@@ -76,9 +76,9 @@ def from_mlflow(tracking_uri: str, dataset: str, experiment: str = "cmt") -> Var
             run_id = run.info.run_id
             folder = Path(tmp) / run_id
             config = client.download_artifacts(run_id, "config/params.yaml", str(folder))
-            runs = client.download_artifacts(run_id, RECORDS_ARTIFACT, str(folder / "records"))
+            got = client.download_artifacts(run_id, RECORDS_ARTIFACT, str(folder / "records"))
             params = yaml.safe_load(Path(config).read_text(encoding="utf-8"))
-            records[name] = load_records(Path(runs).parent)  # the folder holding runs/
+            records[name] = load_records(Path(got).parent)  # the folder holding runs/
             results[name] = {"params": params, "summary": summarize(records[name])}
     names = sorted(results)  # as folders list them
     return {n: results[n] for n in names}, {n: records[n] for n in names}
