@@ -146,7 +146,12 @@ def variants_table(results: dict[str, dict[str, Any]]) -> str:
         if len({str(f.get(key)) for f in flat.values()}) > 1:
             raise ValueError(f"variants differ in {key}: their scores do not compare")
     keys = sorted({k for f in flat.values() for k in f})
-    differ = [k for k in keys if len({str(f.get(k)) for f in flat.values()}) > 1]
+    # compare.* says which methods a variant ran, not how they were made
+    differ = [
+        k
+        for k in keys
+        if not k.startswith("compare.") and len({str(f.get(k)) for f in flat.values()}) > 1
+    ]
     methods = methods_in(results)
     head = ["variant", "settings", *(METHODS[m].label for m in methods)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
