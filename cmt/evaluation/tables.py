@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from cmt.benchmarks import Benchmark, make_benchmark
+from cmt.benchmarks.base import Claim
 from cmt.config import Params, flatten
 from cmt.methods import METHODS
 
@@ -175,7 +176,7 @@ def variants_table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def variant_differences(
-    records: dict[str, list[dict[str, Any]]], reference: str, claim: Any
+    records: dict[str, list[dict[str, Any]]], reference: str, claim: Claim
 ) -> str:
     """Markdown: each variant's methods minus the same method in the ``reference`` variant,
     then each variant's ``claim.method`` minus ``claim.baseline``, paired by seed with 95% t
