@@ -478,15 +478,16 @@ def stage_run(
         # Not an Exception: Ctrl-C, or SIGTERM, which Prefect raises as TerminationSignal
         # (the watchdog's way of stopping a stage whose pipeline was killed).
         killed = not isinstance(err, Exception)
+        status = "KILLED" if killed else "FAILED"
         message = describe(err, joined=False)
         # A tag is cut off in the UI: its start there, the whole message in error.txt, first,
         # as the artifact view shows the top of the file.
         client.set_tag(handle.run_id, TAG_ERROR, headline(message))
         client.log_text(handle.run_id, f"{message}\n\n{traceback.format_exc()}", "error.txt")
-        mlflow.end_run("KILLED" if killed else "FAILED")
+        mlflow.end_run(status)
         if not (killed and owned):  # a killed pipeline's run is ended by its recovery
             client.set_tag(parent, TAG_ERROR, f"stage {run_name or stage} failed")
-            client.set_terminated(parent, "KILLED" if killed else "FAILED")
+            client.set_terminated(parent, status)
         raise
     else:
         mlflow.end_run("FINISHED")
