@@ -35,7 +35,7 @@ VALIDATION = "validation"
 
 def dataset_claim(folder: Path, results_root: Path) -> dict[str, Any]:
     """The main claim of the dataset in ``folder`` (its ``results.json`` and ``runs/``)."""
-    params = parse_params(json.loads((folder / "results.json").read_text())["params"])
+    params = parse_params(_params(folder))
     bench = make_benchmark(params.data)
     claim = bench.claim
     comparison = compare(load_records(folder), claim.method, claim.baseline, claim.margin)
@@ -79,6 +79,12 @@ def claims_markdown(rows: list[dict[str, Any]], skipped: list[dict[str, str]]) -
     return "\n".join(lines) + "\n"
 
 
+def _params(folder: Path) -> dict[str, Any]:
+    """The run parameters recorded in a dataset folder's ``results.json``."""
+    params: dict[str, Any] = json.loads((folder / "results.json").read_text())["params"]
+    return params
+
+
 def record_folders(root: Path) -> tuple[list[Path], list[dict[str, str]]]:
     """The folders under ``root`` whose run records can be judged, and those skipped, with
     why: records from before per-episode lists (the attention studies) predate the claims."""
@@ -92,6 +98,8 @@ def record_folders(root: Path) -> tuple[list[Path], list[dict[str, str]]]:
             skipped.append({"folder": where, "reason": "records without per-episode lists"})
         elif not (folder / "results.json").exists():
             raise SystemExit(f"{folder}: run records without a results.json beside them")
+        elif _params(folder)["data"].get("validation_tasks"):
+            skipped.append({"folder": where, "reason": "scored on validation tasks, not tests"})
         else:
             folders.append(folder)
     return folders, skipped

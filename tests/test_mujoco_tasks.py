@@ -36,6 +36,7 @@ from cmt.envs.mujoco_tasks import (
     cheetah_velocities,
     mujoco_family,
 )
+from cmt.integrity import ArtifactError
 
 FAMILIES = ("cheetah_vel", "cheetah_dir", "ant_dir")
 
@@ -306,6 +307,31 @@ def test_config_must_match_the_benchmark() -> None:
     assert cdir.train_tasks == (0, 1) and cdir.test_tasks_seen
 
 
+def test_validation_tasks_are_carved_from_the_training_tasks() -> None:
+    def data(**fields: object) -> object:
+        return parse_params({"data": {"benchmark": "cheetah_vel", **fields}}).data
+
+    val = data(validation_tasks=[0, 10, 20])
+    bench = make_benchmark(val)
+    assert bench.eval_tasks == (0, 10, 20) == bench.unseen_tasks
+    assert val.train_task_ids == tuple(
+        t for t in range(40) if t not in {0, 10, 20, *CHEETAH_VEL_TEST_TASKS}
+    )
+    assert "Validation tasks (carved from the training tasks) [0, 10, 20]" in bench.describe(5)
+    assert bench.evaluated_on() == "the validation tasks [0, 10, 20]"
+    assert make_benchmark(data()).eval_tasks == CHEETAH_VEL_TEST_TASKS  # default: the tests
+    with pytest.raises(ConfigError, match=r"validation_tasks \[2\] must be training tasks"):
+        data(validation_tasks=[2])  # a test task
+    with pytest.raises(ConfigError, match="contain duplicates"):
+        data(validation_tasks=[0, 0])
+    with pytest.raises(ConfigError, match="at least one training task must remain"):
+        data(num_tasks=3, test_tasks=[2], validation_tasks=[0, 1])
+    with pytest.raises(ConfigError, match="trains on its test tasks"):
+        parse_params(
+            {"data": {"benchmark": "cheetah_dir", "test_tasks": [0, 1], "validation_tasks": [0]}}
+        )
+
+
 # --------------------------------------------------------------------------- SAC data pieces
 
 
@@ -468,6 +494,40 @@ def test_generate_cheetah_vel_end_to_end(tmp_path: Path, one_thread: None) -> No
     log = json.loads((tmp_path / "c" / "sac_log.json").read_text())
     assert continued["sac"]["resumed_from"] == 300
     assert [s["step"] for s in log["snapshots"]] == [100, 200, 300, 400]
+
+
+@pytest.mark.slow
+def test_validation_split_holds_its_tasks_out_of_the_training_data(
+    tmp_path: Path, one_thread: None
+) -> None:
+    # The test split first: its medium-replay episodes show which tasks SAC's buffer holds.
+    test_cfg, ckpt = tiny_config("cheetah_vel", 4), tmp_path / "ckpt"
+    generate_mujoco(test_cfg, tmp_path / "test", ckpt)
+    full = read_hdf5(tmp_path / "test" / "train.hdf5")
+    full_replay = full.infos["level"] == LEVELS.index("medium_replay")
+    carved = int(full.task_ids[full_replay][0])  # a training task the buffer holds
+    assert "validation_tasks" not in full.metadata  # files as before the option existed
+
+    cfg = MujocoMetaData.model_validate({**test_cfg.model_dump(), "validation_tasks": [carved]})
+    generate_mujoco(cfg, tmp_path / "val", ckpt)  # the same SAC checkpoint, no retraining
+    train = read_hdf5(tmp_path / "val" / "train.hdf5")
+    demos = read_hdf5(tmp_path / "val" / "demos.hdf5")
+    assert set(np.unique(train.task_ids)) == {0, 1, 3} - {carved}
+    assert set(np.unique(demos.task_ids)) == {carved}
+    replay = train.infos["level"] == LEVELS.index("medium_replay")
+    kept = full_replay & (full.task_ids != carved)
+    np.testing.assert_array_equal(train.observations[replay], full.observations[kept])
+    assert train.metadata["validation_tasks"] == [carved]
+    refs = json.loads((tmp_path / "val" / "references.json").read_text())
+    assert refs["validation_tasks"] == [carved] and carved not in refs["train_tasks"]
+    loaded = make_benchmark(cfg).load(tmp_path / "val")
+    assert set(map(int, loaded.demos.tasks)) == {carved}
+
+    # Data made for one split cannot be scored on the other.
+    with pytest.raises(ArtifactError, match=rf"no demonstrations of the scored tasks \[{carved}\]"):
+        make_benchmark(cfg).load(tmp_path / "test")
+    with pytest.raises(ArtifactError, match=r"no demonstrations of the scored tasks \[2\]"):
+        make_benchmark(test_cfg).load(tmp_path / "val")
 
 
 @pytest.mark.slow

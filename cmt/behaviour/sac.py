@@ -811,17 +811,19 @@ def generate_mujoco(
 
     ``train.hdf5`` holds, per training task, ``cfg.episodes_per_level`` medium and expert
     episodes and the task's medium-replay episodes (``infos/level`` indexes
-    :data:`LEVELS`); ``demos.hdf5`` ``cfg.demo_episodes`` expert episodes of each test
+    :data:`LEVELS`); ``demos.hdf5`` ``cfg.demo_episodes`` expert episodes of each scored
     task; ``references.json`` the mean random and expert return of every task over
     ``cfg.reference_episodes`` episodes; plus :meth:`Behaviour.save`'s files. Returns a summary.
+    Validation tasks (``cfg.validation_tasks``) are training tasks of the behaviour policy
+    but not of ``train.hdf5``: they get the demonstrations and are the scored tasks.
     """
     from cmt.data.hdf5 import write_hdf5  # lazy: keeps env imports free of h5py
 
     out_dir, family = Path(out_dir), behaviour.family
     make_dir(out_dir)
-    train_tasks = np.asarray(family.train_tasks, dtype=np.int64)
-    test_tasks = np.asarray(cfg.test_tasks, dtype=np.int64)
-    base_meta = _family_metadata(family, cfg.seed, train_tasks, test_tasks, behaviour)
+    train_tasks = np.asarray(cfg.train_task_ids, dtype=np.int64)
+    scored = np.asarray(cfg.eval_task_ids, dtype=np.int64)
+    base_meta = _family_metadata(family, cfg, train_tasks, behaviour)
     summary: dict[str, Any] = {"family": family.name}
     with tqdm(total=4, desc=f"datasets {family.name}", disable=not progress) as bar:
         train, summary["train"] = _meta_train_split(behaviour, train_tasks, cfg, bar)
@@ -830,9 +832,7 @@ def generate_mujoco(
         )
         bar.update()
         bar.set_postfix_str("demos")
-        demos, demo_returns = behaviour.run(
-            "demos/expert", np.repeat(test_tasks, cfg.demo_episodes)
-        )
+        demos, demo_returns = behaviour.run("demos/expert", np.repeat(scored, cfg.demo_episodes))
         write_hdf5(
             out_dir / "demos.hdf5", concat_transitions([demos], {**base_meta, "split": "demos"})
         )
@@ -854,23 +854,26 @@ def generate_mujoco(
 
 
 def _family_metadata(
-    family: MujocoTaskFamily,
-    seed: int,
-    train_tasks: np.ndarray,
-    test_tasks: np.ndarray,
-    behaviour: Behaviour,
+    family: MujocoTaskFamily, cfg: Any, train_tasks: np.ndarray, behaviour: Behaviour
 ) -> dict[str, Any]:
     """What every dataset file of a meta-RL family records about its making."""
     return {
         "family": family.name,
         "num_tasks": family.num_tasks,
         "horizon": family.horizon,
-        "seed": seed,
+        "seed": cfg.seed,
         "levels": list(LEVELS),
         "train_tasks": train_tasks.tolist(),
-        "test_tasks": test_tasks.tolist(),
+        "test_tasks": list(cfg.test_tasks),
+        **_validation(cfg),
         **behaviour.metadata(),
     }
+
+
+def _validation(cfg: Any) -> dict[str, list[int]]:
+    """The carved-out validation tasks, recorded only where there are some, so that a test
+    split's files stay byte-identical to those made before the option existed."""
+    return {"validation_tasks": list(cfg.validation_tasks)} if cfg.validation_tasks else {}
 
 
 def _meta_train_split(
@@ -887,7 +890,8 @@ def _meta_train_split(
         parts.append(data)
         level_means[level] = float(returns.mean())
         level_episodes[level] = int(returns.size)
-    replay = behaviour.replay()
+    replay = behaviour.replay()  # the learner's buffer: every task it trained on
+    replay = replay.take(np.flatnonzero(np.isin(replay.task_ids, train_tasks)))
     parts.append(replay)
     ends = replay.terminals | replay.timeouts
     level_episodes["medium_replay"] = int(ends.sum())
@@ -908,8 +912,9 @@ def _meta_references(
     expert_ref = behaviour.expert_reference(cfg.reference_episodes)
     references: dict[str, Any] = {
         "family": family.name,
-        "train_tasks": np.asarray(family.train_tasks, dtype=np.int64).tolist(),
-        "test_tasks": np.asarray(cfg.test_tasks, dtype=np.int64).tolist(),
+        "train_tasks": list(cfg.train_task_ids),
+        "test_tasks": list(cfg.test_tasks),
+        **_validation(cfg),
     }
     for task in range(family.num_tasks):
         references[str(task)] = {

@@ -3,6 +3,7 @@ demonstrations of the unseen test tasks as the prompt data, and per-task referen
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -82,6 +83,32 @@ class MetaBenchmark(Benchmark):
 
     def make_batched_env(self, task_ids: np.ndarray) -> BatchedEnv:
         return self.family.make_batched_env(task_ids)
+
+    def load(self, data_dir: str | Path) -> Data:
+        """:meth:`Benchmark.load`, refusing data made for other scored tasks: every scored
+        task needs its demonstrations, and a carved-out task none of the training data."""
+        from cmt.integrity import ArtifactError
+
+        data = super().load(data_dir)
+        demo_tasks = set() if data.demos is None else set(map(int, data.demos.tasks))
+        missing = [t for t in self.eval_tasks if t not in demo_tasks]
+        if missing:
+            raise ArtifactError(
+                f"{data_dir}: no demonstrations of the scored tasks {missing}; the data was "
+                "made for other tasks, so rerun collect with this data section"
+            )
+        leaked = sorted(set(self.unseen_tasks) & set(map(int, data.train.tasks)))
+        if leaked:
+            raise ArtifactError(
+                f"{data_dir}: train.hdf5 holds tasks {leaked}, which must be unseen in "
+                "pretraining; rerun collect with this data section"
+            )
+        return data
+
+    @property
+    def unseen_tasks(self) -> tuple[int, ...]:
+        """Scored tasks that the training data must not hold (all of them by default)."""
+        return self.eval_tasks
 
     def prompt_target(self, data: Data, task: int) -> OfflineDataset:
         assert data.demos is not None, "meta-RL datasets always have demos.hdf5"

@@ -33,6 +33,12 @@ class MujocoMetaData(MetaData):
         description="Keep only the family's first tasks (tests); null = all of them.",
     )
     sac: SacConfig = Field(default_factory=SacConfig, description="SAC behaviour policies.")
+    validation_tasks: tuple[int, ...] = Field(
+        (),
+        description="Training tasks carved out for validation (docs/method.md, validation "
+        "protocol): left out of train.hdf5, given demonstrations, and scored instead of "
+        "test_tasks. Empty (default) = score the test tasks.",
+    )
 
     @model_validator(mode="after")
     def _split_of_the_benchmark(self) -> MujocoMetaData:
@@ -40,13 +46,46 @@ class MujocoMetaData(MetaData):
 
         # A subset of the benchmark's test tasks is fine (the evaluate stage maps over them);
         # a training task named as a test task is not.
-        _, test = task_split(self.benchmark, self.num_tasks)
+        train, test = task_split(self.benchmark, self.num_tasks)
         if not set(self.test_tasks) <= set(test):
             raise ValueError(
                 f"test_tasks {list(self.test_tasks)} disagree with the {self.benchmark} split "
                 f"(test tasks {list(test)} for num_tasks={self.num_tasks})"
             )
+        self._check_validation_tasks(train, test)
         return self
+
+    def _check_validation_tasks(self, train: tuple[int, ...], test: tuple[int, ...]) -> None:
+        val = self.validation_tasks
+        if not val:
+            return
+        if set(train) & set(test):  # cheetah-dir: its two tasks are both test tasks
+            raise ValueError(
+                f"{self.benchmark} trains on its test tasks, so no task can be carved out for "
+                "validation; choose on other evaluation seeds (evaluate.seed) instead"
+            )
+        if len(set(val)) != len(val):
+            raise ValueError(f"validation_tasks {list(val)} contain duplicates")
+        if not set(val) <= set(train):
+            raise ValueError(
+                f"validation_tasks {list(val)} must be training tasks of {self.benchmark} "
+                f"({list(train)} for num_tasks={self.num_tasks})"
+            )
+        if len(val) >= len(train):
+            raise ValueError("at least one training task must remain for pretraining")
+
+    @property
+    def train_task_ids(self) -> tuple[int, ...]:
+        """The training tasks whose data ``train.hdf5`` holds (validation tasks carved out)."""
+        from cmt.envs.mujoco_tasks import task_split
+
+        train, _ = task_split(self.benchmark, self.num_tasks)
+        return tuple(t for t in train if t not in set(self.validation_tasks))
+
+    @property
+    def eval_task_ids(self) -> tuple[int, ...]:
+        """The tasks that get demonstrations and are scored: validation or test tasks."""
+        return tuple(self.validation_tasks or self.test_tasks)
 
     def build(self) -> MujocoMeta:
         return MujocoMeta(self)
@@ -83,8 +122,26 @@ class MujocoMeta(MetaBenchmark):
         )
         return generate_mujoco(behaviour, cfg, out_dir, progress)
 
+    @property
+    def eval_tasks(self) -> tuple[int, ...]:
+        return self.cfg.eval_task_ids
+
+    @property
+    def unseen_tasks(self) -> tuple[int, ...]:
+        # cheetah-dir trains on its test tasks; carved-out validation tasks are always unseen
+        if self.family.test_tasks_seen and not self.cfg.validation_tasks:
+            return ()
+        return self.eval_tasks
+
+    def evaluated_on(self) -> str:
+        if self.cfg.validation_tasks:
+            return f"the validation tasks {list(self.eval_tasks)}"
+        return super().evaluated_on()
+
     def describe(self, episodes: int) -> str:
         text = super().describe(episodes)
+        if self.cfg.validation_tasks:
+            return text.replace("Test tasks", "Validation tasks (carved from the training tasks)")
         if self.family.test_tasks_seen:
             text = text.replace(f"of {self.name};", f"of {self.name} (also training tasks);")
         return text

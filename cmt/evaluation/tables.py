@@ -143,7 +143,8 @@ def variants_table(results: dict[str, dict[str, Any]]) -> str:
     if not results:
         raise ValueError("no variants to tabulate")
     flat = {name: flatten(r["params"]) for name, r in results.items()}
-    for key in ("data.name", "data.test_tasks", "evaluate.episodes", "evaluate.seed"):
+    scored = ("data.name", "data.test_tasks", "data.validation_tasks")
+    for key in (*scored, "evaluate.episodes", "evaluate.seed"):
         if len({str(f.get(key)) for f in flat.values()}) > 1:
             raise ValueError(f"variants differ in {key}: their scores do not compare")
     keys = sorted({k for f in flat.values() for k in f})
@@ -165,7 +166,8 @@ def variants_table(results: dict[str, dict[str, Any]]) -> str:
         lines.append(f"| {name} | {settings} | " + " | ".join(cells) + " |")
     first = next(iter(flat.values()))
     seeds = sorted({len(s["seeds"]) for r in results.values() for s in r["summary"].values()})
-    tasks = first.get("data.test_tasks")  # single-task benchmarks have none
+    # single-task benchmarks have no test tasks; carved-out validation tasks replace them
+    tasks = first.get("data.validation_tasks") or first.get("data.test_tasks")
     where = f"tasks {tasks} held out of pretraining" if tasks is not None else "its one task"
     caption = (
         f"{first['data.name']}, {where}, evaluation seed {first['evaluate.seed']}; score mean "
