@@ -32,7 +32,15 @@ TINY = {
         "reference_episodes": 3,
     },
     "model": {"n_layer": 2, "d_model": 32, "n_head": 2, "context_len": 5, "context_size": 8},
-    "pretrain": {"steps": 30, "batch_size": 16, "warmup_steps": 5, "checkpoint_every": 10},
+    # every loss term some preset trains (the point-robot default has no heads, no InfoNCE)
+    "pretrain": {
+        "steps": 30,
+        "batch_size": 16,
+        "warmup_steps": 5,
+        "checkpoint_every": 10,
+        "w_dyn": 0.5,
+        "w_con": 0.1,
+    },
     "prompt_tune": {"steps": 20, "batch_size": 8, "eval_every": 5},
     "evaluate": {"episodes": 2},
     "compare": {"seeds": [0]},

@@ -104,7 +104,8 @@ def test_point_robot_metrics_unchanged_by_the_benchmark_layer(tmp_path: Path) ->
     """The same seeds give the recorded metrics (tests/golden, tiny budgets): made at commit
     50426b1, before the meta-RL families moved onto the benchmark layer; the context-using
     methods' records remade after issue 20's sampler fixes (bf935fc) changed what CMT and
-    Prompt-DT train on, while mtdt's stayed within 1e-6 of the original."""
+    Prompt-DT train on, while mtdt's stayed within 1e-6 of the original. Its config names the
+    loss weights it was made with (0.5, 0.1), which the point robot's defaults no longer are."""
     from cmt.compare import run_comparison
 
     golden = json.loads(GOLDEN.read_text())
