@@ -334,13 +334,15 @@ class PretrainConfig(Section):
         0.0,
         ge=0.0,
         description="Weight of next-state + reward prediction (per setting, chosen on "
-        "validation data: 0 on the point robot and SMAX, 0.5 in the MuJoCo presets).",
+        "validation data: 0 on the point robot, SMAX and D4RL-style data, 0.5 in the "
+        "MuJoCo meta-RL presets).",
     )
     w_con: float = Field(
         0.0,
         ge=0.0,
         description="Weight of the InfoNCE context loss (per setting, chosen on validation "
-        "data: 0 on the point robot, 0.1 on SMAX and in the MuJoCo presets).",
+        "data: 0 on the point robot and D4RL-style data, 0.1 on SMAX and in the MuJoCo "
+        "meta-RL presets).",
     )
     temperature: float = Field(0.1, gt=0.0, description="InfoNCE temperature.")
     context_source: Literal["same_trajectory", "same_task"] = Field(
