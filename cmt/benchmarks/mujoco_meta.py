@@ -80,7 +80,8 @@ class MujocoMetaData(MetaData):
         from cmt.envs.mujoco_tasks import task_split
 
         train, _ = task_split(self.benchmark, self.num_tasks)
-        return tuple(t for t in train if t not in set(self.validation_tasks))
+        carved = set(self.validation_tasks)
+        return tuple(t for t in train if t not in carved)
 
     @property
     def eval_task_ids(self) -> tuple[int, ...]:
