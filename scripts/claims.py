@@ -8,8 +8,11 @@ the ``params`` in that ``results.json``, names the method under test, its main b
 the margin δ (``cmt.benchmarks.Claim``); the records give the difference paired by seed, its
 95% t interval and the verdict (docs/method.md, "Statistics and verdicts"). This script names
 no benchmark itself. Folders whose records hold no per-episode lists (written before them) are
-listed as skipped, as are the validation runs under ``results/validation/``. ``--out DIR``
-writes the two files elsewhere (to compare with the committed ones).
+listed as skipped, as are the validation runs under ``results/validation/``. A dataset's
+**final** claim is the folder ``results/claims/<dataset>/``; other folders of the same dataset
+(``*_with_ssl``, ``*_first_defaults``: runs before a validated default) are earlier runs, kept
+and tabulated apart. ``--out DIR`` writes the two files elsewhere (to compare with the
+committed ones).
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ from cmt.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = "python scripts/claims.py"
+FINAL = "claims"
+"""``results/claims/<dataset>/``: the dataset's final claim; the README shows these."""
+EARLIER_HEADING = "## Earlier runs and variants"
+"""claims.md's final table ends at its first ``## `` heading; ``scripts/update_readme.py``
+shows what comes before it."""
 VALIDATION = "validation"
 """``results/validation/``: runs on validation tasks or seeds, which choose and claim nothing
 (docs/method.md, "Validation protocol")."""
@@ -40,9 +48,11 @@ def dataset_claim(folder: Path, results_root: Path) -> dict[str, Any]:
     claim = bench.claim
     comparison = compare(load_records(folder), claim.method, claim.baseline, claim.margin)
     command = folder / "COMMAND"
+    where = folder.relative_to(results_root).as_posix()
     return {
         "dataset": params.data.name,
-        "folder": folder.relative_to(results_root).as_posix(),
+        "folder": where,
+        "final": where == f"{FINAL}/{params.data.name}",
         "kind": bench.kind,
         "score": bench.score_name,
         **comparison.as_dict(),
@@ -51,14 +61,38 @@ def dataset_claim(folder: Path, results_root: Path) -> dict[str, Any]:
 
 
 def claims_markdown(rows: list[dict[str, Any]], skipped: list[dict[str, str]]) -> str:
-    """One row per dataset: the main claim's paired difference, interval and verdict; then
-    the folders of records that were skipped."""
+    """The final claim of each dataset, then the earlier runs, then the folders of records
+    that were skipped; one row per folder: the main claim's paired difference, interval and
+    verdict."""
+    final = [r for r in rows if r["final"]]
+    earlier = [r for r in rows if not r["final"]]
     lines = [
         "Main claim per dataset: the method under test minus the benchmark's main baseline, "
         f"paired by seed; mean difference and {CONFIDENCE:.0%} t interval (sample std, ddof 1) "
         "in points of the dataset's score; verdicts as in docs/method.md. "
-        f"Made by `{COMMAND}` from `results/**/runs/*.json`.",
+        f"Made by `{COMMAND}` from `results/**/runs/*.json`; each folder's `COMMAND` says how "
+        f"its records were made. The final claims are the folders `results/{FINAL}/<dataset>/`.",
         "",
+        *_claims_table(final, "_no dataset has a final claim yet_"),
+    ]
+    if earlier:
+        lines += [
+            "",
+            EARLIER_HEADING,
+            "",
+            "Runs of the same datasets before a validated default (docs/method.md), kept so "
+            "that the change can be recomputed:",
+            "",
+            *_claims_table(earlier, ""),
+        ]
+    if skipped:
+        lines += ["", "## Skipped", "", "No claim can be recomputed from these:", ""]
+        lines += [f"- `{s['folder']}/runs/`: {s['reason']}" for s in skipped]
+    return "\n".join(lines) + "\n"
+
+
+def _claims_table(rows: list[dict[str, Any]], empty: str) -> list[str]:
+    lines = [
         "| dataset | setting | method | baseline | seeds | mean difference | 95% interval | δ "
         "| verdict |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -72,11 +106,8 @@ def claims_markdown(rows: list[dict[str, Any]], skipped: list[dict[str, str]]) -
             f"{r['margin']:g} | {r['verdict']} |"
         )
     if not rows:
-        lines.append("| _no dataset has committed run records with episodes yet_ |" + " |" * 8)
-    if skipped:
-        lines += ["", "Skipped (no claim can be recomputed from them):", ""]
-        lines += [f"- `{s['folder']}/runs/`: {s['reason']}" for s in skipped]
-    return "\n".join(lines) + "\n"
+        lines.append(f"| {empty} |" + " |" * 8)
+    return lines
 
 
 def _params(folder: Path) -> dict[str, Any]:

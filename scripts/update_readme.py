@@ -3,7 +3,8 @@
     python scripts/update_readme.py          # rewrite README.md in place
     python scripts/update_readme.py --check  # exit 1 if README.md is out of date (used in tests)
 
-Sources: ``results/**/benchmarks.md`` (cross-dataset tables) and ``results/<name>/results.md``
+Sources: ``results/claims.md`` (its final claims, written by ``scripts/claims.py``),
+``results/**/benchmarks.md`` (cross-dataset tables) and ``results/<name>/results.md``
 (written by the report stage, copied by ``scripts/save_results.py``; datasets of a group such
 as ``results/d4rl/<name>/`` appear only in their group's cross-dataset table) and
 ``results/<group>/<study>/table.md`` (variant studies, written by ``scripts/variant_table.py``),
@@ -34,8 +35,17 @@ LEARNERS = THROUGHPUT.with_name("learners.json")
 SMAX_LEARNERS = THROUGHPUT.with_name("smax_learners.json")
 
 
+def claims_section() -> list[str]:
+    """The final claim of each dataset: ``results/claims.md`` up to its earlier runs."""
+    claims = RESULTS / "claims.md"
+    if not claims.exists():
+        return []
+    text = claims.read_text().split("\n## ", 1)[0].strip()
+    return ["**Final claims** (`results/claims.md`, paired by seed)\n", text + "\n"]
+
+
 def results_section() -> str:
-    parts = []
+    parts = claims_section()
     for benchmarks in sorted(RESULTS.glob("**/benchmarks.md")):
         if benchmarks.parent != RESULTS and benchmarks.parent.parent != RESULTS:
             continue  # the copies kept beside each dataset's results

@@ -388,19 +388,28 @@ def test_claims_script_reads_the_committed_layout(tmp_path):
     # A validation run of the same dataset chooses, it claims nothing: skipped.
     write_records(tmp_path / "results" / "validation" / "x", SEEDS, params)
     write_report(tmp_path / "results" / "validation" / "x", params)
+    # The final claim of the dataset is results/claims/<name>/; the other folder is earlier.
+    final = tmp_path / "results" / "claims" / params.data.name
+    write_records(final, SEEDS, params)
+    write_report(final, params)
     script = runpy.run_path(str(ROOT / "scripts" / "claims.py"), run_name="claims")
     assert script["main"](["--results", str(tmp_path / "results")]) == 0
     written = json.loads((tmp_path / "results" / "claims.json").read_text())
     assert written["command"] == "python scripts/claims.py"
-    (row,) = written["datasets"]
+    row, earlier = sorted(written["datasets"], key=lambda r: r["folder"])
     main = made["claims"]["main"]
-    assert row["folder"] == f"group/{params.data.name}" and row["kind"] == "Offline meta-RL"
-    assert row["records_command"] == "python -m pipelines.pipeline"
+    assert row["folder"] == f"claims/{params.data.name}" and row["final"]
+    assert earlier["folder"] == f"group/{params.data.name}" and not earlier["final"]
+    assert earlier["kind"] == "Offline meta-RL"
+    assert earlier["records_command"] == "python -m pipelines.pipeline"
     assert [s["folder"] for s in written["skipped"]] == ["validation/x"]
     for key in ("method", "baseline", "seeds", "n", "mean_difference", "lo", "hi", "margin",
                 "verdict"):  # fmt: skip
-        assert row[key] == main[key], key
+        assert row[key] == main[key] == earlier[key], key
     table = (tmp_path / "results" / "claims.md").read_text()
+    final_part, earlier_part = table.split(script["EARLIER_HEADING"])
+    assert f"| claims/{params.data.name} |" in final_part
+    assert f"| group/{params.data.name} |" in earlier_part
     assert f"| {main['verdict']} |" in table and f"[{main['lo']:.1f}, {main['hi']:.1f}]" in table
 
 
