@@ -28,6 +28,27 @@ def test_ci_runs_the_readme_test_command():
     assert commands[0] in (ROOT / ".ci" / "run").read_text()
 
 
+def test_mujoco_claims_table_matches_committed_claims():
+    """docs/mujoco.md's table of the paired claims is typed by hand: every score, difference,
+    interval and verdict must be what results/claims/<family>/results.json holds."""
+    text = (ROOT / "docs" / "mujoco.md").read_text()
+    table = text[text.index("| family | CMT + prompt tuning |") :].split("\n\n")[0]
+    rows = re.findall(r"^\| (cheetah-vel|cheetah-dir|ant-dir) \|(.*)\|$", table, flags=re.MULTILINE)
+    assert rows, "no family rows in the claims table"
+    columns = ("cmt_tuned", "cmt_zero_shot", "prompt_dt", "mtdt")
+    for family, cells in rows:
+        made = json.loads(
+            (ROOT / "results" / "claims" / family.replace("-", "_") / "results.json").read_text()
+        )
+        *scores, difference, verdict = [c.strip().strip("*") for c in cells.split("|")]
+        summary, main = made["summary"], made["claims"]["main"]
+        want = [f"{summary[m]['score_mean']:.1f} ± {summary[m]['score_std']:.1f}" for m in columns]
+        assert [s.replace("−", "-") for s in scores] == want, family
+        interval = f"{main['mean_difference']:+.1f} [{main['lo']:.1f}, {main['hi']:.1f}]"
+        assert difference.replace("−", "-") == interval, family
+        assert verdict == main["verdict"], family
+
+
 def test_mujoco_results_table_matches_committed_results():
     """docs/mujoco.md's table of the meta-RL families is typed by hand: every score and every
     count of tasks at or above Prompt-DT must be what results/<family>/results.json holds."""
