@@ -28,25 +28,39 @@ def test_ci_runs_the_readme_test_command():
     assert commands[0] in (ROOT / ".ci" / "run").read_text()
 
 
-def test_mujoco_claims_table_matches_committed_claims():
-    """docs/mujoco.md's table of the paired claims is typed by hand: every score, difference,
-    interval and verdict must be what results/claims/<family>/results.json holds."""
-    text = (ROOT / "docs" / "mujoco.md").read_text()
-    table = text[text.index("| family | CMT + prompt tuning |") :].split("\n\n")[0]
-    rows = re.findall(r"^\| (cheetah-vel|cheetah-dir|ant-dir) \|(.*)\|$", table, flags=re.MULTILINE)
-    assert rows, "no family rows in the claims table"
-    columns = ("cmt_tuned", "cmt_zero_shot", "prompt_dt", "mtdt")
-    for family, cells in rows:
-        made = json.loads(
-            (ROOT / "results" / "claims" / family.replace("-", "_") / "results.json").read_text()
-        )
+def check_claims_table(doc: str, header: str, names: str, columns: tuple[str, ...]) -> None:
+    """A hand-typed table of paired claims in ``doc``: one row per dataset (``names``, a regex;
+    its folder under results/claims/ is the name with ``-`` and spaces as ``_``), the methods'
+    scores in ``columns``, then the difference with its interval, then the verdict; each must
+    be what the dataset's results.json holds."""
+    text = (ROOT / "docs" / doc).read_text()
+    table = text[text.index(header) :].split("\n\n")[0]
+    rows = re.findall(rf"^\| ({names}) \|(.*)\|$", table, flags=re.MULTILINE)
+    assert rows, f"no dataset rows in {doc}'s claims table"
+    for name, cells in rows:
+        folder = re.sub(r"[- ]", "_", name)
+        made = json.loads((ROOT / "results" / "claims" / folder / "results.json").read_text())
         *scores, difference, verdict = [c.strip().strip("*") for c in cells.split("|")]
         summary, main = made["summary"], made["claims"]["main"]
         want = [f"{summary[m]['score_mean']:.1f} ± {summary[m]['score_std']:.1f}" for m in columns]
-        assert [s.replace("−", "-") for s in scores] == want, family
+        assert [s.replace("−", "-") for s in scores] == want, name
         interval = f"{main['mean_difference']:+.1f} [{main['lo']:.1f}, {main['hi']:.1f}]"
-        assert difference.replace("−", "-") == interval, family
-        assert verdict == main["verdict"], family
+        assert difference.replace("−", "-") == interval, name
+        assert verdict == main["verdict"], name
+
+
+def test_mujoco_claims_table_matches_committed_claims():
+    """docs/mujoco.md's table of the meta-RL families' paired claims."""
+    columns = ("cmt_tuned", "cmt_zero_shot", "prompt_dt", "mtdt")
+    header = "| family | CMT + prompt tuning |"
+    check_claims_table("mujoco.md", header, "cheetah-vel|cheetah-dir|ant-dir", columns)
+
+
+def test_d4rl_claims_table_matches_committed_claims():
+    """docs/d4rl.md's table of the D4RL-style datasets' paired claims."""
+    columns = ("dt", "bc", "filtered_bc", "cmt_zero_shot", "cmt_tuned")
+    names = r"(?:hopper|walker2d|halfcheetah) medium-(?:expert|replay)"
+    check_claims_table("d4rl.md", "| dataset | DT | BC | filtered BC |", names, columns)
 
 
 def test_mujoco_results_table_matches_committed_results():
