@@ -10,9 +10,9 @@ the margin δ (``cmt.benchmarks.Claim``); the records give the difference paired
 no benchmark itself. Folders whose records hold no per-episode lists (written before them) are
 listed as skipped, as are the validation runs under ``results/validation/``. A dataset's
 **final** claim is the folder ``results/claims/<dataset>/``; other folders of the same dataset
-(``*_with_ssl``, ``*_first_defaults``: runs before a validated default) are earlier runs, kept
-and tabulated apart. ``--out DIR`` writes the two files elsewhere (to compare with the
-committed ones).
+(``*_with_ssl``, ``*_without_ssl``, ``*_first_defaults``: runs with settings that a validated
+default replaced) are earlier runs, kept and tabulated apart. ``--out DIR`` writes the two
+files elsewhere (to compare with the committed ones).
 """
 
 from __future__ import annotations
@@ -80,8 +80,8 @@ def claims_markdown(rows: list[dict[str, Any]], skipped: list[dict[str, str]]) -
             "",
             EARLIER_HEADING,
             "",
-            "Runs of the same datasets before a validated default (docs/method.md), kept so "
-            "that the change can be recomputed:",
+            "Runs of the same datasets with settings that a validated default replaced "
+            "(docs/method.md), kept so that the change can be recomputed:",
             "",
             *_claims_table(earlier, ""),
         ]
