@@ -36,6 +36,7 @@ FINAL = "claims"
 EARLIER_HEADING = "## Earlier runs and variants"
 """claims.md's final table ends at its first ``## `` heading; ``scripts/update_readme.py``
 shows what comes before it."""
+PER_SEED_HEADING = "## Per-seed differences of the final claims"
 VALIDATION = "validation"
 """``results/validation/``: runs on validation tasks or seeds, which choose and claim nothing
 (docs/method.md, "Validation protocol")."""
@@ -85,6 +86,8 @@ def claims_markdown(rows: list[dict[str, Any]], skipped: list[dict[str, str]]) -
             "",
             *_claims_table(earlier, ""),
         ]
+    if final:
+        lines += ["", PER_SEED_HEADING, "", *_per_seed_table(final)]
     if skipped:
         lines += ["", "## Skipped", "", "No claim can be recomputed from these:", ""]
         lines += [f"- `{s['folder']}/runs/`: {s['reason']}" for s in skipped]
@@ -107,6 +110,27 @@ def _claims_table(rows: list[dict[str, Any]], empty: str) -> list[str]:
         )
     if not rows:
         lines.append(f"| {empty} |" + " |" * 8)
+    return lines
+
+
+def _per_seed_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Each final claim's difference on every seed: an undecided interval is often one seed
+    far from the others (a pretraining that failed), which the mean and interval hide."""
+    lines = [
+        "The method under test minus the baseline on each seed, in the same points; the lowest "
+        "seed is in bold:",
+        "",
+        "| dataset | seed: difference |",
+        "|---|---|",
+    ]
+    for r in rows:
+        pairs = list(zip(r["seeds"], r["differences"], strict=True))
+        low = min(pairs, key=lambda p: p[1])[0] if pairs else None
+        cells = [
+            f"**{s}: {d:+.1f}**" if s == low and len(pairs) > 1 else f"{s}: {d:+.1f}"
+            for s, d in pairs
+        ]
+        lines.append(f"| {r['folder']} | {' · '.join(cells) or '–'} |")
     return lines
 
 

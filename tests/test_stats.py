@@ -411,6 +411,10 @@ def test_claims_script_reads_the_committed_layout(tmp_path):
     assert f"| claims/{params.data.name} |" in final_part
     assert f"| group/{params.data.name} |" in earlier_part
     assert f"| {main['verdict']} |" in table and f"[{main['lo']:.1f}, {main['hi']:.1f}]" in table
+    per_seed = table.split(script["PER_SEED_HEADING"])[1]
+    assert f"| claims/{params.data.name} |" in per_seed and "| group/" not in per_seed
+    for seed, diff in zip(main["seeds"], main["differences"], strict=True):
+        assert f"{seed}: {diff:+.1f}" in per_seed
 
 
 def test_committed_claims_are_up_to_date(tmp_path):
