@@ -22,11 +22,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cmt.atomic import write_json, write_text
 from cmt.benchmarks import make_benchmark
 from cmt.config import parse_params
 from cmt.evaluation.records import EPISODE_KEYS, load_records
-from cmt.evaluation.stats import CONFIDENCE, compare
+from cmt.evaluation.stats import CONFIDENCE, UNDECIDED, compare, seeds_to_decide
 from cmt.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +39,7 @@ EARLIER_HEADING = "## Earlier runs and variants"
 """claims.md's final table ends at its first ``## `` heading; ``scripts/update_readme.py``
 shows what comes before it."""
 PER_SEED_HEADING = "## Per-seed differences of the final claims"
+UNDECIDED_HEADING = "## How many seeds would decide the undecided claims"
 VALIDATION = "validation"
 """``results/validation/``: runs on validation tasks or seeds, which choose and claim nothing
 (docs/method.md, "Validation protocol")."""
@@ -48,6 +51,9 @@ def dataset_claim(folder: Path, results_root: Path) -> dict[str, Any]:
     bench = make_benchmark(params.data)
     claim = bench.claim
     comparison = compare(load_records(folder), claim.method, claim.baseline, claim.margin)
+    projection = None
+    if comparison.verdict == UNDECIDED and len(comparison.differences) > 1:
+        projection = seeds_to_decide(comparison.differences, claim.margin)
     command = folder / "COMMAND"
     where = folder.relative_to(results_root).as_posix()
     return {
@@ -57,6 +63,9 @@ def dataset_claim(folder: Path, results_root: Path) -> dict[str, Any]:
         "kind": bench.kind,
         "score": bench.score_name,
         **comparison.as_dict(),
+        "projection": None
+        if projection is None
+        else dict(zip(("seeds", "verdict"), projection, strict=True)),
         "records_command": command.read_text().strip() if command.exists() else None,
     }
 
@@ -88,6 +97,8 @@ def claims_markdown(rows: list[dict[str, Any]], skipped: list[dict[str, str]]) -
         ]
     if final:
         lines += ["", PER_SEED_HEADING, "", *_per_seed_table(final)]
+    if any(r["verdict"] == UNDECIDED for r in final):
+        lines += ["", UNDECIDED_HEADING, "", *_projection_table(final)]
     if skipped:
         lines += ["", "## Skipped", "", "No claim can be recomputed from these:", ""]
         lines += [f"- `{s['folder']}/runs/`: {s['reason']}" for s in skipped]
@@ -131,6 +142,26 @@ def _per_seed_table(rows: list[dict[str, Any]]) -> list[str]:
             for s, d in pairs
         ]
         lines.append(f"| {r['folder']} | {' · '.join(cells) or '–'} |")
+    return lines
+
+
+def _projection_table(rows: list[dict[str, Any]]) -> list[str]:
+    """For each undecided final claim, the seed count at which its interval would decide if
+    the mean difference and its spread stayed as measured (``seeds_to_decide``): a rough
+    cost of deciding it, not a prediction of the verdict."""
+    lines = [
+        "A projection, not a result: if further seeds kept each undecided claim's mean "
+        "difference and sample std as measured, the interval would first give a verdict at "
+        "this many seeds:",
+        "",
+        "| dataset | seeds | std of the differences | seeds to decide | verdict it would reach |",
+        "|---|---|---|---|---|",
+    ]
+    for r in (r for r in rows if r["verdict"] == UNDECIDED and r["n"] > 1):
+        std = float(np.std(r["differences"], ddof=1))
+        p = r["projection"]
+        to_decide, reached = ("> 1000", "–") if p is None else (str(p["seeds"]), p["verdict"])
+        lines.append(f"| {r['folder']} | {r['n']} | {std:.1f} | {to_decide} | {reached} |")
     return lines
 
 

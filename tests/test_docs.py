@@ -28,15 +28,18 @@ def test_ci_runs_the_readme_test_command():
     assert commands[0] in (ROOT / ".ci" / "run").read_text()
 
 
-def check_claims_table(doc: str, header: str, names: str, columns: tuple[str, ...]) -> None:
-    """A hand-typed table of paired claims in ``doc``: one row per dataset (``names``, a regex;
-    its folder under results/claims/ is the name with ``-`` and spaces as ``_``), the methods'
+def check_claims_table(
+    doc: str, header: str, names: tuple[str, ...], columns: tuple[str, ...]
+) -> None:
+    """A hand-typed table of paired claims in ``doc``: exactly one row per dataset of ``names``
+    (its folder under results/claims/ is the name with ``-`` and spaces as ``_``), the methods'
     scores in ``columns``, then the difference with its interval, then the verdict; each must
     be what the dataset's results.json holds."""
     text = (ROOT / "docs" / doc).read_text()
     table = text[text.index(header) :].split("\n\n")[0]
-    rows = re.findall(rf"^\| ({names}) \|(.*)\|$", table, flags=re.MULTILINE)
-    assert rows, f"no dataset rows in {doc}'s claims table"
+    pattern = "|".join(re.escape(n) for n in names)
+    rows = re.findall(rf"^\| ({pattern}) \|(.*)\|$", table, flags=re.MULTILINE)
+    assert sorted(n for n, _ in rows) == sorted(names), f"{doc}'s claims table: rows missing"
     for name, cells in rows:
         folder = re.sub(r"[- ]", "_", name)
         made = json.loads((ROOT / "results" / "claims" / folder / "results.json").read_text())
@@ -53,13 +56,17 @@ def test_mujoco_claims_table_matches_committed_claims():
     """docs/mujoco.md's table of the meta-RL families' paired claims."""
     columns = ("cmt_tuned", "cmt_zero_shot", "prompt_dt", "mtdt")
     header = "| family | CMT + prompt tuning |"
-    check_claims_table("mujoco.md", header, "cheetah-vel|cheetah-dir|ant-dir", columns)
+    check_claims_table("mujoco.md", header, ("cheetah-vel", "cheetah-dir", "ant-dir"), columns)
 
 
 def test_d4rl_claims_table_matches_committed_claims():
     """docs/d4rl.md's table of the D4RL-style datasets' paired claims."""
     columns = ("dt", "bc", "filtered_bc", "cmt_zero_shot", "cmt_tuned")
-    names = r"(?:hopper|walker2d|halfcheetah) medium-(?:expert|replay)"
+    names = tuple(
+        f"{e} medium-{lvl}"
+        for e in ("hopper", "walker2d", "halfcheetah")
+        for lvl in ("expert", "replay")
+    )
     check_claims_table("d4rl.md", "| dataset | DT | BC | filtered BC |", names, columns)
 
 

@@ -20,7 +20,14 @@ from cmt.benchmarks.base import Claim
 from cmt.config import Params, parse_params
 from cmt.evaluation.records import load_records, seed_record, summarize, task_stats
 from cmt.evaluation.report import write_report
-from cmt.evaluation.stats import compare, paired, score_intervals, t_interval, verdict
+from cmt.evaluation.stats import (
+    compare,
+    paired,
+    score_intervals,
+    seeds_to_decide,
+    t_interval,
+    verdict,
+)
 from cmt.evaluation.tables import benchmark_table, markdown_table, variant_differences
 from cmt.integrity import sealed_json
 from cmt.methods import METHODS
@@ -71,6 +78,19 @@ def test_t_interval_matches_a_hand_worked_example():
 )
 def test_verdict_boundaries(lo, hi, margin, expected):
     assert verdict(lo, hi, margin) == expected
+
+
+def test_seeds_to_decide_projects_the_measured_mean_and_spread():
+    """Worked by hand: differences 1, 2, 3, -1, 0.5 have mean 1.1 and sample std 1.517; at 3
+    seeds the half-width would be 4.303 * 1.517 / sqrt(3) = 3.77 (lower bound -2.67, undecided
+    at δ 2), at 4 seeds 3.182 * 1.517 / 2 = 2.41 (lower bound -1.31: at or above)."""
+    assert seeds_to_decide([1.0, 2.0, 3.0, -1.0, 0.5], margin=2.0) == (4, "at or above")
+    # Mean -3, std 3: below once t * 3 / sqrt(n) < 3, i.e. t(n - 1) < sqrt(n); at 6 seeds
+    # 2.571 > 2.449, at 7 seeds 2.447 < 2.646.
+    assert seeds_to_decide([0.0, -3.0, -6.0], margin=2.0) == (7, "below")
+    assert seeds_to_decide([5.0, -5.0], margin=0.0, limit=50) is None
+    with pytest.raises(ValueError, match="at least 2"):
+        seeds_to_decide([1.0], margin=2.0)
 
 
 def test_every_benchmark_names_its_claim_once():
@@ -415,6 +435,13 @@ def test_claims_script_reads_the_committed_layout(tmp_path):
     assert f"| claims/{params.data.name} |" in per_seed and "| group/" not in per_seed
     for seed, diff in zip(main["seeds"], main["differences"], strict=True):
         assert f"{seed}: {diff:+.1f}" in per_seed
+    # Only an undecided final claim gets a projection of the seeds that would decide it.
+    if main["verdict"] == "undecided":
+        n, reached = seeds_to_decide(main["differences"], main["margin"])
+        assert row["projection"] == {"seeds": n, "verdict": reached}
+        assert f"| {n} | {reached} |" in table.split(script["UNDECIDED_HEADING"])[1]
+    else:
+        assert row["projection"] is None and script["UNDECIDED_HEADING"] not in table
 
 
 def test_committed_claims_are_up_to_date(tmp_path):

@@ -92,6 +92,25 @@ def verdict(lo: float, hi: float, margin: float) -> str:
     return UNDECIDED
 
 
+def seeds_to_decide(
+    differences: Sequence[float] | np.ndarray, margin: float, limit: int = 1000
+) -> tuple[int, str] | None:
+    """A projection, not a result: if more seeds kept the mean and sample std of
+    ``differences`` as measured, the fewest seeds (at most ``limit``) whose t interval would
+    give a verdict other than undecided, with that verdict; None when no count up to ``limit``
+    would (a spread that large, or δ = 0 with a mean difference of exactly 0)."""
+    x = np.asarray(differences, dtype=np.float64)
+    if x.size < 2:
+        raise ValueError(f"a projection needs at least 2 differences, got {x.size}")
+    mean, sd = float(x.mean()), float(x.std(ddof=1))
+    for n in range(2, limit + 1):
+        half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * sd / np.sqrt(n)
+        result = verdict(mean - half, mean + half, margin)
+        if result != UNDECIDED:
+            return n, result
+    return None
+
+
 def _by_seed(records: Sequence[Record], method: str) -> dict[int, Record]:
     """``method``'s records by seed; a seed recorded twice is an error."""
     out: dict[int, Record] = {}
