@@ -53,7 +53,8 @@ def dataset_claim(folder: Path, results_root: Path) -> dict[str, Any]:
     comparison = compare(load_records(folder), claim.method, claim.baseline, claim.margin)
     projection = None
     if comparison.verdict == UNDECIDED and len(comparison.differences) > 1:
-        projection = seeds_to_decide(comparison.differences, claim.margin)
+        decided = seeds_to_decide(comparison.differences, claim.margin)
+        projection = None if decided is None else {"seeds": decided[0], "verdict": decided[1]}
     command = folder / "COMMAND"
     where = folder.relative_to(results_root).as_posix()
     return {
@@ -63,9 +64,7 @@ def dataset_claim(folder: Path, results_root: Path) -> dict[str, Any]:
         "kind": bench.kind,
         "score": bench.score_name,
         **comparison.as_dict(),
-        "projection": None
-        if projection is None
-        else dict(zip(("seeds", "verdict"), projection, strict=True)),
+        "projection": projection,
         "records_command": command.read_text().strip() if command.exists() else None,
     }
 
@@ -97,8 +96,9 @@ def claims_markdown(rows: list[dict[str, Any]], skipped: list[dict[str, str]]) -
         ]
     if final:
         lines += ["", PER_SEED_HEADING, "", *_per_seed_table(final)]
-    if any(r["verdict"] == UNDECIDED for r in final):
-        lines += ["", UNDECIDED_HEADING, "", *_projection_table(final)]
+    projected = [r for r in final if r["verdict"] == UNDECIDED and r["n"] > 1]
+    if projected:
+        lines += ["", UNDECIDED_HEADING, "", *_projection_table(projected)]
     if skipped:
         lines += ["", "## Skipped", "", "No claim can be recomputed from these:", ""]
         lines += [f"- `{s['folder']}/runs/`: {s['reason']}" for s in skipped]
@@ -146,9 +146,9 @@ def _per_seed_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _projection_table(rows: list[dict[str, Any]]) -> list[str]:
-    """For each undecided final claim, the seed count at which its interval would decide if
-    the mean difference and its spread stayed as measured (``seeds_to_decide``): a rough
-    cost of deciding it, not a prediction of the verdict."""
+    """For each of ``rows`` (undecided final claims of two or more seeds), the seed count at
+    which its interval would decide if the mean difference and its spread stayed as measured
+    (``seeds_to_decide``): a rough cost of deciding it, not a prediction of the verdict."""
     lines = [
         "A projection, not a result: if further seeds kept each undecided claim's mean "
         "difference and sample std as measured, the interval would first give a verdict at "
@@ -157,7 +157,7 @@ def _projection_table(rows: list[dict[str, Any]]) -> list[str]:
         "| dataset | seeds | std of the differences | seeds to decide | verdict it would reach |",
         "|---|---|---|---|---|",
     ]
-    for r in (r for r in rows if r["verdict"] == UNDECIDED and r["n"] > 1):
+    for r in rows:
         std = float(np.std(r["differences"], ddof=1))
         p = r["projection"]
         to_decide, reached = ("> 1000", "–") if p is None else (str(p["seeds"]), p["verdict"])
