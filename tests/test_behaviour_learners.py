@@ -26,6 +26,7 @@ from cmt.behaviour.sac import (
     d4rl_level,
     keep_candidate_actors,
     random_policy,
+    refill_from_policy,
     train_behaviour,
 )
 from cmt.envs.mujoco_tasks import single_task_family
@@ -165,6 +166,32 @@ def test_a_fresh_clone_resumes_from_the_committed_learner(tmp_path: Path) -> Non
     assert [s["step"] for s in fresh.snapshots] == [160, 320, 480]
     with pytest.raises(MissingHistory):
         fresh.replay()  # the buffer restarted at step 320
+
+
+@pytest.mark.parametrize("learner", ["sb3_sac", "sbx_sac"])
+def test_a_resumed_learner_refills_its_buffer_with_its_own_policy(learner: str) -> None:
+    # SB3 acts uniformly at random until learning_starts; a learner resumed on an empty
+    # buffer must act with its policy instead, and still not update before learning_starts.
+    family = single_task_family("hopper")
+    env = TaskConditionedEnv(family, family.train_tasks)
+    model = make_learner(env, TINY.model_copy(update={"learner": learner}), seed=1).model
+    model.learning_starts = 1000
+    predicted: list[np.ndarray] = []
+    predict = model.predict
+
+    def spy(obs: np.ndarray, *args: object, **kwargs: object) -> tuple[np.ndarray, object]:
+        action, state = predict(obs, *args, **kwargs)  # the real policy's action
+        predicted.append(np.asarray(action).copy())
+        return action, state
+
+    model.predict = spy
+    model.learn(total_timesteps=40)
+    assert predicted == []  # SB3's warm-up: random actions
+    refill_from_policy(model)
+    model.learn(total_timesteps=40, reset_num_timesteps=False)
+    assert len(predicted) == 40 and model._n_updates == 0
+    stored = model.replay_buffer.actions[40:80, 0]
+    np.testing.assert_allclose(stored, np.concatenate(predicted), rtol=0, atol=1e-6)
 
 
 def test_reused_envs_give_the_episodes_of_fresh_ones() -> None:

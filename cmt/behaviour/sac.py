@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -256,6 +256,25 @@ def replay_transitions(buffer: Any, rows: int, family: MujocoTaskFamily) -> Tran
 
 # --------------------------------------------------------------------------- checkpoints
 
+
+def refill_from_policy(model: Any) -> None:
+    """Make an SB3/SBX off-policy learner act with its own (stochastic) policy while it waits
+    for ``learning_starts``, where SB3 would act uniformly at random.
+
+    For a learner resumed on an empty buffer: a buffer refilled at random and then learned
+    from undoes the training (measured on ant-dir resumed at 300k steps: the evaluation
+    return fell from 324.5 to 90.8 within 10k steps). Updates still wait for
+    ``learning_starts``; only the actions of the wait change."""
+    sample = model._sample_action
+
+    def sample_from_policy(
+        learning_starts: int, action_noise: Any = None, n_envs: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return cast(tuple[np.ndarray, np.ndarray], sample(0, action_noise, n_envs))
+
+    model._sample_action = sample_from_policy
+
+
 _BUFFER_KEYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 
 
@@ -264,8 +283,8 @@ class _Checkpoint:
     snapshot returns and the actors that can still become medium or expert; a few MB, small
     enough to commit) and the replay buffer as ``.npz`` chunks, one per snapshot, so each save
     writes only the new rows. Without the chunks (a fresh clone of a committed ``state.pt``)
-    the learner resumes on an empty buffer, refilled by ``learning_starts`` random steps, and
-    medium-replay cannot come from it any more."""
+    the learner resumes on an empty buffer, refilled by ``learning_starts`` steps of its own
+    policy (:func:`refill_from_policy`), and medium-replay cannot come from it any more."""
 
     def __init__(self, directory: Path, fingerprint: str) -> None:
         self.dir = Path(directory)
@@ -341,6 +360,7 @@ class _Checkpoint:
                 chunk.unlink()
             self.chunks, self.saved_rows, self.buffer_from = [], 0, steps
             model.learning_starts = steps + learning_starts  # refill before updating again
+            refill_from_policy(model)
         return [_loaded_snapshot(s) for s in state["snapshots"]]
 
     def _load_buffer(self, model: Any, state: dict[str, Any], steps: int, max_steps: int) -> bool:
