@@ -281,3 +281,25 @@ def test_data_quality_of_a_real_d4rl_file(d4rl_source) -> None:
     assert q["return_p10"] == pytest.approx(np.percentile(returns, 10))
     low, high = -20.272305, 3234.3  # D4RL's hopper references, written out independently
     assert q["score_mean"] == pytest.approx(100 * (returns.mean() - low) / (high - low))
+
+
+def test_data_quality_keeps_the_rows_of_datasets_not_collected_again(tmp_path: Path) -> None:
+    """scripts/data_quality.py --keep: a new store's rows replace a dataset's rows whole; the
+    other datasets' rows stay, naming the store they came from."""
+    import runpy
+
+    script = runpy.run_path(str(ROOT / "scripts" / "data_quality.py"), run_name="dq")
+
+    def row(dataset: str, level: str, run: str) -> dict[str, str]:
+        return {"dataset": dataset, "level": level, "run_id": run}
+
+    old = tmp_path / "data_quality.json"
+    old_rows = [row("a", "medium", "1"), row("a", "expert", "1"), row("b", "good", "2")]
+    old.write_text(json.dumps({"tracking_uri": "sqlite:///old.db", "rows": old_rows}))
+    new = [{**row("a", "expert", "9"), "tracking_uri": "sqlite:///new.db"}]
+    merged = script["kept_rows"](old, new)
+    assert [(r["dataset"], r["level"], r["run_id"]) for r in merged] == [
+        ("a", "expert", "9"),  # a's old medium row is not kept: a was collected again
+        ("b", "good", "2"),
+    ]
+    assert [r["tracking_uri"] for r in merged] == ["sqlite:///new.db", "sqlite:///old.db"]
