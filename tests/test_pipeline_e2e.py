@@ -625,7 +625,7 @@ TINY_MUJOCO = {
     "data.episodes_per_level": 1,
     "data.demo_episodes": 2,
     "data.reference_episodes": 2,
-    "data.sac.policies": "train",  # the preset rolls out committed policies of 300k steps
+    "data.sac.policies": "train",  # the preset rolls out committed policies of 500k steps
     "data.sac.train_freq": 4,
     "data.sac.eval_episodes": 1,
     "data.sac.sac_steps": 300,
