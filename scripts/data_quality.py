@@ -23,7 +23,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cmt.atomic import write_json, write_text
 
@@ -86,10 +86,23 @@ def rows_of(latest: dict[str, Any], tracking_uri: str) -> list[dict[str, Any]]:
     return rows
 
 
+def read_table(path: Path) -> dict[str, Any]:
+    """An earlier ``data_quality.json``; ValueError naming the file if it is not one."""
+    try:
+        table = json.loads(path.read_text())
+        if not isinstance(table["tracking_uri"], str) or not all(
+            {"dataset", "level", "run_id"} <= set(r) for r in table["rows"]
+        ):
+            raise TypeError("rows without dataset, level and run_id")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"--keep {path}: not a data_quality.json ({err})") from err
+    return cast(dict[str, Any], table)
+
+
 def kept_rows(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows of ``path`` (a ``data_quality.json``) whose dataset ``rows`` do not cover,
     each naming the store it came from, then ``rows``: one list, sorted by dataset."""
-    old = json.loads(path.read_text())
+    old = read_table(path)
     fresh = {r["dataset"] for r in rows}
     kept = [
         {**r, "tracking_uri": r.get("tracking_uri", old["tracking_uri"])}
@@ -141,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         "--keep", type=Path, help="earlier data_quality.json: keep its rows of other datasets"
     )
     args = parser.parse_args(argv)
+    if args.keep is not None:
+        try:
+            read_table(args.keep)  # refused before MLflow is read, not after
+        except ValueError as err:
+            print(err, file=sys.stderr)
+            return 2
     rows = rows_of(latest_collect_runs(MlflowClient(args.tracking_uri)), args.tracking_uri)
     if not rows:
         print(f"no FINISHED collect run with quality.json in {args.tracking_uri}", file=sys.stderr)

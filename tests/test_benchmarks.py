@@ -303,3 +303,10 @@ def test_data_quality_keeps_the_rows_of_datasets_not_collected_again(tmp_path: P
         ("b", "good", "2"),
     ]
     assert [r["tracking_uri"] for r in merged] == ["sqlite:///new.db", "sqlite:///old.db"]
+    # A file that is not such a table is refused by name, before any store is read.
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"rows": [{"dataset": "a"}]}')
+    store = f"sqlite:///{tmp_path / 'never.db'}"
+    for path in (bad, tmp_path / "missing.json"):
+        assert script["main"](["--keep", str(path), "--tracking-uri", store]) == 2
+    assert not (tmp_path / "never.db").exists()
