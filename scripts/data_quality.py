@@ -99,10 +99,9 @@ def read_table(path: Path) -> dict[str, Any]:
     return cast(dict[str, Any], table)
 
 
-def kept_rows(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows of ``path`` (a ``data_quality.json``) whose dataset ``rows`` do not cover,
-    each naming the store it came from, then ``rows``: one list, sorted by dataset."""
-    old = read_table(path)
+def kept_rows(old: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of ``old`` (a :func:`read_table`) whose dataset ``rows`` do not cover, each
+    naming the store it came from, then ``rows``: one list, sorted by dataset."""
     fresh = {r["dataset"] for r in rows}
     kept = [
         {**r, "tracking_uri": r.get("tracking_uri", old["tracking_uri"])}
@@ -154,9 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         "--keep", type=Path, help="earlier data_quality.json: keep its rows of other datasets"
     )
     args = parser.parse_args(argv)
+    earlier = None
     if args.keep is not None:
         try:
-            read_table(args.keep)  # refused before MLflow is read, not after
+            earlier = read_table(args.keep)  # refused before MLflow is read, not after
         except ValueError as err:
             print(err, file=sys.stderr)
             return 2
@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         print(f"no FINISHED collect run with quality.json in {args.tracking_uri}", file=sys.stderr)
         return 1
-    if args.keep is not None:
-        rows = kept_rows(args.keep, rows)
+    if earlier is not None:
+        rows = kept_rows(earlier, rows)
     for setting in sorted({r["setting"] for r in rows}):
         mine = [r for r in rows if r["setting"] == setting]
         write_text(args.out / file_name(setting), markdown(mine, setting))

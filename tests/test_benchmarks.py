@@ -297,7 +297,7 @@ def test_data_quality_keeps_the_rows_of_datasets_not_collected_again(tmp_path: P
     old_rows = [row("a", "medium", "1"), row("a", "expert", "1"), row("b", "good", "2")]
     old.write_text(json.dumps({"tracking_uri": "sqlite:///old.db", "rows": old_rows}))
     new = [{**row("a", "expert", "9"), "tracking_uri": "sqlite:///new.db"}]
-    merged = script["kept_rows"](old, new)
+    merged = script["kept_rows"](script["read_table"](old), new)
     assert [(r["dataset"], r["level"], r["run_id"]) for r in merged] == [
         ("a", "expert", "9"),  # a's old medium row is not kept: a was collected again
         ("b", "good", "2"),
