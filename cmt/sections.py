@@ -201,6 +201,13 @@ class PpoConfig(Section):
         description="mappo: hidden widths of the centralised critic (on SMAX's world state); "
         "net_arch is the actor's.",
     )
+    actor_rnn: int = Field(
+        0,
+        ge=0,
+        description="mappo: width of a GRU after the actor's first hidden layer, its state "
+        "carried through each episode (0: a feed-forward actor). The tier policies carry it "
+        "too.",
+    )
     vf_coef: float = Field(0.5, ge=0.0, description="mappo: weight of the value loss.")
     max_grad_norm: float = Field(
         0.5, gt=0.0, description="mappo: global gradient-norm clip of each network."
@@ -227,6 +234,8 @@ class PpoConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> PpoConfig:
+        if self.actor_rnn and self.learner != "mappo":
+            raise ValueError("actor_rnn: only the mappo learner has a recurrent actor")
         if 2 * self.snapshot_every > self.total_steps:
             # Poor (the first snapshot), Medium and Good must be distinct snapshots.
             raise ValueError(

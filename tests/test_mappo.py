@@ -20,6 +20,7 @@ from cmt.behaviour.mappo import (
     load_tier_policies,
     load_tier_policy,
     numpy_policy,
+    policy_meta,
     policy_weights,
     save_tier_policy,
     sb3_policy_weights,
@@ -110,16 +111,21 @@ class _Killed(Exception):
     pass
 
 
-def test_resume_gives_the_uninterrupted_parameters(tmp_path: Path) -> None:
-    whole = train_mappo("3m", TINY, seed=3, behaviour_dir=tmp_path / "a", progress=False)
+# The recurrent actor (a GRU after the first hidden layer): two hidden layers around it.
+TINY_GRU = TINY.model_copy(update={"actor_rnn": 16, "net_arch": (32, 32)})
+
+
+@pytest.mark.parametrize("cfg", [TINY, TINY_GRU], ids=["mlp", "gru"])
+def test_resume_gives_the_uninterrupted_parameters(tmp_path: Path, cfg: PpoConfig) -> None:
+    whole = train_mappo("3m", cfg, seed=3, behaviour_dir=tmp_path / "a", progress=False)
 
     def kill_at_384(step: int, metrics: dict[str, float]) -> None:
         if step == 384:
             raise _Killed
 
     with pytest.raises(_Killed):
-        train_mappo("3m", TINY, 3, tmp_path / "b", on_metrics=kill_at_384, progress=False)
-    resumed = train_mappo("3m", TINY, seed=3, behaviour_dir=tmp_path / "b", progress=False)
+        train_mappo("3m", cfg, 3, tmp_path / "b", on_metrics=kill_at_384, progress=False)
+    resumed = train_mappo("3m", cfg, seed=3, behaviour_dir=tmp_path / "b", progress=False)
     assert resumed.stats["resumed_from"] == 384
     assert [s["step"] for s in resumed.snapshots] == [0, 192, 384, 576]
     for a, b in zip(whole.snapshots, resumed.snapshots, strict=True):
@@ -127,7 +133,7 @@ def test_resume_gives_the_uninterrupted_parameters(tmp_path: Path) -> None:
         for name, tensor in a["policy"].items():
             torch.testing.assert_close(tensor, b["policy"][name], rtol=0, atol=0)
     # Other settings (here: snapshots, which compile nothing new): the checkpoint is not reused.
-    other = TINY.model_copy(update={"snapshot_every": 384})
+    other = cfg.model_copy(update={"snapshot_every": 384})
     assert train_mappo("3m", other, 3, tmp_path / "b", progress=False).stats["resumed_from"] == 0
 
 
@@ -143,12 +149,70 @@ def test_tier_policy_files_match_the_actor(tmp_path: Path, learner: MappoLearner
     obs = rng.standard_normal((8, 3, 75)).astype(np.float32)
     avail = rng.random((8, 3, 8)) < 0.5
     avail[..., 4] = True
-    logits = np.asarray(learner.policy_logits(ts.params["actor"], jnp.asarray(obs), avail))
+    _, logits = learner.policy_step(
+        ts.params["actor"], ts.hidden[:1], jnp.asarray(obs), avail, jnp.ones(8, bool)
+    )
+    logits = np.asarray(logits)
     noise = np.random.default_rng(2).gumbel(size=logits.shape)
     expected = np.where(avail, logits + noise, -np.inf).argmax(-1)
     _, replay = load_tier_policy(tmp_path / "good.pt", np.random.default_rng(2))
     policy, _ = load_tier_policy(tmp_path / "good.pt", np.random.default_rng(2))
     np.testing.assert_array_equal(policy(obs, avail, 0), expected)
+
+
+def test_recurrent_actor_carries_its_state_and_restarts_it() -> None:
+    learner = learner_for("3m", TINY_GRU)
+    ts = learner.init(jax.random.PRNGKey(0))
+    assert ts.hidden.shape == (4, 3, 16)
+    ts, traj = learner.rollout(ts)
+    assert np.asarray(traj.start)[0].all()  # fresh episodes
+    for _ in range(6):  # on to a rollout in which episodes end and restart (3m: ~30 steps)
+        ts, traj = learner.rollout(ts)
+        if np.asarray(traj.start)[1:].any():
+            break
+    start, hidden = np.asarray(traj.start), np.asarray(traj.hidden)
+    assert start[1:].any()
+    ended = np.asarray(traj.terminated | traj.truncated)
+    np.testing.assert_array_equal(start[1:], ended[:-1])  # a start follows every end
+    assert np.abs(hidden[1:][~start[1:]]).max() > 0  # a state is carried within an episode
+    # Replayed through time from the rollout's first state (the update's path), the actor
+    # gives the probabilities it acted with.
+    logits = learner.sequence_logits(
+        ts.params["actor"], traj.hidden[0], traj.obs, traj.avail, traj.start
+    )
+    logp = jnp.take_along_axis(jax.nn.log_softmax(logits), traj.actions[..., None], -1)[..., 0]
+    np.testing.assert_allclose(np.asarray(logp), np.asarray(traj.logp), atol=1e-5)
+    # Without the carried state (every step a fresh start) the logits change: it is used.
+    fresh = learner.sequence_logits(
+        ts.params["actor"], traj.hidden[0], traj.obs, traj.avail, jnp.ones_like(traj.start)
+    )
+    assert not np.allclose(np.asarray(fresh), np.asarray(logits), atol=1e-3)
+
+
+def test_recurrent_tier_policy_replays_the_actor(tmp_path: Path) -> None:
+    learner = learner_for("3m", TINY_GRU)
+    ts = learner.init(jax.random.PRNGKey(5))
+    # A trained-like state: perturb the (near-uniform) initial logits head.
+    params = jax.tree.map(lambda x: x * 3.0, ts.params["actor"])
+    meta = {**policy_meta(learner, 0), "tier": "good"}
+    save_tier_policy(tmp_path / "good.pt", policy_weights(params), meta)
+    rng = np.random.default_rng(1)
+    steps, episodes = 6, 5
+    obs = rng.standard_normal((steps, episodes, 3, 75)).astype(np.float32)
+    avail = rng.random((steps, episodes, 3, 8)) < 0.6
+    avail[..., 1] = True
+    starts = np.zeros((steps, episodes), bool)
+    starts[0] = True
+    hidden0 = jnp.zeros((episodes, 3, 16))
+    logits = np.asarray(
+        learner.sequence_logits(params, hidden0, jnp.asarray(obs), avail, jnp.asarray(starts))
+    )
+    noise = np.random.default_rng(2)
+    policy, _ = load_tier_policy(tmp_path / "good.pt", np.random.default_rng(2))
+    for _ in range(2):  # a second batch of episodes restarts the state at t == 0
+        for t in range(steps):
+            expected = np.where(avail[t], logits[t] + noise.gumbel(size=logits[t].shape), -np.inf)
+            np.testing.assert_array_equal(policy(obs[t], avail[t], t), expected.argmax(-1))
 
 
 def test_sb3_weights_give_maskable_ppo_logits() -> None:

@@ -58,10 +58,12 @@ __all__ = [
     "MappoRun",
     "SmaxTrainEnv",
     "actor_input",
+    "gru_update",
     "learner_for",
     "load_tier_policies",
     "load_tier_policy",
     "numpy_policy",
+    "policy_meta",
     "policy_weights",
     "read_tier_policy",
     "run_fingerprint",
@@ -94,16 +96,36 @@ def _dense(width: int, scale: float, name: str) -> nn.Dense:
 
 
 class Actor(nn.Module):
-    """Shared policy MLP: actor input (..., O + A) -> logits (..., N) (unmasked)."""
+    """Shared policy: (hidden (..., H), actor input (..., O + A)) -> (hidden', logits (..., N))
+    (unmasked). With ``rnn`` > 0 a GRU of that width follows the first hidden layer (as
+    JaxMARL's recurrent SMAX actors); with ``rnn`` = 0 it is an MLP and the hidden state is an
+    empty array, passed through."""
 
     hidden: tuple[int, ...]
     num_actions: int
+    rnn: int = 0
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, h: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         for i, width in enumerate(self.hidden):
             x = nn.relu(_dense(width, math.sqrt(2.0), f"hidden_{i}")(x))
-        return _dense(self.num_actions, 0.01, "logits")(x)
+            if i == 0 and self.rnn:
+                gx = _dense(3 * self.rnn, 1.0, "gru_x")(x)
+                gh = _dense(3 * self.rnn, 1.0, "gru_h")(h)
+                h = x = gru_update(gx, gh, h)
+        return h, _dense(self.num_actions, 0.01, "logits")(x)
+
+
+def gru_update(gx: Any, gh: Any, h: Any) -> Any:
+    """A GRU cell's new state from its input and hidden projections (reset, update, new
+    gates, in that order; PyTorch's equations). Numpy or jax, so the tier policies use it."""
+    xp: Any = jnp if isinstance(h, jax.Array) else np
+    xr, xz, xn = xp.split(gx, 3, axis=-1)
+    hr, hz, hn = xp.split(gh, 3, axis=-1)
+    r = 1.0 / (1.0 + xp.exp(-(xr + hr)))
+    z = 1.0 / (1.0 + xp.exp(-(xz + hz)))
+    n = xp.tanh(xn + r * hn)
+    return (1.0 - z) * n + z * h
 
 
 class Critic(nn.Module):
@@ -157,6 +179,10 @@ class SmaxTrainEnv:
             jnp.stack([avail[a] for a in self.agents]).astype(bool),
             self.env.get_world_state(state).astype(jnp.float32),
         )
+
+    def starts(self, state: Any) -> jax.Array:
+        """Whether the episode is at its first step (fresh, or reset after an end)."""
+        return cast(jax.Array, state.state.step == 0)
 
     def reset(self, key: jax.Array) -> Any:
         _, state = self.env.reset(key)
@@ -225,6 +251,7 @@ class TrainState:
     vnorm: ValueNorm
     env_state: Any  # (B, ...) SMAX states of the episodes in flight
     ep_return: jax.Array  # (B,) return so far of each episode in flight
+    hidden: jax.Array  # (B, A, H) the actor's state in each episode in flight (H = 0: an MLP)
     key: jax.Array
     update: jax.Array  # updates done
 
@@ -244,10 +271,14 @@ class _Traj(NamedTuple):
     won: jax.Array  # (T, B)
     end_world: jax.Array  # (T, B, S)
     ep_return: jax.Array  # (T, B) return of the episode that ended at this step, else 0
+    start: jax.Array  # (T, B) the step starts an episode (the actor's state was reset)
+    hidden: jax.Array  # (T, B, A, H) the actor's state carried into the step (reset if start)
 
 
 class _Batch(NamedTuple):
-    """Training samples, one row per team step: (N, ...)."""
+    """Training samples, time-major (T, B, ...): a feed-forward actor's minibatches are drawn
+    from all T * B team steps, a recurrent actor's from whole episode slots (B), replayed
+    through time from the state each slot's rollout began with."""
 
     obs: jax.Array
     avail: jax.Array
@@ -257,6 +288,8 @@ class _Batch(NamedTuple):
     value: jax.Array
     advantage: jax.Array
     target: jax.Array  # normalised value target
+    start: jax.Array
+    hidden: jax.Array
 
 
 # --------------------------------------------------------------------------- learner
@@ -270,15 +303,16 @@ class MappoLearner:
         self.env = SmaxTrainEnv(map_name)
         spec = self.env.spec
         self.num_agents, self.num_actions = spec.num_agents, spec.num_actions
-        self.actor = Actor(tuple(cfg.net_arch), spec.num_actions)
+        self.actor = Actor(tuple(cfg.net_arch), spec.num_actions, cfg.actor_rnn)
+        self.recurrent = cfg.actor_rnn > 0
         self.critic = Critic(tuple(cfg.critic_arch))
         self.agent_steps_per_update = cfg.n_envs * cfg.n_steps * spec.num_agents
         self.num_updates = -(-cfg.total_steps // self.agent_steps_per_update)  # ceil
         team_steps = cfg.n_envs * cfg.n_steps
-        self.num_minibatches = max(
-            1, min(team_steps, self.agent_steps_per_update // cfg.batch_size)
-        )
-        self.minibatch = team_steps // self.num_minibatches
+        # A recurrent actor learns from whole episode slots: its minibatches split the B slots.
+        rows = cfg.n_envs if self.recurrent else team_steps
+        self.num_minibatches = max(1, min(rows, self.agent_steps_per_update // cfg.batch_size))
+        self.minibatch = rows // self.num_minibatches
         lr: Any = cfg.learning_rate
         if cfg.anneal_lr:
             total = self.num_updates * cfg.n_epochs * self.num_minibatches
@@ -305,7 +339,9 @@ class MappoLearner:
         spec = self.env.spec
         params = {
             "actor": self.actor.init(
-                k_actor, jnp.zeros((1, spec.obs_dim + spec.num_agents), jnp.float32)
+                k_actor,
+                jnp.zeros((1, self.cfg.actor_rnn), jnp.float32),
+                jnp.zeros((1, spec.obs_dim + spec.num_agents), jnp.float32),
             ),
             "critic": self.critic.init(k_critic, jnp.zeros((1, self.env.world_dim), jnp.float32)),
         }
@@ -316,13 +352,37 @@ class MappoLearner:
             vnorm=ValueNorm.create(),
             env_state=env_state,
             ep_return=jnp.zeros(self.cfg.n_envs, jnp.float32),
+            hidden=jnp.zeros((self.cfg.n_envs, spec.num_agents, self.cfg.actor_rnn), jnp.float32),
             key=key,
             update=jnp.zeros((), jnp.int32),
         )
 
-    def policy_logits(self, actor_params: Any, obs: jax.Array, avail: jax.Array) -> jax.Array:
-        """Masked logits (..., A, N) of the shared actor."""
-        return _masked(cast(jax.Array, self.actor.apply(actor_params, actor_input(obs))), avail)
+    def policy_step(
+        self,
+        actor_params: Any,
+        hidden: jax.Array,
+        obs: jax.Array,
+        avail: jax.Array,
+        start: jax.Array,
+    ) -> tuple[jax.Array, jax.Array]:
+        """One step of the shared actor: (its new state (..., A, H), masked logits
+        (..., A, N)) from its state, which restarts from zeros where ``start`` (...)."""
+        hidden = jnp.where(start[..., None, None], 0.0, hidden)
+        out = self.actor.apply(actor_params, hidden, actor_input(obs))
+        hidden, logits = cast(tuple[jax.Array, jax.Array], out)
+        return hidden, _masked(logits, avail)
+
+    def sequence_logits(
+        self, actor_params: Any, hidden: jax.Array, obs: jax.Array, avail: jax.Array,
+        start: jax.Array,
+    ) -> jax.Array:  # fmt: skip
+        """Masked logits (T, ..., A, N) of steps (T, ...) acted in order from ``hidden``
+        (..., A, H), the state before the first step."""
+
+        def step(h: jax.Array, x: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
+            return self.policy_step(actor_params, h, *x)
+
+        return jax.lax.scan(step, hidden, (obs, avail, start))[1]
 
     def value(self, critic_params: Any, world: jax.Array) -> jax.Array:
         """The critic's team value (...) of world states (..., S), in normalised units."""
@@ -340,10 +400,11 @@ class MappoLearner:
         step_env = jax.vmap(self.env.step)
 
         def step(carry: tuple[Any, ...], _: None) -> tuple[tuple[Any, ...], _Traj]:
-            env_state, ep_return, key = carry
+            env_state, ep_return, hidden, key = carry
             key, k_act, k_env = jax.random.split(key, 3)
             obs, avail, world = jax.vmap(self.env.observe)(env_state)
-            logits = self.policy_logits(ts.params["actor"], obs, avail)  # (B, A, N)
+            start = jax.vmap(self.env.starts)(env_state)
+            new_hidden, logits = self.policy_step(ts.params["actor"], hidden, obs, avail, start)
             actions = jax.random.categorical(k_act, logits)  # (B, A)
             logp = jnp.take_along_axis(jax.nn.log_softmax(logits), actions[..., None], -1)
             value = self.value(ts.params["critic"], world)  # (B,) normalised
@@ -354,13 +415,15 @@ class MappoLearner:
             done = term | trunc
             out = _Traj(
                 obs, avail, world, actions, logp[..., 0], value, reward, term, trunc, won,
-                end_world, jnp.where(done, ep_return, 0.0),
+                end_world, jnp.where(done, ep_return, 0.0), start, hidden,
             )  # fmt: skip
-            return (env_state, jnp.where(done, 0.0, ep_return), key), out
+            return (env_state, jnp.where(done, 0.0, ep_return), new_hidden, key), out
 
-        carry = (ts.env_state, ts.ep_return, ts.key)
-        (env_state, ep_return, key), traj = jax.lax.scan(step, carry, None, self.cfg.n_steps)
-        return replace(ts, env_state=env_state, ep_return=ep_return, key=key), traj
+        carry = (ts.env_state, ts.ep_return, ts.hidden, ts.key)
+        (env_state, ep_return, hidden, key), traj = jax.lax.scan(
+            step, carry, None, self.cfg.n_steps
+        )
+        return replace(ts, env_state=env_state, ep_return=ep_return, hidden=hidden, key=key), traj
 
     def _advantages(self, ts: TrainState, traj: _Traj) -> tuple[jax.Array, jax.Array]:
         """GAE (T, B) and value targets (T, B), in return units."""
@@ -385,21 +448,24 @@ class MappoLearner:
     # ------------------------------------------------------------------ update
     def _loss(self, params: Any, mb: _Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
         cfg = self.cfg
-        logits = self.policy_logits(params["actor"], mb.obs, mb.avail)  # (M, A, N)
-        logp_all = jax.nn.log_softmax(logits)
-        logp = jnp.take_along_axis(logp_all, mb.actions[..., None], -1)[..., 0]  # (M, A)
+        if self.recurrent:  # mb: (T, M) steps of M episode slots
+            logits = self.sequence_logits(params["actor"], mb.hidden[0], mb.obs, mb.avail, mb.start)
+        else:  # mb: (M,) team steps
+            logits = self.policy_step(params["actor"], mb.hidden, mb.obs, mb.avail, mb.start)[1]
+        logp_all = jax.nn.log_softmax(logits)  # (..., A, N)
+        logp = jnp.take_along_axis(logp_all, mb.actions[..., None], -1)[..., 0]  # (..., A)
         # Dead allies have one action (stop) and no choice: MAPPO's active masks leave them out.
         active = (mb.avail.sum(-1) > 1).astype(jnp.float32)
         n_active = jnp.maximum(active.sum(), 1.0)
         adv = (mb.advantage - mb.advantage.mean()) / (mb.advantage.std() + 1e-8)
         ratio = jnp.exp(logp - mb.logp)
         clipped = jnp.clip(ratio, 1 - cfg.clip_range, 1 + cfg.clip_range)
-        pg = -jnp.minimum(ratio * adv[:, None], clipped * adv[:, None])
+        pg = -jnp.minimum(ratio * adv[..., None], clipped * adv[..., None])
         pg_loss = (pg * active).sum() / n_active
         probs = jnp.exp(logp_all)
         entropy = -jnp.where(mb.avail, probs * logp_all, 0.0).sum(-1)
         entropy = (entropy * active).sum() / n_active
-        v = self.value(params["critic"], mb.world)  # (M,) normalised
+        v = self.value(params["critic"], mb.world)  # (...) normalised
         v_loss = (v - mb.target) ** 2
         if cfg.value_clip:
             v_clip = mb.value + jnp.clip(v - mb.value, -cfg.clip_range, cfg.clip_range)
@@ -416,11 +482,24 @@ class MappoLearner:
 
     def _epoch(self, ts: TrainState, batch: _Batch, key: jax.Array) -> tuple[TrainState, Any]:
         n, m = self.num_minibatches, self.minibatch
-        perm = jax.random.permutation(key, batch.obs.shape[0])[: n * m].reshape(n, m)
+        if self.recurrent:  # whole slots, time-major: (T, m, ...) minibatches
+
+            def pick(x: jax.Array, idx: jax.Array) -> jax.Array:
+                return x[:, idx]
+
+        else:  # single team steps: (m, ...) minibatches
+            t, b = batch.obs.shape[:2]  # not -1: an MLP's hidden state is empty
+            batch = jax.tree.map(lambda x: x.reshape(t * b, *x.shape[2:]), batch)
+
+            def pick(x: jax.Array, idx: jax.Array) -> jax.Array:
+                return x[idx]
+
+        rows = batch.obs.shape[1 if self.recurrent else 0]
+        perm = jax.random.permutation(key, rows)[: n * m].reshape(n, m)
         grad_fn = jax.value_and_grad(self._loss, has_aux=True)
 
         def minibatch(ts: TrainState, idx: jax.Array) -> tuple[TrainState, Any]:
-            mb = jax.tree.map(lambda x: x[idx], batch)
+            mb = jax.tree.map(lambda x: pick(x, idx), batch)
             (_, info), grads = grad_fn(ts.params, mb)
             params, opt_state = {}, {}
             for name in ("actor", "critic"):  # one optimiser each, as MAPPO
@@ -439,19 +518,10 @@ class MappoLearner:
             mean, std = ts.vnorm.stats()
             target = (target - mean) / std
 
-        def flat(x: jax.Array) -> jax.Array:
-            return x.reshape(-1, *x.shape[2:])  # (T, B, ...) -> (T * B, ...)
-
         batch = _Batch(
-            obs=flat(traj.obs),
-            avail=flat(traj.avail),
-            world=flat(traj.world),
-            actions=flat(traj.actions),
-            logp=flat(traj.logp),
-            value=flat(traj.value),
-            advantage=flat(adv),
-            target=flat(target),
-        )
+            traj.obs, traj.avail, traj.world, traj.actions, traj.logp, traj.value, adv, target,
+            traj.start, traj.hidden,
+        )  # fmt: skip
         key, k_epochs = jax.random.split(ts.key)
         ts = replace(ts, key=key)
         ts, info = jax.lax.scan(
@@ -475,19 +545,22 @@ class MappoLearner:
         zeros = jnp.zeros(episodes)
 
         def step(carry: tuple[Any, ...], _: None) -> tuple[tuple[Any, ...], None]:
-            state, alive, ret, won, key = carry
+            state, hidden, alive, ret, won, key = carry
             key, k_act, k_env = jax.random.split(key, 3)
             obs, avail, _world = jax.vmap(self.env.observe)(state)
-            actions = jax.random.categorical(k_act, self.policy_logits(actor_params, obs, avail))
+            start = jax.vmap(self.env.starts)(state)
+            hidden, logits = self.policy_step(actor_params, hidden, obs, avail, start)
+            actions = jax.random.categorical(k_act, logits)
             state, reward, term, trunc, w, _end = jax.vmap(self.env.step)(
                 jax.random.split(k_env, episodes), state, actions
             )
             ret = ret + jnp.where(alive, reward, 0.0)
             won = won | (alive & w)
-            return (state, alive & ~(term | trunc), ret, won, key), None
+            return (state, hidden, alive & ~(term | trunc), ret, won, key), None
 
-        carry = (state, zeros > -1, zeros, zeros > 0, key)
-        (_, _, ret, won, _), _ = jax.lax.scan(step, carry, None, self.env.spec.horizon)
+        hidden = jnp.zeros((episodes, self.num_agents, self.cfg.actor_rnn), jnp.float32)
+        carry = (state, hidden, zeros > -1, zeros, zeros > 0, key)
+        (_, _, _, ret, won, _), _ = jax.lax.scan(step, carry, None, self.env.spec.horizon)
         return won, ret
 
 
@@ -541,6 +614,8 @@ def policy_weights(actor_params: Any) -> dict[str, torch.Tensor]:
 def run_fingerprint(map_name: str, cfg: PpoConfig, seed: int) -> str:
     """What makes a MAPPO run a different one: the map, the training settings, the seed."""
     trained = cfg.model_dump(mode="json", exclude=set(_NOT_TRAINING))
+    if not trained["actor_rnn"]:
+        del trained["actor_rnn"]  # feed-forward: the fingerprints written before the GRU
     return json.dumps({"map": map_name, "budgets": trained, "seed": seed}, sort_keys=True)
 
 
@@ -559,8 +634,12 @@ def _restore(
     if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != fingerprint:
         log.warning("%s: checkpoint of other settings, starting over", path)
         return None
+    train = state["train"]
+    if "hidden" not in train and template.hidden.size == 0:
+        # Written before the recurrent actor: a feed-forward actor's state is empty.
+        train = {**train, "hidden": np.zeros(template.hidden.shape, np.float32)}
     try:
-        ts = _from_torch(template, state["train"])
+        ts = _from_torch(template, train)
     except (KeyError, ValueError) as err:
         log.warning("%s: inconsistent checkpoint (%s), starting over", path, err)
         return None
@@ -703,12 +782,15 @@ def train_mappo(
         "steps_per_s": steps / elapsed if elapsed > 0 and steps else 0.0,
         "env_steps_per_s": steps / learner.num_agents / elapsed if elapsed > 0 and steps else 0.0,
     }
-    return MappoRun(run.snapshots, stats, _policy_meta(learner, seed), run.log)
+    return MappoRun(run.snapshots, stats, policy_meta(learner, seed), run.log)
 
 
-def _policy_meta(learner: MappoLearner, seed: int) -> dict[str, Any]:
+def policy_meta(learner: MappoLearner, seed: int) -> dict[str, Any]:
+    """What a tier policy file records about the actor (:func:`numpy_policy` reads it)."""
     spec = learner.env.spec
+    recurrent = {"rnn": learner.cfg.actor_rnn} if learner.recurrent else {}
     return {
+        **recurrent,  # absent for an MLP, as in the files written before the GRU
         "learner": "mappo",
         "map": learner.map_name,
         "seed": seed,
@@ -734,26 +816,38 @@ def numpy_policy(
     meta: Mapping[str, Any],
     rng: np.random.Generator,
 ) -> MultiAgentPolicy:
-    """A tier policy: the actor MLP in numpy, actions sampled from its masked categorical
-    with noise from ``rng`` (Gumbel-max), so a rollout is reproducible from the seed alone."""
-    hidden = len(meta["net_arch"])
+    """A tier policy: the actor (:class:`Actor`) in numpy, actions sampled from its masked
+    categorical with noise from ``rng`` (Gumbel-max), so a rollout is reproducible from the
+    seed alone. A recurrent actor's state restarts at ``t == 0``: the episodes of a batch
+    start together (:func:`cmt.envs.smax.run_episodes`)."""
+    hidden, rnn = len(meta["net_arch"]), int(meta.get("rnn", 0))
     names = [f"hidden_{i}" for i in range(hidden)] + ["logits"]
-    layers = [
-        (
+    if rnn:
+        names += ["gru_x", "gru_h"]
+    layer = {
+        n: (
             np.asarray(weights[f"{n}.kernel"], np.float64),
             np.asarray(weights[f"{n}.bias"], np.float64),
         )
         for n in names
-    ]
+    }
     act_fn, agent_id = _ACTIVATIONS[meta["activation"]], bool(meta["agent_id"])
+    state: dict[str, np.ndarray] = {}
+
+    def dense(n: str, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x @ layer[n][0] + layer[n][1])
 
     def act(obs: np.ndarray, avail: np.ndarray, t: int) -> np.ndarray:
         x = actor_input(obs) if agent_id else obs
         x = np.asarray(x, np.float64)
-        for i, (w, b) in enumerate(layers):
-            x = x @ w + b
-            if i < hidden:
-                x = act_fn(x)
+        for i in range(hidden):
+            x = act_fn(dense(f"hidden_{i}", x))
+            if i == 0 and rnn:
+                if t == 0:
+                    state["h"] = np.zeros((*x.shape[:-1], rnn))
+                h = state["h"]
+                state["h"] = x = gru_update(dense("gru_x", x), dense("gru_h", h), h)
+        x = dense("logits", x)
         scores = x + rng.gumbel(size=x.shape)  # (B, A, N)
         return np.where(avail, scores, -np.inf).argmax(axis=-1).astype(np.int64)
 

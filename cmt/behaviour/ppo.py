@@ -202,7 +202,8 @@ one) or about whether collect trains at all: changing them reuses a finished run
 
 
 def _fingerprint(map_name: str, budgets: PpoConfig, seed: int) -> str:
-    trained = budgets.model_dump(mode="json", exclude=set(_NOT_TRAINING))
+    # actor_rnn is mappo's (always 0 here): left out, as in the fingerprints written before it.
+    trained = budgets.model_dump(mode="json", exclude={*_NOT_TRAINING, "actor_rnn"})
     return json.dumps({"map": map_name, "budgets": trained, "seed": seed}, sort_keys=True)
 
 
