@@ -22,13 +22,14 @@ from cmt.behaviour.mappo import (
     numpy_policy,
     policy_meta,
     policy_weights,
+    run_fingerprint,
     save_tier_policy,
     sb3_policy_weights,
     train_mappo,
 )
 from cmt.behaviour.ppo import TIERS, build_smax_datasets, record_tier
 from cmt.behaviour.rollout import seed_from
-from cmt.checkpoint import load_sealed
+from cmt.checkpoint import atomic_torch_save, load_sealed
 from cmt.data.hdf5 import read_hdf5
 from cmt.envs.smax import run_episodes, smax_map
 from cmt.sections import PpoConfig
@@ -158,6 +159,21 @@ def test_tier_policy_files_match_the_actor(tmp_path: Path, learner: MappoLearner
     _, replay = load_tier_policy(tmp_path / "good.pt", np.random.default_rng(2))
     policy, _ = load_tier_policy(tmp_path / "good.pt", np.random.default_rng(2))
     np.testing.assert_array_equal(policy(obs, avail, 0), expected)
+
+
+def test_recurrent_actor_settings_are_checked_and_fingerprinted(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="only the mappo learner"):
+        PpoConfig(learner="maskable_ppo", actor_rnn=16)
+    # A feed-forward run keeps the fingerprint it had before the field existed (so committed
+    # policies still match); a recurrent one is another run.
+    assert "actor_rnn" not in run_fingerprint("3m", TINY, 0)
+    assert '"actor_rnn": 16' in run_fingerprint("3m", TINY_GRU, 0)
+    # A checkpoint written before the recurrent actor (no hidden state) still resumes.
+    train_mappo("3m", TINY, 0, tmp_path, progress=False)
+    state = load_sealed(tmp_path / CHECKPOINT_FILE)
+    del state["train"]["hidden"]
+    atomic_torch_save(state, tmp_path / CHECKPOINT_FILE)
+    assert train_mappo("3m", TINY, 0, tmp_path, progress=False).stats["resumed_from"] == 576
 
 
 def test_recurrent_actor_carries_its_state_and_restarts_it() -> None:
