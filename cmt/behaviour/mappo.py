@@ -2,7 +2,8 @@
 
 * **Actor**: one MLP shared by all allies, over the ally's own SMAX observation plus a one-hot
   of its index (:func:`actor_input`); logits of unavailable actions are masked out, so an
-  illegal action is never drawn.
+  illegal action is never drawn. With ``actor_rnn`` > 0 a GRU follows its first hidden layer,
+  its state carried through each episode; the update then replays whole episode slots.
 * **Centralised critic**: one team value per episode from SMAX's world state (every unit's
   health, position, cooldown and type, seen by an ally or not), as MAPPO (Yu et al. 2022);
   the team reward is shared, so one value per team is all the agents need.
