@@ -117,10 +117,16 @@ class Actor(nn.Module):
         return h, _dense(self.num_actions, 0.01, "logits")(x)
 
 
+def _array_module(x: Any) -> Any:
+    """jax.numpy for jax arrays (tracers included), numpy otherwise: the actor's pieces run in
+    both (training in jax, the tier policies in numpy)."""
+    return jnp if isinstance(x, jax.Array) else np
+
+
 def gru_update(gx: Any, gh: Any, h: Any) -> Any:
     """A GRU cell's new state from its input and hidden projections (reset, update, new
     gates, in that order; PyTorch's equations). Numpy or jax, so the tier policies use it."""
-    xp: Any = jnp if isinstance(h, jax.Array) else np
+    xp = _array_module(h)
     xr, xz, xn = xp.split(gx, 3, axis=-1)
     hr, hz, hn = xp.split(gh, 3, axis=-1)
     r = 1.0 / (1.0 + xp.exp(-(xr + hr)))
@@ -145,7 +151,7 @@ def actor_input(obs: jax.Array | np.ndarray) -> Any:
     """Each ally's observation with its agent one-hot appended: (..., A, O) -> (..., A, O + A).
 
     Works on numpy and jax arrays alike (the tier policies run in numpy)."""
-    xp: Any = jnp if isinstance(obs, jax.Array) else np
+    xp = _array_module(obs)
     a = obs.shape[-2]
     one_hot = xp.broadcast_to(xp.eye(a, dtype=obs.dtype), (*obs.shape[:-2], a, a))
     return xp.concatenate([obs, one_hot], axis=-1)
@@ -374,9 +380,13 @@ class MappoLearner:
         return hidden, _masked(logits, avail)
 
     def sequence_logits(
-        self, actor_params: Any, hidden: jax.Array, obs: jax.Array, avail: jax.Array,
+        self,
+        actor_params: Any,
+        hidden: jax.Array,
+        obs: jax.Array,
+        avail: jax.Array,
         start: jax.Array,
-    ) -> jax.Array:  # fmt: skip
+    ) -> jax.Array:
         """Masked logits (T, ..., A, N) of steps (T, ...) acted in order from ``hidden``
         (..., A, H), the state before the first step."""
 
