@@ -201,6 +201,12 @@ class PpoConfig(Section):
         description="mappo: hidden widths of the centralised critic (on SMAX's world state); "
         "net_arch is the actor's.",
     )
+    critic_state: Literal["world", "agent"] = Field(
+        "world",
+        description="mappo: the critic's input: 'world' (SMAX's world state: one team value) "
+        "or 'agent' (MAPPO's agent-specific state: the world state, the ally's own "
+        "observation and its one-hot; one value per ally).",
+    )
     actor_rnn: int = Field(
         0,
         ge=0,
@@ -236,6 +242,8 @@ class PpoConfig(Section):
     def _consistent(self) -> PpoConfig:
         if self.actor_rnn and self.learner != "mappo":
             raise ValueError("actor_rnn: only the mappo learner has a recurrent actor")
+        if self.critic_state != "world" and self.learner != "mappo":
+            raise ValueError("critic_state: only the mappo learner has a centralised critic")
         if 2 * self.snapshot_every > self.total_steps:
             # Poor (the first snapshot), Medium and Good must be distinct snapshots.
             raise ValueError(

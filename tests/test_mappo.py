@@ -88,7 +88,7 @@ def test_critic_sees_the_world_state(learner: MappoLearner) -> None:
     first = ts.params["critic"]["params"]["hidden_0"]["kernel"]
     assert first.shape == (env.world_dim, 32)  # the critic's input is the world state
     _, traj = learner.rollout(ts)
-    assert traj.world.shape == (16, 4, env.world_dim) and traj.value.shape == (16, 4)
+    assert traj.critic_in.shape == (16, 4, env.world_dim) and traj.value.shape == (16, 4)
     # The actor sees the stored observation plus the agent one-hot, nothing else.
     x = actor_input(np.asarray(obs))
     np.testing.assert_array_equal(x[:, : spec.obs_dim], obs)
@@ -174,6 +174,39 @@ def test_recurrent_actor_settings_are_checked_and_fingerprinted(tmp_path: Path) 
     del state["train"]["hidden"]
     atomic_torch_save(state, tmp_path / CHECKPOINT_FILE)
     assert train_mappo("3m", TINY, 0, tmp_path, progress=False).stats["resumed_from"] == 576
+
+
+TINY_AGENT = TINY.model_copy(update={"critic_state": "agent"})
+
+
+def test_agent_specific_critic_values_each_ally(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="only the mappo learner"):
+        PpoConfig(learner="maskable_ppo", critic_state="agent")
+    # The world-state critic keeps the fingerprint it had before the field existed.
+    assert "critic_state" not in run_fingerprint("3m", TINY, 0)
+    assert '"critic_state": "agent"' in run_fingerprint("3m", TINY_AGENT, 0)
+    learner = learner_for("3m", TINY_AGENT)
+    s, o = learner.env.world_dim, smax_map("3m").obs_dim
+    ts = learner.init(jax.random.PRNGKey(0))
+    assert ts.params["critic"]["params"]["hidden_0"]["kernel"].shape == (s + o + 3, 32)
+    for _ in range(3):  # 48 steps: some episodes end and restart
+        ts, traj = learner.rollout(ts)
+    x, end = np.asarray(traj.critic_in), np.asarray(traj.end_critic)
+    assert x.shape == (16, 4, 3, s + o + 3) and traj.value.shape == (16, 4, 3)
+    # Each ally: the shared world state, then its own observation and its one-hot.
+    np.testing.assert_array_equal(x[..., 0, :s], x[..., 2, :s])
+    np.testing.assert_array_equal(x[..., s : s + o], np.asarray(traj.obs))
+    np.testing.assert_array_equal(x[..., s + o :], np.broadcast_to(np.eye(3), (16, 4, 3, 3)))
+    # The state at a step's end is the next step's input unless the episode ended there.
+    done = np.asarray(traj.terminated | traj.truncated)
+    assert done.any() and not done.all()
+    going = ~done[:-1]
+    np.testing.assert_allclose(end[:-1][going], x[1:][going], rtol=1e-6)
+    assert not np.allclose(end[:-1][~going], x[1:][~going])  # the end, not the fresh episode
+    adv, target = learner._advantages(ts, traj)
+    assert adv.shape == target.shape == (16, 4, 3) and np.isfinite(np.asarray(adv)).all()
+    run = train_mappo("3m", TINY_AGENT, 0, tmp_path, progress=False)
+    assert [s["step"] for s in run.snapshots] == [0, 192, 384, 576]
 
 
 def test_recurrent_actor_carries_its_state_and_restarts_it() -> None:

@@ -6,7 +6,9 @@
   its state carried through each episode; the update then replays whole episode slots.
 * **Centralised critic**: one team value per episode from SMAX's world state (every unit's
   health, position, cooldown and type, seen by an ally or not), as MAPPO (Yu et al. 2022);
-  the team reward is shared, so one value per team is all the agents need.
+  the team reward is shared, so one value per team is all the agents need. With
+  ``critic_state='agent'`` it is MAPPO's agent-specific state instead: the world state plus
+  the ally's own observation and one-hot, one value per ally (and per-ally GAE).
 * **Updates**: GAE over the team reward (bootstrapped through the time limit, cut at a
   wipe-out), clipped PPO for the actor, a clipped value loss on normalised targets (MAPPO's
   ValueNorm), Adam with global-norm clipping and an optionally annealed learning rate.
@@ -136,7 +138,7 @@ def gru_update(gx: Any, gh: Any, h: Any) -> Any:
 
 
 class Critic(nn.Module):
-    """Centralised value MLP: world state (..., S) -> team value (...) (normalised units)."""
+    """Centralised value MLP: critic state (..., S) -> value (...) (normalised units)."""
 
     hidden: tuple[int, ...]
 
@@ -206,18 +208,20 @@ class SmaxTrainEnv:
 
     def step(self, key: jax.Array, state: Any, actions: jax.Array) -> tuple[Any, ...]:
         """One step, then a fresh episode where this one ended: (state, reward, terminated,
-        truncated, won, world state of the step's end, before any reset)."""
+        truncated, won, world state and observations (A, O) of the step's end, before any
+        reset)."""
         k_step, k_reset = jax.random.split(key)
         _, nxt, rewards, _, _ = self.env.step_env(
             k_step, state, {a: actions[i] for i, a in enumerate(self.agents)}
         )
         term, trunc, won = self.outcome(nxt)
         end_world = self.env.get_world_state(nxt).astype(jnp.float32)
+        end_obs = self.observe(nxt)[0]  # jit drops it where unused (the world-state critic)
         fresh = self.reset(k_reset)
         done = term | trunc
         state = jax.tree.map(lambda f, n: jnp.where(done, f, n).astype(n.dtype), fresh, nxt)
         reward = rewards[self.agents[0]].astype(jnp.float32)  # the team reward
-        return state, reward, term, trunc, won, end_world
+        return state, reward, term, trunc, won, end_world, end_obs
 
 
 # --------------------------------------------------------------------------- learner state
@@ -268,15 +272,15 @@ class _Traj(NamedTuple):
 
     obs: jax.Array  # (T, B, A, O)
     avail: jax.Array  # (T, B, A, N)
-    world: jax.Array  # (T, B, S)
+    critic_in: jax.Array  # (T, B, S) world states, or (T, B, A, S') agent-specific states
     actions: jax.Array  # (T, B, A)
     logp: jax.Array  # (T, B, A)
-    value: jax.Array  # (T, B) normalised
+    value: jax.Array  # (T, B), or (T, B, A) with agent-specific states; normalised
     reward: jax.Array  # (T, B)
     terminated: jax.Array  # (T, B)
     truncated: jax.Array  # (T, B)
     won: jax.Array  # (T, B)
-    end_world: jax.Array  # (T, B, S)
+    end_critic: jax.Array  # the critic's input at the step's end (before any reset)
     ep_return: jax.Array  # (T, B) return of the episode that ended at this step, else 0
     start: jax.Array  # (T, B) the step starts an episode (the actor's state was reset)
     hidden: jax.Array  # (T, B, A, H) the actor's state carried into the step (reset if start)
@@ -289,7 +293,7 @@ class _Batch(NamedTuple):
 
     obs: jax.Array
     avail: jax.Array
-    world: jax.Array
+    critic_in: jax.Array
     actions: jax.Array
     logp: jax.Array
     value: jax.Array
@@ -313,6 +317,10 @@ class MappoLearner:
         self.actor = Actor(tuple(cfg.net_arch), spec.num_actions, cfg.actor_rnn)
         self.recurrent = cfg.actor_rnn > 0
         self.critic = Critic(tuple(cfg.critic_arch))
+        self.agent_critic = cfg.critic_state == "agent"
+        self.critic_dim = self.env.world_dim
+        if self.agent_critic:
+            self.critic_dim += spec.obs_dim + spec.num_agents
         self.agent_steps_per_update = cfg.n_envs * cfg.n_steps * spec.num_agents
         self.num_updates = -(-cfg.total_steps // self.agent_steps_per_update)  # ceil
         team_steps = cfg.n_envs * cfg.n_steps
@@ -350,7 +358,7 @@ class MappoLearner:
                 jnp.zeros((1, self.cfg.actor_rnn), jnp.float32),
                 jnp.zeros((1, spec.obs_dim + spec.num_agents), jnp.float32),
             ),
-            "critic": self.critic.init(k_critic, jnp.zeros((1, self.env.world_dim), jnp.float32)),
+            "critic": self.critic.init(k_critic, jnp.zeros((1, self.critic_dim), jnp.float32)),
         }
         env_state = jax.vmap(self.env.reset)(jax.random.split(k_env, self.cfg.n_envs))
         return TrainState(
@@ -395,13 +403,26 @@ class MappoLearner:
 
         return jax.lax.scan(step, hidden, (obs, avail, start))[1]
 
-    def value(self, critic_params: Any, world: jax.Array) -> jax.Array:
-        """The critic's team value (...) of world states (..., S), in normalised units."""
-        return cast(jax.Array, self.critic.apply(critic_params, world))
+    def critic_input(self, world: jax.Array, obs: jax.Array) -> jax.Array:
+        """The critic's input from world states (..., S) and observations (..., A, O): the
+        world states, or per ally (..., A, S + O + A) the world state, its observation and
+        its one-hot (MAPPO's agent-specific state)."""
+        if not self.agent_critic:
+            return world
+        shared = jnp.broadcast_to(world[..., None, :], (*obs.shape[:-1], world.shape[-1]))
+        return jnp.concatenate([shared, actor_input(obs)], axis=-1)
 
-    def _values(self, ts: TrainState, world: jax.Array) -> jax.Array:
+    def team(self, x: jax.Array) -> jax.Array:
+        """A per-team-step quantity (..., ) shaped as the critic's values: per ally or not."""
+        return x[..., None] if self.agent_critic else x
+
+    def value(self, critic_params: Any, critic_in: jax.Array) -> jax.Array:
+        """The critic's value of its inputs (``critic_input``), in normalised units."""
+        return cast(jax.Array, self.critic.apply(critic_params, critic_in))
+
+    def _values(self, ts: TrainState, critic_in: jax.Array) -> jax.Array:
         mean, std = ts.vnorm.stats()
-        v = self.value(ts.params["critic"], world)
+        v = self.value(ts.params["critic"], critic_in)
         return v * std + mean if self.cfg.value_norm else v
 
     # ------------------------------------------------------------------ rollout
@@ -418,15 +439,17 @@ class MappoLearner:
             new_hidden, logits = self.policy_step(ts.params["actor"], hidden, obs, avail, start)
             actions = jax.random.categorical(k_act, logits)  # (B, A)
             logp = jnp.take_along_axis(jax.nn.log_softmax(logits), actions[..., None], -1)
-            value = self.value(ts.params["critic"], world)  # (B,) normalised
-            env_state, reward, term, trunc, won, end_world = step_env(
+            critic_in = self.critic_input(world, obs)
+            value = self.value(ts.params["critic"], critic_in)  # (B,) or (B, A), normalised
+            env_state, reward, term, trunc, won, end_world, end_obs = step_env(
                 jax.random.split(k_env, b), env_state, actions
             )
             ep_return = ep_return + reward
             done = term | trunc
             out = _Traj(
-                obs, avail, world, actions, logp[..., 0], value, reward, term, trunc, won,
-                end_world, jnp.where(done, ep_return, 0.0), start, hidden,
+                obs, avail, critic_in, actions, logp[..., 0], value, reward, term, trunc, won,
+                self.critic_input(end_world, end_obs), jnp.where(done, ep_return, 0.0), start,
+                hidden,
             )  # fmt: skip
             return (env_state, jnp.where(done, 0.0, ep_return), new_hidden, key), out
 
@@ -437,16 +460,17 @@ class MappoLearner:
         return replace(ts, env_state=env_state, ep_return=ep_return, hidden=hidden, key=key), traj
 
     def _advantages(self, ts: TrainState, traj: _Traj) -> tuple[jax.Array, jax.Array]:
-        """GAE (T, B) and value targets (T, B), in return units."""
+        """GAE and value targets (T, B), or (T, B, A) per ally, in return units."""
         cfg = self.cfg
         mean, std = ts.vnorm.stats()
         value = traj.value * std + mean if cfg.value_norm else traj.value
         # The value after each step: of the next state, or of the step's end when the episode
         # ended there (its next state is a fresh episode's).
-        next_value = self._values(ts, traj.end_world)
-        done = traj.terminated | traj.truncated
+        next_value = self._values(ts, traj.end_critic)
+        reward, terminated = self.team(traj.reward), self.team(traj.terminated)
+        done = self.team(traj.terminated | traj.truncated)
         # A wipe-out has no future; the time limit does (SMAX's observation has no clock).
-        delta = traj.reward + cfg.gamma * next_value * (1.0 - traj.terminated) - value
+        delta = reward + cfg.gamma * next_value * (1.0 - terminated) - value
 
         def back(adv: jax.Array, x: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
             d, end = x
@@ -471,12 +495,14 @@ class MappoLearner:
         adv = (mb.advantage - mb.advantage.mean()) / (mb.advantage.std() + 1e-8)
         ratio = jnp.exp(logp - mb.logp)
         clipped = jnp.clip(ratio, 1 - cfg.clip_range, 1 + cfg.clip_range)
-        pg = -jnp.minimum(ratio * adv[..., None], clipped * adv[..., None])
+        if not self.agent_critic:
+            adv = adv[..., None]  # the team's advantage, for each ally
+        pg = -jnp.minimum(ratio * adv, clipped * adv)
         pg_loss = (pg * active).sum() / n_active
         probs = jnp.exp(logp_all)
         entropy = -jnp.where(mb.avail, probs * logp_all, 0.0).sum(-1)
         entropy = (entropy * active).sum() / n_active
-        v = self.value(params["critic"], mb.world)  # (...) normalised
+        v = self.value(params["critic"], mb.critic_in)  # (...) or (..., A), normalised
         v_loss = (v - mb.target) ** 2
         if cfg.value_clip:
             v_clip = mb.value + jnp.clip(v - mb.value, -cfg.clip_range, cfg.clip_range)
@@ -530,7 +556,7 @@ class MappoLearner:
             target = (target - mean) / std
 
         batch = _Batch(
-            traj.obs, traj.avail, traj.world, traj.actions, traj.logp, traj.value, adv, target,
+            traj.obs, traj.avail, traj.critic_in, traj.actions, traj.logp, traj.value, adv, target,
             traj.start, traj.hidden,
         )  # fmt: skip
         key, k_epochs = jax.random.split(ts.key)
@@ -562,7 +588,7 @@ class MappoLearner:
             start = jax.vmap(self.env.starts)(state)
             hidden, logits = self.policy_step(actor_params, hidden, obs, avail, start)
             actions = jax.random.categorical(k_act, logits)
-            state, reward, term, trunc, w, _end = jax.vmap(self.env.step)(
+            state, reward, term, trunc, w, *_end = jax.vmap(self.env.step)(
                 jax.random.split(k_env, episodes), state, actions
             )
             ret = ret + jnp.where(alive, reward, 0.0)
@@ -627,6 +653,8 @@ def run_fingerprint(map_name: str, cfg: PpoConfig, seed: int) -> str:
     trained = cfg.model_dump(mode="json", exclude=set(_NOT_TRAINING))
     if not trained["actor_rnn"]:
         del trained["actor_rnn"]  # feed-forward: the fingerprints written before the GRU
+    if trained["critic_state"] == "world":
+        del trained["critic_state"]  # as the fingerprints written before agent-specific states
     return json.dumps({"map": map_name, "budgets": trained, "seed": seed}, sort_keys=True)
 
 

@@ -202,8 +202,10 @@ one) or about whether collect trains at all: changing them reuses a finished run
 
 
 def _fingerprint(map_name: str, budgets: PpoConfig, seed: int) -> str:
-    # actor_rnn is mappo's (always 0 here): left out, as in the fingerprints written before it.
-    trained = budgets.model_dump(mode="json", exclude={*_NOT_TRAINING, "actor_rnn"})
+    # actor_rnn and critic_state are mappo's (always their defaults here): left out, as in the
+    # fingerprints written before them.
+    mappo_only = {"actor_rnn", "critic_state"}
+    trained = budgets.model_dump(mode="json", exclude={*_NOT_TRAINING, *mappo_only})
     return json.dumps({"map": map_name, "budgets": trained, "seed": seed}, sort_keys=True)
 
 
