@@ -135,6 +135,11 @@ class SacConfig(Section):
         return self
 
 
+MAPPO_FIELDS_ADDED_LATER = {"actor_rnn": 0, "critic_state": "world"}
+"""MAPPO settings added after runs were committed, with the value those runs had: left out of
+the learners' fingerprints at that value, so the committed runs still match."""
+
+
 class PpoConfig(Section):
     """Parameter-shared PPO behaviour policies of the SMAX benchmark (docs/smax.md), by one of
     two learners: ``mappo`` (``cmt/behaviour/mappo.py``: JAX end to end, a centralised critic

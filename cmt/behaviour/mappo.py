@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from cmt.behaviour.rollout import random_streams, seed_from
 from cmt.checkpoint import CheckpointError, atomic_torch_save, load_sealed
 from cmt.envs.smax import MultiAgentPolicy, make_smax, smax_map
-from cmt.sections import PpoConfig
+from cmt.sections import MAPPO_FIELDS_ADDED_LATER, PpoConfig
 
 log = logging.getLogger(__name__)
 
@@ -651,10 +651,9 @@ def policy_weights(actor_params: Any) -> dict[str, torch.Tensor]:
 def run_fingerprint(map_name: str, cfg: PpoConfig, seed: int) -> str:
     """What makes a MAPPO run a different one: the map, the training settings, the seed."""
     trained = cfg.model_dump(mode="json", exclude=set(_NOT_TRAINING))
-    if not trained["actor_rnn"]:
-        del trained["actor_rnn"]  # feed-forward: the fingerprints written before the GRU
-    if trained["critic_state"] == "world":
-        del trained["critic_state"]  # as the fingerprints written before agent-specific states
+    for name, before in MAPPO_FIELDS_ADDED_LATER.items():
+        if trained[name] == before:
+            del trained[name]
     return json.dumps({"map": map_name, "budgets": trained, "seed": seed}, sort_keys=True)
 
 

@@ -51,7 +51,7 @@ from cmt.envs.smax import (
     run_episodes,
     smax_map,
 )
-from cmt.sections import PpoConfig
+from cmt.sections import MAPPO_FIELDS_ADDED_LATER, PpoConfig
 
 log = logging.getLogger(__name__)
 
@@ -202,10 +202,8 @@ one) or about whether collect trains at all: changing them reuses a finished run
 
 
 def _fingerprint(map_name: str, budgets: PpoConfig, seed: int) -> str:
-    # actor_rnn and critic_state are mappo's (always their defaults here): left out, as in the
-    # fingerprints written before them.
-    mappo_only = {"actor_rnn", "critic_state"}
-    trained = budgets.model_dump(mode="json", exclude={*_NOT_TRAINING, *mappo_only})
+    # MAPPO's later fields are always at their defaults here: left out, as before they existed.
+    trained = budgets.model_dump(mode="json", exclude={*_NOT_TRAINING, *MAPPO_FIELDS_ADDED_LATER})
     return json.dumps({"map": map_name, "budgets": trained, "seed": seed}, sort_keys=True)
 
 
