@@ -135,7 +135,7 @@ class SacConfig(Section):
         return self
 
 
-MAPPO_FIELDS_ADDED_LATER = {"actor_rnn": 0, "critic_state": "world"}
+MAPPO_FIELDS_ADDED_LATER = {"actor_rnn": 0, "critic_state": "world", "train_win_bonus": 1.0}
 """MAPPO settings added after runs were committed, with the value those runs had: left out of
 the learners' fingerprints at that value, so the committed runs still match."""
 
@@ -219,6 +219,13 @@ class PpoConfig(Section):
         "carried through each episode (0: a feed-forward actor). The tier policies carry it "
         "too.",
     )
+    train_win_bonus: float = Field(
+        1.0,
+        ge=0.0,
+        description="mappo: the bonus for a won episode in the reward the learner trains on "
+        "(SMAX's own is 1). Only training sees it: snapshots, tiers and datasets keep SMAX's "
+        "reward.",
+    )
     vf_coef: float = Field(0.5, ge=0.0, description="mappo: weight of the value loss.")
     max_grad_norm: float = Field(
         0.5, gt=0.0, description="mappo: global gradient-norm clip of each network."
@@ -249,6 +256,8 @@ class PpoConfig(Section):
             raise ValueError("actor_rnn: only the mappo learner has a recurrent actor")
         if self.critic_state != "world" and self.learner != "mappo":
             raise ValueError("critic_state: only the mappo learner has a centralised critic")
+        if self.train_win_bonus != 1.0 and self.learner != "mappo":
+            raise ValueError("train_win_bonus: only the mappo learner reshapes its reward")
         if 2 * self.snapshot_every > self.total_steps:
             # Poor (the first snapshot), Medium and Good must be distinct snapshots.
             raise ValueError(

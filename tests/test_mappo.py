@@ -333,3 +333,27 @@ _RNG = np.random.default_rng(0)
 
 def _random(avail: np.ndarray) -> np.ndarray:
     return (_RNG.random(avail.shape) * avail).argmax(-1)
+
+
+def test_training_win_bonus_reshapes_only_the_reward_trained_on() -> None:
+    with pytest.raises(ValueError, match="only the mappo learner"):
+        PpoConfig(learner="maskable_ppo", train_win_bonus=5.0)
+    assert "train_win_bonus" not in run_fingerprint("3m", TINY, 0)  # committed runs still match
+    shaped = TINY.model_copy(update={"train_win_bonus": 5.0})
+    assert '"train_win_bonus": 5.0' in run_fingerprint("3m", shaped, 0)
+    trajs = []
+    for cfg in (TINY, shaped):
+        learner = learner_for("3m", cfg)
+        ts = learner.init(jax.random.PRNGKey(0))
+        # Nearly dead enemies: the random actor wins some of these episodes.
+        env = ts.env_state
+        health = env.state.unit_health.at[:, 3:].set(0.01)
+        ts = ts.replace(env_state=env.replace(state=env.state.replace(unit_health=health)))
+        trajs.append(learner.rollout(ts)[1])
+    plain, bonus = trajs
+    won = np.asarray(plain.won)
+    assert won.any() and not won.all()
+    np.testing.assert_array_equal(np.asarray(bonus.actions), np.asarray(plain.actions))
+    np.testing.assert_allclose(np.asarray(bonus.reward - plain.reward), 4.0 * won, atol=1e-6)
+    # The returns the logs, snapshots and tiers report stay SMAX's.
+    np.testing.assert_array_equal(np.asarray(bonus.ep_return), np.asarray(plain.ep_return))

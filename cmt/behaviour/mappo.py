@@ -9,7 +9,8 @@
   the team reward is shared, so one value per team is all the agents need. With
   ``critic_state='agent'`` it is MAPPO's agent-specific state instead: the world state plus
   the ally's own observation and one-hot, one value per ally (and per-ally GAE).
-* **Updates**: GAE over the team reward (bootstrapped through the time limit, cut at a
+* **Updates**: GAE over the team reward (SMAX's, its win bonus optionally reweighted for
+  training alone: ``train_win_bonus``; bootstrapped through the time limit, cut at a
   wipe-out), clipped PPO for the actor, a clipped value loss on normalised targets (MAPPO's
   ValueNorm), Adam with global-norm clipping and an optionally annealed learning rate.
 * **Speed**: rollouts of ``n_envs`` vmapped SMAX episodes run in one ``jax.lax.scan`` (with
@@ -276,7 +277,7 @@ class _Traj(NamedTuple):
     actions: jax.Array  # (T, B, A)
     logp: jax.Array  # (T, B, A)
     value: jax.Array  # (T, B), or (T, B, A) with agent-specific states; normalised
-    reward: jax.Array  # (T, B)
+    reward: jax.Array  # (T, B) the reward trained on (SMAX's, with train_win_bonus)
     terminated: jax.Array  # (T, B)
     truncated: jax.Array  # (T, B)
     won: jax.Array  # (T, B)
@@ -444,10 +445,11 @@ class MappoLearner:
             env_state, reward, term, trunc, won, end_world, end_obs = step_env(
                 jax.random.split(k_env, b), env_state, actions
             )
-            ep_return = ep_return + reward
+            ep_return = ep_return + reward  # SMAX's reward, as the logs and tiers report it
             done = term | trunc
+            train_reward = reward + (self.cfg.train_win_bonus - 1.0) * won
             out = _Traj(
-                obs, avail, critic_in, actions, logp[..., 0], value, reward, term, trunc, won,
+                obs, avail, critic_in, actions, logp[..., 0], value, train_reward, term, trunc, won,
                 self.critic_input(end_world, end_obs), jnp.where(done, ep_return, 0.0), start,
                 hidden,
             )  # fmt: skip
