@@ -135,7 +135,12 @@ class SacConfig(Section):
         return self
 
 
-MAPPO_FIELDS_ADDED_LATER = {"actor_rnn": 0, "critic_state": "world", "train_win_bonus": 1.0}
+MAPPO_FIELDS_ADDED_LATER = {
+    "actor_rnn": 0,
+    "critic_state": "world",
+    "train_win_bonus": 1.0,
+    "actor_arch": "mlp",
+}
 """MAPPO settings added after runs were committed, with the value those runs had: left out of
 the learners' fingerprints at that value, so the committed runs still match."""
 
@@ -212,6 +217,13 @@ class PpoConfig(Section):
         "or 'agent' (MAPPO's agent-specific state: the world state, the ally's own "
         "observation and its one-hot; one value per ally).",
     )
+    actor_arch: Literal["mlp", "units"] = Field(
+        "mlp",
+        description="mappo: the actor: 'mlp' (over the flat observation) or 'units' (every "
+        "unit embedded by a layer shared across its side, pooled; an attack's logit from the "
+        "pooled context and its target's embedding; net_arch: the context layers, the "
+        "first width also the embeddings').",
+    )
     actor_rnn: int = Field(
         0,
         ge=0,
@@ -254,6 +266,8 @@ class PpoConfig(Section):
     def _consistent(self) -> PpoConfig:
         if self.actor_rnn and self.learner != "mappo":
             raise ValueError("actor_rnn: only the mappo learner has a recurrent actor")
+        if self.actor_arch != "mlp" and (self.learner != "mappo" or self.actor_rnn):
+            raise ValueError("actor_arch: 'units' is a feed-forward actor of the mappo learner")
         if self.critic_state != "world" and self.learner != "mappo":
             raise ValueError("critic_state: only the mappo learner has a centralised critic")
         if self.train_win_bonus != 1.0 and self.learner != "mappo":

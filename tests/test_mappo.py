@@ -357,3 +357,42 @@ def test_training_win_bonus_reshapes_only_the_reward_trained_on() -> None:
     np.testing.assert_allclose(np.asarray(bonus.reward - plain.reward), 4.0 * won, atol=1e-6)
     # The returns the logs, snapshots and tiers report stay SMAX's.
     np.testing.assert_array_equal(np.asarray(bonus.ep_return), np.asarray(plain.ep_return))
+
+
+TINY_UNITS = TINY.model_copy(update={"actor_arch": "units"})
+
+
+def test_unit_actor_scores_each_target_by_one_rule(tmp_path: Path) -> None:
+    for bad in ({"learner": "maskable_ppo"}, {"actor_rnn": 16}):
+        with pytest.raises(ValueError, match="actor_arch"):
+            PpoConfig(actor_arch="units", **bad)
+    assert "actor_arch" not in run_fingerprint("3m", TINY, 0)  # committed runs still match
+    assert '"actor_arch": "units"' in run_fingerprint("3m", TINY_UNITS, 0)
+    learner = learner_for("3m", TINY_UNITS)
+    ts = learner.init(jax.random.PRNGKey(5))
+    params = jax.tree.map(lambda x: x * 3.0, ts.params["actor"])  # away from near-uniform
+    rng = np.random.default_rng(1)
+    obs = rng.standard_normal((8, 3, 75)).astype(np.float32)
+    avail = np.ones((8, 3, 8), bool)
+    hidden, start = ts.hidden[:1], jnp.ones(8, bool)
+    logits = np.asarray(learner.policy_step(params, hidden, jnp.asarray(obs), avail, start)[1])
+    assert np.ptp(logits[..., 5:], axis=-1).min() > 0.1  # the targets' logits differ
+    # Swapping two enemies' blocks (3m: allies 2 blocks, then enemies 3, of 13 features)
+    # swaps their attack logits and leaves the moves' alone.
+    blocks = obs[..., :65].reshape(8, 3, 5, 13)
+    swapped = np.concatenate([blocks[..., [0, 1, 4, 3, 2], :].reshape(8, 3, 65), obs[..., 65:]], -1)
+    out = np.asarray(learner.policy_step(params, hidden, jnp.asarray(swapped), avail, start)[1])
+    np.testing.assert_allclose(out[..., [0, 1, 2, 3, 4, 7, 6, 5]], logits, atol=1e-5)
+    # The tier file replays it in numpy: same actions under the same Gumbel noise.
+    meta = {**policy_meta(learner, 0), "tier": "good"}
+    assert meta["actor"] == "units"
+    save_tier_policy(tmp_path / "good.pt", policy_weights(params), meta)
+    noise = np.random.default_rng(2).gumbel(size=logits.shape)
+    policy, _ = load_tier_policy(tmp_path / "good.pt", np.random.default_rng(2))
+    mask = rng.random((8, 3, 8)) < 0.5
+    mask[..., 4] = True
+    expected = np.where(mask, logits + noise, -np.inf).argmax(-1)
+    np.testing.assert_array_equal(policy(obs, mask, 0), expected)
+    # And it trains end to end.
+    run = train_mappo("3m", TINY_UNITS, 0, tmp_path / "run", progress=False)
+    assert [s["step"] for s in run.snapshots] == [0, 192, 384, 576]

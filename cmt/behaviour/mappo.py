@@ -49,6 +49,7 @@ from flax import struct
 from tqdm.auto import tqdm
 
 from cmt.behaviour.rollout import random_streams, seed_from
+from cmt.behaviour.unit_actor import NUM_MOVES, UNIT_LAYERS, UnitActor, unit_logits
 from cmt.checkpoint import CheckpointError, atomic_torch_save, load_sealed
 from cmt.envs.smax import MultiAgentPolicy, make_smax, smax_map
 from cmt.sections import MAPPO_FIELDS_ADDED_LATER, PpoConfig
@@ -315,7 +316,9 @@ class MappoLearner:
         self.env = SmaxTrainEnv(map_name)
         spec = self.env.spec
         self.num_agents, self.num_actions = spec.num_agents, spec.num_actions
-        self.actor = Actor(tuple(cfg.net_arch), spec.num_actions, cfg.actor_rnn)
+        self.actor: nn.Module = Actor(tuple(cfg.net_arch), spec.num_actions, cfg.actor_rnn)
+        if cfg.actor_arch == "units":
+            self.actor = UnitActor(tuple(cfg.net_arch), spec.num_agents, spec.num_enemies)
         self.recurrent = cfg.actor_rnn > 0
         self.critic = Critic(tuple(cfg.critic_arch))
         self.agent_critic = cfg.critic_state == "agent"
@@ -829,8 +832,10 @@ def policy_meta(learner: MappoLearner, seed: int) -> dict[str, Any]:
     """What a tier policy file records about the actor (:func:`numpy_policy` reads it)."""
     spec = learner.env.spec
     recurrent = {"rnn": learner.cfg.actor_rnn} if learner.recurrent else {}
+    units = {"actor": "units"} if learner.cfg.actor_arch == "units" else {}
     return {
         **recurrent,  # absent for an MLP, as in the files written before the GRU
+        **units,  # absent for an MLP, as in the files written before the unit actor
         "learner": "mappo",
         "map": learner.map_name,
         "seed": seed,
@@ -856,12 +861,15 @@ def numpy_policy(
     meta: Mapping[str, Any],
     rng: np.random.Generator,
 ) -> MultiAgentPolicy:
-    """A tier policy: the actor (:class:`Actor`) in numpy, actions sampled from its masked
+    """A tier policy: the actor (:class:`Actor`, or :class:`UnitActor` where ``meta["actor"]``
+    says ``units``) in numpy, actions sampled from its masked
     categorical with noise from ``rng`` (Gumbel-max), so a rollout is reproducible from the
     seed alone. A recurrent actor's state restarts at ``t == 0``: the episodes of a batch
     start together (:func:`cmt.envs.smax.run_episodes`)."""
     hidden, rnn = len(meta["net_arch"]), int(meta.get("rnn", 0))
-    names = [f"hidden_{i}" for i in range(hidden)] + ["logits"]
+    units = meta.get("actor", "mlp") == "units"
+    names = [f"hidden_{i}" for i in range(hidden)]
+    names += list(UNIT_LAYERS) if units else ["logits"]
     if rnn:
         names += ["gru_x", "gru_h"]
     layer = {
@@ -877,9 +885,18 @@ def numpy_policy(
     def dense(n: str, x: np.ndarray) -> np.ndarray:
         return np.asarray(x @ layer[n][0] + layer[n][1])
 
+    def unit_dense(n: str, _width: int, _scale: float, x: np.ndarray) -> np.ndarray:
+        return dense(n, x)
+
     def act(obs: np.ndarray, avail: np.ndarray, t: int) -> np.ndarray:
         x = actor_input(obs) if agent_id else obs
         x = np.asarray(x, np.float64)
+        if units:
+            num_agents, num_actions = int(meta["num_agents"]), int(meta["num_actions"])
+            net = tuple(meta["net_arch"])
+            x = unit_logits(unit_dense, x, net, num_agents, num_actions - NUM_MOVES)
+            scores = x + rng.gumbel(size=x.shape)
+            return np.where(avail, scores, -np.inf).argmax(axis=-1).astype(np.int64)
         for i in range(hidden):
             x = act_fn(dense(f"hidden_{i}", x))
             if i == 0 and rnn:

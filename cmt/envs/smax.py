@@ -54,9 +54,11 @@ with _quiet_stdout():
     )
 
 __all__ = [
+    "OWN_FEATURES",
     "SMAX_MAPS",
     "SmaxBatchedEnv",
     "SmaxMap",
+    "UNIT_FEATURES",
     "heuristic_policy",
     "random_policy",
     "run_episodes",
@@ -79,10 +81,16 @@ class SmaxMap:
     horizon: int  # episode limit in agent steps (SMAX's max_steps)
 
 
+UNIT_FEATURES = 7 + 6
+"""Features per other unit in SMAX's "unit_list" observation (the other allies in index order,
+then the enemies), each unit's block zero when it is dead or out of sight."""
+OWN_FEATURES = 4 + 6
+"""Features of the observing unit itself, at the end of the observation."""
+
+
 def _map(name: str, allies: int, enemies: int, horizon: int = 100) -> SmaxMap:
-    # SMAX's "unit_list" observation: 7 + 6 features per other unit, 4 + 6 about itself.
-    unit, own = 7 + 6, 4 + 6
-    return SmaxMap(name, allies, enemies, unit * (allies - 1 + enemies) + own, 5 + enemies, horizon)
+    obs_dim = UNIT_FEATURES * (allies - 1 + enemies) + OWN_FEATURES
+    return SmaxMap(name, allies, enemies, obs_dim, 5 + enemies, horizon)
 
 
 class _MapRegistry(dict[str, SmaxMap]):
