@@ -56,6 +56,11 @@ MASKABLE_PPO: dict[str, Any] = {
     "net_arch": (64, 64),
 }
 """The settings of the MaskablePPO datasets (the reduced budget before MAPPO)."""
+MAPPO_SHAPE = {
+    "n_envs", "n_steps", "batch_size", "n_epochs", "net_arch", "critic_arch", "actor_arch",
+    "actor_rnn", "critic_state",
+}  # fmt: skip
+"""The preset fields that set MAPPO's work per step, recorded beside each measurement."""
 
 
 def preset_ppo(map_name: str) -> PpoConfig:
@@ -108,9 +113,7 @@ def measure(map_name: str, seconds: float, repeats: int) -> dict[str, Any]:
         out[name] = {
             "settings": cfg.model_dump(
                 mode="json",
-                include={"n_envs", "n_steps", "batch_size", "n_epochs", "net_arch", "critic_arch"}
-                if name == "mappo"
-                else set(MASKABLE_PPO),
+                include=MAPPO_SHAPE if name == "mappo" else set(MASKABLE_PPO),
             ),
             "agent_steps_per_s": round(max(r), 1),
             "env_steps_per_s": round(max(r) / agents, 1),

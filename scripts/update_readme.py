@@ -378,15 +378,17 @@ def learners_section() -> str:
         "",
         f"SMAX (`{smax['command']}`, `{SMAX_LEARNERS.name}`; {m['cpu']}, {m['threads']} thread, "
         f"load average {m['load_before'][0]:.1f} to {m['load_after'][0]:.1f}): agent steps/s of "
-        "whole rollouts and updates.",
+        "whole rollouts and updates; JAX MAPPO with each map's preset actor.",
         "",
         "| map | MaskablePPO | JAX MAPPO |",
         "|---|---|---|",
     ]
     for name, r in smax["maps"].items():
+        actor = r["mappo"]["settings"].get("actor_arch", "mlp")
+        note = ", unit-wise actor" if actor == "units" else ""
         lines.append(
             f"| {name} | {r['maskable_ppo']['agent_steps_per_s']:,.0f} | "
-            f"{r['mappo']['agent_steps_per_s']:,.0f} ({r['speedup']:.1f}×) |"
+            f"{r['mappo']['agent_steps_per_s']:,.0f} ({r['speedup']:.1f}×{note}) |"
         )
     return "\n".join(lines) + "\n"
 
