@@ -222,7 +222,7 @@ class PpoConfig(Section):
         description="mappo: the actor: 'mlp' (over the flat observation) or 'units' (every "
         "unit embedded by a layer shared across its side, pooled; an attack's logit from the "
         "pooled context and its target's embedding; net_arch: the context layers, the "
-        "first width also the embeddings').",
+        "first width also the embeddings).",
     )
     actor_rnn: int = Field(
         0,
