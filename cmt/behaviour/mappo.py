@@ -888,15 +888,10 @@ def numpy_policy(
     def unit_dense(n: str, _width: int, _scale: float, x: np.ndarray) -> np.ndarray:
         return dense(n, x)
 
-    def act(obs: np.ndarray, avail: np.ndarray, t: int) -> np.ndarray:
-        x = actor_input(obs) if agent_id else obs
-        x = np.asarray(x, np.float64)
-        if units:
-            num_agents, num_actions = int(meta["num_agents"]), int(meta["num_actions"])
-            net = tuple(meta["net_arch"])
-            x = unit_logits(unit_dense, x, net, num_agents, num_actions - NUM_MOVES)
-            scores = x + rng.gumbel(size=x.shape)
-            return np.where(avail, scores, -np.inf).argmax(axis=-1).astype(np.int64)
+    net, num_agents = tuple(meta["net_arch"]), int(meta.get("num_agents", 0))
+    num_enemies = int(meta.get("num_actions", NUM_MOVES)) - NUM_MOVES
+
+    def mlp_logits(x: np.ndarray, t: int) -> np.ndarray:
         for i in range(hidden):
             x = act_fn(dense(f"hidden_{i}", x))
             if i == 0 and rnn:
@@ -904,7 +899,14 @@ def numpy_policy(
                     state["h"] = np.zeros((*x.shape[:-1], rnn))
                 h = state["h"]
                 state["h"] = x = gru_update(dense("gru_x", x), dense("gru_h", h), h)
-        x = dense("logits", x)
+        return dense("logits", x)
+
+    def act(obs: np.ndarray, avail: np.ndarray, t: int) -> np.ndarray:
+        x = np.asarray(actor_input(obs) if agent_id else obs, np.float64)
+        if units:
+            x = unit_logits(unit_dense, x, net, num_agents, num_enemies)
+        else:
+            x = mlp_logits(x, t)
         scores = x + rng.gumbel(size=x.shape)  # (B, A, N)
         return np.where(avail, scores, -np.inf).argmax(axis=-1).astype(np.int64)
 
