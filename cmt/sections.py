@@ -135,6 +135,17 @@ class SacConfig(Section):
         return self
 
 
+PPO_AFTER_TRAINING = (
+    "medium_fraction",
+    "recheck_episodes",
+    "recheck_candidates",
+    "heuristic_tier",
+    "policies",
+)
+"""PPO fields about what is done with a finished run (which snapshots become tiers, whether
+the heuristic is one, whether collect trains at all): out of the learners' fingerprints, so
+changing them reuses the run."""
+
 MAPPO_FIELDS_ADDED_LATER = {
     "actor_rnn": 0,
     "critic_state": "world",
@@ -201,6 +212,18 @@ class PpoConfig(Section):
         lt=1.0,
         description="Medium = the snapshot before Good whose win rate is closest to this "
         "fraction of Good's (by return when Good never wins).",
+    )
+    recheck_episodes: int = Field(
+        0,
+        ge=0,
+        description="Episodes on which the tier candidates are evaluated again before the "
+        "choice (0: choose from the snapshot evaluations alone). The recheck_candidates best "
+        "snapshots are rechecked for Good, then the recheck_candidates nearest to "
+        "medium_fraction of Good's rechecked win rate for Medium; the numbers are recorded "
+        "with the snapshots.",
+    )
+    recheck_candidates: int = Field(
+        4, ge=1, description="Snapshots rechecked for each of Good and Medium."
     )
     heuristic_tier: bool = Field(
         True, description="Also record SMAX's scripted heuristic as a fourth tier."

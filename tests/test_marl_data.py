@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from test_hdf5 import raw_arrays as single_agent_arrays
 
-from cmt.behaviour.ppo import TIERS, SmaxVecEnv, build_smax_datasets, select_tiers
+from cmt.behaviour.ppo import TIERS, SmaxVecEnv, build_smax_datasets
 from cmt.behaviour.rollout import concat_transitions
+from cmt.behaviour.tier_choice import select_tiers
 from cmt.data.hdf5 import DatasetError, read_hdf5, validate, write_hdf5
 from cmt.data.schema import SCHEMA_VERSION, TransitionData
 from cmt.integrity import HASH_KEY, hdf5_digest
@@ -263,6 +264,26 @@ def test_select_tiers_by_win_rate_and_by_return() -> None:
     )
     with pytest.raises(ValueError, match="at least 3 snapshots"):
         select_tiers(wins[:2], rets[:2], 0.5)
+
+
+def test_rechecked_tier_choice_uses_the_rechecked_numbers() -> None:
+    """Snapshot 5's evaluation (0.9) was lucky: rechecked it wins 0.6, so the other
+    candidate, 4 (0.8, rechecked 0.75), is Good. Medium's target is then half of 0.75, and
+    of the two nearest by evaluation (2 and 3) the one whose recheck is nearer wins."""
+    wins = np.array([0.0, 0.1, 0.35, 0.41, 0.8, 0.9, 0.2])
+    rets = np.arange(7.0)
+    truth = {5: (0.6, 5.0), 4: (0.75, 4.0), 2: (0.38, 2.0), 3: (0.5, 3.0), 1: (0.37, 1.0)}
+    asked: list[int] = []
+
+    def recheck(i: int) -> tuple[float, float]:
+        asked.append(i)
+        return truth[i]
+
+    assert select_tiers(wins, rets, 0.5) == ({"poor": 0, "medium": 3, "good": 5}, "win_rate")
+    chosen = select_tiers(wins, rets, 0.5, recheck, candidates=2)
+    assert chosen == ({"poor": 0, "medium": 2, "good": 4}, "win_rate")
+    assert asked == [5, 4, 2, 3]  # two for Good, then the two nearest 0.375 for Medium
+    assert wins[5] == 0.9  # the caller's arrays are left alone
 
 
 @pytest.mark.slow

@@ -10,12 +10,14 @@ from pathlib import Path
 import h5py
 import pytest
 
-from cmt.behaviour.committed import CommittedPoliciesError, load_committed_smax
-from cmt.behaviour.mappo import read_tier_policy
+from cmt.behaviour.committed import CommittedPoliciesError, load_committed_smax, publish_smax
+from cmt.behaviour.mappo import CHECKPOINT_FILE, read_tier_policy
+from cmt.behaviour.ppo import build_smax_datasets, write_smax_datasets
 from cmt.benchmarks import make_benchmark
 from cmt.benchmarks.smax import SmaxData
 from cmt.config import load_params, preset_names
 from cmt.integrity import hdf5_digest, read_json
+from cmt.sections import PpoConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SMAX_PRESETS = [p for p in preset_names() if p.startswith("smax_")]
@@ -72,8 +74,12 @@ def test_other_settings_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         load_committed_smax("3m", ppo, 1)
     with pytest.raises(CommittedPoliciesError, match="budgets.batch_size: committed 10240"):
         load_committed_smax("2s3z", ppo, 0)  # 3m's settings on another map
-    with pytest.raises(CommittedPoliciesError, match="medium_fraction=0.5 are committed"):
+    with pytest.raises(
+        CommittedPoliciesError, match="medium_fraction=0.5, recheck_episodes=0 are committed"
+    ):
         load_committed_smax("3m", ppo.model_copy(update={"medium_fraction": 0.95}), 0)
+    with pytest.raises(CommittedPoliciesError, match="recheck_episodes=64 rechecks the snapshot"):
+        load_committed_smax("3m", ppo.model_copy(update={"recheck_episodes": 64}), 0)
     with pytest.raises(CommittedPoliciesError, match="total_steps"):  # what collect calls
         make_benchmark(_data(**{"data.ppo.total_steps": 12_000_000})).build_datasets(tmp_path)
 
@@ -87,3 +93,49 @@ def test_other_settings_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     (copy / "manifest.json").write_text(text.replace('"seed": 0', '"seed": 1', 1))
     with pytest.raises(CommittedPoliciesError, match="sha256"):
         load_committed_smax("3m", ppo, 0)
+
+
+RECHECKED = PpoConfig(
+    total_steps=6 * 192,
+    n_envs=4,
+    n_steps=16,
+    batch_size=96,
+    n_epochs=2,
+    snapshot_every=192,
+    eval_episodes=4,
+    net_arch=(32,),
+    critic_arch=(32,),
+    recheck_episodes=16,
+    recheck_candidates=2,
+)
+
+
+@pytest.mark.slow
+def test_rechecked_tiers_are_published_and_chosen_again_from_the_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run whose tiers were rechecked, published: collect from its committed policies makes
+    the same choice from the recorded rechecks (the other snapshots' actors are gone) and
+    writes the same dataset; another recheck setting is refused."""
+    monkeypatch.setenv("CMT_BEHAVIOUR_DIR", str(tmp_path / "behaviour"))
+    (tmp_path / "behaviour").mkdir()
+    run = build_smax_datasets("3m", tmp_path / "run", tmp_path / "ckpt", RECHECKED, 4, 0, False)
+    rechecked = [s for s in run["snapshots"] if "recheck" in s]
+    assert 2 <= len(rechecked) <= 4 and all(s["recheck"]["episodes"] == 16 for s in rechecked)
+    tier_steps = {t: run["tiers"][t]["snapshot_step"] for t in ("medium", "good")}
+    assert {s["step"] for s in rechecked} >= set(tier_steps.values())
+    publish_smax("3m", RECHECKED, 0, tmp_path / "run", tmp_path / "ckpt" / CHECKPOINT_FILE,
+                 "test", {"seconds": 1.0}, commit="test")  # fmt: skip
+
+    committed = load_committed_smax("3m", RECHECKED, 0)
+    assert sum(s["policy"] is not None for s in committed.snapshots) == 3
+    again = write_smax_datasets("3m", tmp_path / "again", committed, RECHECKED, 4, 0, False)
+    assert {t: again["tiers"][t]["snapshot_step"] for t in tier_steps} == tier_steps
+    with (
+        h5py.File(tmp_path / "run" / "train.hdf5") as a,
+        h5py.File(tmp_path / "again" / "train.hdf5") as b,
+    ):
+        assert hdf5_digest(a) == hdf5_digest(b)
+    other = RECHECKED.model_copy(update={"recheck_episodes": 32})
+    with pytest.raises(CommittedPoliciesError, match="recheck_episodes=32 rechecks the snapshot"):
+        load_committed_smax("3m", other, 0)

@@ -322,7 +322,7 @@ def load_committed_smax(map_name: str, cfg: PpoConfig, seed: int) -> Trained:
         if meta.get("step") != record["step"] or record["step"] not in index:
             raise CommittedPoliciesError(f"{path}: {tier}.pt is not the {tier} snapshot")
         snapshots[index[record["step"]]]["policy"] = weights
-    _check_tier_choice(path, snapshots, cfg.medium_fraction, manifest["medium_fraction"])
+    _check_tier_choice(path, snapshots, cfg, manifest)
     return Trained(
         snapshots,
         {k: float(v) for k, v in manifest["training"].items()},
@@ -351,21 +351,35 @@ def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _check_tier_choice(
-    path: Path, snapshots: list[dict[str, Any]], medium_fraction: float, committed: float
+    path: Path, snapshots: list[dict[str, Any]], cfg: PpoConfig, manifest: Mapping[str, Any]
 ) -> None:
-    """Refuse a tier choice (``data.ppo.medium_fraction``) that picks an uncommitted snapshot."""
-    from cmt.behaviour.ppo import select_tiers
+    """Refuse a tier choice (``data.ppo.medium_fraction``, ``recheck_*``) that picks an
+    uncommitted snapshot or rechecks one the committed run did not recheck."""
+    from cmt.behaviour.ppo import recheck_seed
+    from cmt.behaviour.tier_choice import choose_tiers, recorded_recheck
 
-    wins = np.array([s["win_rate"] for s in snapshots])
-    rets = np.array([s["mean_return"] for s in snapshots])
-    chosen, _ = select_tiers(wins, rets, medium_fraction)
+    committed = ", ".join(
+        f"{k}={manifest.get(k, 0)}" for k in ("medium_fraction", "recheck_episodes")
+    )
+    seed = recheck_seed(int(manifest["seed"]))
+
+    def recorded(i: int) -> tuple[float, float]:
+        try:
+            return recorded_recheck(snapshots[i], cfg.recheck_episodes, seed)
+        except KeyError as err:
+            raise CommittedPoliciesError(
+                f"{path}: recheck_episodes={cfg.recheck_episodes} rechecks the snapshot at "
+                f"step {snapshots[i]['step']}, which the committed run ({committed}) did not; "
+                "restore those settings, or set data.ppo.policies=train"
+            ) from err
+
+    chosen, _ = choose_tiers(snapshots, cfg, recorded)
     for tier, i in chosen.items():
         if snapshots[i]["policy"] is None:
             raise CommittedPoliciesError(
-                f"{path}: medium_fraction={medium_fraction} makes the snapshot at step "
-                f"{snapshots[i]['step']} the {tier} tier, and only the tiers of "
-                f"medium_fraction={committed} are committed; restore it, or set "
-                "data.ppo.policies=train"
+                f"{path}: the config's tier choice makes the snapshot at step "
+                f"{snapshots[i]['step']} the {tier} tier, and only the tiers of {committed} "
+                "are committed; restore those settings, or set data.ppo.policies=train"
             )
 
 
@@ -406,6 +420,8 @@ def publish_smax(
         "total_steps": cfg.total_steps,
         "seed": seed,
         "medium_fraction": cfg.medium_fraction,
+        "recheck_episodes": cfg.recheck_episodes,
+        "recheck_candidates": cfg.recheck_candidates,
         "command": command,
         "commit": commit or _git_commit(),
         "cpu": cpu_name(),

@@ -52,7 +52,7 @@ from cmt.behaviour.rollout import random_streams, seed_from
 from cmt.behaviour.unit_actor import NUM_MOVES, UNIT_LAYERS, UnitActor, unit_logits
 from cmt.checkpoint import CheckpointError, atomic_torch_save, load_sealed
 from cmt.envs.smax import MultiAgentPolicy, make_smax, smax_map
-from cmt.sections import MAPPO_FIELDS_ADDED_LATER, PpoConfig
+from cmt.sections import MAPPO_FIELDS_ADDED_LATER, PPO_AFTER_TRAINING, PpoConfig
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ CHECKPOINT_FORMAT = 1
 CHECKPOINT_FILE = "mappo_state.pt"
 POLICY_FORMAT = 1
 _STREAMS = ("init", "eval")  # spawned from the seed in this order; append new ones
-_NOT_TRAINING = ("medium_fraction", "heuristic_tier", "device", "torch_threads", "policies")
+_NOT_TRAINING = (*PPO_AFTER_TRAINING, "device", "torch_threads")
 """Fields that do not change MAPPO's training: tier choice after training, the settings of
 the torch learner, and whether collect trains at all; changing them reuses a checkpoint."""
 _MASKED = -1e9  # logit of an unavailable action: never drawn, exp() underflows to 0

@@ -12,6 +12,8 @@ Procedure (details and budgets in ``docs/smax.md``):
 3. *Good* is the best snapshot by win rate; *Medium* the snapshot before it whose win rate is
    closest to ``medium_fraction`` of Good's; *Poor* the first snapshot (the untrained policy,
    near-uniform over the available actions). Optionally *heuristic*: SMAX's scripted policy.
+   With ``recheck_episodes``, the candidates are evaluated again on more episodes first
+   (:mod:`cmt.behaviour.tier_choice`).
 4. ``episodes_per_tier`` episodes of each tier, sampled from the policy, go to ``train.hdf5``
    (``infos/level`` indexes :data:`TIERS`, ``infos/won`` marks won episodes' last steps), and
    the policy tiers' actors to ``policies/<tier>.pt``
@@ -41,6 +43,7 @@ from tqdm.auto import tqdm
 
 from cmt.atomic import write_json
 from cmt.behaviour.rollout import concat_transitions, random_streams, seed_from
+from cmt.behaviour.tier_choice import choose_tiers, rechecker
 from cmt.checkpoint import CheckpointError, atomic_torch_save, load_sealed
 from cmt.data.schema import LEVEL, TransitionData
 from cmt.envs.smax import (
@@ -51,14 +54,14 @@ from cmt.envs.smax import (
     run_episodes,
     smax_map,
 )
-from cmt.sections import MAPPO_FIELDS_ADDED_LATER, PpoConfig
+from cmt.sections import MAPPO_FIELDS_ADDED_LATER, PPO_AFTER_TRAINING, PpoConfig
 
 log = logging.getLogger(__name__)
 
 TIERS: tuple[str, ...] = ("poor", "medium", "good", "heuristic")
 """Dataset tiers (OG-MARL's names, plus SMAX's heuristic); ``infos/level`` indexes this."""
 
-_STREAMS: tuple[str, ...] = ("ppo", "eval", "env", *(f"tier/{t}" for t in TIERS))
+_STREAMS: tuple[str, ...] = ("ppo", "eval", "env", *(f"tier/{t}" for t in TIERS), "recheck")
 # Spawned from the seed in this order; append new streams to keep old datasets identical.
 
 CHECKPOINT_FORMAT = 1
@@ -196,9 +199,7 @@ def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- training
 
 
-_NOT_TRAINING = ("medium_fraction", "heuristic_tier", "policies")
-"""PPO fields chosen after training (which snapshots become tiers, whether the heuristic is
-one) or about whether collect trains at all: changing them reuses a finished run."""
+_NOT_TRAINING = PPO_AFTER_TRAINING
 
 
 def _fingerprint(map_name: str, budgets: PpoConfig, seed: int) -> str:
@@ -424,34 +425,6 @@ class _PpoSnapshots:
         return Snapshots()
 
 
-def select_tiers(
-    win_rates: np.ndarray, mean_returns: np.ndarray, medium_fraction: float
-) -> tuple[dict[str, int], str]:
-    """Snapshot index of each policy tier, and the rule that chose Medium.
-
-    Good: the best win rate (ties: the higher return, then the later snapshot). Poor: the
-    first snapshot. Medium: among those strictly between, the win rate closest to
-    ``medium_fraction`` of Good's (rule ``"win_rate"``); when Good never wins, the return
-    closest to that fraction of the way from Poor to Good (rule ``"return"``).
-    """
-    wins = np.asarray(win_rates, dtype=np.float64)
-    rets = np.asarray(mean_returns, dtype=np.float64)
-    if wins.size < 3:
-        raise ValueError(f"need at least 3 snapshots for 3 tiers, got {wins.size}")
-    order = np.lexsort((np.arange(wins.size), rets, wins))  # last = best
-    good = int(order[-1])
-    if good < 2:
-        good = wins.size - 1  # nothing learned beyond the start: the final policy is Good
-    if wins[good] > 0:
-        rule, values, target = "win_rate", wins, medium_fraction * wins[good]
-    else:
-        rule, values = "return", rets
-        target = rets[0] + medium_fraction * (rets[good] - rets[0])
-    candidates = np.arange(1, good)
-    medium = int(candidates[np.argmin(np.abs(values[candidates] - target))])
-    return {"poor": 0, "medium": medium, "good": good}, rule
-
-
 # --------------------------------------------------------------------------- either learner
 
 
@@ -650,6 +623,11 @@ def build_smax_datasets(
     )
 
 
+def recheck_seed(seed: int) -> int:
+    """The episode seed of the tier candidates' rechecks (docs/smax.md) in a run of ``seed``."""
+    return seed_from(random_streams(seed, _STREAMS)["recheck"])
+
+
 def write_smax_datasets(
     map_name: str,
     out_dir: Path,
@@ -671,9 +649,10 @@ def write_smax_datasets(
     rngs = random_streams(seed, _STREAMS)
     tier_seeds = {t: seed_from(rngs[f"tier/{t}"]) for t in TIERS}
     snapshots = behaviour.snapshots
-    wins = np.array([s["win_rate"] for s in snapshots])
-    rets = np.array([s["mean_return"] for s in snapshots])
-    chosen, rule = select_tiers(wins, rets, ppo_cfg.medium_fraction)
+    recheck = rechecker(
+        map_name, snapshots, behaviour.make_policy, ppo_cfg.recheck_episodes, recheck_seed(seed)
+    )
+    chosen, rule = choose_tiers(snapshots, ppo_cfg, recheck)
 
     tiers = [t for t in TIERS if t != "heuristic" or ppo_cfg.heuristic_tier]
     parts, tier_summary = [], {}
@@ -693,7 +672,12 @@ def write_smax_datasets(
         "budgets": ppo_cfg.model_dump(mode="json"),
         "episodes_per_tier": episodes_per_tier,
         "snapshots": [
-            {"step": int(s["step"]), "win_rate": s["win_rate"], "mean_return": s["mean_return"]}
+            {
+                "step": int(s["step"]),
+                "win_rate": s["win_rate"],
+                "mean_return": s["mean_return"],
+                **({"recheck": s["recheck"]} if "recheck" in s else {}),
+            }
             for s in snapshots
         ],
         "medium_rule": rule,
