@@ -9,6 +9,7 @@ from pathlib import Path
 
 import h5py
 import pytest
+from test_mappo import TINY
 
 from cmt.behaviour.committed import CommittedPoliciesError, load_committed_smax, publish_smax
 from cmt.behaviour.mappo import CHECKPOINT_FILE, read_tier_policy
@@ -17,7 +18,6 @@ from cmt.benchmarks import make_benchmark
 from cmt.benchmarks.smax import SmaxData
 from cmt.config import load_params, preset_names
 from cmt.integrity import hdf5_digest, read_json
-from cmt.sections import PpoConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SMAX_PRESETS = [p for p in preset_names() if p.startswith("smax_")]
@@ -95,18 +95,8 @@ def test_other_settings_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         load_committed_smax("3m", ppo, 0)
 
 
-RECHECKED = PpoConfig(
-    total_steps=6 * 192,
-    n_envs=4,
-    n_steps=16,
-    batch_size=96,
-    n_epochs=2,
-    snapshot_every=192,
-    eval_episodes=4,
-    net_arch=(32,),
-    critic_arch=(32,),
-    recheck_episodes=16,
-    recheck_candidates=2,
+RECHECKED = TINY.model_copy(
+    update={"total_steps": 6 * 192, "recheck_episodes": 16, "recheck_candidates": 2}
 )
 
 
