@@ -151,6 +151,7 @@ MAPPO_FIELDS_ADDED_LATER = {
     "critic_state": "world",
     "train_win_bonus": 1.0,
     "actor_arch": "mlp",
+    "critic_units": False,
 }
 """MAPPO settings added after runs were committed, with the value those runs had: left out of
 the learners' fingerprints at that value, so the committed runs still match."""
@@ -247,6 +248,12 @@ class PpoConfig(Section):
         "pooled context and its target's embedding; net_arch: the context layers, the "
         "first width also the embeddings).",
     )
+    critic_units: bool = Field(
+        False,
+        description="mappo: the world-state critic reads SMAX's world state unit by unit "
+        "(one embedding layer per side, mean- and max-pooled, then critic_arch), as the "
+        "unit-wise actor reads the observation.",
+    )
     actor_rnn: int = Field(
         0,
         ge=0,
@@ -291,6 +298,8 @@ class PpoConfig(Section):
             raise ValueError("actor_rnn: only the mappo learner has a recurrent actor")
         if self.actor_arch != "mlp" and (self.learner != "mappo" or self.actor_rnn):
             raise ValueError("actor_arch: 'units' is a feed-forward actor of the mappo learner")
+        if self.critic_units and (self.learner != "mappo" or self.critic_state != "world"):
+            raise ValueError("critic_units: a reading of the mappo learner's world-state critic")
         if self.critic_state != "world" and self.learner != "mappo":
             raise ValueError("critic_state: only the mappo learner has a centralised critic")
         if self.train_win_bonus != 1.0 and self.learner != "mappo":

@@ -396,3 +396,28 @@ def test_unit_actor_scores_each_target_by_one_rule(tmp_path: Path) -> None:
     # And it trains end to end.
     run = train_mappo("3m", TINY_UNITS, 0, tmp_path / "run", progress=False)
     assert [s["step"] for s in run.snapshots] == [0, 192, 384, 576]
+
+
+def test_unit_critic_reads_the_world_state_unit_by_unit(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="critic_units"):
+        PpoConfig(critic_units=True, critic_state="agent")
+    cfg = TINY.model_copy(update={"critic_units": True})
+    assert "critic_units" not in run_fingerprint("3m", TINY, 0)  # committed runs still match
+    assert '"critic_units": true' in run_fingerprint("3m", cfg, 0)
+    learner = learner_for("3m", cfg)
+    ts = learner.init(jax.random.PRNGKey(0))
+    _, traj = learner.rollout(ts)
+    world = np.asarray(traj.critic_in)  # (16, 4, 72): 6 units of 10 features, teams, types
+    value = np.asarray(learner.value(ts.params["critic"], jnp.asarray(world)))
+    assert value.shape == (16, 4) and np.ptp(value) > 0
+
+    def swapped(i: int, j: int) -> np.ndarray:
+        units = world[..., :60].reshape(16, 4, 6, 10).copy()
+        units[..., [i, j], :] = units[..., [j, i], :]
+        out = np.concatenate([units.reshape(16, 4, 60), world[..., 60:]], axis=-1)
+        return np.asarray(learner.value(ts.params["critic"], jnp.asarray(out)))
+
+    np.testing.assert_allclose(swapped(3, 5), value, atol=1e-5)  # two enemies: same value
+    assert not np.allclose(swapped(0, 3), value, atol=1e-3)  # an ally for an enemy: not
+    run = train_mappo("3m", cfg, 0, tmp_path / "run", progress=False)
+    assert [s["step"] for s in run.snapshots] == [0, 192, 384, 576]

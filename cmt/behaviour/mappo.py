@@ -151,6 +151,35 @@ class Critic(nn.Module):
         return _dense(1, 1.0, "value")(x)[..., 0]
 
 
+class UnitCritic(nn.Module):
+    """Centralised value of SMAX's world state read unit by unit (``critic_units``): its
+    blocks of unit features (allies, then enemies) embedded by one layer per side, pooled
+    (mean and max per side), then the MLP layers of ``hidden``; the unit-wise actor's idea
+    (cmt/behaviour/unit_actor.py) applied to the value."""
+
+    hidden: tuple[int, ...]
+    num_allies: int
+    num_enemies: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n = self.num_allies + self.num_enemies
+        features = (x.shape[-1] - 2 * n) // n  # the world state ends with teams and types
+        lead, width = x.shape[:-1], self.hidden[0]
+
+        def side(name: str, first: int, count: int) -> list[jax.Array]:
+            block = x[..., first * features : (first + count) * features]
+            rows = _dense(width, math.sqrt(2.0), name)(block.reshape(-1, features))
+            e = nn.relu(rows).reshape(*lead, count, width)
+            return [e.mean(axis=-2), e.max(axis=-2)]
+
+        h = jnp.concatenate(
+            [*side("ally", 0, self.num_allies), *side("enemy", self.num_allies, self.num_enemies)],
+            axis=-1,
+        )
+        return cast(jax.Array, Critic(self.hidden, name="head")(h))
+
+
 def actor_input(obs: jax.Array | np.ndarray) -> Any:
     """Each ally's observation with its agent one-hot appended: (..., A, O) -> (..., A, O + A).
 
@@ -320,7 +349,9 @@ class MappoLearner:
         if cfg.actor_arch == "units":
             self.actor = UnitActor(tuple(cfg.net_arch), spec.num_agents, spec.num_enemies)
         self.recurrent = cfg.actor_rnn > 0
-        self.critic = Critic(tuple(cfg.critic_arch))
+        self.critic: nn.Module = Critic(tuple(cfg.critic_arch))
+        if cfg.critic_units:
+            self.critic = UnitCritic(tuple(cfg.critic_arch), spec.num_agents, spec.num_enemies)
         self.agent_critic = cfg.critic_state == "agent"
         self.critic_dim = self.env.world_dim
         if self.agent_critic:
