@@ -199,12 +199,10 @@ def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- training
 
 
-_NOT_TRAINING = PPO_AFTER_TRAINING
-
-
 def _fingerprint(map_name: str, budgets: PpoConfig, seed: int) -> str:
     # MAPPO's later fields are always at their defaults here: left out, as before they existed.
-    trained = budgets.model_dump(mode="json", exclude={*_NOT_TRAINING, *MAPPO_FIELDS_ADDED_LATER})
+    left_out = {*PPO_AFTER_TRAINING, *MAPPO_FIELDS_ADDED_LATER}
+    trained = budgets.model_dump(mode="json", exclude=left_out)
     return json.dumps({"map": map_name, "budgets": trained, "seed": seed}, sort_keys=True)
 
 
@@ -220,11 +218,11 @@ def behaviour_fingerprint(map_name: str, cfg: PpoConfig, seed: int) -> str:
 
 def _same_training(stored: Any, fingerprint: str) -> bool:
     """Whether a checkpoint's fingerprint describes the same training (fingerprints written
-    before the fields of ``_NOT_TRAINING`` were left out still match)."""
+    before the fields of ``PPO_AFTER_TRAINING`` were left out still match)."""
     if not isinstance(stored, str):
         return False
     old = json.loads(stored)
-    for key in _NOT_TRAINING:
+    for key in PPO_AFTER_TRAINING:
         old.get("budgets", {}).pop(key, None)
     return json.dumps(old, sort_keys=True) == fingerprint
 
