@@ -58,7 +58,7 @@ MASKABLE_PPO: dict[str, Any] = {
 """The settings of the MaskablePPO datasets (the reduced budget before MAPPO)."""
 MAPPO_SHAPE = {
     "n_envs", "n_steps", "batch_size", "n_epochs", "net_arch", "critic_arch", "actor_arch",
-    "actor_rnn", "critic_state",
+    "actor_rnn", "critic_state", "critic_units",
 }  # fmt: skip
 """The preset fields that set MAPPO's work per step, recorded beside each measurement."""
 
