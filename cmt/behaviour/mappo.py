@@ -49,7 +49,7 @@ from flax import struct
 from tqdm.auto import tqdm
 
 from cmt.behaviour.rollout import random_streams, seed_from
-from cmt.behaviour.unit_actor import NUM_MOVES, UNIT_LAYERS, UnitActor, unit_logits
+from cmt.behaviour.unit_actor import NUM_MOVES, UNIT_LAYERS, UnitActor, embed_units, unit_logits
 from cmt.checkpoint import CheckpointError, atomic_torch_save, load_sealed
 from cmt.envs.smax import MultiAgentPolicy, make_smax, smax_map
 from cmt.sections import MAPPO_FIELDS_ADDED_LATER, PPO_AFTER_TRAINING, PpoConfig
@@ -165,12 +165,11 @@ class UnitCritic(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         n = self.num_allies + self.num_enemies
         features = (x.shape[-1] - 2 * n) // n  # the world state ends with teams and types
-        lead, width = x.shape[:-1], self.hidden[0]
+        width = self.hidden[0]
 
         def side(name: str, first: int, count: int) -> list[jax.Array]:
-            block = x[..., first * features : (first + count) * features]
-            rows = _dense(width, math.sqrt(2.0), name)(block.reshape(-1, features))
-            e = nn.relu(rows).reshape(*lead, count, width)
+            dense = lambda n, w, scale, v: _dense(w, scale, n)(v)  # noqa: E731
+            e = embed_units(dense, name, x, first, count, features, width)
             return [e.mean(axis=-2), e.max(axis=-2)]
 
         h = jnp.concatenate(

@@ -26,7 +26,7 @@ import numpy as np
 
 from cmt.envs.smax import OWN_FEATURES, UNIT_FEATURES
 
-__all__ = ["NUM_MOVES", "UNIT_LAYERS", "UnitActor", "unit_logits"]
+__all__ = ["NUM_MOVES", "UNIT_LAYERS", "UnitActor", "embed_units", "unit_logits"]
 
 Dense = Callable[[str, int, float, Any], Any]
 """``dense(name, width, scale, x)``: the named affine layer applied to ``x`` (..., in)."""
@@ -35,6 +35,18 @@ NUM_MOVES = 5  # SMAX's four moves and stop come before the attack actions
 
 UNIT_LAYERS = ("own", "ally", "enemy", "move", "query")
 """The unit actor's layers besides its ``hidden_<i>`` context layers."""
+
+
+def embed_units(
+    dense: Dense, name: str, x: Any, first: int, count: int, features: int, width: int
+) -> Any:
+    """Units ``first`` to ``first + count - 1`` of ``x``'s blocks of ``features``, each
+    embedded by the one layer ``name`` and a ReLU: (..., count, width)."""
+    xp = jnp if isinstance(x, jax.Array) else np
+    block = x[..., first * features : (first + count) * features]
+    # Units as rows of one 2-D matrix: measured 1.2x faster to train than a 3-D dense.
+    rows = dense(name, width, math.sqrt(2.0), block.reshape(-1, features))
+    return xp.maximum(rows, 0.0).reshape(*x.shape[:-1], count, width)
 
 
 def unit_logits(
@@ -51,18 +63,10 @@ def unit_logits(
             f"unit actor input of width {x.shape[-1]}: not a SMAX observation of "
             f"{num_agents} allies and {num_enemies} enemies with the ally's one-hot"
         )
-    lead = x.shape[:-1]
     own = x[..., others * UNIT_FEATURES :]  # own features and the one-hot
     e_own = relu(dense("own", width, root2, own))
-
-    def embed(name: str, first: int, count: int) -> Any:
-        # Units as rows of one 2-D matrix: measured 1.2x faster to train than a 3-D dense.
-        block = x[..., first * UNIT_FEATURES : (first + count) * UNIT_FEATURES]
-        rows = relu(dense(name, width, root2, block.reshape(-1, UNIT_FEATURES)))
-        return rows.reshape(*lead, count, width)
-
-    e_ally = embed("ally", 0, num_agents - 1)
-    e_enemy = embed("enemy", num_agents - 1, num_enemies)
+    e_ally = embed_units(dense, "ally", x, 0, num_agents - 1, UNIT_FEATURES, width)
+    e_enemy = embed_units(dense, "enemy", x, num_agents - 1, num_enemies, UNIT_FEATURES, width)
     pooled = [e_own, e_enemy.mean(axis=-2), e_enemy.max(axis=-2)]
     if num_agents > 1:
         pooled.insert(1, e_ally.mean(axis=-2))
