@@ -241,12 +241,14 @@ class PpoConfig(Section):
         "or 'agent' (MAPPO's agent-specific state: the world state, the ally's own "
         "observation and its one-hot; one value per ally).",
     )
-    actor_arch: Literal["mlp", "units"] = Field(
+    actor_arch: Literal["mlp", "units", "unit_targets"] = Field(
         "mlp",
-        description="mappo: the actor: 'mlp' (over the flat observation) or 'units' (every "
+        description="mappo: the actor: 'mlp' (over the flat observation), 'units' (every "
         "unit embedded by a layer shared across its side, pooled; an attack's logit from the "
         "pooled context and its target's embedding; net_arch: the context layers, the "
-        "first width also the embeddings).",
+        "first width also the embeddings) or 'unit_targets' ('units', each unit's block also "
+        "saying who shot at whom on the last step: how many allies shot at each enemy, "
+        "which enemies shot at this ally and at each other ally).",
     )
     critic_units: bool = Field(
         False,
@@ -297,7 +299,9 @@ class PpoConfig(Section):
         if self.actor_rnn and self.learner != "mappo":
             raise ValueError("actor_rnn: only the mappo learner has a recurrent actor")
         if self.actor_arch != "mlp" and (self.learner != "mappo" or self.actor_rnn):
-            raise ValueError("actor_arch: 'units' is a feed-forward actor of the mappo learner")
+            raise ValueError(
+                f"actor_arch: {self.actor_arch!r} is a feed-forward actor of the mappo learner"
+            )
         if self.critic_units and (self.learner != "mappo" or self.critic_state != "world"):
             raise ValueError("critic_units: a reading of the mappo learner's world-state critic")
         if self.critic_state != "world" and self.learner != "mappo":

@@ -4,6 +4,7 @@ critic's input, snapshots and checkpoints, exact resume, exported tier policies,
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,9 +30,10 @@ from cmt.behaviour.mappo import (
 )
 from cmt.behaviour.ppo import TIERS, build_smax_datasets, record_tier
 from cmt.behaviour.rollout import seed_from
+from cmt.behaviour.unit_actor import target_features
 from cmt.checkpoint import atomic_torch_save, load_sealed
 from cmt.data.hdf5 import read_hdf5
-from cmt.envs.smax import run_episodes, smax_map
+from cmt.envs.smax import UNIT_FEATURES, make_smax, run_episodes, smax_map
 from cmt.sections import PpoConfig
 
 # 3m: 4 episodes x 16 steps x 3 allies = 192 agent steps per update, 2 minibatches.
@@ -383,18 +385,88 @@ def test_unit_actor_scores_each_target_by_one_rule(tmp_path: Path) -> None:
     swapped = np.concatenate([blocks[..., [0, 1, 4, 3, 2], :].reshape(8, 3, 65), obs[..., 65:]], -1)
     out = np.asarray(learner.policy_step(params, hidden, jnp.asarray(swapped), avail, start)[1])
     np.testing.assert_allclose(out[..., [0, 1, 2, 3, 4, 7, 6, 5]], logits, atol=1e-5)
-    # The tier file replays it in numpy: same actions under the same Gumbel noise.
+    _assert_tier_file_replays(learner, params, obs, logits, tmp_path)
+    # And it trains end to end.
+    run = train_mappo("3m", TINY_UNITS, 0, tmp_path / "run", progress=False)
+    assert [s["step"] for s in run.snapshots] == [0, 192, 384, 576]
+
+
+def _assert_tier_file_replays(
+    learner: MappoLearner, params: Any, obs: np.ndarray, logits: np.ndarray, tmp_path: Path
+) -> None:
+    """The tier file of ``params`` replays the actor in numpy: the actions of ``logits`` (the
+    actor's on ``obs``) under the same Gumbel noise and a random mask."""
     meta = {**policy_meta(learner, 0), "tier": "good"}
-    assert meta["actor"] == "units"
+    assert meta["actor"] == learner.cfg.actor_arch
     save_tier_policy(tmp_path / "good.pt", policy_weights(params), meta)
     noise = np.random.default_rng(2).gumbel(size=logits.shape)
     policy, _ = load_tier_policy(tmp_path / "good.pt", np.random.default_rng(2))
-    mask = rng.random((8, 3, 8)) < 0.5
+    mask = np.random.default_rng(3).random(logits.shape) < 0.5
     mask[..., 4] = True
     expected = np.where(mask, logits + noise, -np.inf).argmax(-1)
     np.testing.assert_array_equal(policy(obs, mask, 0), expected)
-    # And it trains end to end.
-    run = train_mappo("3m", TINY_UNITS, 0, tmp_path / "run", progress=False)
+
+
+def _who_shot_whom(obs: np.ndarray, prev_attack: np.ndarray, a: int, e: int) -> tuple[Any, ...]:
+    """target_features of one step worked out unit by unit from SMAX's state: ``prev_attack``
+    is every unit's last attack action (allies then enemies), ``obs`` (A, O) the allies'."""
+    units = np.arange(a + e)
+    # SMAX's world step: an ally's 5 + t hits enemy t, an enemy's 5 + t hits ally a - 1 - t.
+    hit = np.where(units < a, a + prev_attack - 5, a + 4 - prev_attack)
+    hit = np.where(prev_attack < 5, -1, hit)
+    allies, enemies, own = np.zeros((a, a - 1, 1)), np.zeros((a, e, 2)), np.zeros((a, 1))
+    for i in range(a):
+        seen = obs[i, : (a - 1 + e) * UNIT_FEATURES].reshape(-1, UNIT_FEATURES)[:, 0] > 0
+        others = [u for u in range(a + e) if u != i]  # the order of the blocks
+        seen_units = [u for u, s in zip(others, seen, strict=True) if s]
+        for k in range(a - 1):
+            allies[i, k, 0] = sum(hit[u] == others[k] for u in seen_units if u >= a) / e
+        for j in range(e):  # the allies seen to shoot at j, whether j is seen or not
+            enemies[i, j, 0] = sum(hit[u] == a + j for u in seen_units if u < a) / (a - 1)
+            enemies[i, j, 1] = seen[a - 1 + j] and hit[a + j] == i
+        own[i, 0] = sum(hit[u] == i for u in seen_units if u >= a) / e
+    return allies, enemies, own
+
+
+def test_target_features_say_who_shot_whom_in_smax() -> None:
+    """Decoded from the observation alone, they match SMAX's own record of the last attacks,
+    on 5m_vs_6m episodes where the allies shoot at random."""
+    env, (a, e) = make_smax("5m_vs_6m"), (5, 6)
+    key, shots = jax.random.PRNGKey(0), 0
+    obs, state = env.reset(key)
+    for _ in range(60):
+        avail = env.get_avail_actions(state)
+        actions = {ag: jnp.asarray(_random(np.asarray(avail[ag]))) for ag in env.agents}
+        key, sub = jax.random.split(key)
+        obs, state, _, dones, _ = env.step(sub, state, actions)
+        if dones["__all__"]:
+            obs, state = env.reset(sub)
+            continue
+        o = np.stack([np.asarray(obs[ag]) for ag in env.agents])
+        alive = np.asarray(state.state.unit_alive[:a])
+        got = target_features(actor_input(o), a, e)
+        want = _who_shot_whom(o, np.asarray(state.state.prev_attack_actions), a, e)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g[alive], w[alive], atol=1e-6)
+        shots += int(want[1][alive].sum() > 0 and want[0][alive].sum() > 0)
+    assert shots > 10  # steps where enemies and allies had both shot at something seen
+
+
+def test_unit_actor_with_target_features(tmp_path: Path) -> None:
+    cfg = TINY.model_copy(update={"actor_arch": "unit_targets"})
+    assert '"actor_arch": "unit_targets"' in run_fingerprint("3m", cfg, 0)
+    with pytest.raises(ValueError, match="unit_targets"):
+        PpoConfig(actor_arch="unit_targets", actor_rnn=16)
+    learner = learner_for("3m", cfg)
+    ts = learner.init(jax.random.PRNGKey(5))
+    params = jax.tree.map(lambda x: x * 3.0, ts.params["actor"])
+    _, traj = learner.rollout(ts)
+    obs = np.asarray(traj.obs[:8, 0])  # real observations: (8, 3, 75)
+    hidden, start = ts.hidden[:1], jnp.ones(8, bool)
+    avail = jnp.ones((8, 3, 8), bool)
+    logits = np.asarray(learner.policy_step(params, hidden, jnp.asarray(obs), avail, start)[1])
+    _assert_tier_file_replays(learner, params, obs, logits, tmp_path)
+    run = train_mappo("3m", cfg, 0, tmp_path / "run", progress=False)
     assert [s["step"] for s in run.snapshots] == [0, 192, 384, 576]
 
 

@@ -345,8 +345,9 @@ class MappoLearner:
         spec = self.env.spec
         self.num_agents, self.num_actions = spec.num_agents, spec.num_actions
         self.actor: nn.Module = Actor(tuple(cfg.net_arch), spec.num_actions, cfg.actor_rnn)
-        if cfg.actor_arch == "units":
-            self.actor = UnitActor(tuple(cfg.net_arch), spec.num_agents, spec.num_enemies)
+        if cfg.actor_arch != "mlp":
+            targets = cfg.actor_arch == "unit_targets"
+            self.actor = UnitActor(tuple(cfg.net_arch), spec.num_agents, spec.num_enemies, targets)
         self.recurrent = cfg.actor_rnn > 0
         self.critic: nn.Module = Critic(tuple(cfg.critic_arch))
         if cfg.critic_units:
@@ -862,7 +863,7 @@ def policy_meta(learner: MappoLearner, seed: int) -> dict[str, Any]:
     """What a tier policy file records about the actor (:func:`numpy_policy` reads it)."""
     spec = learner.env.spec
     recurrent = {"rnn": learner.cfg.actor_rnn} if learner.recurrent else {}
-    units = {"actor": "units"} if learner.cfg.actor_arch == "units" else {}
+    units = {"actor": learner.cfg.actor_arch} if learner.cfg.actor_arch != "mlp" else {}
     return {
         **recurrent,  # absent for an MLP, as in the files written before the GRU
         **units,  # absent for an MLP, as in the files written before the unit actor
@@ -892,12 +893,13 @@ def numpy_policy(
     rng: np.random.Generator,
 ) -> MultiAgentPolicy:
     """A tier policy: the actor (:class:`Actor`, or :class:`UnitActor` where ``meta["actor"]``
-    says ``units``) in numpy, actions sampled from its masked
+    names a unit actor) in numpy, actions sampled from its masked
     categorical with noise from ``rng`` (Gumbel-max), so a rollout is reproducible from the
     seed alone. A recurrent actor's state restarts at ``t == 0``: the episodes of a batch
     start together (:func:`cmt.envs.smax.run_episodes`)."""
     hidden, rnn = len(meta["net_arch"]), int(meta.get("rnn", 0))
-    units = meta.get("actor", "mlp") == "units"
+    actor = meta.get("actor", "mlp")
+    units, targets = actor != "mlp", actor == "unit_targets"
     names = [f"hidden_{i}" for i in range(hidden)]
     names += list(UNIT_LAYERS) if units else ["logits"]
     if rnn:
@@ -934,7 +936,7 @@ def numpy_policy(
     def act(obs: np.ndarray, avail: np.ndarray, t: int) -> np.ndarray:
         x = np.asarray(actor_input(obs) if agent_id else obs, np.float64)
         if units:
-            x = unit_logits(unit_dense, x, net, num_agents, num_enemies)
+            x = unit_logits(unit_dense, x, net, num_agents, num_enemies, targets)
         else:
             x = mlp_logits(x, t)
         scores = x + rng.gumbel(size=x.shape)  # (B, A, N)

@@ -8,6 +8,12 @@ on enemy j by the product of a query from that context with enemy j's embedding:
 all targets (as entity and pointer networks in the SMAC literature do), the move and stop
 logits from the context alone.
 
+With ``actor_arch: unit_targets`` each unit's block also carries who shot at whom on the last
+step (:func:`target_features`): SMAX reports it per unit as one number, the index of its last
+attack action scaled to [0, 1], which a shared embedding layer cannot match against the other
+units' slots; decoded into counts, "enemy j shot at me" and "k allies shot at enemy j" are
+features the attack scores and the moves can use directly.
+
 The forward pass, :func:`unit_logits`, is written once over a ``dense(name, width, scale, x)``
 callable and an array module, so training (flax, jax) and the tier policies (numpy) run the
 same function.
@@ -26,34 +32,93 @@ import numpy as np
 
 from cmt.envs.smax import OWN_FEATURES, UNIT_FEATURES
 
-__all__ = ["NUM_MOVES", "UNIT_LAYERS", "UnitActor", "embed_units", "unit_logits"]
+__all__ = [
+    "NUM_MOVES",
+    "UNIT_LAYERS",
+    "UnitActor",
+    "embed_units",
+    "target_features",
+    "unit_logits",
+]
 
 Dense = Callable[[str, int, float, Any], Any]
 """``dense(name, width, scale, x)``: the named affine layer applied to ``x`` (..., in)."""
 
 NUM_MOVES = 5  # SMAX's four moves and stop come before the attack actions
+LAST_TARGETED = 5  # column of SMAX's "last_targeted" in a unit block (cmt.envs.smax)
 
 UNIT_LAYERS = ("own", "ally", "enemy", "move", "query")
 """The unit actor's layers besides its ``hidden_<i>`` context layers."""
 
 
 def embed_units(
-    dense: Dense, name: str, x: Any, first: int, count: int, features: int, width: int
+    dense: Dense,
+    name: str,
+    x: Any,
+    first: int,
+    count: int,
+    features: int,
+    width: int,
+    extra: Any = None,
 ) -> Any:
-    """Units ``first`` to ``first + count - 1`` of ``x``'s blocks of ``features``, each
-    embedded by the one layer ``name`` and a ReLU: (..., count, width)."""
+    """Units ``first`` to ``first + count - 1`` of ``x``'s blocks of ``features``, each with
+    its ``extra`` columns (..., count, k) appended if given, embedded by the one layer
+    ``name`` and a ReLU: (..., count, width)."""
     xp = jnp if isinstance(x, jax.Array) else np
     block = x[..., first * features : (first + count) * features]
+    block = block.reshape(*x.shape[:-1], count, features)
+    if extra is not None:
+        block = xp.concatenate([block, extra], axis=-1)
     # Units as rows of one 2-D matrix: measured 1.2x faster to train than a 3-D dense.
-    rows = dense(name, width, math.sqrt(2.0), block.reshape(-1, features))
+    rows = dense(name, width, math.sqrt(2.0), block.reshape(-1, block.shape[-1]))
     return xp.maximum(rows, 0.0).reshape(*x.shape[:-1], count, width)
 
 
+def target_features(x: Any, num_agents: int, num_enemies: int) -> tuple[Any, Any, Any]:
+    """Who shot at whom on the last step, as seen by each ally, from the actor input ``x``
+    (..., O + A): extra columns for the other allies' blocks (..., A - 1, 1: how many of the
+    enemies it sees shot at that ally, over E), the enemies' blocks (..., E, 2: how many of
+    the allies it sees shot at that enemy, seen or not, over max(A - 1, 1); whether that
+    enemy shot at it) and its own features (..., 1: how many enemies shot at it, over E).
+
+    SMAX writes a unit's last attack action ``a`` as ``a / (its number of actions - 1)``
+    (0 when it did not attack, or is dead or out of sight). An ally's attack ``5 + t`` aims
+    at enemy t; an enemy's ``5 + t`` at ally ``A - 1 - t`` (its unit list counts allies in
+    reverse). Ally blocks skip the observer: block k is ally k below the observer's index
+    (its one-hot, the end of ``x``), ally k + 1 from it on."""
+    xp = jnp if isinstance(x, jax.Array) else np
+    a, e = num_agents, num_enemies
+    others = a - 1 + e
+    last = x[..., : others * UNIT_FEATURES].reshape(*x.shape[:-1], others, UNIT_FEATURES)
+    last = last[..., LAST_TARGETED]
+    one_hot = x[..., -a:]
+    ally_action = xp.round(last[..., : a - 1] * (NUM_MOVES - 1 + e))
+    shot = ally_action[..., :, None] == (NUM_MOVES + xp.arange(e))  # (..., A-1, E)
+    allies_on = shot.sum(axis=-2) / max(a - 1, 1)  # (..., E)
+    enemy_action = xp.round(last[..., a - 1 :] * (NUM_MOVES - 1 + a))
+    target = xp.where(enemy_action >= NUM_MOVES, a - 1 - (enemy_action - NUM_MOVES), -1)
+    on_ally = (target[..., :, None] == xp.arange(a)).astype(x.dtype)  # (..., E, A)
+    on_me = (on_ally * one_hot[..., None, :]).sum(axis=-1)  # (..., E)
+    per_ally = on_ally.sum(axis=-2) / e  # (..., A): enemies on each ally, by index
+    me = (one_hot * xp.arange(a)).sum(axis=-1, keepdims=True)  # the observer's index
+    block_ally = xp.arange(a - 1) + (xp.arange(a - 1) >= me)  # (..., A-1)
+    on_others = (per_ally[..., None, :] * (block_ally[..., None] == xp.arange(a))).sum(-1)
+    enemy_extra = xp.stack([allies_on.astype(x.dtype), on_me], axis=-1)
+    own_extra = (per_ally * one_hot).sum(axis=-1, keepdims=True)
+    return on_others[..., None], enemy_extra, own_extra
+
+
 def unit_logits(
-    dense: Dense, x: Any, hidden: tuple[int, ...], num_agents: int, num_enemies: int
+    dense: Dense,
+    x: Any,
+    hidden: tuple[int, ...],
+    num_agents: int,
+    num_enemies: int,
+    targets: bool = False,
 ) -> Any:
     """Logits (..., 5 + E) from the actor input ``x`` (..., O + A): the observation, then the
-    ally's one-hot (:func:`cmt.behaviour.mappo.actor_input`)."""
+    ally's one-hot (:func:`cmt.behaviour.mappo.actor_input`); with ``targets`` every block
+    also carries :func:`target_features`."""
     xp = jnp if isinstance(x, jax.Array) else np
     width, others = hidden[0], num_agents - 1 + num_enemies
     relu = lambda v: xp.maximum(v, 0.0)  # noqa: E731
@@ -64,9 +129,15 @@ def unit_logits(
             f"{num_agents} allies and {num_enemies} enemies with the ally's one-hot"
         )
     own = x[..., others * UNIT_FEATURES :]  # own features and the one-hot
+    ally_extra = enemy_extra = None
+    if targets:
+        ally_extra, enemy_extra, own_extra = target_features(x, num_agents, num_enemies)
+        own = xp.concatenate([own, own_extra], axis=-1)
     e_own = relu(dense("own", width, root2, own))
-    e_ally = embed_units(dense, "ally", x, 0, num_agents - 1, UNIT_FEATURES, width)
-    e_enemy = embed_units(dense, "enemy", x, num_agents - 1, num_enemies, UNIT_FEATURES, width)
+    e_ally = embed_units(dense, "ally", x, 0, num_agents - 1, UNIT_FEATURES, width, ally_extra)
+    e_enemy = embed_units(
+        dense, "enemy", x, num_agents - 1, num_enemies, UNIT_FEATURES, width, enemy_extra
+    )
     pooled = [e_own, e_enemy.mean(axis=-2), e_enemy.max(axis=-2)]
     if num_agents > 1:
         pooled.insert(1, e_ally.mean(axis=-2))
@@ -86,6 +157,7 @@ class UnitActor(nn.Module):
     hidden: tuple[int, ...]
     num_agents: int
     num_enemies: int
+    targets: bool = False
 
     @nn.compact
     def __call__(self, h: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -93,4 +165,5 @@ class UnitActor(nn.Module):
             init = nn.initializers.orthogonal(scale)
             return nn.Dense(width, kernel_init=init, name=name)(v)
 
-        return h, unit_logits(dense, x, self.hidden, self.num_agents, self.num_enemies)
+        logits = unit_logits(dense, x, self.hidden, self.num_agents, self.num_enemies, self.targets)
+        return h, logits
