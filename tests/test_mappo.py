@@ -430,13 +430,18 @@ def _who_shot_whom(obs: np.ndarray, prev_attack: np.ndarray, a: int, e: int) -> 
 
 def test_target_features_say_who_shot_whom_in_smax() -> None:
     """Decoded from the observation alone, they match SMAX's own record of the last attacks,
-    on 5m_vs_6m episodes where the allies shoot at random."""
+    on 5m_vs_6m episodes where the allies shoot at random whenever they can."""
     env, (a, e) = make_smax("5m_vs_6m"), (5, 6)
-    key, shots = jax.random.PRNGKey(0), 0
+    rng, key, shots = np.random.default_rng(0), jax.random.PRNGKey(0), 0
     obs, state = env.reset(key)
-    for _ in range(60):
-        avail = env.get_avail_actions(state)
-        actions = {ag: jnp.asarray(_random(np.asarray(avail[ag]))) for ag in env.agents}
+    for _ in range(100):
+        all_avail = env.get_avail_actions(state)
+        avail = {ag: np.asarray(all_avail[ag]) for ag in env.agents}
+        # Random available actions, an attack whenever one is available.
+        scores = {
+            ag: (rng.random(v.shape) + (np.arange(v.size) >= 5)) * v for ag, v in avail.items()
+        }
+        actions = {ag: jnp.asarray(v.argmax()) for ag, v in scores.items()}
         key, sub = jax.random.split(key)
         obs, state, _, dones, _ = env.step(sub, state, actions)
         if dones["__all__"]:
