@@ -49,7 +49,14 @@ from flax import struct
 from tqdm.auto import tqdm
 
 from cmt.behaviour.rollout import random_streams, seed_from
-from cmt.behaviour.unit_actor import NUM_MOVES, UNIT_LAYERS, UnitActor, embed_units, unit_logits
+from cmt.behaviour.unit_actor import (
+    NUM_MOVES,
+    UNIT_LAYERS,
+    UnitActor,
+    array_module,
+    embed_units,
+    unit_logits,
+)
 from cmt.checkpoint import CheckpointError, atomic_torch_save, load_sealed
 from cmt.envs.smax import MultiAgentPolicy, make_smax, smax_map
 from cmt.sections import MAPPO_FIELDS_ADDED_LATER, PPO_AFTER_TRAINING, PpoConfig
@@ -121,16 +128,10 @@ class Actor(nn.Module):
         return h, _dense(self.num_actions, 0.01, "logits")(x)
 
 
-def _array_module(x: Any) -> Any:
-    """jax.numpy for jax arrays (tracers included), numpy otherwise: the actor's pieces run in
-    both (training in jax, the tier policies in numpy)."""
-    return jnp if isinstance(x, jax.Array) else np
-
-
 def gru_update(gx: Any, gh: Any, h: Any) -> Any:
     """A GRU cell's new state from its input and hidden projections (reset, update, new
     gates, in that order; PyTorch's equations). Numpy or jax, so the tier policies use it."""
-    xp = _array_module(h)
+    xp = array_module(h)
     xr, xz, xn = xp.split(gx, 3, axis=-1)
     hr, hz, hn = xp.split(gh, 3, axis=-1)
     r = 1.0 / (1.0 + xp.exp(-(xr + hr)))
@@ -183,7 +184,7 @@ def actor_input(obs: jax.Array | np.ndarray) -> Any:
     """Each ally's observation with its agent one-hot appended: (..., A, O) -> (..., A, O + A).
 
     Works on numpy and jax arrays alike (the tier policies run in numpy)."""
-    xp = _array_module(obs)
+    xp = array_module(obs)
     a = obs.shape[-2]
     one_hot = xp.broadcast_to(xp.eye(a, dtype=obs.dtype), (*obs.shape[:-2], a, a))
     return xp.concatenate([obs, one_hot], axis=-1)

@@ -36,6 +36,7 @@ __all__ = [
     "NUM_MOVES",
     "UNIT_LAYERS",
     "UnitActor",
+    "array_module",
     "embed_units",
     "target_features",
     "unit_logits",
@@ -51,6 +52,12 @@ UNIT_LAYERS = ("own", "ally", "enemy", "move", "query")
 """The unit actor's layers besides its ``hidden_<i>`` context layers."""
 
 
+def array_module(x: Any) -> Any:
+    """jax.numpy for jax arrays (tracers included), numpy otherwise: the actors' pieces run in
+    both (training in jax, the tier policies in numpy)."""
+    return jnp if isinstance(x, jax.Array) else np
+
+
 def embed_units(
     dense: Dense,
     name: str,
@@ -64,7 +71,7 @@ def embed_units(
     """Units ``first`` to ``first + count - 1`` of ``x``'s blocks of ``features``, each with
     its ``extra`` columns (..., count, k) appended if given, embedded by the one layer
     ``name`` and a ReLU: (..., count, width)."""
-    xp = jnp if isinstance(x, jax.Array) else np
+    xp = array_module(x)
     block = x[..., first * features : (first + count) * features]
     block = block.reshape(*x.shape[:-1], count, features)
     if extra is not None:
@@ -86,7 +93,7 @@ def target_features(x: Any, num_agents: int, num_enemies: int) -> tuple[Any, Any
     at enemy t; an enemy's ``5 + t`` at ally ``A - 1 - t`` (its unit list counts allies in
     reverse). Ally blocks skip the observer: block k is ally k below the observer's index
     (its one-hot, the end of ``x``), ally k + 1 from it on."""
-    xp = jnp if isinstance(x, jax.Array) else np
+    xp = array_module(x)
     a, e = num_agents, num_enemies
     others = a - 1 + e
     last = x[..., : others * UNIT_FEATURES].reshape(*x.shape[:-1], others, UNIT_FEATURES)
@@ -104,7 +111,7 @@ def target_features(x: Any, num_agents: int, num_enemies: int) -> tuple[Any, Any
     block_ally = xp.arange(a - 1) + (xp.arange(a - 1) >= me)  # (..., A-1)
     on_others = (per_ally[..., None, :] * (block_ally[..., None] == xp.arange(a))).sum(-1)
     enemy_extra = xp.stack([allies_on.astype(x.dtype), on_me], axis=-1)
-    own_extra = (per_ally * one_hot).sum(axis=-1, keepdims=True)
+    own_extra = on_me.sum(axis=-1, keepdims=True) / e
     return on_others[..., None], enemy_extra, own_extra
 
 
@@ -119,7 +126,7 @@ def unit_logits(
     """Logits (..., 5 + E) from the actor input ``x`` (..., O + A): the observation, then the
     ally's one-hot (:func:`cmt.behaviour.mappo.actor_input`); with ``targets`` every block
     also carries :func:`target_features`."""
-    xp = jnp if isinstance(x, jax.Array) else np
+    xp = array_module(x)
     width, others = hidden[0], num_agents - 1 + num_enemies
     relu = lambda v: xp.maximum(v, 0.0)  # noqa: E731
     root2 = math.sqrt(2.0)
