@@ -20,15 +20,33 @@ JAX_CPU_ENV = {
 thread, so that jax does not take every core from the torch and SB3 code beside it."""
 
 
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo ("unknown" elsewhere): every measurement names it."""
+CPU_EXTENSIONS = (("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"), ("amx_tile", "AMX"))
+"""The /proc/cpuinfo flags a CPU name lists: they decide fp32 and bf16 speed here."""
+
+
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU model with its family, model number and vector extensions, from the first
+    processor of ``cpuinfo`` ("unknown" without one). Cloud CPUs share model names across
+    generations ("AMD EPYC" was a Zen 4 on one machine and a Zen 5 on the next, 1.5x apart),
+    so every measurement records all of them."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        first = cpuinfo.read_text().split("\n\n", 1)[0]
     except OSError:
-        pass
-    return "unknown"
+        return "unknown"
+    fields = {}
+    for line in first.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    if "model name" not in fields:
+        return "unknown"
+    flags = set(fields.get("flags", "").split())
+    extensions = [name for flag, name in CPU_EXTENSIONS if flag in flags]
+    if not extensions and "avx2" in flags:
+        extensions = ["AVX2"]
+    numbers = (("cpu family", "family"), ("model", "model"))
+    detail = [f"{label} {fields[key]}" for key, label in numbers if key in fields] + extensions
+    return f"{fields['model name']} ({', '.join(detail)})" if detail else fields["model name"]
 
 
 def jax_on_cpu() -> None:
