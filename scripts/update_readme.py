@@ -358,7 +358,7 @@ def learners_section() -> str:
     """The behaviour learners against the ones they replaced, from their two benchmark JSONs."""
     if not (LEARNERS.exists() and SMAX_LEARNERS.exists()):
         return "_No behaviour-learner benchmark committed yet._\n"
-    mujoco, smax = json.loads(LEARNERS.read_text()), json.loads(SMAX_LEARNERS.read_text())
+    mujoco = json.loads(LEARNERS.read_text())
     m = mujoco["machine"]
     lines = [
         f"MuJoCo (`python perf/learners.py`, `{LEARNERS.name}`; {m['cpu']}, {m['threads']} "
@@ -373,10 +373,17 @@ def learners_section() -> str:
             f"| {env} | {r['sb3_sac']['steps_per_s']:.0f} | {r['sbx_sac']['steps_per_s']:.0f} "
             f"({r['sbx_sac']['speedup_vs_sb3_sac']:.1f}×) | {r['sbx_tqc']['steps_per_s']:.0f} |"
         )
+    for path in sorted(SMAX_LEARNERS.parent.glob("smax_learners*.json")):
+        lines += ["", *smax_learners_table(path)]
+    return "\n".join(lines) + "\n"
+
+
+def smax_learners_table(path: Path) -> list[str]:
+    """One SMAX learner benchmark JSON (one per CPU measured) as a paragraph and a table."""
+    smax = json.loads(path.read_text())
     m = smax["machine"]
-    lines += [
-        "",
-        f"SMAX (`{smax['command']}`, `{SMAX_LEARNERS.name}`; {m['cpu']}, {m['threads']} thread, "
+    lines = [
+        f"SMAX (`{smax['command']}`, `{path.name}`; {m['cpu']}, {m['threads']} thread, "
         f"load average {m['load_before'][0]:.1f} to {m['load_after'][0]:.1f}): agent steps/s of "
         "whole rollouts and updates; JAX MAPPO with each map's preset actor.",
         "",
@@ -390,7 +397,7 @@ def learners_section() -> str:
             f"| {name} | {r['maskable_ppo']['agent_steps_per_s']:,.0f} | "
             f"{r['mappo']['agent_steps_per_s']:,.0f} ({r['speedup']:.1f}×{note}) |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def render(text: str) -> str:

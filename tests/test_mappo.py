@@ -30,7 +30,7 @@ from cmt.behaviour.mappo import (
 )
 from cmt.behaviour.ppo import TIERS, build_smax_datasets, record_tier
 from cmt.behaviour.rollout import seed_from
-from cmt.behaviour.unit_actor import target_features
+from cmt.behaviour.unit_actor import NUM_MOVES, target_features
 from cmt.checkpoint import atomic_torch_save, load_sealed
 from cmt.data.hdf5 import read_hdf5
 from cmt.envs.smax import UNIT_FEATURES, make_smax, run_episodes, smax_map
@@ -439,7 +439,8 @@ def test_target_features_say_who_shot_whom_in_smax() -> None:
         avail = {ag: np.asarray(all_avail[ag]) for ag in env.agents}
         # Random available actions, an attack whenever one is available.
         scores = {
-            ag: (rng.random(v.shape) + (np.arange(v.size) >= 5)) * v for ag, v in avail.items()
+            ag: (rng.random(v.shape) + (np.arange(v.size) >= NUM_MOVES)) * v
+            for ag, v in avail.items()
         }
         actions = {ag: jnp.asarray(v.argmax()) for ag, v in scores.items()}
         key, sub = jax.random.split(key)
