@@ -3,6 +3,7 @@ critic's input, snapshots and checkpoints, exact resume, exported tier policies,
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,12 @@ import numpy as np
 import pytest
 import torch
 
+from cmt.behaviour import mappo
 from cmt.behaviour.mappo import (
     CHECKPOINT_FILE,
     MappoLearner,
     SmaxTrainEnv,
+    TrainState,
     actor_input,
     learner_for,
     load_tier_policies,
@@ -138,6 +141,61 @@ def test_resume_gives_the_uninterrupted_parameters(tmp_path: Path, cfg: PpoConfi
     # Other settings (here: snapshots, which compile nothing new): the checkpoint is not reused.
     other = cfg.model_copy(update={"snapshot_every": 384})
     assert train_mappo("3m", other, 3, tmp_path / "b", progress=False).stats["resumed_from"] == 0
+
+
+# Overlapped rollouts: a snapshot every 2 updates, so a segment overlaps one rollout.
+TINY_OVERLAP = TINY.model_copy(update={"overlap_rollout": True, "snapshot_every": 384})
+
+
+def test_overlapped_rollouts_collect_with_the_actor_one_update_old(tmp_path: Path) -> None:
+    run = train_mappo("3m", TINY_OVERLAP, seed=3, behaviour_dir=tmp_path / "a", progress=False)
+    assert [s["step"] for s in run.snapshots] == [0, 384, 576]
+    # The schedule by hand, in one thread: segment [0, 384) overlaps its second rollout with
+    # the first update, so that rollout's actor is the untrained one; [384, 576) is one update.
+    learner = learner_for("3m", TINY_OVERLAP)
+    ts = learner.init(mappo._Run(learner, TINY_OVERLAP, 3, None, None).init_key)
+
+    def learn(ts: TrainState, traj: Any) -> Any:
+        return learner.learn(replace(ts, key=jax.random.fold_in(ts.key, 1)), traj)[0]
+
+    for updates in (2, 1):
+        ts, traj = learner.rollout(ts)
+        for i in range(updates):
+            learnt = learn(ts, traj)
+            rolled = ts
+            if i + 1 < updates:
+                rolled, traj = learner.rollout(ts)  # the actor before this update
+            ts = replace(
+                learnt, env_state=rolled.env_state, ep_return=rolled.ep_return,
+                hidden=rolled.hidden, key=rolled.key,
+            )  # fmt: skip
+    expected = policy_weights(ts.params["actor"])
+    for name, tensor in run.snapshots[-1]["policy"].items():
+        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0)
+    # The lag changes what is learnt: sequential PPO on the same seed ends elsewhere.
+    sequential = TINY_OVERLAP.model_copy(update={"overlap_rollout": False})
+    other = train_mappo("3m", sequential, 3, tmp_path / "s", progress=False).snapshots[-1]
+    assert any(
+        not torch.equal(tensor, other["policy"][name])
+        for name, tensor in run.snapshots[-1]["policy"].items()
+    )
+    # A separate run by its fingerprint (the default's fingerprint is the one before the
+    # field existed), resumed exactly from a snapshot.
+    assert "overlap_rollout" not in run_fingerprint("3m", sequential, 3)
+    assert '"overlap_rollout": true' in run_fingerprint("3m", TINY_OVERLAP, 3)
+
+    def kill_at_384(step: int, metrics: dict[str, float]) -> None:
+        if step == 384:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        train_mappo("3m", TINY_OVERLAP, 3, tmp_path / "b", on_metrics=kill_at_384, progress=False)
+    resumed = train_mappo("3m", TINY_OVERLAP, 3, tmp_path / "b", progress=False)
+    assert resumed.stats["resumed_from"] == 384
+    for name, tensor in run.snapshots[-1]["policy"].items():
+        torch.testing.assert_close(tensor, resumed.snapshots[-1]["policy"][name], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="only the mappo learner"):
+        PpoConfig(learner="maskable_ppo", overlap_rollout=True)
 
 
 def test_tier_policy_files_match_the_actor(tmp_path: Path, learner: MappoLearner) -> None:

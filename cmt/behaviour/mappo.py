@@ -34,6 +34,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple, cast
@@ -639,8 +640,9 @@ class MappoLearner:
 
 
 _LEARNERS: dict[tuple[str, str], MappoLearner] = {}
-_NOT_COMPILED = (*_NOT_TRAINING, "learner", "snapshot_every", "eval_episodes")
-"""Fields that the compiled functions do not depend on (eval_episodes is a static argument)."""
+_NOT_COMPILED = (*_NOT_TRAINING, "learner", "snapshot_every", "eval_episodes", "overlap_rollout")
+"""Fields that the compiled functions do not depend on (eval_episodes is a static argument;
+overlap_rollout only orders the calls)."""
 
 
 def learner_for(map_name: str, cfg: PpoConfig) -> MappoLearner:
@@ -817,6 +819,46 @@ def _summarise(pending: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def _run_updates(
+    learner: MappoLearner,
+    ts: TrainState,
+    count: int,
+    pool: ThreadPoolExecutor | None,
+    run: _Run,
+    bar: tqdm,
+) -> TrainState:
+    """``count`` updates from ``ts``, their metrics kept in ``run.pending``.
+
+    With a ``pool`` (``overlap_rollout``) each rollout after the first is collected in the
+    pool's thread while the learner updates on the one before: jax releases the GIL while a
+    computation runs, so the two use both cores. That rollout's actor is the one before the
+    update, one update older than sequential PPO's. The learner takes its randomness from
+    ``ts.key`` folded (the rollout advances ``ts.key`` itself), and the last rollout is
+    learnt before returning, so nothing is in flight at a snapshot or checkpoint."""
+    if pool is None:
+        for _ in range(count):
+            ts, metrics = learner.update(ts)
+            run.pending.append(metrics)
+            bar.update(1)
+        return ts
+    ts, traj = learner.rollout(ts)
+    for i in range(count):
+        rolling = None
+        if i + 1 < count:  # the segment's last update needs no next rollout
+            rolling = pool.submit(lambda s=ts: jax.block_until_ready(learner.rollout(s)))
+        learnt, metrics = learner.learn(replace(ts, key=jax.random.fold_in(ts.key, 1)), traj)
+        rolled = ts
+        if rolling is not None:
+            rolled, traj = rolling.result()
+        ts = replace(
+            learnt, env_state=rolled.env_state, ep_return=rolled.ep_return,
+            hidden=rolled.hidden, key=rolled.key,
+        )  # fmt: skip
+        run.pending.append(metrics)
+        bar.update(1)
+    return ts
+
+
 def train_mappo(
     map_name: str,
     cfg: PpoConfig,
@@ -837,16 +879,18 @@ def train_mappo(
     t0 = time.perf_counter()
     bar = tqdm(total=learner.num_updates, initial=int(ts.update), desc=f"mappo {map_name}",
                disable=not progress)  # fmt: skip
-    next_snap = (start // cfg.snapshot_every + 1) * cfg.snapshot_every
-    while int(ts.update) < learner.num_updates:
-        ts, metrics = learner.update(ts)
-        run.pending.append(metrics)
-        bar.update(1)
-        step = run.step_of(ts)
-        if step >= next_snap and int(ts.update) < learner.num_updates:
-            run.take(ts)
-            next_snap = (step // cfg.snapshot_every + 1) * cfg.snapshot_every
-            bar.set_postfix(win_rate=f"{run.snapshots[-1]['win_rate']:.2f}")
+    per = learner.agent_steps_per_update
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mappo-rollout") as pool:
+        while int(ts.update) < learner.num_updates:
+            # The updates up to the next snapshot: the first whose step reaches it.
+            next_snap = (run.step_of(ts) // cfg.snapshot_every + 1) * cfg.snapshot_every
+            count = min(
+                -(-(next_snap - run.step_of(ts)) // per), learner.num_updates - int(ts.update)
+            )
+            ts = _run_updates(learner, ts, count, pool if cfg.overlap_rollout else None, run, bar)
+            if int(ts.update) < learner.num_updates:
+                run.take(ts)
+                bar.set_postfix(win_rate=f"{run.snapshots[-1]['win_rate']:.2f}")
     run.take(ts)  # the final actor
     bar.close()
     elapsed = time.perf_counter() - t0
