@@ -1,17 +1,20 @@
 """SMAX behaviour learners side by side: SMAX steps/s and agent steps/s of the JAX MAPPO
-learner (``cmt/behaviour/mappo.py``) against sb3-contrib's MaskablePPO
-(``cmt/behaviour/ppo.py``), which it replaces, in one run on one machine.
+learner (``cmt/behaviour/mappo.py``), sequential and with ``overlap_rollout`` (each rollout
+in a second thread while the learner updates on the one before), against sb3-contrib's
+MaskablePPO (``cmt/behaviour/ppo.py``), which it replaces, in one run on one machine.
 
     python perf/smax_learners.py            # writes perf/results/smax_learners.json
     python perf/smax_learners.py --quick    # 3m only, shorter budgets
 
 MAPPO runs with each map's preset settings (``presets/smax_<map>.yaml``), MaskablePPO with the
-settings its datasets were built with (:data:`MASKABLE_PPO`); both on one compute thread (XLA
-and torch), as the collect stage runs them. The clock starts after a warm-up (jit compilation
-excluded) and covers acting, stepping SMAX and updating, in whole rollouts, for about
-``--seconds`` per learner and map; snapshots (evaluation, checkpoints) are not included.
-Each learner is timed ``--repeats`` times, interleaved; the fastest repeat is the least
-disturbed by other processes (the machine is shared), the median is recorded too.
+settings its datasets were built with (:data:`MASKABLE_PPO`); every computation on one compute
+thread (XLA and torch), as the collect stage runs them. The overlapped MAPPO runs two
+computations at once, so it uses both cores, in segments of the updates between two of the
+preset's snapshots. The clock starts after a warm-up (jit compilation excluded) and covers
+acting, stepping SMAX and updating, in whole rollouts, for about ``--seconds`` per learner and
+map; snapshots (evaluation, checkpoints) are not included. Each learner is timed
+``--repeats`` times, interleaved; the fastest repeat is the least disturbed by other
+processes (the machine is shared), the median is recorded too.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import os
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from machine import cpu_name  # noqa: E402  # perf/, the script's own folder
 
 from cmt.atomic import write_json  # noqa: E402
-from cmt.behaviour.mappo import learner_for  # noqa: E402
+from cmt.behaviour.mappo import learner_for, run_updates  # noqa: E402
 from cmt.behaviour.ppo import SmaxVecEnv, _ppo_model  # noqa: E402
 from cmt.envs.smax import smax_map  # noqa: E402
 from cmt.sections import PpoConfig  # noqa: E402
@@ -83,6 +87,23 @@ def time_mappo(map_name: str, cfg: PpoConfig, seconds: float) -> tuple[int, floa
     return updates * learner.agent_steps_per_update, time.perf_counter() - start
 
 
+def time_mappo_overlapped(map_name: str, cfg: PpoConfig, seconds: float) -> tuple[int, float]:
+    """(agent steps, seconds) of ``overlap_rollout`` MAPPO for about ``seconds``, in whole
+    segments of the updates between two snapshots (each begins with a rollout alone)."""
+    learner = learner_for(map_name, cfg)
+    segment = -(-cfg.snapshot_every // learner.agent_steps_per_update)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ts = learner.init(jax.random.PRNGKey(0))
+        ts = run_updates(learner, ts, 2, pool)  # compiles
+        jax.block_until_ready(ts)
+        updates, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            ts = run_updates(learner, ts, segment, pool)
+            jax.block_until_ready(ts)
+            updates += segment
+    return updates * learner.agent_steps_per_update, time.perf_counter() - start
+
+
 def time_maskable_ppo(map_name: str, cfg: PpoConfig, seconds: float) -> tuple[int, float]:
     """(agent steps, seconds) of whole MaskablePPO rollouts and updates for about ``seconds``."""
     venv = SmaxVecEnv(map_name, cfg.n_envs, seed=0)
@@ -98,8 +119,17 @@ def time_maskable_ppo(map_name: str, cfg: PpoConfig, seconds: float) -> tuple[in
 
 def measure(map_name: str, seconds: float, repeats: int) -> dict[str, Any]:
     """Both learners on one map, interleaved ``repeats`` times."""
-    configs = {"mappo": preset_ppo(map_name), "maskable_ppo": PpoConfig(**MASKABLE_PPO)}
-    timers = {"mappo": time_mappo, "maskable_ppo": time_maskable_ppo}
+    mappo = preset_ppo(map_name)
+    configs = {
+        "mappo": mappo,
+        "mappo_overlap": mappo.model_copy(update={"overlap_rollout": True}),
+        "maskable_ppo": PpoConfig(**MASKABLE_PPO),
+    }
+    timers = {
+        "mappo": time_mappo,
+        "mappo_overlap": time_mappo_overlapped,
+        "maskable_ppo": time_maskable_ppo,
+    }
     rates: dict[str, list[float]] = {k: [] for k in configs}
     agents = smax_map(map_name).num_agents
     for _ in range(repeats):
@@ -113,7 +143,7 @@ def measure(map_name: str, seconds: float, repeats: int) -> dict[str, Any]:
         out[name] = {
             "settings": cfg.model_dump(
                 mode="json",
-                include=MAPPO_SHAPE if name == "mappo" else set(MASKABLE_PPO),
+                include=set(MASKABLE_PPO) if name == "maskable_ppo" else MAPPO_SHAPE,
             ),
             "agent_steps_per_s": round(max(r), 1),
             "env_steps_per_s": round(max(r) / agents, 1),
@@ -121,6 +151,7 @@ def measure(map_name: str, seconds: float, repeats: int) -> dict[str, Any]:
             "agent_steps_per_s_each_repeat": [round(x, 1) for x in r],
         }
     out["speedup"] = round(max(rates["mappo"]) / max(rates["maskable_ppo"]), 2)
+    out["overlap_speedup"] = round(max(rates["mappo_overlap"]) / max(rates["mappo"]), 2)
     return out
 
 
@@ -146,7 +177,7 @@ def main() -> None:
             "machine": {
                 "cpu": cpu_name(),
                 "cpu_count": os.cpu_count(),
-                "threads": 1,
+                "threads": 1,  # per computation; the overlapped MAPPO runs two
                 "jax": jax.__version__,
                 "torch": torch.__version__,
                 "load_before": [round(x, 2) for x in load_before],

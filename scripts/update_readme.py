@@ -387,16 +387,23 @@ def smax_learners_table(path: Path) -> list[str]:
         f"load average {m['load_before'][0]:.1f} to {m['load_after'][0]:.1f}): agent steps/s of "
         "whole rollouts and updates; JAX MAPPO with each map's preset actor.",
         "",
-        "| map | MaskablePPO | JAX MAPPO |",
-        "|---|---|---|",
     ]
+    overlap = all("mappo_overlap" in r for r in smax["maps"].values())  # measured since 262260f
+    lines += ["| map | MaskablePPO | JAX MAPPO |" + (" overlapped rollouts |" if overlap else "")]
+    lines += ["|---|---|---|" + ("---|" if overlap else "")]
     for name, r in smax["maps"].items():
         actor = r["mappo"]["settings"].get("actor_arch", "mlp")
         note = ", unit-wise actor" if actor == "units" else ""
-        lines.append(
+        row = (
             f"| {name} | {r['maskable_ppo']['agent_steps_per_s']:,.0f} | "
             f"{r['mappo']['agent_steps_per_s']:,.0f} ({r['speedup']:.1f}×{note}) |"
         )
+        if overlap:
+            row += (
+                f" {r['mappo_overlap']['agent_steps_per_s']:,.0f} "
+                f"({r['overlap_speedup']:.2f}× sequential) |"
+            )
+        lines.append(row)
     return lines
 
 

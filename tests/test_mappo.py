@@ -160,9 +160,10 @@ def test_overlapped_rollouts_collect_with_the_actor_one_update_old(tmp_path: Pat
 
     for updates in (2, 1):
         ts, traj = learner.rollout(ts)
+        seen = ts.vnorm
         for i in range(updates):
-            learnt = learn(ts, traj)
-            rolled = ts
+            learnt = learn(ts, learner.revalue(traj, seen, ts.vnorm))
+            rolled, seen = ts, ts.vnorm
             if i + 1 < updates:
                 rolled, traj = learner.rollout(ts)  # the actor before this update
             ts = replace(
@@ -170,6 +171,13 @@ def test_overlapped_rollouts_collect_with_the_actor_one_update_old(tmp_path: Pat
                 hidden=rolled.hidden, key=rolled.key,
             )  # fmt: skip
     expected = policy_weights(ts.params["actor"])
+    # A lagged rollout's values move to the statistics of the update that learns them.
+    _, traj = learner.rollout(ts)
+    moved = ts.vnorm.update(jnp.full(4, 3.0))
+    (m0, s0), (m1, s1) = ts.vnorm.stats(), moved.stats()
+    revalued = learner.revalue(traj, ts.vnorm, moved).value
+    np.testing.assert_allclose(revalued * s1 + m1, traj.value * s0 + m0, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(revalued, traj.value)
     for name, tensor in run.snapshots[-1]["policy"].items():
         torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0)
     # The lag changes what is learnt: sequential PPO on the same seed ends elsewhere.

@@ -78,6 +78,7 @@ __all__ = [
     "numpy_policy",
     "policy_meta",
     "policy_weights",
+    "run_updates",
     "read_tier_policy",
     "run_fingerprint",
     "save_tier_policy",
@@ -378,6 +379,7 @@ class MappoLearner:
         self.rollout = jax.jit(self._rollout)
         self.learn = jax.jit(self._learn)
         self.evaluate = jax.jit(self._evaluate, static_argnums=2)
+        self.revalue = jax.jit(self._revalue)
 
     def update(self, ts: TrainState) -> tuple[TrainState, dict[str, jax.Array]]:
         """One rollout and ``n_epochs`` of minibatch updates on it; training metrics."""
@@ -517,6 +519,14 @@ class MappoLearner:
 
         _, adv = jax.lax.scan(back, jnp.zeros_like(delta[0]), (delta, done), reverse=True)
         return adv, adv + value
+
+    def _revalue(self, traj: _Traj, seen: ValueNorm, now: ValueNorm) -> _Traj:
+        """``traj`` with its values, normalised by the statistics ``seen`` when it was
+        collected, normalised by ``now`` instead (a rollout learnt an update later)."""
+        if not self.cfg.value_norm:
+            return traj
+        (m0, s0), (m1, s1) = seen.stats(), now.stats()
+        return traj._replace(value=(traj.value * s0 + m0 - m1) / s1)
 
     # ------------------------------------------------------------------ update
     def _loss(self, params: Any, mb: _Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -819,43 +829,50 @@ def _summarise(pending: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def _run_updates(
+def _rollout_ready(learner: MappoLearner, ts: TrainState) -> tuple[TrainState, _Traj]:
+    """A rollout, waited for (in the rollout thread: its waiting holds up no one)."""
+    return cast(tuple[TrainState, _Traj], jax.block_until_ready(learner.rollout(ts)))
+
+
+def run_updates(
     learner: MappoLearner,
     ts: TrainState,
     count: int,
-    pool: ThreadPoolExecutor | None,
-    run: _Run,
-    bar: tqdm,
+    pool: ThreadPoolExecutor | None = None,
+    on_update: Callable[[dict[str, jax.Array]], None] | None = None,
 ) -> TrainState:
-    """``count`` updates from ``ts``, their metrics kept in ``run.pending``.
+    """``count`` updates from ``ts``; ``on_update`` gets each update's metrics.
 
     With a ``pool`` (``overlap_rollout``) each rollout after the first is collected in the
     pool's thread while the learner updates on the one before: jax releases the GIL while a
     computation runs, so the two use both cores. That rollout's actor is the one before the
     update, one update older than sequential PPO's. The learner takes its randomness from
-    ``ts.key`` folded (the rollout advances ``ts.key`` itself), and the last rollout is
-    learnt before returning, so nothing is in flight at a snapshot or checkpoint."""
+    ``ts.key`` folded (the rollout advances ``ts.key`` itself), and re-expresses a lagged
+    rollout's values in its own value statistics (the update between moved them). The last
+    rollout is learnt before returning, so nothing is in flight at a snapshot or checkpoint."""
     if pool is None:
         for _ in range(count):
             ts, metrics = learner.update(ts)
-            run.pending.append(metrics)
-            bar.update(1)
+            if on_update is not None:
+                on_update(metrics)
         return ts
     ts, traj = learner.rollout(ts)
+    seen = ts.vnorm  # the value statistics traj's values are normalised by
     for i in range(count):
         rolling = None
         if i + 1 < count:  # the segment's last update needs no next rollout
-            rolling = pool.submit(lambda s=ts: jax.block_until_ready(learner.rollout(s)))
+            rolling = pool.submit(_rollout_ready, learner, ts)
+        traj = learner.revalue(traj, seen, ts.vnorm)
         learnt, metrics = learner.learn(replace(ts, key=jax.random.fold_in(ts.key, 1)), traj)
-        rolled = ts
+        rolled, seen = ts, ts.vnorm
         if rolling is not None:
             rolled, traj = rolling.result()
         ts = replace(
             learnt, env_state=rolled.env_state, ep_return=rolled.ep_return,
             hidden=rolled.hidden, key=rolled.key,
         )  # fmt: skip
-        run.pending.append(metrics)
-        bar.update(1)
+        if on_update is not None:
+            on_update(metrics)
     return ts
 
 
@@ -880,6 +897,11 @@ def train_mappo(
     bar = tqdm(total=learner.num_updates, initial=int(ts.update), desc=f"mappo {map_name}",
                disable=not progress)  # fmt: skip
     per = learner.agent_steps_per_update
+
+    def kept(metrics: dict[str, jax.Array]) -> None:
+        run.pending.append(metrics)
+        bar.update(1)
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mappo-rollout") as pool:
         while int(ts.update) < learner.num_updates:
             # The updates up to the next snapshot: the first whose step reaches it.
@@ -887,7 +909,7 @@ def train_mappo(
             count = min(
                 -(-(next_snap - run.step_of(ts)) // per), learner.num_updates - int(ts.update)
             )
-            ts = _run_updates(learner, ts, count, pool if cfg.overlap_rollout else None, run, bar)
+            ts = run_updates(learner, ts, count, pool if cfg.overlap_rollout else None, kept)
             if int(ts.update) < learner.num_updates:
                 run.take(ts)
                 bar.set_postfix(win_rate=f"{run.snapshots[-1]['win_rate']:.2f}")
