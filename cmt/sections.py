@@ -275,9 +275,9 @@ class PpoConfig(Section):
         False,
         description="mappo: collect each rollout in a second thread while the learner updates "
         "on the one before, so the two cores work at once (about 1.3x the agent steps/s on 2 "
-        "cores); the actor that collects is then one update older than the learner's (PPO's "
-        "ratio is taken against the collecting actor, as always). Between snapshots only: "
-        "checkpoints and resumes stay exact.",
+        "cores); the actor that collects is then one update older than the learner's, "
+        "which learns from it as decoupled PPO does (docs/smax.md). Between snapshots only: "
+        "checkpoints and resumes stay exact. Feed-forward actors only.",
     )
     vf_coef: float = Field(0.5, ge=0.0, description="mappo: weight of the value loss.")
     max_grad_norm: float = Field(
@@ -315,8 +315,8 @@ class PpoConfig(Section):
             raise ValueError("critic_units: a reading of the mappo learner's world-state critic")
         if self.critic_state != "world" and self.learner != "mappo":
             raise ValueError("critic_state: only the mappo learner has a centralised critic")
-        if self.overlap_rollout and self.learner != "mappo":
-            raise ValueError("overlap_rollout: only the mappo learner overlaps its rollouts")
+        if self.overlap_rollout and (self.learner != "mappo" or self.actor_rnn):
+            raise ValueError("overlap_rollout: a mappo learner with a feed-forward actor")
         if self.train_win_bonus != 1.0 and self.learner != "mappo":
             raise ValueError("train_win_bonus: only the mappo learner reshapes its reward")
         if 2 * self.snapshot_every > self.total_steps:

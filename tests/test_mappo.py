@@ -155,15 +155,15 @@ def test_overlapped_rollouts_collect_with_the_actor_one_update_old(tmp_path: Pat
     learner = learner_for("3m", TINY_OVERLAP)
     ts = learner.init(mappo._Run(learner, TINY_OVERLAP, 3, None, None).init_key)
 
-    def learn(ts: TrainState, traj: Any) -> Any:
-        return learner.learn(replace(ts, key=jax.random.fold_in(ts.key, 1)), traj)[0]
+    def learn(ts: TrainState, traj: Any, fresh: bool) -> Any:
+        update = learner.learn if fresh else learner.learn_lagged
+        return update(replace(ts, key=jax.random.fold_in(ts.key, 1)), traj)[0]
 
     for updates in (2, 1):
         ts, traj = learner.rollout(ts)
-        seen = ts.vnorm
         for i in range(updates):
-            learnt = learn(ts, learner.revalue(traj, seen, ts.vnorm))
-            rolled, seen = ts, ts.vnorm
+            learnt = learn(ts, traj, fresh=i == 0)
+            rolled = ts
             if i + 1 < updates:
                 rolled, traj = learner.rollout(ts)  # the actor before this update
             ts = replace(
@@ -171,13 +171,13 @@ def test_overlapped_rollouts_collect_with_the_actor_one_update_old(tmp_path: Pat
                 hidden=rolled.hidden, key=rolled.key,
             )  # fmt: skip
     expected = policy_weights(ts.params["actor"])
-    # A lagged rollout's values move to the statistics of the update that learns them.
-    _, traj = learner.rollout(ts)
-    moved = ts.vnorm.update(jnp.full(4, 3.0))
-    (m0, s0), (m1, s1) = ts.vnorm.stats(), moved.stats()
-    revalued = learner.revalue(traj, ts.vnorm, moved).value
-    np.testing.assert_allclose(revalued * s1 + m1, traj.value * s0 + m0, rtol=1e-5, atol=1e-5)
-    assert not np.allclose(revalued, traj.value)
+    # A lagged rollout is learnt with the current critic's values, its ratio clipped around
+    # the current actor and weighted by current over collecting probabilities: on a rollout
+    # of the current actor that is the plain update (weights 1, to rounding).
+    ts, traj = learner.rollout(ts)
+    plain, lagged = learner.learn(ts, traj)[0], learner.learn_lagged(ts, traj)[0]
+    for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(lagged.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     for name, tensor in run.snapshots[-1]["policy"].items():
         torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0)
     # The lag changes what is learnt: sequential PPO on the same seed ends elsewhere.
@@ -202,8 +202,10 @@ def test_overlapped_rollouts_collect_with_the_actor_one_update_old(tmp_path: Pat
     assert resumed.stats["resumed_from"] == 384
     for name, tensor in run.snapshots[-1]["policy"].items():
         torch.testing.assert_close(tensor, resumed.snapshots[-1]["policy"][name], rtol=0, atol=0)
-    with pytest.raises(ValueError, match="only the mappo learner"):
+    with pytest.raises(ValueError, match="feed-forward actor"):
         PpoConfig(learner="maskable_ppo", overlap_rollout=True)
+    with pytest.raises(ValueError, match="feed-forward actor"):
+        PpoConfig(actor_rnn=16, overlap_rollout=True)
 
 
 def test_tier_policy_files_match_the_actor(tmp_path: Path, learner: MappoLearner) -> None:

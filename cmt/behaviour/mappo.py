@@ -334,6 +334,7 @@ class _Batch(NamedTuple):
     target: jax.Array  # normalised value target
     start: jax.Array
     hidden: jax.Array
+    weight: jax.Array | None = None  # (..., A) importance weights of a lagged rollout
 
 
 # --------------------------------------------------------------------------- learner
@@ -379,7 +380,7 @@ class MappoLearner:
         self.rollout = jax.jit(self._rollout)
         self.learn = jax.jit(self._learn)
         self.evaluate = jax.jit(self._evaluate, static_argnums=2)
-        self.revalue = jax.jit(self._revalue)
+        self.learn_lagged = jax.jit(self._learn_lagged)
 
     def update(self, ts: TrainState) -> tuple[TrainState, dict[str, jax.Array]]:
         """One rollout and ``n_epochs`` of minibatch updates on it; training metrics."""
@@ -520,14 +521,6 @@ class MappoLearner:
         _, adv = jax.lax.scan(back, jnp.zeros_like(delta[0]), (delta, done), reverse=True)
         return adv, adv + value
 
-    def _revalue(self, traj: _Traj, seen: ValueNorm, now: ValueNorm) -> _Traj:
-        """``traj`` with its values, normalised by the statistics ``seen`` when it was
-        collected, normalised by ``now`` instead (a rollout learnt an update later)."""
-        if not self.cfg.value_norm:
-            return traj
-        (m0, s0), (m1, s1) = seen.stats(), now.stats()
-        return traj._replace(value=(traj.value * s0 + m0 - m1) / s1)
-
     # ------------------------------------------------------------------ update
     def _loss(self, params: Any, mb: _Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
         cfg = self.cfg
@@ -546,6 +539,8 @@ class MappoLearner:
         if not self.agent_critic:
             adv = adv[..., None]  # the team's advantage, for each ally
         pg = -jnp.minimum(ratio * adv, clipped * adv)
+        if mb.weight is not None:
+            pg = pg * mb.weight
         pg_loss = (pg * active).sum() / n_active
         probs = jnp.exp(logp_all)
         entropy = -jnp.where(mb.avail, probs * logp_all, 0.0).sum(-1)
@@ -596,7 +591,25 @@ class MappoLearner:
 
         return jax.lax.scan(minibatch, ts, perm)
 
-    def _learn(self, ts: TrainState, traj: _Traj) -> tuple[TrainState, dict[str, jax.Array]]:
+    def _learn_lagged(self, ts: TrainState, traj: _Traj) -> tuple[TrainState, dict[str, jax.Array]]:
+        """:meth:`learn` on a rollout collected by an older actor (``overlap_rollout``), as
+        decoupled PPO does (Hilton et al. 2021, "Batch size-invariance for policy
+        optimization"): the ratio is clipped around the current actor (the proximal policy),
+        not the collecting one, and each ally's policy term is weighted by current over
+        collecting probability, so the gradient is the current actor's; the values are the
+        current critic's, so GAE does not mix two critics (measured: mixing them, or clipping
+        around the collecting actor, stalled 5m_vs_6m's learning)."""
+        logits = self.policy_step(
+            ts.params["actor"], traj.hidden, traj.obs, traj.avail, traj.start
+        )[1]
+        logp = jnp.take_along_axis(jax.nn.log_softmax(logits), traj.actions[..., None], -1)[..., 0]
+        weight = jnp.exp(logp - traj.logp)
+        value = self.value(ts.params["critic"], traj.critic_in)
+        return self._learn(ts, traj._replace(logp=logp, value=value), weight)
+
+    def _learn(
+        self, ts: TrainState, traj: _Traj, weight: jax.Array | None = None
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
         adv, target = self._advantages(ts, traj)
         if self.cfg.value_norm:
             ts = replace(ts, vnorm=ts.vnorm.update(target))
@@ -605,7 +618,7 @@ class MappoLearner:
 
         batch = _Batch(
             traj.obs, traj.avail, traj.critic_in, traj.actions, traj.logp, traj.value, adv, target,
-            traj.start, traj.hidden,
+            traj.start, traj.hidden, weight,
         )  # fmt: skip
         key, k_epochs = jax.random.split(ts.key)
         ts = replace(ts, key=key)
@@ -847,9 +860,9 @@ def run_updates(
     pool's thread while the learner updates on the one before: jax releases the GIL while a
     computation runs, so the two use both cores. That rollout's actor is the one before the
     update, one update older than sequential PPO's. The learner takes its randomness from
-    ``ts.key`` folded (the rollout advances ``ts.key`` itself), and re-expresses a lagged
-    rollout's values in its own value statistics (the update between moved them). The last
-    rollout is learnt before returning, so nothing is in flight at a snapshot or checkpoint."""
+    ``ts.key`` folded (the rollout advances ``ts.key`` itself) and learns a lagged rollout
+    by :meth:`MappoLearner.learn_lagged`. The last rollout is learnt before returning, so
+    nothing is in flight at a snapshot or checkpoint."""
     if pool is None:
         for _ in range(count):
             ts, metrics = learner.update(ts)
@@ -857,14 +870,14 @@ def run_updates(
                 on_update(metrics)
         return ts
     ts, traj = learner.rollout(ts)
-    seen = ts.vnorm  # the value statistics traj's values are normalised by
     for i in range(count):
         rolling = None
         if i + 1 < count:  # the segment's last update needs no next rollout
             rolling = pool.submit(_rollout_ready, learner, ts)
-        traj = learner.revalue(traj, seen, ts.vnorm)
-        learnt, metrics = learner.learn(replace(ts, key=jax.random.fold_in(ts.key, 1)), traj)
-        rolled, seen = ts, ts.vnorm
+        key = jax.random.fold_in(ts.key, 1)
+        learn = learner.learn if i == 0 else learner.learn_lagged  # the first is fresh
+        learnt, metrics = learn(replace(ts, key=key), traj)
+        rolled = ts
         if rolling is not None:
             rolled, traj = rolling.result()
         ts = replace(
