@@ -3,6 +3,7 @@ critic's input, snapshots and checkpoints, exact resume, exported tier policies,
 
 from __future__ import annotations
 
+import runpy
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -567,3 +568,30 @@ def test_unit_critic_reads_the_world_state_unit_by_unit(tmp_path: Path) -> None:
     assert not np.allclose(swapped(0, 3), value, atol=1e-3)  # an ally for an enemy: not
     run = train_mappo("3m", cfg, 0, tmp_path / "run", progress=False)
     assert [s["step"] for s in run.snapshots] == [0, 192, 384, 576]
+
+
+def test_temperature_probe_scales_the_tier_policies_sampling(learner: MappoLearner) -> None:
+    """scripts/smax_temperature.py: temperature 1 is the tier policy's own sampling, 0 its
+    greedy action (argmax of the masked logits)."""
+    script = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "smax_temperature.py"))
+    ts = learner.init(jax.random.PRNGKey(5))
+    weights = policy_weights(ts.params["actor"])
+    meta = {"net_arch": [32], "activation": "relu", "agent_id": True}
+    rng = np.random.default_rng(1)
+    obs = rng.standard_normal((64, 3, 75)).astype(np.float32)
+    avail = rng.random((64, 3, 8)) < 0.5
+    avail[..., 4] = True
+
+    def acts(temperature: float | None) -> np.ndarray:
+        noise = np.random.default_rng(2)
+        if temperature is not None:
+            noise = script["ScaledGumbel"](noise, temperature)
+        return np.asarray(numpy_policy(weights, meta, noise)(obs, avail, 0))
+
+    np.testing.assert_array_equal(acts(1.0), acts(None))
+    _, logits = learner.policy_step(
+        ts.params["actor"], ts.hidden[:1], jnp.asarray(obs), avail, jnp.ones(64, bool)
+    )
+    greedy = np.where(avail, np.asarray(logits), -np.inf).argmax(-1)
+    np.testing.assert_array_equal(acts(0.0), greedy)
+    assert not np.array_equal(acts(1.0), greedy)  # sampling differs somewhere
