@@ -389,6 +389,11 @@ def smax_learners_table(path: Path) -> list[str]:
         "",
     ]
     overlap = all("mappo_overlap" in r for r in smax["maps"].values())  # measured since 262260f
+    if overlap:
+        lines[0] += (
+            " Overlapped rollouts (`overlap_rollout`): the next rollout in a second thread "
+            "while the learner updates, so two computations at once."
+        )
     lines += ["| map | MaskablePPO | JAX MAPPO |" + (" overlapped rollouts |" if overlap else "")]
     lines += ["|---|---|---|" + ("---|" if overlap else "")]
     for name, r in smax["maps"].items():
