@@ -27,10 +27,9 @@ jax_on_cpu()  # before SMAX starts jax
 import numpy as np  # noqa: E402
 
 from cmt.atomic import write_json  # noqa: E402
-from cmt.behaviour.mappo import numpy_policy  # noqa: E402
+from cmt.behaviour.mappo import learner_for, numpy_policy, policy_meta  # noqa: E402
 from cmt.checkpoint import load_sealed  # noqa: E402
-from cmt.envs.smax import run_episodes, smax_map  # noqa: E402
-from cmt.sections import PpoConfig  # noqa: E402
+from cmt.envs.smax import run_episodes  # noqa: E402
 
 
 class ScaledGumbel:
@@ -42,19 +41,6 @@ class ScaledGumbel:
 
     def gumbel(self, size: Any) -> np.ndarray:
         return np.asarray(self.rng.gumbel(size=size) * self.temperature)
-
-
-def tier_meta(map_name: str, cfg: PpoConfig) -> dict[str, Any]:
-    """What :func:`numpy_policy` needs to know about a run's actor."""
-    spec = smax_map(map_name)
-    return {
-        **({"actor": cfg.actor_arch} if cfg.actor_arch != "mlp" else {}),
-        "net_arch": list(cfg.net_arch),
-        "activation": "relu",
-        "agent_id": True,
-        "num_agents": spec.num_agents,
-        "num_actions": spec.num_actions,
-    }
 
 
 def main() -> int:
@@ -72,7 +58,7 @@ def main() -> int:
     from smax_learners import preset_ppo  # perf/: a map's preset settings
 
     cfg = preset_ppo(args.map).model_copy(update=json.loads(args.ppo_json))
-    meta = tier_meta(args.map, cfg)
+    meta = policy_meta(learner_for(args.map, cfg), seed=0)  # what a tier file records
     rows = []
     for named in args.run:
         name, path = named.split("=", 1)

@@ -172,6 +172,8 @@ def test_overlapped_rollouts_collect_with_the_actor_one_update_old(tmp_path: Pat
                 hidden=rolled.hidden, key=rolled.key,
             )  # fmt: skip
     expected = policy_weights(ts.params["actor"])
+    for name, tensor in run.snapshots[-1]["policy"].items():
+        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0)
     # A lagged rollout is learnt with the current critic's values, its ratio clipped around
     # the current actor and weighted by current over collecting probabilities: on a rollout
     # of the current actor that is the plain update (weights 1, to rounding).
@@ -179,8 +181,6 @@ def test_overlapped_rollouts_collect_with_the_actor_one_update_old(tmp_path: Pat
     plain, lagged = learner.learn(ts, traj)[0], learner.learn_lagged(ts, traj)[0]
     for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(lagged.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    for name, tensor in run.snapshots[-1]["policy"].items():
-        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0)
     # The lag changes what is learnt: sequential PPO on the same seed ends elsewhere.
     sequential = TINY_OVERLAP.model_copy(update={"overlap_rollout": False})
     other = train_mappo("3m", sequential, 3, tmp_path / "s", progress=False).snapshots[-1]
