@@ -634,6 +634,7 @@ TINY_MUJOCO = {
     "data.sac.batch_size": 32,
     "data.sac.net_arch": [32, 32],
     "pretrain.steps": 20,
+    "evaluate.episodes": 2,  # the preset's 20 per task made evaluate most of the stage time
 }
 
 
@@ -676,9 +677,9 @@ def test_mujoco_preset_end_to_end(repo: Repo):
     history = client.get_metric_history(collect.info.run_id, "sac/eval_return")
     assert [m.step for m in history] == [100, 200, 300]
 
-    # A rerun with more data episodes reuses the persisted SAC checkpoint: no retraining.
-    more = [*cmd, "--set=data.episodes_per_level=2", "--name", "cheetah2"]
-    out = repo.run(*more)
+    # A rerun of collect with more data episodes reuses the persisted SAC checkpoint: no
+    # retraining. DVC's collect stage alone: the stages after it are what the run above tested.
+    out = repo.run("dvc", "exp", "run", "collect", "-S", "data.episodes_per_level=2")
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-5000:]
     latest = client.search_runs(
         [exp.experiment_id],
