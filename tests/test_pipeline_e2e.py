@@ -634,7 +634,7 @@ TINY_MUJOCO = {
     "data.sac.batch_size": 32,
     "data.sac.net_arch": [32, 32],
     "pretrain.steps": 20,
-    "evaluate.episodes": 2,  # the preset's 20 per task made evaluate most of the stage time
+    "evaluate.episodes": 2,  # the preset's 20 per task: the longest stage
 }
 
 
