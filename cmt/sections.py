@@ -153,6 +153,7 @@ MAPPO_FIELDS_ADDED_LATER = {
     "actor_arch": "mlp",
     "critic_units": False,
     "overlap_rollout": False,
+    "train_ally_loss": 0.0,
 }
 """MAPPO settings added after runs were committed, with the value those runs had: left out of
 the learners' fingerprints at that value, so the committed runs still match."""
@@ -271,6 +272,14 @@ class PpoConfig(Section):
         "(SMAX's own is 1). Only training sees it: snapshots, tiers and datasets keep SMAX's "
         "reward.",
     )
+    train_ally_loss: float = Field(
+        0.0,
+        ge=0.0,
+        description="mappo: weight of the allies' health lost in a step (as a fraction of "
+        "their total, as SMAX counts the enemies' for its reward) subtracted from the reward "
+        "the learner trains on (SMAC's reward_negative_scale, 0.5 there). Only training "
+        "sees it: snapshots, tiers and datasets keep SMAX's reward.",
+    )
     overlap_rollout: bool = Field(
         False,
         description="mappo: collect each rollout in a second thread while the learner updates "
@@ -317,8 +326,10 @@ class PpoConfig(Section):
             raise ValueError("critic_state: only the mappo learner has a centralised critic")
         if self.overlap_rollout and (self.learner != "mappo" or self.actor_rnn):
             raise ValueError("overlap_rollout: a mappo learner with a feed-forward actor")
-        if self.train_win_bonus != 1.0 and self.learner != "mappo":
-            raise ValueError("train_win_bonus: only the mappo learner reshapes its reward")
+        if (self.train_win_bonus != 1.0 or self.train_ally_loss) and self.learner != "mappo":
+            raise ValueError(
+                "train_win_bonus, train_ally_loss: only the mappo learner reshapes its reward"
+            )
         if 2 * self.snapshot_every > self.total_steps:
             # Poor (the first snapshot), Medium and Good must be distinct snapshots.
             raise ValueError(

@@ -430,6 +430,32 @@ def test_training_win_bonus_reshapes_only_the_reward_trained_on() -> None:
     np.testing.assert_array_equal(np.asarray(bonus.ep_return), np.asarray(plain.ep_return))
 
 
+def test_training_ally_loss_charges_the_allies_health_lost() -> None:
+    with pytest.raises(ValueError, match="only the mappo learner"):
+        PpoConfig(learner="maskable_ppo", train_ally_loss=0.5)
+    assert "train_ally_loss" not in run_fingerprint("3m", TINY, 0)  # committed runs still match
+    shaped = TINY.model_copy(update={"train_ally_loss": 0.5})
+    assert '"train_ally_loss": 0.5' in run_fingerprint("3m", shaped, 0)
+    trajs = []
+    for cfg in (TINY, shaped):
+        learner = learner_for("3m", cfg)
+        trajs.append(learner.rollout(learner.init(jax.random.PRNGKey(0)))[1])
+    plain, charged = trajs
+    np.testing.assert_array_equal(np.asarray(charged.actions), np.asarray(plain.actions))
+    lost = np.asarray(plain.reward - charged.reward) / 0.5  # the allies' health lost per step
+    assert (lost >= -1e-6).all() and (lost > 0).any()
+    np.testing.assert_array_equal(np.asarray(charged.ep_return), np.asarray(plain.ep_return))
+    # Every episode starts at full health: one that the enemies win loses all of it.
+    ended = np.asarray(plain.terminated) & ~np.asarray(plain.won)
+    checked = 0
+    for b in range(ended.shape[1]):
+        first_end = np.flatnonzero(np.asarray(plain.terminated)[:, b])
+        if first_end.size and ended[first_end[0], b]:
+            assert lost[: first_end[0] + 1, b].sum() == pytest.approx(1.0, abs=1e-5)
+            checked += 1
+    assert checked > 0
+
+
 TINY_UNITS = TINY.model_copy(update={"actor_arch": "units"})
 
 

@@ -9,8 +9,9 @@
   the team reward is shared, so one value per team is all the agents need. With
   ``critic_state='agent'`` it is MAPPO's agent-specific state instead: the world state plus
   the ally's own observation and one-hot, one value per ally (and per-ally GAE).
-* **Updates**: GAE over the team reward (SMAX's, its win bonus optionally reweighted for
-  training alone: ``train_win_bonus``; bootstrapped through the time limit, cut at a
+* **Updates**: GAE over the team reward (SMAX's, for training alone optionally with its win
+  bonus reweighted, ``train_win_bonus``, and the allies' health lost subtracted,
+  ``train_ally_loss``; bootstrapped through the time limit, cut at a
   wipe-out), clipped PPO for the actor, a clipped value loss on normalised targets (MAPPO's
   ValueNorm), Adam with global-norm clipping and an optionally annealed learning rate.
 * **Speed**: rollouts of ``n_envs`` vmapped SMAX episodes run in one ``jax.lax.scan`` (with
@@ -242,11 +243,12 @@ class SmaxTrainEnv:
     def step(self, key: jax.Array, state: Any, actions: jax.Array) -> tuple[Any, ...]:
         """One step, then a fresh episode where this one ended: (state, reward, terminated,
         truncated, won, world state and observations (A, O) of the step's end, before any
-        reset)."""
+        reset, the allies' health lost in the step)."""
         k_step, k_reset = jax.random.split(key)
         _, nxt, rewards, _, _ = self.env.step_env(
             k_step, state, {a: actions[i] for i, a in enumerate(self.agents)}
         )
+        ally_loss = self.ally_health_lost(state, nxt)
         term, trunc, won = self.outcome(nxt)
         end_world = self.env.get_world_state(nxt).astype(jnp.float32)
         end_obs = self.observe(nxt)[0]  # jit drops it where unused (the world-state critic)
@@ -254,7 +256,15 @@ class SmaxTrainEnv:
         done = term | trunc
         state = jax.tree.map(lambda f, n: jnp.where(done, f, n).astype(n.dtype), fresh, nxt)
         reward = rewards[self.agents[0]].astype(jnp.float32)  # the team reward
-        return state, reward, term, trunc, won, end_world, end_obs
+        return state, reward, term, trunc, won, end_world, end_obs, ally_loss
+
+    def ally_health_lost(self, before: Any, after: Any) -> jax.Array:
+        """The allies' health lost from ``before`` to ``after``, each as a fraction of its
+        unit type's health, over the number of allies: SMAX's measure of the enemies' loss
+        in its reward, for the allies' side."""
+        full = self.env.unit_type_health[after.state.unit_types][: self.n_allies]
+        lost = before.state.unit_health[: self.n_allies] - after.state.unit_health[: self.n_allies]
+        return (jnp.sum(lost / full) / self.n_allies).astype(jnp.float32)
 
 
 # --------------------------------------------------------------------------- learner state
@@ -309,7 +319,7 @@ class _Traj(NamedTuple):
     actions: jax.Array  # (T, B, A)
     logp: jax.Array  # (T, B, A)
     value: jax.Array  # (T, B), or (T, B, A) with agent-specific states; normalised
-    reward: jax.Array  # (T, B) the reward trained on (SMAX's, with train_win_bonus)
+    reward: jax.Array  # (T, B) the reward trained on (SMAX's, reshaped by the train_ fields)
     terminated: jax.Array  # (T, B)
     truncated: jax.Array  # (T, B)
     won: jax.Array  # (T, B)
@@ -481,12 +491,16 @@ class MappoLearner:
             logp = jnp.take_along_axis(jax.nn.log_softmax(logits), actions[..., None], -1)
             critic_in = self.critic_input(world, obs)
             value = self.value(ts.params["critic"], critic_in)  # (B,) or (B, A), normalised
-            env_state, reward, term, trunc, won, end_world, end_obs = step_env(
+            env_state, reward, term, trunc, won, end_world, end_obs, ally_loss = step_env(
                 jax.random.split(k_env, b), env_state, actions
             )
             ep_return = ep_return + reward  # SMAX's reward, as the logs and tiers report it
             done = term | trunc
-            train_reward = reward + (self.cfg.train_win_bonus - 1.0) * won
+            train_reward = (
+                reward
+                + (self.cfg.train_win_bonus - 1.0) * won
+                - self.cfg.train_ally_loss * ally_loss
+            )
             out = _Traj(
                 obs, avail, critic_in, actions, logp[..., 0], value, train_reward, term, trunc, won,
                 self.critic_input(end_world, end_obs), jnp.where(done, ep_return, 0.0), start,
