@@ -406,22 +406,30 @@ def _random(avail: np.ndarray) -> np.ndarray:
     return (_RNG.random(avail.shape) * avail).argmax(-1)
 
 
-def test_training_win_bonus_reshapes_only_the_reward_trained_on() -> None:
+def _reshaped_rollouts(field: str, value: float, enemy_health: float | None = None) -> list[Any]:
+    """The rollouts of TINY and of TINY with the reward-reshaping ``field`` at ``value``, from
+    the same start (the enemies' health set to ``enemy_health`` when given), after checking
+    that only MAPPO takes the field and that only a reshaping run's fingerprint names it."""
     with pytest.raises(ValueError, match="only the mappo learner"):
-        PpoConfig(learner="maskable_ppo", train_win_bonus=5.0)
-    assert "train_win_bonus" not in run_fingerprint("3m", TINY, 0)  # committed runs still match
-    shaped = TINY.model_copy(update={"train_win_bonus": 5.0})
-    assert '"train_win_bonus": 5.0' in run_fingerprint("3m", shaped, 0)
+        PpoConfig(learner="maskable_ppo", **{field: value})
+    assert field not in run_fingerprint("3m", TINY, 0)  # committed runs still match
+    shaped = TINY.model_copy(update={field: value})
+    assert f'"{field}": {value}' in run_fingerprint("3m", shaped, 0)
     trajs = []
     for cfg in (TINY, shaped):
         learner = learner_for("3m", cfg)
         ts = learner.init(jax.random.PRNGKey(0))
-        # Nearly dead enemies: the random actor wins some of these episodes.
-        env = ts.env_state
-        health = env.state.unit_health.at[:, 3:].set(0.01)
-        ts = ts.replace(env_state=env.replace(state=env.state.replace(unit_health=health)))
+        if enemy_health is not None:
+            env = ts.env_state
+            health = env.state.unit_health.at[:, 3:].set(enemy_health)
+            ts = ts.replace(env_state=env.replace(state=env.state.replace(unit_health=health)))
         trajs.append(learner.rollout(ts)[1])
-    plain, bonus = trajs
+    return trajs
+
+
+def test_training_win_bonus_reshapes_only_the_reward_trained_on() -> None:
+    # Nearly dead enemies: the random actor wins some of these episodes.
+    plain, bonus = _reshaped_rollouts("train_win_bonus", 5.0, enemy_health=0.01)
     won = np.asarray(plain.won)
     assert won.any() and not won.all()
     np.testing.assert_array_equal(np.asarray(bonus.actions), np.asarray(plain.actions))
@@ -431,16 +439,7 @@ def test_training_win_bonus_reshapes_only_the_reward_trained_on() -> None:
 
 
 def test_training_ally_loss_charges_the_allies_health_lost() -> None:
-    with pytest.raises(ValueError, match="only the mappo learner"):
-        PpoConfig(learner="maskable_ppo", train_ally_loss=0.5)
-    assert "train_ally_loss" not in run_fingerprint("3m", TINY, 0)  # committed runs still match
-    shaped = TINY.model_copy(update={"train_ally_loss": 0.5})
-    assert '"train_ally_loss": 0.5' in run_fingerprint("3m", shaped, 0)
-    trajs = []
-    for cfg in (TINY, shaped):
-        learner = learner_for("3m", cfg)
-        trajs.append(learner.rollout(learner.init(jax.random.PRNGKey(0)))[1])
-    plain, charged = trajs
+    plain, charged = _reshaped_rollouts("train_ally_loss", 0.5)
     np.testing.assert_array_equal(np.asarray(charged.actions), np.asarray(plain.actions))
     lost = np.asarray(plain.reward - charged.reward) / 0.5  # the allies' health lost per step
     assert (lost >= -1e-6).all() and (lost > 0).any()
