@@ -496,11 +496,9 @@ class MappoLearner:
             )
             ep_return = ep_return + reward  # SMAX's reward, as the logs and tiers report it
             done = term | trunc
-            train_reward = (
-                reward
-                + (self.cfg.train_win_bonus - 1.0) * won
-                - self.cfg.train_ally_loss * ally_loss
-            )
+            train_reward = reward + (self.cfg.train_win_bonus - 1.0) * won
+            if self.cfg.train_ally_loss:  # else unused, so jit drops its computation
+                train_reward = train_reward - self.cfg.train_ally_loss * ally_loss
             out = _Traj(
                 obs, avail, critic_in, actions, logp[..., 0], value, train_reward, term, trunc, won,
                 self.critic_input(end_world, end_obs), jnp.where(done, ep_return, 0.0), start,
