@@ -154,6 +154,7 @@ MAPPO_FIELDS_ADDED_LATER = {
     "critic_units": False,
     "overlap_rollout": False,
     "train_ally_loss": 0.0,
+    "critic_extra_epochs": 0,
 }
 """MAPPO settings added after runs were committed, with the value those runs had: left out of
 the learners' fingerprints at that value, so the committed runs still match."""
@@ -288,6 +289,13 @@ class PpoConfig(Section):
         "learner's, which learns from it as decoupled PPO does (docs/smax.md). Between "
         "snapshots only: checkpoints and resumes stay exact. Feed-forward actors only.",
     )
+    critic_extra_epochs: int = Field(
+        0,
+        ge=0,
+        description="mappo: epochs of the critic alone on each rollout after the n_epochs "
+        "joint ones (its value loss only), so that fewer actor epochs, the costly part of an "
+        "update with the unit-wise actor, need not mean a worse critic.",
+    )
     vf_coef: float = Field(0.5, ge=0.0, description="mappo: weight of the value loss.")
     max_grad_norm: float = Field(
         0.5, gt=0.0, description="mappo: global gradient-norm clip of each network."
@@ -326,6 +334,8 @@ class PpoConfig(Section):
             raise ValueError("critic_state: only the mappo learner has a centralised critic")
         if self.overlap_rollout and (self.learner != "mappo" or self.actor_rnn):
             raise ValueError("overlap_rollout: a mappo learner with a feed-forward actor")
+        if self.critic_extra_epochs and self.learner != "mappo":
+            raise ValueError("critic_extra_epochs: only the mappo learner has a critic")
         if (self.train_win_bonus != 1.0 or self.train_ally_loss) and self.learner != "mappo":
             raise ValueError(
                 "train_win_bonus, train_ally_loss: only the mappo learner reshapes its reward"

@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 
@@ -453,6 +454,35 @@ def test_training_ally_loss_charges_the_allies_health_lost() -> None:
             assert lost[: first_end[0] + 1, b].sum() == pytest.approx(1.0, abs=1e-5)
             checked += 1
     assert checked > 0
+
+
+def test_critic_extra_epochs_train_the_critic_alone() -> None:
+    with pytest.raises(ValueError, match="only the mappo learner"):
+        PpoConfig(learner="maskable_ppo", critic_extra_epochs=1)
+    extra = TINY.model_copy(update={"critic_extra_epochs": 2})
+    assert "critic_extra_epochs" not in run_fingerprint("3m", TINY, 0)
+    assert '"critic_extra_epochs": 2' in run_fingerprint("3m", extra, 0)
+    plain_learner, extra_learner = learner_for("3m", TINY), learner_for("3m", extra)
+    ts, traj = plain_learner.rollout(plain_learner.init(jax.random.PRNGKey(0)))
+    (plain, plain_metrics), (trained, metrics) = (
+        plain_learner.learn(ts, traj),
+        extra_learner.learn(ts, traj),
+    )
+
+    # The joint epochs are the same; the extra ones step the critic and its optimiser only.
+    def same(a: Any, b: Any) -> bool:
+        leaves = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+        return all(np.array_equal(x, y) for x, y in leaves)
+
+    assert same(plain.params["actor"], trained.params["actor"])
+    assert same(plain.opt_state["actor"], trained.opt_state["actor"])
+    assert not same(plain.params["critic"], trained.params["critic"])
+    assert float(metrics["value_loss"]) == float(plain_metrics["value_loss"])  # PPO epochs'
+    # Twice as many optimiser steps for the critic as for the actor.
+    steps = plain_learner.num_minibatches * 2
+    for name, expected in (("actor", steps), ("critic", 2 * steps)):
+        counts = optax.tree_utils.tree_get_all_with_path(trained.opt_state[name], "count")
+        assert counts and all(int(count) == expected for _, count in counts)
 
 
 TINY_UNITS = TINY.model_copy(update={"actor_arch": "units"})

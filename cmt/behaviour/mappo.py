@@ -377,13 +377,10 @@ class MappoLearner:
         rows = cfg.n_envs if self.recurrent else team_steps
         self.num_minibatches = max(1, min(rows, self.agent_steps_per_update // cfg.batch_size))
         self.minibatch = rows // self.num_minibatches
-        lr: Any = cfg.learning_rate
-        if cfg.anneal_lr:
-            total = self.num_updates * cfg.n_epochs * self.num_minibatches
-            lr = optax.linear_schedule(cfg.learning_rate, 0.0, total)
-        self.tx = optax.chain(
-            optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(lr, eps=1e-5)
-        )
+        # One optimiser per network (as MAPPO); the critic's steps more often with
+        # critic_extra_epochs, so each anneals over its own number of steps.
+        epochs = {"actor": cfg.n_epochs, "critic": cfg.n_epochs + cfg.critic_extra_epochs}
+        self.tx = {name: self._optimiser(n) for name, n in epochs.items()}
         # Rollout and learning are compiled apart: the rollout (SMAX inside) costs most of the
         # compile time, and the tests compile it alone.
         self.init = jax.jit(self._init)
@@ -391,6 +388,16 @@ class MappoLearner:
         self.learn = jax.jit(self._learn)
         self.evaluate = jax.jit(self._evaluate, static_argnums=2)
         self.learn_lagged = jax.jit(self._learn_lagged)
+
+    def _optimiser(self, epochs: int) -> optax.GradientTransformation:
+        """Adam with global-norm clipping, its learning rate annealed to 0 over the
+        network's steps when ``anneal_lr`` (``epochs`` of minibatches per update)."""
+        cfg = self.cfg
+        lr: Any = cfg.learning_rate
+        if cfg.anneal_lr:
+            total = self.num_updates * epochs * self.num_minibatches
+            lr = optax.linear_schedule(cfg.learning_rate, 0.0, total)
+        return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(lr, eps=1e-5))
 
     def update(self, ts: TrainState) -> tuple[TrainState, dict[str, jax.Array]]:
         """One rollout and ``n_epochs`` of minibatch updates on it; training metrics."""
@@ -413,7 +420,7 @@ class MappoLearner:
         env_state = jax.vmap(self.env.reset)(jax.random.split(k_env, self.cfg.n_envs))
         return TrainState(
             params=params,
-            opt_state={k: self.tx.init(v) for k, v in params.items()},
+            opt_state={k: self.tx[k].init(v) for k, v in params.items()},
             vnorm=ValueNorm.create(),
             env_state=env_state,
             ep_return=jnp.zeros(self.cfg.n_envs, jnp.float32),
@@ -557,12 +564,7 @@ class MappoLearner:
         probs = jnp.exp(logp_all)
         entropy = -jnp.where(mb.avail, probs * logp_all, 0.0).sum(-1)
         entropy = (entropy * active).sum() / n_active
-        v = self.value(params["critic"], mb.critic_in)  # (...) or (..., A), normalised
-        v_loss = (v - mb.target) ** 2
-        if cfg.value_clip:
-            v_clip = mb.value + jnp.clip(v - mb.value, -cfg.clip_range, cfg.clip_range)
-            v_loss = jnp.maximum(v_loss, (v_clip - mb.target) ** 2)
-        v_loss = 0.5 * v_loss.mean()
+        v_loss = self._value_loss(params, mb)
         loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
         approx_kl = ((ratio - 1) - (logp - mb.logp)) * active
         return loss, {
@@ -572,7 +574,30 @@ class MappoLearner:
             "approx_kl": approx_kl.sum() / n_active,
         }
 
-    def _epoch(self, ts: TrainState, batch: _Batch, key: jax.Array) -> tuple[TrainState, Any]:
+    def _value_loss(self, params: Any, mb: _Batch) -> jax.Array:
+        """The critic's clipped squared error on the normalised targets, halved."""
+        cfg = self.cfg
+        v = self.value(params["critic"], mb.critic_in)  # (...) or (..., A), normalised
+        v_loss = (v - mb.target) ** 2
+        if cfg.value_clip:
+            v_clip = mb.value + jnp.clip(v - mb.value, -cfg.clip_range, cfg.clip_range)
+            v_loss = jnp.maximum(v_loss, (v_clip - mb.target) ** 2)
+        return 0.5 * v_loss.mean()
+
+    def _critic_loss(self, params: Any, mb: _Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The loss of a critic-only epoch (``critic_extra_epochs``)."""
+        v_loss = self._value_loss(params, mb)
+        return self.cfg.vf_coef * v_loss, {"value_loss": v_loss}
+
+    def _epoch(
+        self,
+        ts: TrainState,
+        batch: _Batch,
+        key: jax.Array,
+        networks: tuple[str, ...] = ("actor", "critic"),
+    ) -> tuple[TrainState, Any]:
+        """One pass over ``batch`` in minibatches, stepping ``networks``: both on the PPO
+        loss, or the critic alone on its value loss."""
         n, m = self.num_minibatches, self.minibatch
         if self.recurrent:  # whole slots, time-major: (T, m, ...) minibatches
 
@@ -588,14 +613,15 @@ class MappoLearner:
 
         rows = batch.obs.shape[1 if self.recurrent else 0]
         perm = jax.random.permutation(key, rows)[: n * m].reshape(n, m)
-        grad_fn = jax.value_and_grad(self._loss, has_aux=True)
+        loss = self._loss if "actor" in networks else self._critic_loss
+        grad_fn = jax.value_and_grad(loss, has_aux=True)
 
         def minibatch(ts: TrainState, idx: jax.Array) -> tuple[TrainState, Any]:
             mb = jax.tree.map(lambda x: pick(x, idx), batch)
             (_, info), grads = grad_fn(ts.params, mb)
-            params, opt_state = {}, {}
-            for name in ("actor", "critic"):  # one optimiser each, as MAPPO
-                upd, opt_state[name] = self.tx.update(
+            params, opt_state = dict(ts.params), dict(ts.opt_state)
+            for name in networks:  # one optimiser each, as MAPPO
+                upd, opt_state[name] = self.tx[name].update(
                     grads[name], ts.opt_state[name], ts.params[name]
                 )
                 params[name] = optax.apply_updates(ts.params[name], upd)
@@ -637,6 +663,13 @@ class MappoLearner:
         ts, info = jax.lax.scan(
             lambda s, k: self._epoch(s, batch, k), ts, jax.random.split(k_epochs, self.cfg.n_epochs)
         )
+        if self.cfg.critic_extra_epochs:
+            # The critic's own epochs after the joint ones (their value losses are not
+            # reported: the metrics stay those of the PPO epochs).
+            k_critic = jax.random.split(
+                jax.random.fold_in(k_epochs, 1), self.cfg.critic_extra_epochs
+            )
+            ts, _ = jax.lax.scan(lambda s, k: self._epoch(s, batch, k, ("critic",)), ts, k_critic)
         ended = traj.terminated | traj.truncated
         metrics = {k: v.mean() for k, v in info.items()}
         metrics["episodes"] = ended.sum()
