@@ -62,7 +62,7 @@ MASKABLE_PPO: dict[str, Any] = {
 """The settings of the MaskablePPO datasets (the reduced budget before MAPPO)."""
 MAPPO_SHAPE = {
     "n_envs", "n_steps", "batch_size", "n_epochs", "net_arch", "critic_arch", "actor_arch",
-    "actor_rnn", "critic_state", "critic_units",
+    "actor_rnn", "critic_state", "critic_units", "train_ally_loss", "critic_extra_epochs",
 }  # fmt: skip
 """The preset fields that set MAPPO's work per step, recorded beside each measurement."""
 

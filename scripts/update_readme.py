@@ -378,6 +378,10 @@ def learners_section() -> str:
     return "\n".join(lines) + "\n"
 
 
+UNIT_ACTORS = {"units": ", unit-wise actor", "unit_targets": ", unit-wise actor, who shot whom"}
+"""How the SMAX learner table names a preset's unit-wise actor (``data.ppo.actor_arch``)."""
+
+
 def smax_learners_table(path: Path) -> list[str]:
     """One SMAX learner benchmark JSON (one per CPU measured) as a paragraph and a table."""
     smax = json.loads(path.read_text())
@@ -398,7 +402,7 @@ def smax_learners_table(path: Path) -> list[str]:
     lines += ["|---|---|---|" + ("---|" if overlap else "")]
     for name, r in smax["maps"].items():
         actor = r["mappo"]["settings"].get("actor_arch", "mlp")
-        note = ", unit-wise actor" if actor == "units" else ""
+        note = UNIT_ACTORS.get(actor, "")
         row = (
             f"| {name} | {r['maskable_ppo']['agent_steps_per_s']:,.0f} | "
             f"{r['mappo']['agent_steps_per_s']:,.0f} ({r['speedup']:.1f}×{note}) |"
